@@ -1,0 +1,278 @@
+"""The sweep config and the scheme catalog: YAML plus ``key=value`` overrides, validated in one place.
+
+Every schema is strict (``extra="forbid"``) so a misspelt key fails when the file loads, not an hour
+into scoring. All problems are collected and raised once as a :class:`ConfigError` whose message is a
+single line naming each field, the bad value and what is allowed. Pure module: no torch, ray, mlflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.records import stable_hash
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SEARCH_SPACES = PROJECT_ROOT / "search_spaces"
+DEMO_CONFIG = SEARCH_SPACES / "demo_tiny.yaml"
+DEFAULT_CATALOG = SEARCH_SPACES / "schemes.yaml"
+
+FP8_RECIPES = ("FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG")
+Method = Literal["gradient", "kl_div"]
+Recipe = Literal["FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG"]
+
+
+class ConfigError(ValueError):
+    """Bad input; the message is one line and says what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelConfig(_Strict):
+    source: str = Field("tiny-qwen2.5-vl", min_length=1)  # preset name, local folder or hub id
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Strict):
+    source: str = "synthetic"  # synthetic | .txt/.jsonl/.parquet path | hf:<name>[:<config>[:<split>]]
+    eval_source: str | None = None  # a separate held-out file for evaluation
+    text_field: str = "text"  # column/key holding text in JSONL and Parquet files
+    seq_len: int = Field(64, ge=8, le=32768)
+    batch_size: int = Field(2, ge=1, le=1024)
+    calib_batches: int = Field(2, ge=1)  # more = steadier amax, slower calibration
+    score_batches: int = Field(2, ge=1)  # scoring batches for AutoQuantize
+    eval_batches: int = Field(2, ge=1)  # same ids for every trial
+
+
+class ScoringConfig(_Strict):
+    methods: list[Method] = Field(default_factory=lambda: ["gradient"], min_length=1)
+    fp8_recipes: list[Recipe] = Field(default_factory=lambda: ["FP8_DEFAULT_CFG"], min_length=1)
+    num_calib_steps: int = Field(2, ge=1)
+    num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
+
+    @field_validator("methods", "fp8_recipes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates {v}; list each value once")
+        return v
+
+
+class SearchConfig(_Strict):
+    effective_bits: list[float] = Field(min_length=1)  # over eligible LM weights: 16 - 8 * FP8 share
+    coverage: list[float] = Field(min_length=1)  # share of decoder blocks allowed to hold FP8
+    searcher: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(16, ge=1)  # optuna only: trials after the seeding grid
+    max_failures: int = Field(2, ge=0)  # retries per trial before it is recorded FAILED
+    max_concurrent: int | None = Field(None, ge=1)  # default: number of GPUs, or 1 on CPU
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
+    reference_cache_gib: float = Field(8.0, ge=0)  # host RAM per worker for BF16 logits; 0 = recompute
+
+    @field_validator("effective_bits")
+    @classmethod
+    def _bits(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and 8.0 <= x <= 16.0):
+                raise ValueError(f"value {x} is outside [8, 16] (bits per eligible LM weight)")
+        return v
+
+    @field_validator("coverage")
+    @classmethod
+    def _coverage(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and 0.0 < x <= 1.0):
+                raise ValueError(f"value {x} is outside (0, 1] (share of decoder blocks)")
+        return v
+
+
+class SelectionConfig(_Strict):
+    max_kl: float | None = Field(None, gt=0)  # points above this mean KL are not eligible
+    catalog: str = str(DEFAULT_CATALOG)
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = None  # default: the sweep name
+
+
+class FaultConfig(_Strict):
+    """Fault injection for the reliability tests only; empty in every shipped config."""
+
+    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises
+    nan_on_bits: list[float] = Field(default_factory=list)  # trial reports NaN KL
+    kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
+    transient: bool = False  # fail only on the first attempt
+
+
+class SweepConfig(_Strict):
+    name: str = Field("fp8-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    search: SearchConfig
+    selection: SelectionConfig = SelectionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    fault: FaultConfig = FaultConfig()
+
+    @model_validator(mode="after")
+    def _steps_fit_data(self) -> SweepConfig:
+        if self.scoring.num_score_steps > self.data.score_batches:
+            raise ValueError(
+                f"scoring.num_score_steps={self.scoring.num_score_steps} exceeds "
+                f"data.score_batches={self.data.score_batches}; raise score_batches or lower it"
+            )
+        if self.scoring.num_calib_steps > self.data.score_batches:
+            raise ValueError(
+                f"scoring.num_calib_steps={self.scoring.num_calib_steps} exceeds "
+                f"data.score_batches={self.data.score_batches}; raise score_batches or lower it"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Identity of the experiment: what decides results, not where they are tracked."""
+        return stable_hash(self.model_dump(mode="json", exclude={"tracking"}))
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}={e.get('input')!r}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key.sub=value`` pairs to a nested dict; values are YAML scalars or lists."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not k for k in key.split(".")):
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. search.coverage=[0.5,1.0]")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({e.__class__.__name__})")
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> SweepConfig:
+    """YAML first, then overrides (the command line wins); validated as one unit."""
+    path = path or DEMO_CONFIG
+    raw = _merge(read_yaml(path), parse_overrides(overrides))
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None
+
+
+# --- scheme catalog -------------------------------------------------------------------------------
+
+
+class FractionBand(_Strict):
+    min: float = Field(ge=0.0, le=1.0)
+    max: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FractionBand:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class SchemeKnobs(_Strict):
+    effective_bits: float = Field(ge=8.0, le=16.0)
+    method: Method = "kl_div"
+    num_score_steps: int = Field(ge=1)
+    num_calib_steps: int = Field(ge=1)
+    fp8_recipe: Recipe = "FP8_DEFAULT_CFG"
+
+
+class CatalogScheme(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    role: Literal["conservative", "balanced", "aggressive"]
+    description: str
+    fp8_fraction: FractionBand  # what the name promises; a pick outside it is never published
+    knobs: SchemeKnobs  # the knobs a user would pass to AutoQuantize for this scheme
+    coverage_rule: str
+    post_filters: list[str] = Field(default_factory=list)
+
+
+class Catalog(_Strict):
+    version: int = Field(ge=1)
+    schemes: list[CatalogScheme] = Field(min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Catalog:
+        names = [s.name for s in self.schemes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate scheme names {dupes}; each name must appear once")
+        roles = sorted(s.role for s in self.schemes)
+        if roles != ["aggressive", "balanced", "conservative"]:
+            raise ValueError(f"roles {roles} must be conservative, balanced, aggressive once each")
+        return self
+
+
+def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        return Catalog.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None

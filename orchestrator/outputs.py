@@ -1,0 +1,142 @@
+"""The files a sweep leaves in ``--output`` and the selection step that both ``sweep`` and
+``select`` run: ``trials.parquet``, ``scores.parquet`` (+ one file per scoring setup under
+``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes, ``pareto.png`` and
+``sweep.json``. Every file is written to a temporary name and renamed, so a crash never leaves a
+half-written one. No torch, ray or mlflow here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from orchestrator.config import Catalog
+from orchestrator.planning import make_plan
+from orchestrator.plots import pareto_png
+from orchestrator.records import Plan, ScoreTable, TrialResult
+from orchestrator.selection import Selection, SelectionError, select
+from orchestrator.tables import read_scores, read_trials, write_scores, write_trials
+
+QUALITY_METRICS = ("kl_mean", "top1_agreement", "nll_delta", "nll", "nll_ref", "ppl", "ppl_ref")
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_sweep_json(output: Path) -> dict[str, Any] | None:
+    path = output / "sweep.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def score_file(output: Path, table: ScoreTable) -> Path:
+    return output / "scores" / f"{table.method}__{table.fp8_recipe}.parquet"
+
+
+def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> None:
+    """One file per scoring setup (re-solvable), and scores.parquet with all rows for reading."""
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("method", "fp8_recipe", "key", "group", "block", "kind", "params", "score")
+    }
+    for t in tables:
+        write_scores(t, score_file(output, t))
+        for g in t.groups:
+            for k, v in (
+                ("method", t.method), ("fp8_recipe", t.fp8_recipe), ("key", t.key),
+                ("group", g.name), ("block", g.block), ("kind", g.kind),
+                ("params", g.params), ("score", g.score),
+            ):
+                rows[k].append(v)
+    tmp = output / ".scores.parquet.tmp"
+    pq.write_table(pa.table(rows), tmp)
+    os.replace(tmp, output / "scores.parquet")
+
+
+def read_score_tables(output: Path) -> dict[str, ScoreTable]:
+    tables = [read_scores(p) for p in sorted((output / "scores").glob("*.parquet"))]
+    return {f"{t.method}|{t.fp8_recipe}": t for t in tables}
+
+
+def plan_for(result: TrialResult | Any, tables: Mapping[str, ScoreTable]) -> Plan:
+    table = tables[f"{result.method}|{result.fp8_recipe}"]
+    return make_plan(table, result.effective_bits, result.coverage)
+
+
+@dataclass(frozen=True)
+class Finalized:
+    selection: Selection | None
+    error: str | None
+
+
+def finalize(
+    output: Path,
+    results: Sequence[TrialResult],
+    tables: Mapping[str, ScoreTable],
+    catalog: Catalog,
+    max_kl: float | None,
+    header: Mapping[str, Any],
+) -> Finalized:
+    """trials.parquet, selection, schemes.yaml, plans/, pareto.png; an unmet selection says why."""
+    write_trials(results, output / "trials.parquet")
+    try:
+        sel = select(results, catalog, max_kl)
+    except SelectionError as e:
+        pareto_png(results, (), (), output / "pareto.png", f"{header.get('sweep')}: {e}"[:120])
+        (output / "schemes.yaml").unlink(missing_ok=True)
+        return Finalized(None, str(e))
+    entries = []
+    for s in sel.schemes:
+        plan = plan_for(s, tables)
+        plan_path = Path("plans") / f"{plan.plan_hash}.json"
+        write_json(output / plan_path, plan.to_dict())
+        knobs = next(c.knobs for c in catalog.schemes if c.name == s.name)
+        entries.append(
+            {
+                "name": s.name,
+                "role": s.role,
+                "effective_bits": s.effective_bits,
+                "achieved_effective_bits": round(s.achieved_bits, 6),
+                "coverage": s.coverage,
+                "fp8_fraction": round(s.fp8_fraction, 6),
+                "method": s.method,
+                "fp8_recipe": s.fp8_recipe,
+                "plan_hash": s.plan_hash,
+                "num_fp8_modules": len(plan.fp8_modules),
+                "modules": str(plan_path),
+                "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
+                "lm_bytes": plan.lm_bytes,
+                "model_bytes": plan.model_bytes,
+                "mlflow_run_id": s.mlflow_run_id,
+                "catalog_knobs": knobs.model_dump(),
+                "rationale": s.rationale,
+            }
+        )
+    doc = {
+        **header,
+        "catalog_version": catalog.version,
+        "front": list(sel.front),
+        "notes": list(sel.notes),
+        "schemes": entries,
+    }
+    write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
+    pareto_png(results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")))
+    return Finalized(sel, None)
+
+
+def load_results(output: Path) -> list[TrialResult]:
+    return read_trials(output / "trials.parquet")

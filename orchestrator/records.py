@@ -1,0 +1,158 @@
+"""Frozen records that flow between the stages, each with a plain-dict round trip.
+
+Every stage hands the next one a record, never a live object: that is what lets a score table cross
+the Ray object store, a plan travel to a worker on another node, and `orchestrator.select` re-run on
+an old sweep without a GPU. Pure module: stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KINDS = ("qkv", "o", "gate_up", "down")
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """sha256 of canonical JSON: the same content gives the same key on every host and Python."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class ScoreGroup:
+    """One AutoQuantize decision: modules that must share a format (q/k/v, gate/up) and their score."""
+
+    name: str
+    modules: tuple[str, ...]
+    block: int
+    kind: str
+    params: int
+    score: float
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Per-group FP8 sensitivity of one model under one scoring setup, plus what is needed to re-solve."""
+
+    key: str
+    method: str
+    fp8_recipe: str
+    groups: tuple[ScoreGroup, ...]
+    num_blocks: int
+    model_params: int
+    lm_params: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def eligible_params(self) -> int:
+        return sum(g.params for g in self.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["groups"] = [asdict(g) for g in self.groups]
+        d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoreTable:
+        groups = tuple(
+            ScoreGroup(**{**g, "modules": tuple(g["modules"])}) for g in d["groups"]
+        )
+        return cls(**{**d, "groups": groups, "meta": dict(d.get("meta", {}))})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The exact module set in FP8 for one point of the space, and what it achieves."""
+
+    plan_hash: str
+    fp8_recipe: str
+    fp8_modules: tuple[str, ...]
+    fp8_groups: tuple[str, ...]
+    target_bits: float
+    coverage: float
+    achieved_bits: float
+    fp8_fraction: float
+    budget_met: bool
+    allowed_blocks: tuple[int, ...]
+    lm_bytes: int
+    model_bytes: int
+    score_sum: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        return cls(
+            **{
+                **d,
+                "fp8_modules": tuple(d["fp8_modules"]),
+                "fp8_groups": tuple(d["fp8_groups"]),
+                "allowed_blocks": tuple(d["allowed_blocks"]),
+            }
+        )
+
+
+def plan_hash(fp8_modules: Sequence[str], fp8_recipe: str) -> str:
+    """Two specs that resolve to the same module set (and recipe) share one hash, so one trial."""
+    return stable_hash({"modules": sorted(fp8_modules), "recipe": fp8_recipe})
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial measured; `status` is FINISHED or FAILED (then `error` says why)."""
+
+    plan_hash: str
+    method: str
+    fp8_recipe: str
+    effective_bits: float
+    coverage: float
+    achieved_bits: float
+    fp8_fraction: float
+    status: str
+    metrics: Mapping[str, float]
+    mlflow_run_id: str = ""
+    error: str = ""
+    kind: str = "trial"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = dict(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
+        return cls(**{**d, "metrics": dict(d.get("metrics") or {})})
+
+
+@dataclass(frozen=True)
+class NamedScheme:
+    """A published scheme: a catalog name bound to one finished trial, with the reason it was chosen."""
+
+    name: str
+    role: str
+    plan_hash: str
+    method: str
+    fp8_recipe: str
+    effective_bits: float
+    coverage: float
+    achieved_bits: float
+    fp8_fraction: float
+    metrics: Mapping[str, float]
+    mlflow_run_id: str
+    rationale: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = dict(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NamedScheme:
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**{**fields, "metrics": dict(d.get("metrics") or {})})

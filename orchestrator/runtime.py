@@ -1,0 +1,64 @@
+"""Process set-up: logging, seeds, and the facts a run records about where it ran (and why)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config import PROJECT_ROOT
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
+    for noisy in ("alembic", "urllib3", "filelock", "ray.tune", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> int:
+    """Seeds random, numpy and (when loaded) torch; returns the seed for the record."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+    return seed
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("GIT_COMMIT", "unknown")
+
+
+def local_gpu_count() -> tuple[int, str]:
+    """(count, reason) for this machine, without starting CUDA in the driver."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0, "CUDA_VISIBLE_DEVICES hides every GPU"
+    import torch
+
+    n = torch.cuda.device_count()
+    if n == 0:
+        return 0, "no CUDA device visible to torch"
+    cap = torch.cuda.get_device_capability(0)
+    fp8 = "FP8-capable" if cap >= (8, 9) else "no FP8 tensor cores (FP8 is emulated)"
+    return n, f"{n} GPU(s), compute capability {cap[0]}.{cap[1]}: {fp8}"

@@ -1,0 +1,221 @@
+"""AutoQuantize sensitivity scoring, run once per setup and cached by a content hash.
+
+One ``mtq.auto_quantize`` call with FP8 as the only format ranks every eligible group of the language
+model. The vision tower and ``lm_head`` are kept out of the search (``disabled_layers``) *and* out of
+the cost (``excluded_module_name_patterns``); otherwise their weights would join the effective-bits
+denominator and every budget would mean something else. The result is a :class:`ScoreTable` saved as
+Parquet with ModelOpt's search state (JSON) in its metadata, under a key that hashes the model,
+profile, data, method, steps, FP8 recipe and library versions: a second request with the same key
+reads the file and never rescores; a truncated file or one holding another key is recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.data import TokenSet
+from orchestrator.profiles import ModelProfile, lm_param_count, model_param_count
+from orchestrator.records import ScoreGroup, ScoreTable, stable_hash
+from orchestrator.tables import CorruptTable, read_scores, write_scores
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    return {p: version(p) for p in ("torch", "transformers", "nvidia-modelopt")}
+
+
+@dataclass(frozen=True)
+class ScoringSetup:
+    """Everything that decides a score table; its hash is the cache key."""
+
+    model_source: str
+    model_revision: str | None
+    profile: str
+    score_data_hash: str
+    method: str
+    fp8_recipe: str
+    num_calib_steps: int
+    num_score_steps: int
+
+    def key(self) -> str:
+        return stable_hash({**self.__dict__, "versions": library_versions()})
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"scores-{key}.parquet"
+
+
+def load_cached(cache_dir: Path, setup: ScoringSetup) -> ScoreTable | None:
+    """The stored table for this setup, or None when absent or unusable (then it is recomputed)."""
+    path = cache_path(cache_dir, setup.key())
+    if not path.exists():
+        return None
+    try:
+        return read_scores(path, expect_key=setup.key())
+    except CorruptTable as e:
+        log.warning("score cache %s is unusable (%s); rescoring", path, e)
+        return None
+
+
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1)
+    )
+
+
+def _forward_step(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=batch, use_cache=False).logits
+
+
+def _loss_func(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    return next_token_loss(output, batch)
+
+
+def run_auto_quantize(
+    model: nn.Module,
+    profile: ModelProfile,
+    data: TokenSet,
+    setup: ScoringSetup,
+    device: str,
+) -> dict[str, Any]:
+    """One AutoQuantize search on ``model`` (modified in place); returns ModelOpt's search state."""
+    import modelopt.torch.quantization as mtq
+
+    batches = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
+    excluded = list(profile.never_quantize)
+    extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
+    _, state = mtq.auto_quantize(
+        model,
+        constraints={"effective_bits": 16.0, "cost": {"excluded_module_name_patterns": excluded}},
+        quantization_formats=[setup.fp8_recipe],
+        data_loader=batches,
+        forward_step=_forward_step,
+        disabled_layers=excluded,
+        num_calib_steps=setup.num_calib_steps,
+        num_score_steps=setup.num_score_steps,
+        method=setup.method,
+        verbose=False,
+        **extra,
+    )
+    return state
+
+
+def state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of ModelOpt's search state needed to re-solve a budget, as plain JSON."""
+    stats = {}
+    for name, s in state["candidate_stats"].items():
+        stats[name] = {
+            "formats": [str(f).split("(")[0] for f in s["formats"]],
+            "scores": [float(x) for x in s["scores"]],
+            "costs": [float(x) for x in s["costs"]],
+            "module_names": list(s["module_names"]),
+            "quantizer_attrs": {k: list(v) for k, v in dict(s.get("quantizer_attrs") or {}).items()},
+            "cost_weight": float(s.get("cost_weight", 1.0)),
+            "uncompressed_cost": float(s.get("uncompressed_cost", max(s["costs"]))),
+            "allow_no_quant": bool(s.get("allow_no_quant", True)),
+            "is_fixed": bool(s.get("is_fixed", False)),
+        }
+    return {
+        "method": state["method"],
+        "cost_model": state.get("cost_model", "weight"),
+        "cost": dict(state.get("cost") or {}),
+        "cost_denominator": state.get("cost_denominator"),
+        "disabled_layers": list(state.get("disabled_layers") or []),
+        "candidate_stats": stats,
+    }
+
+
+def state_from_json(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild a search state that ``mtq.get_auto_quantize_config`` accepts."""
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    def recipe(name: str) -> Any:
+        return QuantRecipe(None if name == "NONE" else name)
+
+    stats = {
+        name: {**s, "formats": [recipe(f) for f in s["formats"]]}
+        for name, s in state["candidate_stats"].items()
+    }
+    return {**state, "candidate_stats": stats, "fixed_quantization_config": None}
+
+
+def table_from_state(
+    state: Mapping[str, Any], model: nn.Module, profile: ModelProfile, setup: ScoringSetup, meta: dict
+) -> ScoreTable:
+    """Per-group FP8 scores of the eligible groups, in the profile's group naming."""
+    eligible = {m.name: m for m in profile.eligible_modules(model)}
+    groups = []
+    for stat in state["candidate_stats"].values():
+        modules = [m for m in stat["module_names"] if m in eligible]
+        if not modules:
+            continue
+        if len(modules) != len(stat["module_names"]):
+            raise RuntimeError(f"AutoQuantize group {stat['module_names']} mixes eligible modules")
+        fp8 = [i for i, f in enumerate(stat["formats"]) if f != "NONE"]
+        if len(fp8) != 1:
+            raise RuntimeError(f"group {modules} has formats {stat['formats']}, expected FP8 + NONE")
+        first = eligible[modules[0]]
+        groups.append(
+            ScoreGroup(
+                name=first.group,
+                modules=tuple(sorted(modules)),
+                block=first.block,
+                kind=first.kind,
+                params=sum(eligible[m].params for m in modules),
+                score=float(stat["scores"][fp8[0]]),
+            )
+        )
+    missing = set(eligible) - {m for g in groups for m in g.modules}
+    if missing:
+        raise RuntimeError(f"AutoQuantize did not score eligible modules {sorted(missing)[:3]}")
+    groups.sort(key=lambda g: (g.block, g.kind, g.name))
+    return ScoreTable(
+        key=setup.key(),
+        method=setup.method,
+        fp8_recipe=setup.fp8_recipe,
+        groups=tuple(groups),
+        num_blocks=len({g.block for g in groups}),
+        model_params=model_param_count(model),
+        lm_params=lm_param_count(model),
+        meta=meta,
+    )
+
+
+def score(
+    model: nn.Module,
+    profile: ModelProfile,
+    data: TokenSet,
+    setup: ScoringSetup,
+    cache_dir: Path,
+    device: str = "cpu",
+) -> ScoreTable:
+    """The cached table for ``setup``, or one fresh AutoQuantize run (which modifies ``model``)."""
+    cached = load_cached(cache_dir, setup)
+    if cached is not None:
+        log.info("score cache hit %s", setup.key())
+        return cached
+    t0 = time.perf_counter()
+    state = state_to_json(run_auto_quantize(model, profile, data, setup, device))
+    seconds = time.perf_counter() - t0
+    meta = {
+        "seconds": seconds,
+        "score_data_hash": setup.score_data_hash,
+        "num_score_steps": setup.num_score_steps,
+        "num_calib_steps": setup.num_calib_steps,
+        "model_source": setup.model_source,
+        "versions": library_versions(),
+    }
+    table = table_from_state(state, model, profile, setup, meta)
+    write_scores(table, cache_path(cache_dir, setup.key()), search_state=state)
+    log.info("scored %d groups with %s in %.1fs", len(table.groups), setup.method, seconds)
+    return table

@@ -1,0 +1,336 @@
+"""``python -m orchestrator.sweep``: score once, one trial per distinct plan, select three schemes.
+
+    python -m orchestrator.sweep                                   # offline demo (tiny preset, CPU ok)
+    python -m orchestrator.sweep --config search_spaces/qwen2_5_vl_3b_fp8.yaml --output runs/3b
+    python -m orchestrator.sweep --address ray://head:10001 --tracking-uri http://mlflow:5000 ...
+    python -m orchestrator.sweep --set search.coverage=[0.5,1.0] --set seed=7
+
+Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
+Ray, MLflow or model work; 3 the sweep ended but fewer than three feasible Pareto points exist or a
+catalog name cannot be honoured (the message says which and why); 1 anything else.
+Running the same command on the same ``--output`` resumes: finished trials are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import ConfigError, SweepConfig, load_catalog, load_config
+from orchestrator.data import DataError, DataSets, check_source
+from orchestrator.outputs import finalize, read_sweep_json, write_json, write_score_tables
+from orchestrator.records import ScoreTable, TrialResult
+
+log = logging.getLogger("orchestrator.sweep")
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NO_FRONT = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = _Parser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, help="sweep YAML (default: the offline demo)")
+    p.add_argument("--output", type=Path, help="output folder (default: runs/<name>)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///<output>/mlflow.db)")
+    p.add_argument("--address", help="existing Ray cluster to join (default: start a local one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+    return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    cfg: SweepConfig
+    output: Path
+    tracking_uri: str
+    address: str | None
+
+
+def check_inputs(args: argparse.Namespace) -> Inputs:
+    """Everything that can be wrong with the input, found before any Ray/MLflow/model work."""
+    cfg = load_config(args.config, args.set)
+    load_catalog(cfg.selection.catalog)
+    check_source(cfg.data.source, "data.source", cfg.data.text_field)
+    if cfg.data.eval_source:
+        check_source(cfg.data.eval_source, "data.eval_source", cfg.data.text_field)
+    _check_model(cfg)
+    if cfg.search.gpus == "required" and not args.address:
+        from orchestrator.runtime import local_gpu_count
+
+        n, why = local_gpu_count()
+        if n == 0:
+            raise ConfigError(f"search.gpus='required' but this machine has none ({why}); "
+                              "use gpus=auto or run on a GPU machine")
+    output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
+    previous = read_sweep_json(output)
+    if previous is not None and previous.get("config_hash") != cfg.config_hash():
+        raise ConfigError(
+            f"--output {output} holds sweep {previous.get('name')!r} with config hash "
+            f"{previous.get('config_hash')}, not {cfg.config_hash()}; use another --output"
+        )
+    if output.exists() and previous is None and any(output.iterdir()):
+        raise ConfigError(f"--output {output} is not empty and holds no sweep; use another --output")
+    from orchestrator.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or (previous or {}).get("tracking_uri") or default_tracking_uri(output)
+    return Inputs(cfg, output, uri, args.address)
+
+
+def _check_model(cfg: SweepConfig) -> None:
+    from orchestrator.profiles import resolve_config, text_config
+
+    try:
+        hf = resolve_config(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ConfigError(
+            f"model.source={cfg.model.source!r}: not a preset, a local folder with config.json, "
+            f"or a reachable hub id ({first[:160]})"
+        ) from None
+    from orchestrator.profiles import profile_for
+
+    try:
+        profile_for(hf.model_type)
+    except ValueError as e:
+        raise ConfigError(f"model.source={cfg.model.source!r}: {e}") from None
+    if cfg.data.seq_len > text_config(hf).max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings "
+            f"{text_config(hf).max_position_embeddings}"
+        )
+
+
+def build_data(cfg: SweepConfig) -> DataSets:
+    from orchestrator.data import build_datasets, byte_tokenizer, hf_tokenizer
+    from orchestrator.profiles import PRESETS, resolve_config, text_config
+
+    vocab = int(text_config(resolve_config(cfg.model.source, cfg.model.revision)).vocab_size)
+    if cfg.data.source == "synthetic":
+        tokenize = None
+    elif cfg.model.source in PRESETS:
+        tokenize = byte_tokenizer(vocab)
+    else:
+        tokenize = hf_tokenizer(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    return build_datasets(cfg.data, vocab, tokenize, cfg.seed)
+
+
+def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
+    """Cached tables are read here; the rest are scored in Ray tasks, one per setup, at once."""
+    from orchestrator import search
+    from orchestrator.profiles import profile_for, resolve_config
+    from orchestrator.scoring import ScoringSetup, load_cached
+
+    cfg = inp.cfg
+    profile = profile_for(resolve_config(cfg.model.source, cfg.model.revision).model_type)
+    setups = [
+        ScoringSetup(
+            cfg.model.source, cfg.model.revision, profile.name, data.score.hash, method, recipe,
+            cfg.scoring.num_calib_steps, cfg.scoring.num_score_steps,
+        )
+        for method in cfg.scoring.methods
+        for recipe in cfg.scoring.fp8_recipes
+    ]
+    cache = inp.output / "score_cache"
+    cached = {s: load_cached(cache, s) for s in setups}
+    missing = [s for s, t in cached.items() if t is None]
+    t0 = time.perf_counter()
+    fresh = dict(zip(missing, search.run_scoring(cfg.model, data, missing, cache))) if missing else {}
+    log.info(
+        "scores: %d cached, %d computed in %.1fs", len(setups) - len(missing), len(missing),
+        time.perf_counter() - t0,
+    )
+    return [cached[s] or fresh[s] for s in setups]
+
+
+def grid_points(cfg: SweepConfig, tables: Sequence[ScoreTable]) -> tuple[list[dict], int]:
+    """Every grid point, then one per distinct plan (the first in a fixed order keeps it)."""
+    from orchestrator.planning import make_plan
+
+    by_key = {(t.method, t.fp8_recipe): t for t in tables}
+    seen: set[str] = set()
+    points = []
+    total = 0
+    for (method, recipe), table in sorted(by_key.items()):
+        for bits in sorted(cfg.search.effective_bits, reverse=True):
+            for cov in sorted(cfg.search.coverage, reverse=True):
+                total += 1
+                h = make_plan(table, bits, cov).plan_hash
+                if h in seen:
+                    continue
+                seen.add(h)
+                points.append(
+                    {"method": method, "fp8_recipe": recipe, "effective_bits": bits, "coverage": cov}
+                )
+    return points, total
+
+
+def start_tracking(inp: Inputs, data: DataSets) -> Any:
+    from orchestrator import tracking
+    from orchestrator.runtime import git_commit
+    from orchestrator.scoring import library_versions
+
+    cfg = inp.cfg
+    previous = read_sweep_json(inp.output) or {}
+    exp_id = tracking.ensure_experiment(inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts")
+    existing = previous.get("parent_run_id") or os.environ.get("MLFLOW_RUN_ID")
+    flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
+    tags = {
+        "config_hash": cfg.config_hash(),
+        "git_commit": git_commit(),
+        "kind": "sweep",
+        **{f"data_hash.{k}": v for k, v in data.hashes().items()},
+        **{f"version.{k}": v for k, v in library_versions().items()},
+    }
+    parent = tracking.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
+    return tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run(inp: Inputs) -> int:
+    from orchestrator import search, tracking
+    from orchestrator.runtime import seed_everything
+
+    cfg = inp.cfg
+    seed_everything(cfg.seed)
+    inp.output.mkdir(parents=True, exist_ok=True)
+    log.info("resolved config %s:\n%s", cfg.config_hash(), cfg.model_dump_json(indent=1))
+    data = build_data(cfg)
+    target = start_tracking(inp, data)  # the parent run exists before Ray starts
+    storage = inp.output / "ray_results"
+    write_json(
+        inp.output / "sweep.json",
+        {
+            "name": cfg.name,
+            "config_hash": cfg.config_hash(),
+            "parent_run_id": target.parent_run_id,
+            "experiment_id": target.experiment_id,
+            "tracking_uri": inp.tracking_uri,
+            "ray_storage_path": str(storage),
+            "data_hashes": data.hashes(),
+        },
+    )
+    search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+    try:
+        tables = score_all(inp, data)
+        write_score_tables(inp.output, tables)
+        points, total = grid_points(cfg, tables)
+        log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
+        ctx = search.TrialContext(
+            model=cfg.model, data=data,
+            tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
+            tracking=target, fault=cfg.fault, fault_dir=str(inp.output / "faults"),
+            reference_cache_bytes=int(cfg.search.reference_cache_gib * (1 << 30)),
+        )
+        space = {
+            "effective_bits": cfg.search.effective_bits, "coverage": cfg.search.coverage,
+            "method": cfg.scoring.methods, "fp8_recipe": cfg.scoring.fp8_recipes,
+        }
+        settings = search.TuneSettings(
+            storage, "tune", cfg.search.max_failures, cfg.search.max_concurrent,
+            cfg.search.cpus_per_trial, cfg.search.searcher, cfg.search.num_samples, cfg.seed,
+        )
+        results = search.run_trials(ctx, points, space, settings)
+    finally:
+        search.shutdown()
+    return conclude(inp, target, tables, results)
+
+
+def conclude(inp: Inputs, target: Any, tables: Sequence[ScoreTable], results: list[TrialResult]) -> int:
+    from orchestrator import tracking
+
+    cfg = inp.cfg
+    stale = tracking.close_stale_children(target, "trial process died before finishing")
+    if stale:
+        log.warning("marked %d child run(s) FAILED that were left RUNNING", len(stale))
+    results = _attach_run_ids(target, results)
+    header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+              "parent_run_id": target.parent_run_id}
+    done = finalize(
+        inp.output, results, {f"{t.method}|{t.fp8_recipe}": t for t in tables},
+        load_catalog(cfg.selection.catalog), cfg.selection.max_kl, header,
+    )
+    files = [inp.output / f for f in ("schemes.yaml", "trials.parquet", "scores.parquet",
+                                       "pareto.png", "sweep.json")]
+    ok = [r for r in results if r.status == "FINISHED"]
+    tracking.log_parent_outputs(
+        target, files, {"trials_finished": len(ok), "trials_failed": len(results) - len(ok)}
+    )
+    if done.selection is not None:
+        for s in done.selection.schemes:
+            if s.mlflow_run_id:
+                tracking.tag_run(target.uri, s.mlflow_run_id, {"scheme_name": s.name})
+    tracking.end_run(target.uri, target.parent_run_id, "FINISHED")
+    print_summary(results, done)
+    if done.error:
+        print(f"error: {done.error}", file=sys.stderr)
+        return EXIT_NO_FRONT
+    return EXIT_OK
+
+
+def _attach_run_ids(target: Any, results: list[TrialResult]) -> list[TrialResult]:
+    """Failed trials never reported; their child run is found by its plan hash."""
+    from dataclasses import replace
+
+    from orchestrator import tracking
+
+    by_point = {r.data.tags.get(tracking.POINT_TAG): r.info.run_id for r in tracking.children(target)}
+    return [r if r.mlflow_run_id else replace(r, mlflow_run_id=by_point.get(r.plan_hash, "")) for r in results]
+
+
+def print_summary(results: Sequence[TrialResult], done: Any) -> None:
+    failed = [r for r in results if r.status != "FINISHED"]
+    print(f"\n{len(results) - len(failed)} trial(s) finished, {len(failed)} failed")
+    for r in failed:
+        print(f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method}: {r.error}")
+    if done.selection is None:
+        return
+    print(f"\n{'scheme':<22}{'role':<14}{'bits':>7}{'FP8':>7}{'KL':>11}{'top-1':>8}")
+    for s in done.selection.schemes:
+        print(
+            f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f}{s.fp8_fraction:>7.0%}"
+            f"{s.metrics['kl_mean']:>11.3g}{s.metrics.get('top1_agreement', float('nan')):>8.4f}"
+        )
+    for note in done.selection.notes:
+        print(f"note: {note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.runtime import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        inp = check_inputs(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return run(inp)
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception:
+        log.exception("sweep failed")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

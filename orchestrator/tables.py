@@ -1,0 +1,122 @@
+"""Parquet files of the sweep: the score table (with ModelOpt's search state in its metadata) and
+the per-trial table. pyarrow only, so selection can read a finished sweep without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.records import ScoreTable, TrialResult
+
+_TABLE_META = b"orchestrator.score_table"
+_STATE_META = b"orchestrator.search_state"
+
+
+class CorruptTable(ValueError):
+    """A Parquet file that is truncated, unreadable or holds another key than expected."""
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_scores(
+    scores: ScoreTable, path: Path, search_state: Mapping[str, Any] | None = None
+) -> None:
+    """One row per group; table-level fields and the search state travel in the file metadata."""
+    rows = {
+        "group": [g.name for g in scores.groups],
+        "block": [g.block for g in scores.groups],
+        "kind": [g.kind for g in scores.groups],
+        "params": [g.params for g in scores.groups],
+        "score": [g.score for g in scores.groups],
+        "modules": [list(g.modules) for g in scores.groups],
+    }
+    head = {k: v for k, v in scores.to_dict().items() if k != "groups"}
+    meta = {_TABLE_META: json.dumps(head).encode()}
+    if search_state is not None:
+        meta[_STATE_META] = json.dumps(search_state).encode()
+    table = pa.table(rows).replace_schema_metadata(meta)
+    _atomic_write(table, path)
+
+
+def read_scores(path: Path, expect_key: str | None = None) -> ScoreTable:
+    try:
+        table = pq.read_table(path)
+        head = json.loads(table.schema.metadata[_TABLE_META])
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as e:
+        raise CorruptTable(f"{path}: not a readable score table ({e.__class__.__name__})") from e
+    if expect_key is not None and head.get("key") != expect_key:
+        raise CorruptTable(f"{path}: holds key {head.get('key')!r}, expected {expect_key!r}")
+    cols = table.to_pydict()
+    groups = [
+        {
+            "name": cols["group"][i],
+            "modules": cols["modules"][i],
+            "block": cols["block"][i],
+            "kind": cols["kind"][i],
+            "params": cols["params"][i],
+            "score": cols["score"][i],
+        }
+        for i in range(table.num_rows)
+    ]
+    if not groups:
+        raise CorruptTable(f"{path}: score table has no groups")
+    return ScoreTable.from_dict({**head, "groups": groups})
+
+
+def read_search_state(path: Path) -> dict[str, Any]:
+    meta = pq.read_schema(path).metadata or {}
+    if _STATE_META not in meta:
+        raise CorruptTable(f"{path}: no search state stored")
+    return dict(json.loads(meta[_STATE_META]))
+
+
+def write_trials(results: Sequence[TrialResult], path: Path) -> None:
+    """One row per trial: knobs, plan hash, status, every metric as its own column, error text."""
+    metric_names = sorted({k for r in results for k in r.metrics})
+    rows: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "kind",
+            "plan_hash",
+            "method",
+            "fp8_recipe",
+            "effective_bits",
+            "coverage",
+            "achieved_bits",
+            "fp8_fraction",
+            "status",
+            "mlflow_run_id",
+            "error",
+        )
+    }
+    for m in metric_names:
+        rows[m] = []
+    for r in results:
+        d = r.to_dict()
+        for k in list(rows):
+            rows[k].append(r.metrics.get(k) if k in metric_names else d[k])
+    _atomic_write(pa.table(rows), path)
+
+
+def read_trials(path: Path) -> list[TrialResult]:
+    cols = pq.read_table(path).to_pydict()
+    fixed = set(TrialResult.__dataclass_fields__) - {"metrics"}
+    metric_names = [k for k in cols if k not in fixed]
+    out = []
+    for i in range(len(cols["plan_hash"])):
+        base = {k: cols[k][i] for k in fixed}
+        metrics = {m: cols[m][i] for m in metric_names if cols[m][i] is not None}
+        out.append(TrialResult.from_dict({**base, "metrics": metrics}))
+    return out
