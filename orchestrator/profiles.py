@@ -204,6 +204,7 @@ def load_model(
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         torch.manual_seed(PRESET_SEED)
+        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
         model = Qwen2_5_VLForConditionalGeneration(config)
         model = model.to(dtype=torch_dtype)
     else:

@@ -23,9 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from orchestrator.config import ConfigError, SweepConfig, load_catalog, load_config
 from orchestrator.data import DataError, DataSets, check_source
-from orchestrator.outputs import finalize, read_sweep_json, write_json, write_score_tables
+from orchestrator.outputs import (
+    finalize,
+    read_sweep_json,
+    write_json,
+    write_score_tables,
+    write_text,
+)
 from orchestrator.records import ScoreTable, TrialResult
 
 log = logging.getLogger("orchestrator.sweep")
@@ -213,6 +221,7 @@ def run(inp: Inputs) -> int:
     seed_everything(cfg.seed)
     inp.output.mkdir(parents=True, exist_ok=True)
     log.info("resolved config %s:\n%s", cfg.config_hash(), cfg.model_dump_json(indent=1))
+    write_text(inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = build_data(cfg)
     target = start_tracking(inp, data)  # the parent run exists before Ray starts
     storage = inp.output / "ray_results"
@@ -268,8 +277,8 @@ def conclude(inp: Inputs, target: Any, tables: Sequence[ScoreTable], results: li
         inp.output, results, {f"{t.method}|{t.fp8_recipe}": t for t in tables},
         load_catalog(cfg.selection.catalog), cfg.selection.max_kl, header,
     )
-    files = [inp.output / f for f in ("schemes.yaml", "trials.parquet", "scores.parquet",
-                                       "pareto.png", "sweep.json")]
+    names = ("schemes.yaml", "trials.parquet", "scores.parquet", "pareto.png", "sweep.json", "config.yaml")
+    files = [inp.output / f for f in names]
     ok = [r for r in results if r.status == "FINISHED"]
     tracking.log_parent_outputs(
         target, files, {"trials_finished": len(ok), "trials_failed": len(results) - len(ok)}

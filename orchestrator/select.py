@@ -1,0 +1,51 @@
+"""``python -m orchestrator.select --output DIR``: re-run selection on a finished sweep, no GPU needed.
+
+Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
+rewrites ``schemes.yaml``, ``plans/`` and ``pareto.png``. ``--max-kl`` and ``--catalog`` override
+the sweep's selection settings. Exit 0, 2 (bad input) or 3 (fewer than three feasible points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.config import ConfigError, SweepConfig, load_catalog, read_yaml
+from orchestrator.outputs import finalize, load_results, read_score_tables, read_sweep_json
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.select", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
+    p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL (overrides config)")
+    p.add_argument("--catalog", type=Path, default=None, help="scheme catalog (overrides config)")
+    args = p.parse_args(argv)
+    output = args.output.resolve()
+    try:
+        sweep = read_sweep_json(output)
+        if sweep is None or not (output / "trials.parquet").exists():
+            raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
+        cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+        catalog = load_catalog(args.catalog or cfg.selection.catalog)
+        if args.max_kl is not None and not args.max_kl > 0:
+            raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+              "parent_run_id": sweep.get("parent_run_id")}
+    max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
+    done = finalize(output, load_results(output), read_score_tables(output), catalog, max_kl, header)
+    if done.error:
+        print(f"error: {done.error}", file=sys.stderr)
+        return 3
+    for s in done.selection.schemes if done.selection else ():
+        print(f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f} bits {s.fp8_fraction:>5.0%} FP8  "
+              f"KL {s.metrics['kl_mean']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
