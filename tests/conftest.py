@@ -1,0 +1,53 @@
+"""Shared fixtures. Every Ray node the tests start is pinned to a loopback alias (127.0.0.2/3) and
+token auth is off explicitly, so no test traffic leaves loopback and a stray ~/.ray/auth_token
+cannot break joins."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("FP8_SWEEP_NODE_IP", "127.0.0.2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD_IP = "127.0.0.2"
+WORKER_IP = "127.0.0.3"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    from orchestrator.config import SweepConfig
+    from orchestrator.data import build_datasets
+
+    cfg = SweepConfig.model_validate({"search": {"effective_bits": [8], "coverage": [1.0]}})
+    return build_datasets(cfg.data, 512, None, seed=0)
+
+
+@pytest.fixture(scope="session")
+def score_tables(tmp_path_factory, tiny_data):
+    """Both scoring methods on the tiny preset, scored once per session."""
+    from orchestrator.profiles import load_model
+    from orchestrator.scoring import ScoringSetup, score
+
+    cache = tmp_path_factory.mktemp("scores")
+    out = {}
+    for method in ("gradient", "kl_div"):
+        model, profile = load_model("tiny-qwen2.5-vl")
+        setup = ScoringSetup(
+            "tiny-qwen2.5-vl", None, profile.name, tiny_data.score.hash, method,
+            "FP8_DEFAULT_CFG", 2, 2,
+        )
+        out[method] = (score(model, profile, tiny_data.score, setup, cache), setup, cache)
+    return out

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import ConfigError, load_catalog, load_config, parse_overrides
+
+pytestmark = pytest.mark.unit
+
+
+def _cfg(tmp_path: Path, body: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+BASE = {"search": {"effective_bits": [12], "coverage": [1.0]}}
+
+
+def test_overrides_win_and_parse_yaml_values(tmp_path):
+    cfg = load_config(_cfg(tmp_path, BASE), ["search.coverage=[0.5, 1.0]", "seed=7", "name=x1"])
+    assert cfg.search.coverage == [0.5, 1.0] and cfg.seed == 7 and cfg.name == "x1"
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("search.effective_bits=[17]", "search.effective_bits=[17]: value 17.0 is outside [8, 16]"),
+        ("search.effective_bits=[7.5]", "outside [8, 16]"),
+        ("search.coverage=[0]", "search.coverage=[0]: value 0.0 is outside (0, 1]"),
+        ("search.coverage=[1.5]", "outside (0, 1]"),
+        ("search.effective_bits=[]", "search.effective_bits=[]: List should have at least 1 item"),
+        ("search.coverage=[]", "at least 1 item"),
+        ("data.seq_len=abc", "data.seq_len='abc'"),
+        ("scoring.methods=[hessian]", "scoring.methods.0='hessian': Input should be 'gradient' or 'kl_div'"),
+        ("search.max_failures=-1", "greater than or equal to 0"),
+        ("searh.coverage=[1]", "unknown key 'searh'"),
+        ("search.colour=blue", "unknown key 'search.colour'"),
+        ("scoring.num_score_steps=9", "scoring.num_score_steps=9 exceeds data.score_batches=2"),
+    ],
+)
+def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, BASE), [override])
+    msg = str(e.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, BASE), ["search.coverage=[2]", "search.effective_bits=[4]"])
+    assert "coverage" in str(e.value) and "effective_bits" in str(e.value)
+
+
+@pytest.mark.parametrize("pair", ["noequals", "=3", "a..b=1"])
+def test_malformed_overrides(pair):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides([pair])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+
+
+def test_config_hash_ignores_tracking_only(tmp_path):
+    a = load_config(_cfg(tmp_path, BASE))
+    b = load_config(_cfg(tmp_path, BASE), ["tracking.experiment=other"])
+    c = load_config(_cfg(tmp_path, BASE), ["seed=1"])
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_catalog_with_duplicate_names_is_rejected(tmp_path):
+    doc = yaml.safe_load(Path(load_catalog.__defaults__[0]).read_text())
+    doc["schemes"][1]["name"] = doc["schemes"][0]["name"]
+    p = tmp_path / "cat.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="duplicate scheme names \\['fp8_autoquant_top25'\\]"):
+        load_catalog(p)

@@ -1,0 +1,118 @@
+import itertools
+import random
+
+import pytest
+
+from orchestrator.planning import allowed_blocks, fp8_share_for_bits, make_plan
+from orchestrator.records import plan_hash
+
+from .helpers import SIZES, table
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("bits,share", [(16, 0.0), (12, 0.5), (14, 0.25), (8, 1.0), (15, 0.125)])
+def test_budget_fixes_fp8_share(bits, share):
+    assert fp8_share_for_bits(bits) == pytest.approx(share)
+
+
+@pytest.mark.parametrize("bits", [7.99, 16.01, -1])
+def test_budget_outside_range_is_rejected(bits):
+    with pytest.raises(ValueError, match="outside \\[8, 16\\]"):
+        fp8_share_for_bits(bits)
+
+
+@pytest.mark.parametrize("method", ["gradient", "kl_div"])
+def test_extremes(method):
+    t = table({}, method)
+    assert make_plan(t, 16, 1.0).fp8_modules == ()
+    full = make_plan(t, 8, 1.0)
+    assert len(full.fp8_modules) == 16
+    assert full.achieved_bits == 8.0 and full.fp8_fraction == 1.0 and full.budget_met
+
+
+def test_achieved_bits_meet_budget_and_bytes_follow():
+    t = table({(b, k): 0.1 * (b + 1) + i for b in range(4) for i, k in enumerate(SIZES)})
+    for bits in (9, 10, 11, 12, 13, 14, 15):
+        p = make_plan(t, bits, 1.0)
+        assert p.achieved_bits <= bits + 1e-9
+        fp8_params = p.fp8_fraction * t.eligible_params
+        assert p.lm_bytes == pytest.approx(t.lm_params * 2 - fp8_params)
+        assert p.model_bytes == pytest.approx(t.model_params * 2 - fp8_params)
+
+
+def test_coverage_restricts_fp8_to_least_sensitive_blocks():
+    # block sensitivity: block 2 < block 0 < block 3 < block 1
+    base = {0: 0.2, 1: 0.9, 2: 0.1, 3: 0.5}
+    t = table({(b, k): base[b] for b in range(4) for k in SIZES})
+    assert allowed_blocks(t, 0.5) == (0, 2)
+    assert allowed_blocks(t, 0.25) == (2,)
+    assert allowed_blocks(t, 0.3) == (0, 2)  # ceil(0.3 * 4) = 2
+    p = make_plan(t, 12, 0.5)
+    assert {m.split(".")[2] for m in p.fp8_modules} == {"0", "2"}
+    assert p.budget_met and p.fp8_fraction == pytest.approx(0.5)
+
+
+def test_budget_beyond_coverage_takes_all_allowed_and_says_so():
+    t = table({})
+    p = make_plan(t, 8, 0.25)
+    assert not p.budget_met
+    assert p.fp8_fraction == pytest.approx(0.25)
+    assert len(p.fp8_modules) == 4
+
+
+def test_plans_are_deterministic_and_order_independent():
+    rng = random.Random(0)
+    t = table({(b, k): rng.random() for b in range(4) for k in SIZES})
+    shuffled = list(t.groups)
+    rng.shuffle(shuffled)
+    t2 = type(t)(**{**t.__dict__, "groups": tuple(shuffled)})
+    for bits, cov in itertools.product((9, 11.5, 13, 15), (0.25, 0.5, 1.0)):
+        assert make_plan(t, bits, cov) == make_plan(t, bits, cov)
+        assert make_plan(t, bits, cov).plan_hash == make_plan(t2, bits, cov).plan_hash
+
+
+def test_equal_module_sets_share_a_hash_and_ties_break_on_name():
+    t = table({})  # all scores equal: ties everywhere
+    a, b = make_plan(t, 15.5, 1.0), make_plan(t, 15.4, 1.0)
+    assert a.fp8_modules == b.fp8_modules and a.plan_hash == b.plan_hash
+    assert a.plan_hash == plan_hash(list(reversed(a.fp8_modules)), "FP8_DEFAULT_CFG")
+    assert a.plan_hash != plan_hash(a.fp8_modules, "FP8_PER_CHANNEL_PER_TOKEN_CFG")
+
+
+def _brute_force(t, bits):
+    need = fp8_share_for_bits(bits) * t.eligible_params
+    best = None
+    for r in range(len(t.groups) + 1):
+        for combo in itertools.combinations(t.groups, r):
+            if sum(g.params for g in combo) + 1e-6 >= need:
+                s = sum(g.score for g in combo)
+                if best is None or s < best - 1e-12:
+                    best = s
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gradient_solver_is_the_exact_knapsack_optimum(seed):
+    rng = random.Random(seed)
+    t = table({(b, k): rng.random() for b in range(3) for k in SIZES}, blocks=3)
+    for bits in (9, 10.5, 12, 13.3, 15):
+        assert make_plan(t, bits, 1.0).score_sum == pytest.approx(_brute_force(t, bits))
+
+
+def test_kl_div_solver_takes_a_prefix_by_score_and_nests():
+    rng = random.Random(3)
+    t = table({(b, k): rng.random() for b in range(4) for k in SIZES}, method="kl_div")
+    order = [g.name for g in sorted(t.groups, key=lambda g: (g.score, g.name))]
+    previous: set[str] = set()
+    for bits in (15, 14, 12, 10, 8):  # top25 (14) ⊂ top50 (12) ⊂ full (8) at coverage 1.0
+        p = make_plan(t, bits, 1.0)
+        assert list(p.fp8_groups) == sorted(order[: len(p.fp8_groups)])
+        assert previous <= set(p.fp8_groups)
+        previous = set(p.fp8_groups)
+
+
+@pytest.mark.parametrize("cov", [0.0, -0.1, 1.01])
+def test_coverage_outside_range_is_rejected(cov):
+    with pytest.raises(ValueError, match="coverage"):
+        make_plan(table({}), 12, cov)

@@ -1,0 +1,32 @@
+"""Every shipped YAML validates: the sweeps as SweepConfig, the catalog as Catalog."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import SEARCH_SPACES, load_catalog, load_config
+
+pytestmark = pytest.mark.unit
+SWEEPS = sorted(p for p in SEARCH_SPACES.glob("*.yaml") if p.name != "schemes.yaml")
+
+
+def test_there_is_a_demo_and_a_real_sweep():
+    names = {p.name for p in SWEEPS}
+    assert "demo_tiny.yaml" in names and "qwen2_5_vl_3b_fp8.yaml" in names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_config_validates(path: Path):
+    cfg = load_config(path)
+    assert cfg.fault.raise_on_bits == [] and cfg.fault.kill_on_bits == []  # no faults ship
+
+
+def test_catalog_names_say_what_they_hold():
+    cat = load_catalog()
+    by = {s.name: s for s in cat.schemes}
+    assert set(by) == {"fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"}
+    for name, share in (("fp8_autoquant_top25", 0.25), ("fp8_autoquant_top50", 0.5),
+                        ("fp8_autoquant_full", 1.0)):
+        s = by[name]
+        assert s.fp8_fraction.min <= share <= s.fp8_fraction.max
+        assert s.knobs.effective_bits == pytest.approx(16 - 8 * share)
