@@ -90,15 +90,22 @@ def finalize(
     catalog: Catalog,
     max_kl: float | None,
     header: Mapping[str, Any],
+    replace_on_error: bool = True,
 ) -> Finalized:
-    """trials.parquet, selection, schemes.yaml, plans/, pareto.png; an unmet selection says why."""
-    write_trials(results, output / "trials.parquet")
+    """trials.parquet, selection, schemes.yaml, plans/, pareto.png; an unmet selection says why.
+
+    When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
+    the points without picks; a re-selection (``select``) leaves the existing files untouched.
+    """
     try:
         sel = select(results, catalog, max_kl)
     except SelectionError as e:
-        pareto_png(results, (), (), output / "pareto.png", f"{header.get('sweep')}: {e}"[:120])
-        (output / "schemes.yaml").unlink(missing_ok=True)
+        if replace_on_error:
+            write_trials(results, output / "trials.parquet")
+            pareto_png(results, (), (), output / "pareto.png", f"{header.get('sweep')}: {e}"[:120])
+            (output / "schemes.yaml").unlink(missing_ok=True)
         return Finalized(None, str(e))
+    write_trials(results, output / "trials.parquet")
     entries = []
     for s in sel.schemes:
         plan = plan_for(s, tables)

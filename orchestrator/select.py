@@ -2,7 +2,8 @@
 
 Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
 rewrites ``schemes.yaml``, ``plans/`` and ``pareto.png``. ``--max-kl`` and ``--catalog`` override
-the sweep's selection settings. Exit 0, 2 (bad input) or 3 (fewer than three feasible points).
+the sweep's selection settings. Exit 0, 2 (bad input) or 3 (fewer than three feasible points;
+then nothing is rewritten).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
               "parent_run_id": sweep.get("parent_run_id")}
     max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
-    done = finalize(output, load_results(output), read_score_tables(output), catalog, max_kl, header)
+    done = finalize(
+        output, load_results(output), read_score_tables(output), catalog, max_kl, header,
+        replace_on_error=False,
+    )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return 3

@@ -1,0 +1,63 @@
+"""Bad input exits 2 with one line naming the field, the value and what is allowed, before any
+Ray, MLflow or model work, and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.e2e.test_sweep import sweep
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "search.effective_bits=[17]"], "search.effective_bits=[17]: value 17.0 is outside [8, 16]"),
+        (["--set", "search.coverage=[0]"], "value 0.0 is outside (0, 1]"),
+        (["--set", "search.coverage=[]"], "search.coverage=[]: List should have at least 1 item"),
+        (["--set", "bogus=1"], "unknown key 'bogus'"),
+        (["--set", "data.batch_size=two"], "data.batch_size='two'"),
+        (["--set", "model.source=/no/such/model"], "model.source='/no/such/model'"),
+        (["--set", "model.source=nobody-xyz/not-a-model"], "model.source='nobody-xyz/not-a-model'"),
+        (["--set", "data.source=/no/such.txt"], "data.source='/no/such.txt': file not found"),
+        (["--set", "search.gpus=required"], "search.gpus='required' but this machine has none"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):
+    out = tmp_path / "out"
+    proc = sweep(out, *args)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not out.exists()
+    assert "Ray" not in proc.stdout and "mlflow" not in proc.stdout.lower()
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_data_file(tmp_path, content):
+    f = tmp_path / "empty.txt"
+    f.write_text(content)
+    proc = sweep(tmp_path / "out", "--set", f"data.source={f}")
+    assert proc.returncode == 2 and "file holds no text" in proc.stderr
+
+
+def test_output_holding_a_different_sweep_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"name": "other", "config_hash": "abc"}')
+    proc = sweep(out)
+    assert proc.returncode == 2 and "holds sweep 'other'" in proc.stderr
+
+
+def test_catalog_with_duplicate_names(tmp_path):
+    from orchestrator.config import DEFAULT_CATALOG
+
+    doc = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    doc["schemes"][2]["name"] = "fp8_autoquant_top25"
+    cat = tmp_path / "cat.yaml"
+    cat.write_text(yaml.safe_dump(doc))
+    proc = sweep(tmp_path / "out", "--set", f"selection.catalog={cat}")
+    assert proc.returncode == 2 and "duplicate scheme names" in proc.stderr

@@ -1,0 +1,151 @@
+"""The demo sweep end to end: a real local Ray instance (pinned to 127.0.0.2) and a real sqlite
+MLflow store; then resume, selection, export. One sweep per module keeps CI well inside its limit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def sweep(output: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_module("orchestrator.sweep", "--output", str(output), *extra)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = sweep(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def _runs(out: Path):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo-tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return client, parents, children
+
+
+def test_demo_sweep_outputs(demo):
+    out, proc = demo
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    names = [s["name"] for s in doc["schemes"]]
+    assert names == ["fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"]
+    assert len({s["role"] for s in doc["schemes"]}) == 3
+    for s in doc["schemes"]:
+        assert {"effective_bits", "coverage", "fp8_fraction", "mlflow_run_id", "rationale"} <= set(s)
+        assert s["metrics"]["kl_mean"] >= 0 and 0 <= s["metrics"]["top1_agreement"] <= 1
+        plan = yaml.safe_load((out / s["modules"]).read_text())
+        assert len(plan["fp8_modules"]) == s["num_fp8_modules"] > 0
+    full = doc["schemes"][2]
+    assert full["fp8_fraction"] == 1.0
+    for f in ("trials.parquet", "scores.parquet", "pareto.png", "sweep.json", "config.yaml"):
+        assert (out / f).stat().st_size > 0
+    assert "ETA" in proc.stdout and "fp8_autoquant_top50" in proc.stdout
+
+
+def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
+    import pyarrow.parquet as pq
+
+    out, _ = demo
+    client, parents, children = _runs(out)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    trials = pq.read_table(out / "trials.parquet").to_pydict()
+    assert len(set(trials["plan_hash"])) == len(trials["plan_hash"])  # grid was de-duplicated
+    assert len(children) == len(trials["plan_hash"])
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for key in ("kl_mean", "top1_agreement", "nll_delta", "achieved_bits", "fp8_fraction",
+                "lm_bytes", "model_bytes", "trial_seconds"):
+        assert all(key in c.data.metrics for c in children), key
+    tags = parent.data.tags
+    assert {"config_hash", "git_commit", "data_hash.eval", "version.nvidia-modelopt"} <= set(tags)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"schemes.yaml", "trials.parquet", "scores.parquet", "pareto.png"} <= arts
+    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} == {"plan.json"}
+    named = {c.data.tags.get("scheme_name") for c in children} - {None}
+    assert named == {"fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"}
+
+
+def test_rerun_on_the_same_output_resumes_without_new_trials(demo):
+    out, _ = demo
+    _, _, before = _runs(out)
+    schemes_before = (out / "schemes.yaml").read_text()
+    trial_dirs = sorted(p.name for p in (out / "ray_results" / "tune").glob("trainable_*"))
+    proc = sweep(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming Tune experiment" in proc.stdout
+    assert "scores: 2 cached, 0 computed" in proc.stdout
+    _, parents, after = _runs(out)
+    assert len(parents) == 1
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+    assert sorted(p.name for p in (out / "ray_results" / "tune").glob("trainable_*")) == trial_dirs
+    assert (out / "schemes.yaml").read_text() == schemes_before
+
+
+def test_select_reruns_selection_from_the_files(demo):
+    out, _ = demo
+    before = (out / "schemes.yaml").read_text()
+    proc = run_module("orchestrator.select", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "schemes.yaml").read_text() == before
+    proc = run_module("orchestrator.select", "--output", str(out), "--max-kl", "1e-9")
+    assert proc.returncode == 3 and "error:" in proc.stderr
+    assert (out / "schemes.yaml").read_text() == before  # a failed re-selection rewrites nothing
+
+
+def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_path):
+    from orchestrator.export import export_scheme, load_exported
+    from orchestrator.profiles import load_model
+    from orchestrator.sweep import build_data
+    from orchestrator.config import SweepConfig, read_yaml
+    from orchestrator.trial import quantize_plan
+
+    out, _ = demo
+    dest = export_scheme(out, "fp8_autoquant_top50", tmp_path / "ckpt", device="cpu")
+    quant = yaml.safe_load((dest / "hf_quant_config.json").read_text())["quantization"]
+    assert quant["quant_algo"] == "FP8"
+    assert any("visual" in m for m in quant["exclude_modules"])
+    assert "lm_head" in quant["exclude_modules"]
+    cfg = SweepConfig.model_validate(read_yaml(out / "config.yaml"))
+    plan = yaml.safe_load((dest / "scheme.json").read_text())
+    model, _ = load_model(cfg.model.source, "cpu", "bfloat16")
+    data = build_data(cfg)
+    model = quantize_plan(model, plan["fp8_recipe"], plan["fp8_modules"], data.calib, "cpu")
+    reloaded = load_exported(dest)
+    batch = torch.as_tensor(data.eval.tokens[0])
+    with torch.no_grad():
+        a = model(input_ids=batch).logits.float()
+        b = reloaded(input_ids=batch).logits.float()
+    assert torch.allclose(a, b, atol=1e-2, rtol=0), (a - b).abs().max()
+    dtypes = {}
+    from safetensors import safe_open
+
+    with safe_open(str(next(dest.glob("*.safetensors"))), "pt") as f:
+        for k in f.keys():
+            dtypes[k] = f.get_tensor(k).dtype
+    fp8 = {k for k, v in dtypes.items() if v == torch.float8_e4m3fn}
+    assert len(fp8) == len(plan["fp8_modules"])
+    assert all(v in (torch.bfloat16, torch.float8_e4m3fn, torch.float32) for v in dtypes.values())
