@@ -90,7 +90,12 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         raise ConfigError(f"--output {output} is not empty and holds no sweep; use another --output")
     from orchestrator.tracking import default_tracking_uri
 
-    uri = args.tracking_uri or (previous or {}).get("tracking_uri") or default_tracking_uri(output)
+    uri = (
+        args.tracking_uri
+        or (previous or {}).get("tracking_uri")
+        or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
+        or default_tracking_uri(output)
+    )
     return Inputs(cfg, output, uri, args.address)
 
 
@@ -189,8 +194,12 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
 
     cfg = inp.cfg
     previous = read_sweep_json(inp.output) or {}
-    exp_id = tracking.ensure_experiment(inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts")
     existing = previous.get("parent_run_id") or os.environ.get("MLFLOW_RUN_ID")
+    exp_id = (
+        tracking.run_experiment(inp.tracking_uri, existing)
+        if existing
+        else tracking.ensure_experiment(inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts")
+    )
     flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
     tags = {
         "config_hash": cfg.config_hash(),

@@ -75,6 +75,11 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
     return str(retry(lambda: client.create_experiment(name, artifact_location=location), "create experiment"))
 
 
+def run_experiment(uri: str, run_id: str) -> str:
+    """The experiment an existing run lives in (children must share it to nest in the UI)."""
+    return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
+
+
 def start_parent(
     uri: str,
     experiment_id: str,
