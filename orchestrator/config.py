@@ -107,10 +107,10 @@ class TrackingConfig(_Strict):
 class FaultConfig(_Strict):
     """Fault injection for the reliability tests only; empty in every shipped config."""
 
-    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises
-    nan_on_bits: list[float] = Field(default_factory=list)  # trial reports NaN KL
+    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises, every attempt
+    nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
     kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
-    transient: bool = False  # fail only on the first attempt
+    kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
 
 
 class SweepConfig(_Strict):

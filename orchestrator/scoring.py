@@ -87,16 +87,22 @@ def run_auto_quantize(
     data: TokenSet,
     setup: ScoringSetup,
     device: str,
+    effective_bits: float = 16.0,
 ) -> dict[str, Any]:
-    """One AutoQuantize search on ``model`` (modified in place); returns ModelOpt's search state."""
+    """One AutoQuantize search on ``model`` (modified in place); returns ModelOpt's search state.
+
+    Scoring asks for 16 bits (no budget) and re-solves every budget later in ``planning``; a lower
+    ``effective_bits`` is the plain one-run-per-budget use of ModelOpt that the benchmark times.
+    """
     import modelopt.torch.quantization as mtq
 
     batches = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
     excluded = list(profile.never_quantize)
     extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
+    budget = {"effective_bits": effective_bits}
     _, state = mtq.auto_quantize(
         model,
-        constraints={"effective_bits": 16.0, "cost": {"excluded_module_name_patterns": excluded}},
+        constraints={**budget, "cost": {"excluded_module_name_patterns": excluded}},
         quantization_formats=[setup.fp8_recipe],
         data_loader=batches,
         forward_step=_forward_step,

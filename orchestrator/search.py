@@ -57,6 +57,7 @@ class TrialContext:
     data: DataSets
     tables: Mapping[str, ScoreTable]  # by "method|recipe"
     tracking: tracking.TrackingTarget
+    run_tags: Mapping[str, str]  # git commit, library versions: on every child run
     fault: FaultConfig
     fault_dir: str
     reference_cache_bytes: int
@@ -121,23 +122,22 @@ def run_scoring(
 
 
 def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: str) -> str | None:
-    """Test-only faults; ``transient`` ones fire on the first attempt of a plan only."""
-    kinds = [
-        k for k, on in (("raise", fault.raise_on_bits), ("nan", fault.nan_on_bits), ("kill", fault.kill_on_bits))
-        if any(abs(bits - b) < 1e-9 for b in on)
-    ]
-    if not kinds:
-        return None
-    marker = Path(fault_dir) / f"{plan_hash}.{kinds[0]}"
-    if fault.transient and marker.exists():
-        return None
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("fired")
-    if kinds[0] == "raise":
+    """Test-only faults, keyed by the trial's effective bits; "kill once" leaves a marker file."""
+
+    def hit(values: Sequence[float]) -> bool:
+        return any(abs(bits - b) < 1e-9 for b in values)
+
+    if hit(fault.raise_on_bits):
         raise RuntimeError(f"injected fault at effective_bits={bits}")
-    if kinds[0] == "kill":
+    if hit(fault.kill_on_bits):
         os._exit(137)  # what the OOM killer leaves behind
-    return "nan"
+    if hit(fault.kill_once_on_bits):
+        marker = Path(fault_dir) / f"{plan_hash}.killed"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("killed once")
+            os._exit(137)
+    return "nan" if hit(fault.nan_on_bits) else None
 
 
 def _finite_or_fail(metrics: Mapping[str, float]) -> None:
@@ -179,9 +179,14 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         "kind": "trial",
         **{f"data_hash.{k}": v for k, v in ctx.data.hashes().items()},
     }
-    run_id, stored = tracking.start_child(
-        ctx.tracking, plan.plan_hash, f"b{point['effective_bits']:g}-c{point['coverage']:g}", params, tags
-    )
+    try:
+        run_id, stored = tracking.start_child(
+            ctx.tracking, plan.plan_hash, f"b{point['effective_bits']:g}-c{point['coverage']:g}",
+            params, {**tags, **ctx.run_tags},
+        )
+    except Exception as e:  # noqa: BLE001 - the store is down: measure now, log later
+        log.warning("tracking unavailable (%s); the driver will log this trial", e)
+        run_id, stored = "", None
     base = {
         "plan_hash": plan.plan_hash,
         "mlflow_run_id": run_id,
@@ -189,7 +194,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         "hostname": socket.gethostname(),
     }
     if stored is not None:
-        _report_with_checkpoint({**stored, **base, "reused": 1.0})
+        _report_with_checkpoint({**stored, **base, "reused": 1.0, "logged": 1.0})
         return
     try:
         fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
@@ -198,17 +203,24 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         if fault == "nan":
             metrics["kl_mean"] = math.nan
         metrics.update(timings)
-        metrics.update(_plan_metrics(plan))
+        metrics.update(plan_metrics(plan))
         metrics["trial_seconds"] = time.perf_counter() - t0
         _finite_or_fail(metrics)
-        tracking.finish_child(ctx.tracking, run_id, metrics, {"plan.json": plan.to_dict()})
     except BaseException as e:
-        tracking.fail_child(ctx.tracking, run_id, "".join(traceback.format_exception_only(e)).strip())
+        if run_id:
+            tracking.fail_child(ctx.tracking, run_id, "".join(traceback.format_exception_only(e)).strip())
         raise
-    _report_with_checkpoint({**metrics, **base, "reused": 0.0})
+    logged = 0.0
+    if run_id:
+        try:
+            tracking.finish_child(ctx.tracking, run_id, metrics, {"plan.json": plan.to_dict()})
+            logged = 1.0
+        except Exception as e:  # noqa: BLE001 - results are kept in Tune; the driver retries
+            log.warning("could not log trial %s (%s); the driver will retry", plan.plan_hash, e)
+    _report_with_checkpoint({**metrics, **base, "reused": 0.0, "logged": logged})
 
 
-def _plan_metrics(plan: Plan) -> dict[str, float]:
+def plan_metrics(plan: Plan) -> dict[str, float]:
     return {
         "achieved_bits": plan.achieved_bits,
         "fp8_fraction": plan.fp8_fraction,

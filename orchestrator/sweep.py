@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +187,15 @@ def grid_points(cfg: SweepConfig, tables: Sequence[ScoreTable]) -> tuple[list[di
     return points, total
 
 
-def start_tracking(inp: Inputs, data: DataSets) -> Any:
-    from orchestrator import tracking
+def run_tags() -> dict[str, str]:
     from orchestrator.runtime import git_commit
     from orchestrator.scoring import library_versions
+
+    return {"git_commit": git_commit(), **{f"version.{k}": v for k, v in library_versions().items()}}
+
+
+def start_tracking(inp: Inputs, data: DataSets) -> Any:
+    from orchestrator import tracking
 
     cfg = inp.cfg
     previous = read_sweep_json(inp.output) or {}
@@ -203,10 +208,9 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
     flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
     tags = {
         "config_hash": cfg.config_hash(),
-        "git_commit": git_commit(),
         "kind": "sweep",
+        **run_tags(),
         **{f"data_hash.{k}": v for k, v in data.hashes().items()},
-        **{f"version.{k}": v for k, v in library_versions().items()},
     }
     parent = tracking.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
     return tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
@@ -255,7 +259,8 @@ def run(inp: Inputs) -> int:
         ctx = search.TrialContext(
             model=cfg.model, data=data,
             tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
-            tracking=target, fault=cfg.fault, fault_dir=str(inp.output / "faults"),
+            tracking=target, run_tags=run_tags(), fault=cfg.fault,
+            fault_dir=str(inp.output / "faults"),
             reference_cache_bytes=int(cfg.search.reference_cache_gib * (1 << 30)),
         )
         space = {
@@ -273,45 +278,75 @@ def run(inp: Inputs) -> int:
 
 
 def conclude(inp: Inputs, target: Any, tables: Sequence[ScoreTable], results: list[TrialResult]) -> int:
-    from orchestrator import tracking
-
     cfg = inp.cfg
-    stale = tracking.close_stale_children(target, "trial process died before finishing")
-    if stale:
-        log.warning("marked %d child run(s) FAILED that were left RUNNING", len(stale))
-    results = _attach_run_ids(target, results)
+    settled = _settle_tracking(target, results)
+    results = [
+        r if r.mlflow_run_id else replace(r, mlflow_run_id=settled.run_ids.get(r.plan_hash, ""))
+        for r in results
+    ]
     header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
               "parent_run_id": target.parent_run_id}
     done = finalize(
         inp.output, results, {f"{t.method}|{t.fp8_recipe}": t for t in tables},
         load_catalog(cfg.selection.catalog), cfg.selection.max_kl, header,
     )
-    names = ("schemes.yaml", "trials.parquet", "scores.parquet", "pareto.png", "sweep.json", "config.yaml")
-    files = [inp.output / f for f in names]
-    ok = [r for r in results if r.status == "FINISHED"]
-    tracking.log_parent_outputs(
-        target, files, {"trials_finished": len(ok), "trials_failed": len(results) - len(ok)}
-    )
-    if done.selection is not None:
-        for s in done.selection.schemes:
-            if s.mlflow_run_id:
-                tracking.tag_run(target.uri, s.mlflow_run_id, {"scheme_name": s.name})
-    tracking.end_run(target.uri, target.parent_run_id, "FINISHED")
+    problems = settled.problems + _publish(inp, target, results, done)
     print_summary(results, done)
+    if problems:
+        write_json(inp.output / "unlogged.json", {"problems": problems})
+        print(f"warning: {len(problems)} item(s) could not be written to MLflow at {target.uri}; "
+              f"see {inp.output / 'unlogged.json'} (results are in trials.parquet)")
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return EXIT_NO_FRONT
     return EXIT_OK
 
 
-def _attach_run_ids(target: Any, results: list[TrialResult]) -> list[TrialResult]:
-    """Failed trials never reported; their child run is found by its plan hash."""
-    from dataclasses import replace
+@dataclass
+class _Settled:
+    run_ids: dict[str, str]
+    problems: list[str]
 
+
+def _settle_tracking(target: Any, results: Sequence[TrialResult]) -> _Settled:
+    """Close runs left RUNNING by killed trials, log trials the store missed, find run ids."""
     from orchestrator import tracking
 
-    by_point = {r.data.tags.get(tracking.POINT_TAG): r.info.run_id for r in tracking.children(target)}
-    return [r if r.mlflow_run_id else replace(r, mlflow_run_id=by_point.get(r.plan_hash, "")) for r in results]
+    try:
+        stale = tracking.close_stale_children(target, "trial process died before finishing")
+        if stale:
+            log.warning("marked %d child run(s) FAILED that were left RUNNING", len(stale))
+        for r in results:
+            if r.status == "FINISHED" and r.metrics.get("logged", 1.0) == 0.0:
+                tracking.backfill_child(target, r.plan_hash, r.to_dict(), dict(r.metrics))
+        children = tracking.children(target)
+    except Exception as e:  # noqa: BLE001 - the store is gone: say what was not logged
+        problems = [f"trial runs not settled: {e.__class__.__name__}: {e}"[:500]]
+        problems += [f"trial {r.plan_hash} ({r.status})" for r in results if not r.mlflow_run_id]
+        return _Settled({}, problems)
+    by_point = {c.data.tags.get(tracking.POINT_TAG): c.info.run_id for c in children}
+    return _Settled({k: v for k, v in by_point.items() if k}, [])
+
+
+def _publish(inp: Inputs, target: Any, results: Sequence[TrialResult], done: Any) -> list[str]:
+    """Parent artifacts, scheme tags, parent status; returns what could not be written."""
+    from orchestrator import tracking
+
+    names = ("schemes.yaml", "trials.parquet", "scores.parquet", "pareto.png", "sweep.json",
+             "config.yaml")
+    ok = [r for r in results if r.status == "FINISHED"]
+    try:
+        tracking.log_parent_outputs(
+            target, [inp.output / f for f in names],
+            {"trials_finished": len(ok), "trials_failed": len(results) - len(ok)},
+        )
+        for s in done.selection.schemes if done.selection else ():
+            if s.mlflow_run_id:
+                tracking.tag_run(target.uri, s.mlflow_run_id, {"scheme_name": s.name})
+        tracking.end_run(target.uri, target.parent_run_id, "FINISHED")
+    except Exception as e:  # noqa: BLE001
+        return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]
+    return []
 
 
 def print_summary(results: Sequence[TrialResult], done: Any) -> None:

@@ -29,6 +29,12 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# MLflow's own HTTP retries back off up to minutes per call; ours (below) pace the outage instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
+
 PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
 
@@ -37,8 +43,9 @@ def default_tracking_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int = 6, first_wait: float = 0.5) -> T:
-    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8 s between tries."""
+def retry(fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5) -> T:
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s)."""
+    attempts = attempts or RETRY_ATTEMPTS
     wait = first_wait
     for i in range(attempts):
         try:
@@ -178,6 +185,18 @@ def finish_child(
     for name, payload in artifacts.items():
         retry(lambda n=name, p=payload: client.log_dict(run_id, p, n), f"log {name}")
     retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish child")
+
+
+def backfill_child(
+    target: TrackingTarget, point_key: str, record: Mapping[str, Any], metrics: Mapping[str, float]
+) -> str:
+    """Log a trial the store missed while it ran (found by point key, so never twice)."""
+    params = {k: record[k] for k in ("method", "fp8_recipe", "effective_bits", "coverage")}
+    run_id, stored = start_child(target, point_key, f"b{params['effective_bits']:g}", params,
+                                 {"plan_hash": point_key, "kind": "trial", "backfilled": "true"})
+    if stored is None:
+        finish_child(target, run_id, metrics, {})
+    return run_id
 
 
 def fail_child(target: TrackingTarget, run_id: str, error: str) -> None:

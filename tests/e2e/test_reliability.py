@@ -1,0 +1,138 @@
+"""Faults and restarts on the tiny preset with a real local Ray instance and real MLflow stores.
+Each test is one small sweep; docs/reliability.md lists what each one proves."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.e2e.test_sweep import sweep
+
+pytestmark = pytest.mark.e2e
+
+SMALL = ["--set", "scoring.methods=[kl_div]", "--set", "search.coverage=[1.0]",
+         "--set", "search.max_failures=1"]
+
+
+def _children(out: Path, status: str | None = None):
+    if not (out / "mlflow.db").exists():  # never create the store (or the folder) from here
+        return []
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo-tiny")
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'trial'", max_results=1000)
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "out"
+    proc = sweep(
+        out, *SMALL, "--set", "search.effective_bits=[8,10,11,12,13,14,15]",
+        "--set", "fault.raise_on_bits=[15]", "--set", "fault.nan_on_bits=[13]",
+        "--set", "fault.kill_on_bits=[10]", "--set", "fault.kill_once_on_bits=[12]",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    by_bits = {t["effective_bits"]: t for t in trials}
+    assert by_bits[15]["status"] == "FAILED" and "injected fault" in by_bits[15]["error"]
+    assert by_bits[13]["status"] == "FAILED" and "non-finite" in by_bits[13]["error"]
+    assert by_bits[10]["status"] == "FAILED" and by_bits[10]["error"]
+    assert by_bits[12]["status"] == "FINISHED"  # died once, finished on its retry
+    assert {b for b, t in by_bits.items() if t["status"] == "FINISHED"} == {8, 11, 12, 14}
+    runs = _children(out)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len({r.data.tags["point_key"] for r in runs}) == len(runs) == len(trials)
+    failed = {r.data.tags["plan_hash"]: r for r in runs if r.info.status == "FAILED"}
+    assert {by_bits[b]["plan_hash"] for b in (10, 13, 15)} == set(failed)
+    assert "injected fault" in failed[by_bits[15]["plan_hash"]].data.tags["error"]
+    schemes = yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]
+    failed_hashes = {by_bits[b]["plan_hash"] for b in (10, 13, 15)}
+    assert not failed_hashes & {s["plan_hash"] for s in schemes}
+    assert "3 failed" in proc.stdout
+
+
+def _strip_run_ids(text: str) -> dict:
+    doc = yaml.safe_load(text)
+    doc.pop("parent_run_id")
+    for s in doc["schemes"]:
+        s.pop("mlflow_run_id")
+    return doc
+
+
+def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
+    grid = [*SMALL, "--set", "search.effective_bits=[8,9,10,11,12,13,14,15]",
+            "--set", "search.max_concurrent=1"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "--output", str(out), *grid],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        # count reported trials on disk: reading the MLflow store here could race its creation
+        while len(list(out.glob("ray_results/tune/*/checkpoint_*"))) < 3:
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    before = {r.info.run_id: r.info.end_time for r in _children(out, "FINISHED")}
+    proc = sweep(out, *grid)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = _children(out)
+    assert all(r.info.status == "FINISHED" for r in after)
+    assert len({r.data.tags["point_key"] for r in after}) == len(after)  # no duplicate runs
+    ends = {r.info.run_id: r.info.end_time for r in after}
+    assert all(ends[k] == v for k, v in before.items())  # finished trials were not run again
+    clean = tmp_path / "clean"
+    proc = sweep(clean, *grid)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _strip_run_ids((out / "schemes.yaml").read_text()) == _strip_run_ids(
+        (clean / "schemes.yaml").read_text()
+    )
+
+
+def _write_one_trial(uri: str, exp_id: str, parent: str, i: int, start) -> str:
+    from orchestrator import tracking
+
+    start.wait()
+    target = tracking.TrackingTarget(uri, exp_id, parent)
+    run_id, _ = tracking.start_child(target, f"p{i}", f"t{i}", {"i": i}, {"kind": "trial"})
+    tracking.finish_child(target, run_id, {"kl_mean": i / 10, "top1_agreement": 1.0},
+                          {"plan.json": {"i": i}})
+    return run_id
+
+
+def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
+    from orchestrator import tracking
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art")
+    parent = tracking.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as m:
+        start = m.Event()
+        with ctx.Pool(8) as pool:
+            jobs = [pool.apply_async(_write_one_trial, (uri, exp, parent, i, start)) for i in range(8)]
+            time.sleep(2.0)
+            start.set()
+            ids = [j.get(timeout=180) for j in jobs]
+    runs = tracking.children(tracking.TrackingTarget(uri, exp, parent))
+    assert sorted(r.info.run_id for r in runs) == sorted(ids)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.metrics["kl_mean"] for r in runs) == [i / 10 for i in range(8)]
