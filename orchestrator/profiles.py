@@ -158,16 +158,25 @@ def _qwen2_5_vl_3b_config() -> Any:
 
 PRESETS = {"tiny-qwen2.5-vl": _tiny_config, "qwen2.5-vl-3b-random": _qwen2_5_vl_3b_config}
 PRESET_SEED = 1234
+# Trained models that ship inside the package (weights, tokenizer, reference.json); a name here
+# works wherever a local folder does. scripts/train_reference.py makes them.
+SHIPPED_PRESETS = {"wikitext-qwen2.5-vl": Path(__file__).parent / "presets" / "wikitext-qwen2.5-vl"}
 
 
 def is_local_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
+def resolve_source(source: str) -> str:
+    """The folder behind a shipped preset's name; any other source unchanged."""
+    return str(SHIPPED_PRESETS[source]) if source in SHIPPED_PRESETS else source
+
+
 def resolve_config(source: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The HF config behind ``source`` (preset, local folder or hub id), without loading weights."""
     if source in PRESETS:
         return PRESETS[source]()
+    source = resolve_source(source)
     from transformers import AutoConfig
 
     path = Path(source).expanduser()
@@ -208,7 +217,9 @@ def load_model(
         model = Qwen2_5_VLForConditionalGeneration(config)
         model = model.to(dtype=torch_dtype)
     else:
-        model = _from_pretrained(source, config, torch_dtype, revision, trust_remote_code)
+        model = _from_pretrained(
+            resolve_source(source), config, torch_dtype, revision, trust_remote_code
+        )
     model = model.to(device).eval()
     log.info("loaded %s (%s) on %s as %s", source, config.model_type, device, torch_dtype)
     return model, profile

@@ -125,15 +125,17 @@ def _check_model(cfg: SweepConfig) -> None:
 
 def build_data(cfg: SweepConfig) -> DataSets:
     from orchestrator.data import build_datasets, byte_tokenizer, hf_tokenizer
-    from orchestrator.profiles import PRESETS, resolve_config, text_config
+    from orchestrator.profiles import PRESETS, resolve_config, resolve_source, text_config
 
     vocab = int(text_config(resolve_config(cfg.model.source, cfg.model.revision)).vocab_size)
     if cfg.data.source == "synthetic":
         tokenize = None
-    elif cfg.model.source in PRESETS:
+    elif cfg.model.source in PRESETS:  # random weights, no tokenizer of their own
         tokenize = byte_tokenizer(vocab)
-    else:
-        tokenize = hf_tokenizer(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    else:  # a shipped preset reads text with its own tokenizer, from its folder
+        tokenize = hf_tokenizer(
+            resolve_source(cfg.model.source), cfg.model.revision, cfg.model.trust_remote_code
+        )
     return build_datasets(cfg.data, vocab, tokenize, cfg.seed)
 
 
