@@ -111,6 +111,7 @@ class FaultConfig(_Strict):
     nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
     kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
     kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
+    sleep_seconds: float = Field(0.0, ge=0)  # every trial sleeps this long (slow-trial tests)
 
 
 class SweepConfig(_Strict):

@@ -69,11 +69,13 @@ def table_key(method: str, recipe: str) -> str:
 
 def connect(address: str | None, node_ip: str | None = None) -> None:
     """Join ``address`` or start a local instance; loopback-pinned when ``node_ip`` is given."""
-    kwargs: dict[str, Any] = {"log_to_driver": True, "include_dashboard": False}
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if node_ip:
+        kwargs["_node_ip_address"] = node_ip
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(_node_ip_address=node_ip, **kwargs) if node_ip else ray.init(**kwargs)
+        ray.init(include_dashboard=False, **kwargs)
     res = ray.cluster_resources()
     log.info(
         "Ray: %d node(s), %g CPU, %g GPU",
@@ -127,6 +129,7 @@ def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: st
     def hit(values: Sequence[float]) -> bool:
         return any(abs(bits - b) < 1e-9 for b in values)
 
+    time.sleep(fault.sleep_seconds)
     if hit(fault.raise_on_bits):
         raise RuntimeError(f"injected fault at effective_bits={bits}")
     if hit(fault.kill_on_bits):
@@ -177,6 +180,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     tags = {
         "plan_hash": plan.plan_hash,
         "kind": "trial",
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
         **{f"data_hash.{k}": v for k, v in ctx.data.hashes().items()},
     }
     try:

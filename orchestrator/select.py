@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+    header = {"sweep": cfg.name, "config_hash": sweep.get("config_hash"), "seed": cfg.seed,
               "parent_run_id": sweep.get("parent_run_id")}
     max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
     done = finalize(

@@ -58,10 +58,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class Inputs:
-    cfg: SweepConfig
+    cfg: SweepConfig  # file paths made absolute
+    config_hash: str  # of the config as written, so a sweep resumes from any working directory
     output: Path
     tracking_uri: str
     address: str | None
+
+
+def absolute_paths(cfg: SweepConfig) -> SweepConfig:
+    """Every file the config names, made absolute: the driver leaves its working directory."""
+    from orchestrator.profiles import PRESETS, SHIPPED_PRESETS
+
+    def fix(path: str | None) -> str | None:
+        if path is None or path == "synthetic" or path.startswith("hf:"):
+            return path
+        return str(Path(path).expanduser().resolve())
+
+    model = cfg.model
+    named = model.source in PRESETS or model.source in SHIPPED_PRESETS
+    if not named and Path(model.source).expanduser().exists():
+        model = model.model_copy(update={"source": fix(model.source)})
+    data = cfg.data.model_copy(update={"source": fix(cfg.data.source),
+                                        "eval_source": fix(cfg.data.eval_source)})
+    selection = cfg.selection.model_copy(update={"catalog": fix(cfg.selection.catalog)})
+    return cfg.model_copy(update={"model": model, "data": data, "selection": selection})
 
 
 def check_inputs(args: argparse.Namespace) -> Inputs:
@@ -96,7 +116,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
         or default_tracking_uri(output)
     )
-    return Inputs(cfg, output, uri, args.address)
+    return Inputs(absolute_paths(cfg), cfg.config_hash(), output, uri, args.address)
 
 
 def _check_model(cfg: SweepConfig) -> None:
@@ -209,7 +229,7 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
     )
     flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
     tags = {
-        "config_hash": cfg.config_hash(),
+        "config_hash": inp.config_hash,
         "kind": "sweep",
         **run_tags(),
         **{f"data_hash.{k}": v for k, v in data.hashes().items()},
@@ -235,7 +255,7 @@ def run(inp: Inputs) -> int:
     cfg = inp.cfg
     seed_everything(cfg.seed)
     inp.output.mkdir(parents=True, exist_ok=True)
-    log.info("resolved config %s:\n%s", cfg.config_hash(), cfg.model_dump_json(indent=1))
+    log.info("resolved config %s:\n%s", inp.config_hash, cfg.model_dump_json(indent=1))
     write_text(inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = build_data(cfg)
     target = start_tracking(inp, data)  # the parent run exists before Ray starts
@@ -244,7 +264,7 @@ def run(inp: Inputs) -> int:
         inp.output / "sweep.json",
         {
             "name": cfg.name,
-            "config_hash": cfg.config_hash(),
+            "config_hash": inp.config_hash,
             "parent_run_id": target.parent_run_id,
             "experiment_id": target.experiment_id,
             "tracking_uri": inp.tracking_uri,
@@ -252,6 +272,9 @@ def run(inp: Inputs) -> int:
             "data_hashes": data.hashes(),
         },
     )
+    # Nothing below reads the working directory; leaving it for the output folder also sidesteps
+    # Ray Jobs replacing the job's working_dir copy under a running Tune driver (ray#52343).
+    os.chdir(inp.output)
     search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
     try:
         tables = score_all(inp, data)
@@ -286,7 +309,7 @@ def conclude(inp: Inputs, target: Any, tables: Sequence[ScoreTable], results: li
         r if r.mlflow_run_id else replace(r, mlflow_run_id=settled.run_ids.get(r.plan_hash, ""))
         for r in results
     ]
-    header = {"sweep": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+    header = {"sweep": cfg.name, "config_hash": inp.config_hash, "seed": cfg.seed,
               "parent_run_id": target.parent_run_id}
     done = finalize(
         inp.output, results, {f"{t.method}|{t.fp8_recipe}": t for t in tables},
