@@ -49,7 +49,7 @@ _METRIC_ROWS = 1024  # logits rows per metric step: bounds the float32 temporari
 
 
 def module_patterns(modules: Iterable[str], all_names: Collection[str]) -> list[str]:
-    """Wildcards that select exactly ``modules`` among ``all_names``, one per layer kind if possible.
+    """Wildcards that select exactly ``modules`` among ``all_names``: one per layer kind if exact.
 
     ModelOpt matches every config entry against every quantizer, so 2 x 252 per-module entries cost
     seconds on a 3B model; ``layers.*.mlp.down_proj`` does the same job in one entry. A wildcard is
@@ -88,7 +88,9 @@ def _batches(tokens: TokenSet, device: str, per_forward: int = 1) -> list[torch.
     """The token batches, ``per_forward`` of them stacked along the batch axis per tensor."""
     arr = tokens.tokens
     return [
-        torch.as_tensor(arr[i : i + per_forward].reshape(-1, arr.shape[-1]), dtype=torch.long, device=device)
+        torch.as_tensor(
+            arr[i : i + per_forward].reshape(-1, arr.shape[-1]), dtype=torch.long, device=device
+        )
         for i in range(0, len(arr), per_forward)
     ]
 
@@ -253,7 +255,7 @@ def accumulate_metrics(
     batch: torch.Tensor,
     head: nn.Module,
 ) -> None:
-    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) over next-token positions to ``sums``.
+    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of next-token positions to ``sums``.
 
     Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
     logits, so the float32 temporaries stay small next to the model. The last position predicts
