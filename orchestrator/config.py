@@ -104,6 +104,20 @@ class TrackingConfig(_Strict):
     experiment: str | None = None  # default: the sweep name
 
 
+class BaselineConfig(_Strict):
+    """Naive choices measured at every effective-bits value of the grid, beside the trials."""
+
+    enabled: bool = True
+    random_seeds: int = Field(3, ge=0, le=32)  # random group orders; mean and spread are reported
+    ends_blocks: int = Field(1, ge=0)  # "ends_bf16": the first and last N blocks kept BF16
+
+    def specs(self) -> list[str]:
+        if not self.enabled:
+            return []
+        out = [f"random:{s}" for s in range(self.random_seeds)] + ["inverse", "mlp_only"]
+        return out + ([f"ends_bf16:{self.ends_blocks}"] if self.ends_blocks else [])
+
+
 class FaultConfig(_Strict):
     """Fault injection for the reliability tests only; empty in every shipped config."""
 
@@ -123,6 +137,7 @@ class SweepConfig(_Strict):
     search: SearchConfig
     selection: SelectionConfig = SelectionConfig()
     tracking: TrackingConfig = TrackingConfig()
+    baselines: BaselineConfig = BaselineConfig()
     fault: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -77,6 +78,58 @@ def plan_for(result: TrialResult | Any, tables: Mapping[str, ScoreTable]) -> Pla
     return make_plan(table, result.effective_bits, result.coverage)
 
 
+def _interpolate(points: Sequence[tuple[float, float]], bits: float) -> float | None:
+    """KL at ``bits`` on one baseline's curve, linear in log KL between measured budgets."""
+    pts = sorted(points)
+    if not pts or not pts[0][0] - 1e-9 <= bits <= pts[-1][0] + 1e-9:
+        return None
+    for (b0, k0), (b1, k1) in zip(pts, pts[1:]):
+        if b0 - 1e-9 <= bits <= b1 + 1e-9 and b1 > b0:
+            t = (bits - b0) / (b1 - b0)
+            if k0 > 0 and k1 > 0:
+                return float(np.exp((1 - t) * np.log(k0) + t * np.log(k1)))
+            return float((1 - t) * k0 + t * k1)
+    return float(pts[0][1])
+
+
+def baseline_summary(results: Sequence[TrialResult], achieved_bits: float) -> dict[str, Any]:
+    """Each baseline's KL at exactly the scheme's FP8 share (its achieved effective bits).
+
+    Baselines are measured at the grid's budgets; their KL is interpolated (linear in log KL) to
+    the scheme's achieved bits, so a scheme is never compared with a baseline holding a different
+    FP8 share. Random orders are interpolated seed by seed, then averaged. A baseline that never
+    reaches the share (attention kept BF16 at 8 bits) is left out.
+    """
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        if r.kind == "baseline":  # every choice is the BF16 model at 16 bits: KL 0
+            curves.setdefault(r.baseline, [(16.0, 0.0)])
+    for r in results:
+        if r.kind == "baseline" and r.status == "FINISHED" and r.achieved_bits <= r.effective_bits + 1e-9:
+            curves.setdefault(r.baseline, []).append((r.achieved_bits, r.metrics["kl_mean"]))
+    at = {name: _interpolate(pts, achieved_bits) for name, pts in sorted(curves.items())}
+    out: dict[str, Any] = {"at_effective_bits": round(achieved_bits, 6)}
+    rand = [v for k, v in at.items() if k.startswith("random") and v is not None]
+    if rand:
+        out["random_kl_mean"] = float(np.mean(rand))
+        out["random_kl_std"] = float(np.std(rand))
+        out["random_seeds"] = len(rand)
+    for k, v in at.items():
+        if not k.startswith("random") and v is not None:
+            out[f"{k.split(':')[0]}_kl"] = v
+    return out
+
+
+def kl_margin(summary: Mapping[str, Any], kl: float) -> tuple[str, float] | None:
+    """(best baseline, its KL minus the scheme's): positive means the scheme is better."""
+    candidates = {k.removesuffix("_kl_mean").removesuffix("_kl"): v for k, v in summary.items()
+                  if k.endswith(("_kl", "_kl_mean"))}
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda k: (candidates[k], k))
+    return best, float(candidates[best] - kl)
+
+
 @dataclass(frozen=True)
 class Finalized:
     selection: Selection | None
@@ -112,6 +165,8 @@ def finalize(
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
         knobs = next(c.knobs for c in catalog.schemes if c.name == s.name)
+        summary = baseline_summary(results, s.achieved_bits)
+        margin = kl_margin(summary, s.metrics["kl_mean"])
         entries.append(
             {
                 "name": s.name,
@@ -129,6 +184,9 @@ def finalize(
                 "lm_bytes": plan.lm_bytes,
                 "model_bytes": plan.model_bytes,
                 "mlflow_run_id": s.mlflow_run_id,
+                "baselines_same_budget": summary,
+                "best_baseline": margin[0] if margin else None,
+                "kl_margin_over_best_baseline": margin[1] if margin else None,
                 "catalog_knobs": knobs.model_dump(),
                 "rationale": s.rationale,
             }

@@ -22,8 +22,9 @@ Ties break on group name, so a plan is a pure function of its inputs on every ho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import reduce
+from typing import Any
 
 import numpy as np
 
@@ -141,3 +142,57 @@ def _plan_from_groups(
         score_sum=float(sum(g.score for g in chosen)),
     )
 
+
+
+# --- baselines: naive choices at the same FP8 share, to show what the scores are worth ----------
+
+BASELINES = ("random", "inverse", "mlp_only", "ends_bf16")
+
+
+def _fill(groups: Sequence[ScoreGroup], need: int) -> list[ScoreGroup]:
+    chosen: list[ScoreGroup] = []
+    covered = 0
+    for g in groups:
+        if covered >= need:
+            break
+        chosen.append(g)
+        covered += g.params
+    return chosen
+
+
+def baseline_plan(table: ScoreTable, kind: str, effective_bits: float, arg: int = 0) -> Plan:
+    """A naive plan at the budget of ``effective_bits`` (coverage 1.0):
+
+    * ``random`` (``arg`` = seed): groups in a seeded random order;
+    * ``inverse``: most sensitive first, the scores read backwards;
+    * ``mlp_only``: attention kept BF16, MLP groups least sensitive first;
+    * ``ends_bf16`` (``arg`` = N): the first and last N blocks kept BF16, the rest by score.
+    """
+    share = fp8_share_for_bits(effective_bits)
+    total = table.eligible_params
+    need = max(0, math.ceil(share * total - 1e-9 * total))
+    by_score = sorted(table.groups, key=lambda g: (g.score, g.name))
+    if kind == "random":
+        order = sorted(table.groups, key=lambda g: g.name)
+        np.random.default_rng(arg).shuffle(order)  # type: ignore[arg-type]
+    elif kind == "inverse":
+        order = sorted(table.groups, key=lambda g: (-g.score, g.name))
+    elif kind == "mlp_only":
+        order = [g for g in by_score if g.kind in ("gate_up", "down")]
+    elif kind == "ends_bf16":
+        blocks = sorted({g.block for g in table.groups})
+        kept = set(blocks[:arg]) | set(blocks[len(blocks) - arg :]) if arg else set()
+        order = [g for g in by_score if g.block not in kept]
+    else:
+        raise ValueError(f"baseline {kind!r} is not one of {BASELINES}")
+    blocks_all = tuple(sorted({g.block for g in table.groups}))
+    return _plan_from_groups(table, _fill(order, need), effective_bits, 1.0, blocks_all, need)
+
+
+def plan_point(table: ScoreTable, point: Mapping[str, Any]) -> Plan:
+    """The plan of a sweep point: the scored solve, or a named baseline ("random:2", "inverse")."""
+    spec = str(point.get("baseline") or "")
+    if not spec:
+        return make_plan(table, point["effective_bits"], point["coverage"])
+    kind, _, arg = spec.partition(":")
+    return baseline_plan(table, kind, point["effective_bits"], int(arg or 0))

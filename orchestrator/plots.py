@@ -21,11 +21,12 @@ def pareto_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [
+    done = [
         r
         for r in results
         if r.status == "FINISHED" and math.isfinite(r.metrics.get("kl_mean", math.nan))
     ]
+    ok = [r for r in done if r.kind == "trial"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method, marker in (("gradient", "o"), ("kl_div", "s")):
         pts = [r for r in ok if r.method == method]
@@ -34,6 +35,14 @@ def pareto_png(
                 [r.achieved_bits for r in pts],
                 [max(r.metrics["kl_mean"], 1e-12) for r in pts],
                 marker=marker, c="0.6", s=22, label=f"trials ({method} scores)",
+            )
+    for name, marker in (("random", "x"), ("inverse", "v"), ("mlp_only", "^"), ("ends_bf16", "d")):
+        pts = [r for r in done if r.kind == "baseline" and r.baseline.split(":")[0] == name]
+        if pts:
+            ax.scatter(
+                [r.achieved_bits for r in pts],
+                [max(r.metrics["kl_mean"], 1e-12) for r in pts],
+                marker=marker, c="tab:orange", s=18, alpha=0.7, label=f"baseline: {name}",
             )
     by_hash = {r.plan_hash: r for r in ok}
     f = sorted((by_hash[h] for h in front if h in by_hash), key=lambda r: r.achieved_bits)

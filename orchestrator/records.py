@@ -118,7 +118,8 @@ class TrialResult:
     metrics: Mapping[str, float]
     mlflow_run_id: str = ""
     error: str = ""
-    kind: str = "trial"
+    kind: str = "trial"  # or "baseline"
+    baseline: str = ""  # e.g. "random:0", "inverse", "mlp_only", "ends_bf16:1"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -36,12 +36,12 @@ from ray import tune
 from orchestrator import tracking
 from orchestrator.config import FaultConfig, ModelConfig
 from orchestrator.data import DataSets
-from orchestrator.planning import make_plan
+from orchestrator.planning import plan_point
 from orchestrator.records import Plan, ScoreTable, TrialResult
 
 log = logging.getLogger(__name__)
 
-POINT_KEYS = ("method", "fp8_recipe", "effective_bits", "coverage")
+POINT_KEYS = ("method", "fp8_recipe", "effective_bits", "coverage", "baseline")
 OBJECTIVES = ("achieved_bits", "kl_mean")
 
 
@@ -150,7 +150,7 @@ def _finite_or_fail(metrics: Mapping[str, float]) -> None:
 
 
 def point_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    raw = config.get("point") or config
+    raw = {"baseline": "", **(config.get("point") or config)}
     return {k: raw[k] for k in POINT_KEYS}
 
 
@@ -171,15 +171,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     t0 = time.perf_counter()
     point = point_of(config)
-    plan = make_plan(
-        ctx.tables[table_key(point["method"], point["fp8_recipe"])],
-        point["effective_bits"],
-        point["coverage"],
-    )
+    plan = plan_point(ctx.tables[table_key(point["method"], point["fp8_recipe"])], point)
     params = {**point, "plan_hash": plan.plan_hash, "budget_met": plan.budget_met}
     tags = {
         "plan_hash": plan.plan_hash,
-        "kind": "trial",
+        "kind": "baseline" if point["baseline"] else "trial",
         "ray_node_id": ray.get_runtime_context().get_node_id(),
         **{f"data_hash.{k}": v for k, v in ctx.data.hashes().items()},
     }
@@ -284,7 +280,7 @@ def _searcher(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(param_space, TuneConfig kwargs) for a grid of points or Optuna seeded with them."""
     if settings.searcher == "grid":
-        return {"point": tune.grid_search([dict(p) for p in points])}, {}
+        return {"point": tune.grid_search([point_of(p) for p in points])}, {}
     from ray.tune.search.optuna import OptunaSearch
 
     bits = space["effective_bits"]
@@ -293,11 +289,12 @@ def _searcher(
         "coverage": tune.choice(list(space["coverage"])),
         "method": tune.choice(list(space["method"])),
         "fp8_recipe": tune.choice(list(space["fp8_recipe"])),
+        "baseline": "",
     }
     algo = OptunaSearch(
         metric=list(OBJECTIVES),
         mode=["min", "min"],
-        points_to_evaluate=[dict(p) for p in points],
+        points_to_evaluate=[point_of(p) for p in points],
         seed=settings.seed,
     )
     return param_space, {"search_alg": algo, "num_samples": len(points) + settings.num_samples}
@@ -343,7 +340,7 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
     """A Tune result as a record; failed trials get their plan re-derived (planning is pure)."""
     m = dict(r.metrics or {})
     p = point_of(r.config)
-    plan = make_plan(tables[table_key(p["method"], p["fp8_recipe"])], p["effective_bits"], p["coverage"])
+    plan = plan_point(tables[table_key(p["method"], p["fp8_recipe"])], p)
     numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     status = "FAILED" if r.error is not None else "FINISHED"
     metrics = {k: v for k, v in numeric.items() if k not in {"achieved_bits", "fp8_fraction"}}
@@ -360,4 +357,6 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
         metrics=metrics if status == "FINISHED" else {},
         mlflow_run_id=str(m.get("mlflow_run_id", "")),
         error=err,
+        kind="baseline" if p["baseline"] else "trial",
+        baseline=p["baseline"],
     )

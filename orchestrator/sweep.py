@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import ConfigError, SweepConfig, load_catalog, load_config
+from orchestrator.config import PROJECT_ROOT, ConfigError, SweepConfig, load_catalog, load_config
 from orchestrator.data import DataError, DataSets, check_source
 from orchestrator.outputs import (
     finalize,
@@ -70,9 +70,13 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     from orchestrator.profiles import PRESETS, SHIPPED_PRESETS
 
     def fix(path: str | None) -> str | None:
+        """Relative to the working directory, else to the project (shipped data and catalog)."""
         if path is None or path == "synthetic" or path.startswith("hf:"):
             return path
-        return str(Path(path).expanduser().resolve())
+        p = Path(path).expanduser()
+        if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
+            p = PROJECT_ROOT / p
+        return str(p.resolve())
 
     model = cfg.model
     named = model.source in PRESETS or model.source in SHIPPED_PRESETS
@@ -86,7 +90,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
 
 def check_inputs(args: argparse.Namespace) -> Inputs:
     """Everything that can be wrong with the input, found before any Ray/MLflow/model work."""
-    cfg = load_config(args.config, args.set)
+    written = load_config(args.config, args.set)
+    cfg = absolute_paths(written)
     load_catalog(cfg.selection.catalog)
     check_source(cfg.data.source, "data.source", cfg.data.text_field)
     if cfg.data.eval_source:
@@ -101,10 +106,10 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
                               "use gpus=auto or run on a GPU machine")
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
     previous = read_sweep_json(output)
-    if previous is not None and previous.get("config_hash") != cfg.config_hash():
+    if previous is not None and previous.get("config_hash") != written.config_hash():
         raise ConfigError(
             f"--output {output} holds sweep {previous.get('name')!r} with config hash "
-            f"{previous.get('config_hash')}, not {cfg.config_hash()}; use another --output"
+            f"{previous.get('config_hash')}, not {written.config_hash()}; use another --output"
         )
     if output.exists() and previous is None and any(output.iterdir()):
         raise ConfigError(f"--output {output} is not empty and holds no sweep; use another --output")
@@ -116,7 +121,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
         or default_tracking_uri(output)
     )
-    return Inputs(absolute_paths(cfg), cfg.config_hash(), output, uri, args.address)
+    return Inputs(cfg, written.config_hash(), output, uri, args.address)
 
 
 def _check_model(cfg: SweepConfig) -> None:
@@ -203,10 +208,48 @@ def grid_points(cfg: SweepConfig, tables: Sequence[ScoreTable]) -> tuple[list[di
                 if h in seen:
                     continue
                 seen.add(h)
-                points.append(
-                    {"method": method, "fp8_recipe": recipe, "effective_bits": bits, "coverage": cov}
-                )
+                points.append({"method": method, "fp8_recipe": recipe, "effective_bits": bits,
+                               "coverage": cov, "baseline": "", "plan_hash": h})
     return points, total
+
+
+def baseline_specs(cfg: SweepConfig, table: ScoreTable) -> list[dict[str, Any]]:
+    """Each baseline at each effective-bits value, planned with the first scoring setup's table."""
+    from orchestrator.planning import plan_point
+
+    specs = []
+    for bits in sorted(cfg.search.effective_bits, reverse=True):
+        for name in cfg.baselines.specs():
+            point = {"method": table.method, "fp8_recipe": table.fp8_recipe,
+                     "effective_bits": bits, "coverage": 1.0, "baseline": name}
+            specs.append({**point, "plan_hash": plan_point(table, point).plan_hash})
+    return specs
+
+
+def unmeasured(specs: Sequence[dict[str, Any]], points: Sequence[dict]) -> list[dict]:
+    """Baselines whose plan no other point measures: a shared plan is measured once."""
+    seen = {p["plan_hash"] for p in points}
+    out = []
+    for s in specs:
+        if s["plan_hash"] not in seen:
+            seen.add(s["plan_hash"])
+            out.append(s)
+    return out
+
+
+def with_baselines(results: Sequence[TrialResult], specs: Sequence[dict]) -> list[TrialResult]:
+    """Trial rows, then one row per baseline spec carrying the metrics of its plan."""
+    measured: dict[str, TrialResult] = {}
+    for r in results:
+        if r.plan_hash not in measured or r.status == "FINISHED":
+            measured[r.plan_hash] = r
+    out = [r for r in results if r.kind == "trial"]
+    for s in specs:
+        r = measured.get(s["plan_hash"])
+        if r is not None:
+            out.append(replace(r, kind="baseline", baseline=s["baseline"], method=s["method"],
+                               effective_bits=s["effective_bits"], coverage=1.0))
+    return out
 
 
 def run_tags() -> dict[str, str]:
@@ -280,7 +323,10 @@ def run(inp: Inputs) -> int:
         tables = score_all(inp, data)
         write_score_tables(inp.output, tables)
         points, total = grid_points(cfg, tables)
-        log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
+        specs = baseline_specs(cfg, tables[0])
+        extra = unmeasured(specs, points) if cfg.search.searcher == "grid" else []
+        log.info("%d grid point(s) -> %d distinct plan(s), plus %d baseline plan(s)",
+                 total, len(points), len(extra))
         ctx = search.TrialContext(
             model=cfg.model, data=data,
             tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
@@ -296,19 +342,26 @@ def run(inp: Inputs) -> int:
             storage, "tune", cfg.search.max_failures, cfg.search.max_concurrent,
             cfg.search.cpus_per_trial, cfg.search.searcher, cfg.search.num_samples, cfg.seed,
         )
-        results = search.run_trials(ctx, points, space, settings)
+        results = search.run_trials(ctx, [*points, *extra], space, settings)
     finally:
         search.shutdown()
-    return conclude(inp, target, tables, results)
+    return conclude(inp, target, tables, results, specs)
 
 
-def conclude(inp: Inputs, target: Any, tables: Sequence[ScoreTable], results: list[TrialResult]) -> int:
+def conclude(
+    inp: Inputs,
+    target: Any,
+    tables: Sequence[ScoreTable],
+    results: list[TrialResult],
+    specs: Sequence[dict],
+) -> int:
     cfg = inp.cfg
     settled = _settle_tracking(target, results)
     results = [
         r if r.mlflow_run_id else replace(r, mlflow_run_id=settled.run_ids.get(r.plan_hash, ""))
         for r in results
     ]
+    results = with_baselines(results, specs)
     header = {"sweep": cfg.name, "config_hash": inp.config_hash, "seed": cfg.seed,
               "parent_run_id": target.parent_run_id}
     done = finalize(

@@ -89,6 +89,7 @@ def write_trials(results: Sequence[TrialResult], path: Path) -> None:
         k: []
         for k in (
             "kind",
+            "baseline",
             "plan_hash",
             "method",
             "fp8_recipe",

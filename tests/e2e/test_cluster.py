@@ -26,6 +26,7 @@ from tests.e2e.test_sweep import sweep
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 SMALL = ["--set", "scoring.methods=[kl_div]", "--set", "search.coverage=[1.0]",
+         "--set", "baselines.enabled=false",
          "--set", "search.effective_bits=[8,10,12,14,15]", "--set", "search.cpus_per_trial=1"]
 
 

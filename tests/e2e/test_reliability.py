@@ -22,6 +22,7 @@ from tests.e2e.test_sweep import sweep
 pytestmark = pytest.mark.e2e
 
 SMALL = ["--set", "scoring.methods=[kl_div]", "--set", "search.coverage=[1.0]",
+         "--set", "baselines.enabled=false",
          "--set", "search.max_failures=1"]
 
 

@@ -43,7 +43,7 @@ def _runs(out: Path):
     exp = client.get_experiment_by_name("demo-tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    children = [r for r in runs if r.data.tags.get("kind") in ("trial", "baseline")]
     return client, parents, children
 
 
@@ -65,6 +65,20 @@ def test_demo_sweep_outputs(demo):
     assert "ETA" in proc.stdout and "fp8_autoquant_top50" in proc.stdout
 
 
+def test_scores_beat_naive_choices_on_the_reference_model(demo):
+    """On the trained reference preset, the balanced scheme drifts less than random groups and
+    than most-sensitive-first at the same FP8 share (baselines interpolated to that share)."""
+    out, _ = demo
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    balanced = next(s for s in doc["schemes"] if s["role"] == "balanced")
+    base = balanced["baselines_same_budget"]
+    kl = balanced["metrics"]["kl_mean"]
+    assert base["random_seeds"] == 3
+    assert kl < base["random_kl_mean"]
+    assert kl < base["inverse_kl"]
+    assert balanced["kl_margin_over_best_baseline"] is not None
+
+
 def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     import pyarrow.parquet as pq
 
@@ -72,11 +86,15 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     client, parents, children = _runs(out)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    trials = pq.read_table(out / "trials.parquet").to_pydict()
-    assert len(set(trials["plan_hash"])) == len(trials["plan_hash"])  # grid was de-duplicated
-    assert len(children) == len(trials["plan_hash"])
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    trials = [r["plan_hash"] for r in rows if r["kind"] == "trial"]
+    assert len(set(trials)) == len(trials)  # the grid was de-duplicated by plan
+    assert len(children) == len({r["plan_hash"] for r in rows})  # one run per distinct plan
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    assert {r["baseline"].split(":")[0] for r in baselines} == {"random", "inverse", "mlp_only", "ends_bf16"}
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["kind"] for c in children} == {"trial", "baseline"}
     for key in ("kl_mean", "top1_agreement", "nll_delta", "achieved_bits", "fp8_fraction",
                 "lm_bytes", "model_bytes", "trial_seconds"):
         assert all(key in c.data.metrics for c in children), key
@@ -139,7 +157,11 @@ def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_
     with torch.no_grad():
         a = model(input_ids=batch).logits.float()
         b = reloaded(input_ids=batch).logits.float()
-    assert torch.allclose(a, b, atol=1e-2, rtol=0), (a - b).abs().max()
+    # both run in bf16; the checkpoint's FP8 codes and scales give the same quantized weights, so
+    # what is left is bf16 rounding: tiny next to the logits' spread, and the same argmax
+    diff = (a - b).abs()
+    assert diff.mean() < 0.01 * a.std(), (diff.mean(), a.std())
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.98
     dtypes = {}
     from safetensors import safe_open
 

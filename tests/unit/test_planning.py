@@ -116,3 +116,22 @@ def test_kl_div_solver_takes_a_prefix_by_score_and_nests():
 def test_coverage_outside_range_is_rejected(cov):
     with pytest.raises(ValueError, match="coverage"):
         make_plan(table({}), 12, cov)
+
+
+def test_baselines_meet_the_same_budget_and_differ_from_the_scored_plan():
+    from orchestrator.planning import baseline_plan
+
+    rng = random.Random(7)
+    t = table({(b, k): rng.random() for b in range(4) for k in SIZES}, method="kl_div")
+    scored = make_plan(t, 12, 1.0)
+    inverse = baseline_plan(t, "inverse", 12)
+    assert inverse.budget_met and inverse.fp8_fraction >= 0.5
+    assert inverse.score_sum > scored.score_sum
+    mlp = baseline_plan(t, "mlp_only", 12)
+    assert all(m.split(".")[3] in ("gate_up", "down") for m in mlp.fp8_groups)
+    ends = baseline_plan(t, "ends_bf16", 13, 1)
+    assert {int(g.split(".")[2]) for g in ends.fp8_groups} <= {1, 2}
+    r0, r0b, r1 = (baseline_plan(t, "random", 12, s) for s in (0, 0, 1))
+    assert r0 == r0b and r0.plan_hash != r1.plan_hash and r0.budget_met
+    with pytest.raises(ValueError, match="not one of"):
+        baseline_plan(t, "oracle", 12)
