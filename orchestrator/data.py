@@ -79,7 +79,9 @@ def check_source(source: str, field: str, text_field: str = "text") -> None:
         return
     path = Path(source).expanduser()
     if path.suffix not in TEXT_SUFFIXES:
-        raise DataError(f"{field}={source!r}: unknown file type; use one of {', '.join(TEXT_SUFFIXES)}")
+        raise DataError(
+            f"{field}={source!r}: unknown file type; use one of {', '.join(TEXT_SUFFIXES)}"
+        )
     if not path.is_file():
         raise DataError(f"{field}={source!r}: file not found")
     try:
@@ -106,7 +108,11 @@ def _read_hf(spec: str, text_field: str) -> str:
     import datasets  # optional: only when the network allows
 
     parts = spec.removeprefix("hf:").split(":")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 else None), parts[2] if len(parts) > 2 else "test"
+    name, config, split = (
+        parts[0],
+        (parts[1] if len(parts) > 1 else None),
+        parts[2] if len(parts) > 2 else "test",
+    )
     ds = datasets.load_dataset(name, config, split=split)
     return "\n".join(str(x) for x in ds[text_field])
 
@@ -154,7 +160,9 @@ def build_datasets(
         eval_windows, eval_start, eval_src = windows, len(windows) - back, cfg.source
     return DataSets(
         TokenSet("calib", _take(windows, 0, cfg.calib_batches, per), cfg.source),
-        TokenSet("score", _take(windows, cfg.calib_batches * per, cfg.score_batches, per), cfg.source),
+        TokenSet(
+            "score", _take(windows, cfg.calib_batches * per, cfg.score_batches, per), cfg.source
+        ),
         TokenSet("eval", _take(eval_windows, eval_start, cfg.eval_batches, per), eval_src),
     )
 

@@ -66,7 +66,9 @@ def export_scheme(output: Path, name: str, dest: Path, device: str | None = None
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=tmp)
-    (tmp / "scheme.json").write_text(json.dumps({**scheme, "fp8_modules": plan["fp8_modules"]}, indent=2))
+    (tmp / "scheme.json").write_text(
+        json.dumps({**scheme, "fp8_modules": plan["fp8_modules"]}, indent=2)
+    )
     if dest.exists():
         dest.rmdir()
     tmp.rename(dest)
@@ -76,16 +78,20 @@ def export_scheme(output: Path, name: str, dest: Path, device: str | None = None
 
 def load_exported(path: Path, device: str = "cpu") -> Any:
     """Load an exported folder with transformers and restore its FP8 layers as fake-quant modules."""
+    import modelopt.torch.quantization as mtq
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen2_5_VLForConditionalGeneration
 
-    import modelopt.torch.quantization as mtq
     from orchestrator.trial import fp8_quant_config, module_quantizers
 
     scheme = json.loads((path / "scheme.json").read_text())
     config = AutoConfig.from_pretrained(path)
-    cls = Qwen2_5_VLForConditionalGeneration if config.model_type == "qwen2_5_vl" else AutoModelForCausalLM
+    cls = (
+        Qwen2_5_VLForConditionalGeneration
+        if config.model_type == "qwen2_5_vl"
+        else AutoModelForCausalLM
+    )
     model = cls.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
@@ -116,7 +122,9 @@ def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.runtime import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
     p.add_argument("--scheme", required=True, help="a name from its schemes.yaml")
     p.add_argument("--dest", type=Path, required=True, help="folder for the checkpoint")

@@ -58,9 +58,14 @@ def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> None:
         write_scores(t, score_file(output, t))
         for g in t.groups:
             for k, v in (
-                ("method", t.method), ("fp8_recipe", t.fp8_recipe), ("key", t.key),
-                ("group", g.name), ("block", g.block), ("kind", g.kind),
-                ("params", g.params), ("score", g.score),
+                ("method", t.method),
+                ("fp8_recipe", t.fp8_recipe),
+                ("key", t.key),
+                ("group", g.name),
+                ("block", g.block),
+                ("kind", g.kind),
+                ("params", g.params),
+                ("score", g.score),
             ):
                 rows[k].append(v)
     tmp = output / ".scores.parquet.tmp"
@@ -83,7 +88,7 @@ def _interpolate(points: Sequence[tuple[float, float]], bits: float) -> float | 
     pts = sorted(points)
     if not pts or not pts[0][0] - 1e-9 <= bits <= pts[-1][0] + 1e-9:
         return None
-    for (b0, k0), (b1, k1) in zip(pts, pts[1:]):
+    for (b0, k0), (b1, k1) in zip(pts, pts[1:], strict=False):
         if b0 - 1e-9 <= bits <= b1 + 1e-9 and b1 > b0:
             t = (bits - b0) / (b1 - b0)
             if k0 > 0 and k1 > 0:
@@ -105,7 +110,11 @@ def baseline_summary(results: Sequence[TrialResult], achieved_bits: float) -> di
         if r.kind == "baseline":  # every choice is the BF16 model at 16 bits: KL 0
             curves.setdefault(r.baseline, [(16.0, 0.0)])
     for r in results:
-        if r.kind == "baseline" and r.status == "FINISHED" and r.achieved_bits <= r.effective_bits + 1e-9:
+        if (
+            r.kind == "baseline"
+            and r.status == "FINISHED"
+            and r.achieved_bits <= r.effective_bits + 1e-9
+        ):
             curves.setdefault(r.baseline, []).append((r.achieved_bits, r.metrics["kl_mean"]))
     at = {name: _interpolate(pts, achieved_bits) for name, pts in sorted(curves.items())}
     out: dict[str, Any] = {"at_effective_bits": round(achieved_bits, 6)}
@@ -122,8 +131,11 @@ def baseline_summary(results: Sequence[TrialResult], achieved_bits: float) -> di
 
 def kl_margin(summary: Mapping[str, Any], kl: float) -> tuple[str, float] | None:
     """(best baseline, its KL minus the scheme's): positive means the scheme is better."""
-    candidates = {k.removesuffix("_kl_mean").removesuffix("_kl"): v for k, v in summary.items()
-                  if k.endswith(("_kl", "_kl_mean"))}
+    candidates = {
+        k.removesuffix("_kl_mean").removesuffix("_kl"): v
+        for k, v in summary.items()
+        if k.endswith(("_kl", "_kl_mean"))
+    }
     if not candidates:
         return None
     best = min(candidates, key=lambda k: (candidates[k], k))
@@ -134,6 +146,7 @@ def kl_margin(summary: Mapping[str, Any], kl: float) -> tuple[str, float] | None
 class Finalized:
     selection: Selection | None
     error: str | None
+    entries: tuple[dict[str, Any], ...] = ()  # schemes.yaml's scheme entries
 
 
 def finalize(
@@ -200,7 +213,7 @@ def finalize(
     }
     write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
     pareto_png(results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")))
-    return Finalized(sel, None)
+    return Finalized(sel, None, tuple(entries))
 
 
 def load_results(output: Path) -> list[TrialResult]:

@@ -143,7 +143,6 @@ def _plan_from_groups(
     )
 
 
-
 # --- baselines: naive choices at the same FP8 share, to show what the scores are worth ----------
 
 BASELINES = ("random", "inverse", "mlp_only", "ends_bf16")

@@ -34,7 +34,10 @@ def pareto_png(
             ax.scatter(
                 [r.achieved_bits for r in pts],
                 [max(r.metrics["kl_mean"], 1e-12) for r in pts],
-                marker=marker, c="0.6", s=22, label=f"trials ({method} scores)",
+                marker=marker,
+                c="0.6",
+                s=22,
+                label=f"trials ({method} scores)",
             )
     for name, marker in (("random", "x"), ("inverse", "v"), ("mlp_only", "^"), ("ends_bf16", "d")):
         pts = [r for r in done if r.kind == "baseline" and r.baseline.split(":")[0] == name]
@@ -42,19 +45,29 @@ def pareto_png(
             ax.scatter(
                 [r.achieved_bits for r in pts],
                 [max(r.metrics["kl_mean"], 1e-12) for r in pts],
-                marker=marker, c="tab:orange", s=18, alpha=0.7, label=f"baseline: {name}",
+                marker=marker,
+                c="tab:orange",
+                s=18,
+                alpha=0.7,
+                label=f"baseline: {name}",
             )
     by_hash = {r.plan_hash: r for r in ok}
     f = sorted((by_hash[h] for h in front if h in by_hash), key=lambda r: r.achieved_bits)
     if f:
         ax.plot(
-            [r.achieved_bits for r in f], [max(r.metrics["kl_mean"], 1e-12) for r in f],
-            "-", c="tab:blue", lw=1.5, label="Pareto front",
+            [r.achieved_bits for r in f],
+            [max(r.metrics["kl_mean"], 1e-12) for r in f],
+            "-",
+            c="tab:blue",
+            lw=1.5,
+            label="Pareto front",
         )
     for s in schemes:
         y = max(s.metrics["kl_mean"], 1e-12)
         ax.scatter([s.achieved_bits], [y], c="tab:red", s=60, zorder=3)
-        ax.annotate(s.name, (s.achieved_bits, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(
+            s.name, (s.achieved_bits, y), textcoords="offset points", xytext=(6, 6), fontsize=8
+        )
     ax.set_xlabel("effective bits over eligible LM weights (lower = smaller)")
     ax.set_ylabel("mean KL(BF16 || quantized) per token")
     ax.set_yscale("log")

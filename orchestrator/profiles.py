@@ -172,7 +172,9 @@ def resolve_source(source: str) -> str:
     return str(SHIPPED_PRESETS[source]) if source in SHIPPED_PRESETS else source
 
 
-def resolve_config(source: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def resolve_config(
+    source: str, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
     """The HF config behind ``source`` (preset, local folder or hub id), without loading weights."""
     if source in PRESETS:
         return PRESETS[source]()
@@ -236,9 +238,7 @@ def _from_pretrained(
         else AutoModelForCausalLM
     )
     where = str(Path(source).expanduser()) if is_local_path(source) else source
-    return cls.from_pretrained(
-        where, dtype=torch_dtype, revision=revision, trust_remote_code=trust
-    )
+    return cls.from_pretrained(where, dtype=torch_dtype, revision=revision, trust_remote_code=trust)
 
 
 def text_config(config: Any) -> Any:

@@ -59,9 +59,7 @@ class ScoreTable:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreTable:
-        groups = tuple(
-            ScoreGroup(**{**g, "modules": tuple(g["modules"])}) for g in d["groups"]
-        )
+        groups = tuple(ScoreGroup(**{**g, "modules": tuple(g["modules"])}) for g in d["groups"])
         return cls(**{**d, "groups": groups, "meta": dict(d.get("meta", {}))})
 
 

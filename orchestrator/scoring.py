@@ -125,7 +125,9 @@ def state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:
             "scores": [float(x) for x in s["scores"]],
             "costs": [float(x) for x in s["costs"]],
             "module_names": list(s["module_names"]),
-            "quantizer_attrs": {k: list(v) for k, v in dict(s.get("quantizer_attrs") or {}).items()},
+            "quantizer_attrs": {
+                k: list(v) for k, v in dict(s.get("quantizer_attrs") or {}).items()
+            },
             "cost_weight": float(s.get("cost_weight", 1.0)),
             "uncompressed_cost": float(s.get("uncompressed_cost", max(s["costs"]))),
             "allow_no_quant": bool(s.get("allow_no_quant", True)),
@@ -156,7 +158,11 @@ def state_from_json(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def table_from_state(
-    state: Mapping[str, Any], model: nn.Module, profile: ModelProfile, setup: ScoringSetup, meta: dict
+    state: Mapping[str, Any],
+    model: nn.Module,
+    profile: ModelProfile,
+    setup: ScoringSetup,
+    meta: dict,
 ) -> ScoreTable:
     """Per-group FP8 scores of the eligible groups, in the profile's group naming."""
     eligible = {m.name: m for m in profile.eligible_modules(model)}
@@ -169,7 +175,9 @@ def table_from_state(
             raise RuntimeError(f"AutoQuantize group {stat['module_names']} mixes eligible modules")
         fp8 = [i for i, f in enumerate(stat["formats"]) if f != "NONE"]
         if len(fp8) != 1:
-            raise RuntimeError(f"group {modules} has formats {stat['formats']}, expected FP8 + NONE")
+            raise RuntimeError(
+                f"group {modules} has formats {stat['formats']}, expected FP8 + NONE"
+            )
         first = eligible[modules[0]]
         groups.append(
             ScoreGroup(

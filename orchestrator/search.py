@@ -97,15 +97,15 @@ def shutdown() -> None:
 # --- scoring --------------------------------------------------------------------------------------
 
 
-def _score_remote(
-    model: ModelConfig, data: DataSets, setup: Any, cache_dir: str
-) -> dict[str, Any]:
+def _score_remote(model: ModelConfig, data: DataSets, setup: Any, cache_dir: str) -> dict[str, Any]:
     from orchestrator.profiles import load_model
     from orchestrator.scoring import score
     from orchestrator.trial import default_device
 
     device = default_device()
-    net, profile = load_model(model.source, device, model.dtype, model.revision, model.trust_remote_code)
+    net, profile = load_model(
+        model.source, device, model.dtype, model.revision, model.trust_remote_code
+    )
     return score(net, profile, data.score, setup, Path(cache_dir), device).to_dict()
 
 
@@ -146,7 +146,9 @@ def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: st
 def _finite_or_fail(metrics: Mapping[str, float]) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
-        raise NonFiniteMetric(f"non-finite metrics {bad}; the trial fails instead of reporting them")
+        raise NonFiniteMetric(
+            f"non-finite metrics {bad}; the trial fails instead of reporting them"
+        )
 
 
 def point_of(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,8 +183,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     }
     try:
         run_id, stored = tracking.start_child(
-            ctx.tracking, plan.plan_hash, f"b{point['effective_bits']:g}-c{point['coverage']:g}",
-            params, {**tags, **ctx.run_tags},
+            ctx.tracking,
+            plan.plan_hash,
+            f"b{point['effective_bits']:g}-c{point['coverage']:g}",
+            params,
+            {**tags, **ctx.run_tags},
         )
     except Exception as e:  # noqa: BLE001 - the store is down: measure now, log later
         log.warning("tracking unavailable (%s); the driver will log this trial", e)
@@ -198,7 +203,9 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     try:
         fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
-        ev, timings = resident_evaluator(ctx.model, ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes)
+        ev, timings = resident_evaluator(
+            ctx.model, ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes
+        )
         metrics = ev.evaluate(plan.fp8_modules)
         if fault == "nan":
             metrics["kl_mean"] = math.nan
@@ -208,7 +215,9 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         _finite_or_fail(metrics)
     except BaseException as e:
         if run_id:
-            tracking.fail_child(ctx.tracking, run_id, "".join(traceback.format_exception_only(e)).strip())
+            tracking.fail_child(
+                ctx.tracking, run_id, "".join(traceback.format_exception_only(e)).strip()
+            )
         raise
     logged = 0.0
     if run_id:
@@ -251,9 +260,18 @@ class Progress(tune.Callback):
         bar = "#" * int(20 * self.done / max(self.total, 1))
         log.info(
             "[%-20s] %d/%d %s b=%g c=%g %s -> bits %.2f kl %.3g top1 %.4f | %.0fs elapsed, ETA %.0fs",
-            bar, self.done, self.total, status, p["effective_bits"], p["coverage"], p["method"],
-            r.get("achieved_bits", float("nan")), kl, r.get("top1_agreement", float("nan")),
-            elapsed, eta,
+            bar,
+            self.done,
+            self.total,
+            status,
+            p["effective_bits"],
+            p["coverage"],
+            p["method"],
+            r.get("achieved_bits", float("nan")),
+            kl,
+            r.get("top1_agreement", float("nan")),
+            elapsed,
+            eta,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -307,7 +325,9 @@ def run_trials(
     settings: TuneSettings,
 ) -> list[TrialResult]:
     gpus = cluster_gpus()
-    resources = {"cpu": settings.cpus_per_trial, "gpu": 1} if gpus else {"cpu": settings.cpus_per_trial}
+    resources = (
+        {"cpu": settings.cpus_per_trial, "gpu": 1} if gpus else {"cpu": settings.cpus_per_trial}
+    )
     concurrency = settings.max_concurrent or max(gpus, 1)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
     param_space, extra = _searcher(settings, points, space)
@@ -315,7 +335,9 @@ def run_trials(
     total = extra.get("num_samples", len(points))
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming Tune experiment at %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True, param_space=param_space)
+        tuner = tune.Tuner.restore(
+            str(path), trainable=fn, resume_errored=True, param_space=param_space
+        )
     else:
         tuner = tune.Tuner(
             fn,
@@ -341,7 +363,9 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
     m = dict(r.metrics or {})
     p = point_of(r.config)
     plan = plan_point(tables[table_key(p["method"], p["fp8_recipe"])], p)
-    numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric = {
+        k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     status = "FAILED" if r.error is not None else "FINISHED"
     metrics = {k: v for k, v in numeric.items() if k not in {"achieved_bits", "fp8_fraction"}}
     err = "" if r.error is None else str(r.error).strip().splitlines()[-1][:2000]

@@ -18,7 +18,9 @@ from orchestrator.outputs import finalize, load_results, read_score_tables, read
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.select", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.select", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
     p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL (overrides config)")
     p.add_argument("--catalog", type=Path, default=None, help="scheme catalog (overrides config)")
@@ -35,19 +37,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    header = {"sweep": cfg.name, "config_hash": sweep.get("config_hash"), "seed": cfg.seed,
-              "parent_run_id": sweep.get("parent_run_id")}
+    header = {
+        "sweep": cfg.name,
+        "config_hash": sweep.get("config_hash"),
+        "seed": cfg.seed,
+        "parent_run_id": sweep.get("parent_run_id"),
+    }
     max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
     done = finalize(
-        output, load_results(output), read_score_tables(output), catalog, max_kl, header,
+        output,
+        load_results(output),
+        read_score_tables(output),
+        catalog,
+        max_kl,
+        header,
         replace_on_error=False,
     )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return 3
     for s in done.selection.schemes if done.selection else ():
-        print(f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f} bits {s.fp8_fraction:>5.0%} FP8  "
-              f"KL {s.metrics['kl_mean']:.3g}")
+        print(
+            f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f} bits {s.fp8_fraction:>5.0%} FP8  "
+            f"KL {s.metrics['kl_mean']:.3g}"
+        )
     return 0
 
 

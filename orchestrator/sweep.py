@@ -25,7 +25,14 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import PROJECT_ROOT, ConfigError, SweepConfig, load_catalog, load_config
+from orchestrator.config import (
+    PROJECT_ROOT,
+    Catalog,
+    ConfigError,
+    SweepConfig,
+    load_catalog,
+    load_config,
+)
 from orchestrator.data import DataError, DataSets, check_source
 from orchestrator.outputs import (
     finalize,
@@ -63,6 +70,8 @@ class Inputs:
     output: Path
     tracking_uri: str
     address: str | None
+    catalog: Catalog  # read before Ray starts: nothing is read from the package afterwards
+    profile: str
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
@@ -82,8 +91,9 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     named = model.source in PRESETS or model.source in SHIPPED_PRESETS
     if not named and Path(model.source).expanduser().exists():
         model = model.model_copy(update={"source": fix(model.source)})
-    data = cfg.data.model_copy(update={"source": fix(cfg.data.source),
-                                        "eval_source": fix(cfg.data.eval_source)})
+    data = cfg.data.model_copy(
+        update={"source": fix(cfg.data.source), "eval_source": fix(cfg.data.eval_source)}
+    )
     selection = cfg.selection.model_copy(update={"catalog": fix(cfg.selection.catalog)})
     return cfg.model_copy(update={"model": model, "data": data, "selection": selection})
 
@@ -92,18 +102,20 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     """Everything that can be wrong with the input, found before any Ray/MLflow/model work."""
     written = load_config(args.config, args.set)
     cfg = absolute_paths(written)
-    load_catalog(cfg.selection.catalog)
+    catalog = load_catalog(cfg.selection.catalog)
     check_source(cfg.data.source, "data.source", cfg.data.text_field)
     if cfg.data.eval_source:
         check_source(cfg.data.eval_source, "data.eval_source", cfg.data.text_field)
-    _check_model(cfg)
+    profile = _check_model(cfg)
     if cfg.search.gpus == "required" and not args.address:
         from orchestrator.runtime import local_gpu_count
 
         n, why = local_gpu_count()
         if n == 0:
-            raise ConfigError(f"search.gpus='required' but this machine has none ({why}); "
-                              "use gpus=auto or run on a GPU machine")
+            raise ConfigError(
+                f"search.gpus='required' but this machine has none ({why}); "
+                "use gpus=auto or run on a GPU machine"
+            )
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
     previous = read_sweep_json(output)
     if previous is not None and previous.get("config_hash") != written.config_hash():
@@ -112,7 +124,9 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
             f"{previous.get('config_hash')}, not {written.config_hash()}; use another --output"
         )
     if output.exists() and previous is None and any(output.iterdir()):
-        raise ConfigError(f"--output {output} is not empty and holds no sweep; use another --output")
+        raise ConfigError(
+            f"--output {output} is not empty and holds no sweep; use another --output"
+        )
     from orchestrator.tracking import default_tracking_uri
 
     uri = (
@@ -121,10 +135,11 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
         or default_tracking_uri(output)
     )
-    return Inputs(cfg, written.config_hash(), output, uri, args.address)
+    return Inputs(cfg, written.config_hash(), output, uri, args.address, catalog, profile)
 
 
-def _check_model(cfg: SweepConfig) -> None:
+def _check_model(cfg: SweepConfig) -> str:
+    """The model's profile name, once its config resolves and fits the data settings."""
     from orchestrator.profiles import resolve_config, text_config
 
     try:
@@ -138,7 +153,7 @@ def _check_model(cfg: SweepConfig) -> None:
     from orchestrator.profiles import profile_for
 
     try:
-        profile_for(hf.model_type)
+        profile = profile_for(hf.model_type)
     except ValueError as e:
         raise ConfigError(f"model.source={cfg.model.source!r}: {e}") from None
     if cfg.data.seq_len > text_config(hf).max_position_embeddings:
@@ -146,6 +161,7 @@ def _check_model(cfg: SweepConfig) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings "
             f"{text_config(hf).max_position_embeddings}"
         )
+    return profile.name
 
 
 def build_data(cfg: SweepConfig) -> DataSets:
@@ -167,15 +183,19 @@ def build_data(cfg: SweepConfig) -> DataSets:
 def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
     """Cached tables are read here; the rest are scored in Ray tasks, one per setup, at once."""
     from orchestrator import search
-    from orchestrator.profiles import profile_for, resolve_config
     from orchestrator.scoring import ScoringSetup, load_cached
 
     cfg = inp.cfg
-    profile = profile_for(resolve_config(cfg.model.source, cfg.model.revision).model_type)
     setups = [
         ScoringSetup(
-            cfg.model.source, cfg.model.revision, profile.name, data.score.hash, method, recipe,
-            cfg.scoring.num_calib_steps, cfg.scoring.num_score_steps,
+            cfg.model.source,
+            cfg.model.revision,
+            inp.profile,
+            data.score.hash,
+            method,
+            recipe,
+            cfg.scoring.num_calib_steps,
+            cfg.scoring.num_score_steps,
         )
         for method in cfg.scoring.methods
         for recipe in cfg.scoring.fp8_recipes
@@ -184,9 +204,15 @@ def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
     cached = {s: load_cached(cache, s) for s in setups}
     missing = [s for s, t in cached.items() if t is None]
     t0 = time.perf_counter()
-    fresh = dict(zip(missing, search.run_scoring(cfg.model, data, missing, cache))) if missing else {}
+    fresh = (
+        dict(zip(missing, search.run_scoring(cfg.model, data, missing, cache), strict=True))
+        if missing
+        else {}
+    )
     log.info(
-        "scores: %d cached, %d computed in %.1fs", len(setups) - len(missing), len(missing),
+        "scores: %d cached, %d computed in %.1fs",
+        len(setups) - len(missing),
+        len(missing),
         time.perf_counter() - t0,
     )
     return [cached[s] or fresh[s] for s in setups]
@@ -208,8 +234,16 @@ def grid_points(cfg: SweepConfig, tables: Sequence[ScoreTable]) -> tuple[list[di
                 if h in seen:
                     continue
                 seen.add(h)
-                points.append({"method": method, "fp8_recipe": recipe, "effective_bits": bits,
-                               "coverage": cov, "baseline": "", "plan_hash": h})
+                points.append(
+                    {
+                        "method": method,
+                        "fp8_recipe": recipe,
+                        "effective_bits": bits,
+                        "coverage": cov,
+                        "baseline": "",
+                        "plan_hash": h,
+                    }
+                )
     return points, total
 
 
@@ -220,8 +254,13 @@ def baseline_specs(cfg: SweepConfig, table: ScoreTable) -> list[dict[str, Any]]:
     specs = []
     for bits in sorted(cfg.search.effective_bits, reverse=True):
         for name in cfg.baselines.specs():
-            point = {"method": table.method, "fp8_recipe": table.fp8_recipe,
-                     "effective_bits": bits, "coverage": 1.0, "baseline": name}
+            point = {
+                "method": table.method,
+                "fp8_recipe": table.fp8_recipe,
+                "effective_bits": bits,
+                "coverage": 1.0,
+                "baseline": name,
+            }
             specs.append({**point, "plan_hash": plan_point(table, point).plan_hash})
     return specs
 
@@ -247,8 +286,16 @@ def with_baselines(results: Sequence[TrialResult], specs: Sequence[dict]) -> lis
     for s in specs:
         r = measured.get(s["plan_hash"])
         if r is not None:
-            out.append(replace(r, kind="baseline", baseline=s["baseline"], method=s["method"],
-                               effective_bits=s["effective_bits"], coverage=1.0))
+            out.append(
+                replace(
+                    r,
+                    kind="baseline",
+                    baseline=s["baseline"],
+                    method=s["method"],
+                    effective_bits=s["effective_bits"],
+                    coverage=1.0,
+                )
+            )
     return out
 
 
@@ -256,7 +303,10 @@ def run_tags() -> dict[str, str]:
     from orchestrator.runtime import git_commit
     from orchestrator.scoring import library_versions
 
-    return {"git_commit": git_commit(), **{f"version.{k}": v for k, v in library_versions().items()}}
+    return {
+        "git_commit": git_commit(),
+        **{f"version.{k}": v for k, v in library_versions().items()},
+    }
 
 
 def start_tracking(inp: Inputs, data: DataSets) -> Any:
@@ -268,7 +318,9 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
     exp_id = (
         tracking.run_experiment(inp.tracking_uri, existing)
         if existing
-        else tracking.ensure_experiment(inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts")
+        else tracking.ensure_experiment(
+            inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts"
+        )
     )
     flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
     tags = {
@@ -292,14 +344,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run(inp: Inputs) -> int:
-    from orchestrator import search, tracking
+    from orchestrator import search
     from orchestrator.runtime import seed_everything
 
     cfg = inp.cfg
     seed_everything(cfg.seed)
     inp.output.mkdir(parents=True, exist_ok=True)
     log.info("resolved config %s:\n%s", inp.config_hash, cfg.model_dump_json(indent=1))
-    write_text(inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text(
+        inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
     data = build_data(cfg)
     target = start_tracking(inp, data)  # the parent run exists before Ray starts
     storage = inp.output / "ray_results"
@@ -325,22 +379,37 @@ def run(inp: Inputs) -> int:
         points, total = grid_points(cfg, tables)
         specs = baseline_specs(cfg, tables[0])
         extra = unmeasured(specs, points) if cfg.search.searcher == "grid" else []
-        log.info("%d grid point(s) -> %d distinct plan(s), plus %d baseline plan(s)",
-                 total, len(points), len(extra))
+        log.info(
+            "%d grid point(s) -> %d distinct plan(s), plus %d baseline plan(s)",
+            total,
+            len(points),
+            len(extra),
+        )
         ctx = search.TrialContext(
-            model=cfg.model, data=data,
+            model=cfg.model,
+            data=data,
             tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
-            tracking=target, run_tags=run_tags(), fault=cfg.fault,
+            tracking=target,
+            run_tags=run_tags(),
+            fault=cfg.fault,
             fault_dir=str(inp.output / "faults"),
             reference_cache_bytes=int(cfg.search.reference_cache_gib * (1 << 30)),
         )
         space = {
-            "effective_bits": cfg.search.effective_bits, "coverage": cfg.search.coverage,
-            "method": cfg.scoring.methods, "fp8_recipe": cfg.scoring.fp8_recipes,
+            "effective_bits": cfg.search.effective_bits,
+            "coverage": cfg.search.coverage,
+            "method": cfg.scoring.methods,
+            "fp8_recipe": cfg.scoring.fp8_recipes,
         }
         settings = search.TuneSettings(
-            storage, "tune", cfg.search.max_failures, cfg.search.max_concurrent,
-            cfg.search.cpus_per_trial, cfg.search.searcher, cfg.search.num_samples, cfg.seed,
+            storage,
+            "tune",
+            cfg.search.max_failures,
+            cfg.search.max_concurrent,
+            cfg.search.cpus_per_trial,
+            cfg.search.searcher,
+            cfg.search.num_samples,
+            cfg.seed,
         )
         results = search.run_trials(ctx, [*points, *extra], space, settings)
     finally:
@@ -362,18 +431,28 @@ def conclude(
         for r in results
     ]
     results = with_baselines(results, specs)
-    header = {"sweep": cfg.name, "config_hash": inp.config_hash, "seed": cfg.seed,
-              "parent_run_id": target.parent_run_id}
+    header = {
+        "sweep": cfg.name,
+        "config_hash": inp.config_hash,
+        "seed": cfg.seed,
+        "parent_run_id": target.parent_run_id,
+    }
     done = finalize(
-        inp.output, results, {f"{t.method}|{t.fp8_recipe}": t for t in tables},
-        load_catalog(cfg.selection.catalog), cfg.selection.max_kl, header,
+        inp.output,
+        results,
+        {f"{t.method}|{t.fp8_recipe}": t for t in tables},
+        inp.catalog,
+        cfg.selection.max_kl,
+        header,
     )
-    problems = settled.problems + _publish(inp, target, results, done)
+    problems = settled.problems + _publish(inp, target, tables, results, done)
     print_summary(results, done)
     if problems:
         write_json(inp.output / "unlogged.json", {"problems": problems})
-        print(f"warning: {len(problems)} item(s) could not be written to MLflow at {target.uri}; "
-              f"see {inp.output / 'unlogged.json'} (results are in trials.parquet)")
+        print(
+            f"warning: {len(problems)} item(s) could not be written to MLflow at {target.uri}; "
+            f"see {inp.output / 'unlogged.json'} (results are in trials.parquet)"
+        )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return EXIT_NO_FRONT
@@ -406,17 +485,37 @@ def _settle_tracking(target: Any, results: Sequence[TrialResult]) -> _Settled:
     return _Settled({k: v for k, v in by_point.items() if k}, [])
 
 
-def _publish(inp: Inputs, target: Any, results: Sequence[TrialResult], done: Any) -> list[str]:
+def _publish(
+    inp: Inputs,
+    target: Any,
+    tables: Sequence[ScoreTable],
+    results: Sequence[TrialResult],
+    done: Any,
+) -> list[str]:
     """Parent artifacts, scheme tags, parent status; returns what could not be written."""
     from orchestrator import tracking
 
-    names = ("schemes.yaml", "trials.parquet", "scores.parquet", "pareto.png", "sweep.json",
-             "config.yaml")
+    names = (
+        "schemes.yaml",
+        "trials.parquet",
+        "scores.parquet",
+        "pareto.png",
+        "sweep.json",
+        "config.yaml",
+    )
     ok = [r for r in results if r.status == "FINISHED"]
     try:
         tracking.log_parent_outputs(
-            target, [inp.output / f for f in names],
-            {"trials_finished": len(ok), "trials_failed": len(results) - len(ok)},
+            target,
+            [inp.output / f for f in names],
+            {
+                "trials_finished": len(ok),
+                "trials_failed": len(results) - len(ok),
+                **{
+                    f"scoring_seconds.{t.method}.{t.fp8_recipe}": float(t.meta.get("seconds", 0.0))
+                    for t in tables
+                },
+            },
         )
         for s in done.selection.schemes if done.selection else ():
             if s.mlflow_run_id:
@@ -434,11 +533,15 @@ def print_summary(results: Sequence[TrialResult], done: Any) -> None:
         print(f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method}: {r.error}")
     if done.selection is None:
         return
-    print(f"\n{'scheme':<22}{'role':<14}{'bits':>7}{'FP8':>7}{'KL':>11}{'top-1':>8}")
-    for s in done.selection.schemes:
+    head = f"{'scheme':<22}{'role':<14}{'bits':>7}{'FP8':>7}{'KL':>11}{'top-1':>8}"
+    print(f"\n{head}   KL margin over the best baseline at the same share")
+    for s, e in zip(done.selection.schemes, done.entries, strict=True):
+        margin = e.get("kl_margin_over_best_baseline")
+        vs = f"{margin:+.3g} vs {e['best_baseline']}" if margin is not None else "no baseline"
         print(
             f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f}{s.fp8_fraction:>7.0%}"
             f"{s.metrics['kl_mean']:>11.3g}{s.metrics.get('top1_agreement', float('nan')):>8.4f}"
+            f"   {vs}"
         )
     for note in done.selection.notes:
         print(f"note: {note}")

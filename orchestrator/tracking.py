@@ -43,7 +43,9 @@ def default_tracking_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5) -> T:
+def retry(
+    fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5
+) -> T:
     """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s)."""
     attempts = attempts or RETRY_ATTEMPTS
     wait = first_wait
@@ -79,7 +81,11 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
-    return str(retry(lambda: client.create_experiment(name, artifact_location=location), "create experiment"))
+    return str(
+        retry(
+            lambda: client.create_experiment(name, artifact_location=location), "create experiment"
+        )
+    )
 
 
 def run_experiment(uri: str, run_id: str) -> str:
@@ -115,9 +121,7 @@ def start_parent(
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     existing = retry(lambda: client.get_run(run_id), "get run").data.params
     fresh = [
-        mlflow.entities.Param(k, str(v)[:6000])
-        for k, v in params.items()
-        if k not in existing
+        mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing
     ]
     for i in range(0, len(fresh), 100):
         batch = fresh[i : i + 100]
@@ -192,8 +196,13 @@ def backfill_child(
 ) -> str:
     """Log a trial the store missed while it ran (found by point key, so never twice)."""
     params = {k: record[k] for k in ("method", "fp8_recipe", "effective_bits", "coverage")}
-    run_id, stored = start_child(target, point_key, f"b{params['effective_bits']:g}", params,
-                                 {"plan_hash": point_key, "kind": "trial", "backfilled": "true"})
+    run_id, stored = start_child(
+        target,
+        point_key,
+        f"b{params['effective_bits']:g}",
+        params,
+        {"plan_hash": point_key, "kind": "trial", "backfilled": "true"},
+    )
     if stored is None:
         finish_child(target, run_id, metrics, {})
     return run_id
@@ -263,4 +272,3 @@ def run_status(uri: str, run_id: str) -> str | None:
         return str(MlflowClient(uri).get_run(run_id).info.status)
     except Exception:  # noqa: BLE001 - a missing run reads as None
         return None
-

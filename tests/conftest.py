@@ -46,8 +46,14 @@ def score_tables(tmp_path_factory, tiny_data):
     for method in ("gradient", "kl_div"):
         model, profile = load_model("tiny-qwen2.5-vl")
         setup = ScoringSetup(
-            "tiny-qwen2.5-vl", None, profile.name, tiny_data.score.hash, method,
-            "FP8_DEFAULT_CFG", 2, 2,
+            "tiny-qwen2.5-vl",
+            None,
+            profile.name,
+            tiny_data.score.hash,
+            method,
+            "FP8_DEFAULT_CFG",
+            2,
+            2,
         )
         out[method] = (score(model, profile, tiny_data.score, setup, cache), setup, cache)
     return out

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--set", "search.effective_bits=[17]"], "search.effective_bits=[17]: value 17.0 is outside [8, 16]"),
+        (
+            ["--set", "search.effective_bits=[17]"],
+            "search.effective_bits=[17]: value 17.0 is outside [8, 16]",
+        ),
         (["--set", "search.coverage=[0]"], "value 0.0 is outside (0, 1]"),
         (["--set", "search.coverage=[]"], "search.coverage=[]: List should have at least 1 item"),
         (["--set", "bogus=1"], "unknown key 'bogus'"),
@@ -61,3 +64,11 @@ def test_catalog_with_duplicate_names(tmp_path):
     cat.write_text(yaml.safe_dump(doc))
     proc = sweep(tmp_path / "out", "--set", f"selection.catalog={cat}")
     assert proc.returncode == 2 and "duplicate scheme names" in proc.stderr
+
+
+def test_unreadable_data_file(tmp_path):
+    f = tmp_path / "broken.jsonl"
+    f.write_bytes(b'{"text": "ok"}\n{not json\n')
+    proc = sweep(tmp_path / "out", "--set", f"data.source={f}")
+    assert proc.returncode == 2 and "unreadable (JSONDecodeError" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -25,13 +25,24 @@ from tests.e2e.test_sweep import sweep
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-SMALL = ["--set", "scoring.methods=[kl_div]", "--set", "search.coverage=[1.0]",
-         "--set", "baselines.enabled=false",
-         "--set", "search.effective_bits=[8,10,12,14,15]", "--set", "search.cpus_per_trial=1"]
+SMALL = [
+    "--set",
+    "scoring.methods=[kl_div]",
+    "--set",
+    "search.coverage=[1.0]",
+    "--set",
+    "baselines.enabled=false",
+    "--set",
+    "search.effective_bits=[8,10,12,14,15]",
+    "--set",
+    "search.cpus_per_trial=1",
+]
 
 
 def _kill_tree_matching(marker: str) -> None:
-    procs = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    procs = [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ]
     for p in procs:
         try:
             p.kill()
@@ -54,15 +65,35 @@ def cluster():
     port, dash = free_port(HEAD_IP), free_port(HEAD_IP)
     gcs = f"{HEAD_IP}:{port}"
     try:
-        head = _run([str(BIN / "ray"), "start", "--head", f"--node-ip-address={HEAD_IP}",
-                     f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
-                     f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash}",
-                     f"--ray-client-server-port={free_port(HEAD_IP)}",
-                     *_agent_ports(HEAD_IP), f"--temp-dir={temp}", "--disable-usage-stats"])
+        head = _run(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                f"--node-ip-address={HEAD_IP}",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--include-dashboard=true",
+                f"--dashboard-host={HEAD_IP}",
+                f"--dashboard-port={dash}",
+                f"--ray-client-server-port={free_port(HEAD_IP)}",
+                *_agent_ports(HEAD_IP),
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
+            ]
+        )
         assert head.returncode == 0, head.stdout + head.stderr
-        worker = _run([str(BIN / "ray"), "start", f"--address={gcs}",
-                       f"--node-ip-address={WORKER_IP}", "--num-cpus=1", *_agent_ports(WORKER_IP),
-                       "--disable-usage-stats"])
+        worker = _run(
+            [
+                str(BIN / "ray"),
+                "start",
+                f"--address={gcs}",
+                f"--node-ip-address={WORKER_IP}",
+                "--num-cpus=1",
+                *_agent_ports(WORKER_IP),
+                "--disable-usage-stats",
+            ]
+        )
         assert worker.returncode == 0, worker.stdout + worker.stderr
         _wait_for_nodes(gcs, 2)
         yield gcs, f"http://{HEAD_IP}:{dash}"
@@ -73,15 +104,19 @@ def cluster():
 
 def _agent_ports(ip: str) -> list[str]:
     """Free ports for each node's agents: the defaults collide with any other Ray on the machine."""
-    return [f"--dashboard-agent-listen-port={free_port(ip)}",
-            f"--dashboard-agent-grpc-port={free_port(ip)}",
-            f"--metrics-export-port={free_port(ip)}",
-            f"--runtime-env-agent-port={free_port(ip)}"]
+    return [
+        f"--dashboard-agent-listen-port={free_port(ip)}",
+        f"--dashboard-agent-grpc-port={free_port(ip)}",
+        f"--metrics-export-port={free_port(ip)}",
+        f"--runtime-env-agent-port={free_port(ip)}",
+    ]
 
 
 def _wait_for_nodes(gcs: str, n: int, timeout: float = 60) -> None:
-    code = (f"import ray; ray.init(address='{gcs}', _node_ip_address='{HEAD_IP}'); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))")
+    code = (
+        f"import ray; ray.init(address='{gcs}', _node_ip_address='{HEAD_IP}'); "
+        "print(sum(1 for x in ray.nodes() if x['Alive']))"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = _run([sys.executable, "-c", code], timeout=60)
@@ -93,10 +128,24 @@ def _wait_for_nodes(gcs: str, n: int, timeout: float = 60) -> None:
 
 def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -131,8 +180,9 @@ def test_sweep_on_a_two_node_cluster_uses_both_nodes(cluster, tmp_path):
     proc = sweep(out, "--address", gcs, *SMALL, "--set", "search.max_concurrent=2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("demo-tiny").experiment_id],
-                              "tags.kind = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("demo-tiny").experiment_id], "tags.kind = 'trial'"
+    )
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2
     assert "2 node(s)" in proc.stdout
 
@@ -162,9 +212,23 @@ def test_tracking_server_outage_loses_no_results(mlflow_server, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.sweep", "--output", str(out), "--tracking-uri", uri,
-         *SMALL, "--set", "search.max_concurrent=1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--output",
+            str(out),
+            "--tracking-uri",
+            uri,
+            *SMALL,
+            "--set",
+            "search.max_concurrent=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -204,10 +268,23 @@ def _job(jobs: str, *args: str, timeout: int = 600) -> subprocess.CompletedProce
 def test_ray_job_submit_logs_stop_and_resume(cluster, tmp_path):
     _, jobs = cluster
     out = tmp_path / "job"
-    sweep_cmd = ["--working-dir", str(ROOT), "--", "python", "-m", "orchestrator.sweep",
-                 "--output", str(out), *SMALL, "--set", "search.max_concurrent=1",
-                 "--set", "search.effective_bits=[8,9,10,11,12,13,14,15]",
-                 "--set", "fault.sleep_seconds=2"]
+    sweep_cmd = [
+        "--working-dir",
+        str(ROOT),
+        "--",
+        "python",
+        "-m",
+        "orchestrator.sweep",
+        "--output",
+        str(out),
+        *SMALL,
+        "--set",
+        "search.max_concurrent=1",
+        "--set",
+        "search.effective_bits=[8,9,10,11,12,13,14,15]",
+        "--set",
+        "fault.sleep_seconds=2",
+    ]
     first = _job(jobs, "submit", "--no-wait", "--submission-id", "sweep-1", *sweep_cmd)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     deadline = time.monotonic() + 300
@@ -225,3 +302,58 @@ def test_ray_job_submit_logs_stop_and_resume(cluster, tmp_path):
     assert "succeeded" in (again.stdout + again.stderr).lower()
     assert "resuming Tune experiment" in again.stdout
     assert len(yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]) == 3
+
+
+def test_tracking_server_that_never_returns_loses_no_results(mlflow_server, tmp_path):
+    """With a short retry budget: trials keep their metrics, the sweep finishes its files and
+    says what it could not log."""
+    import pyarrow.parquet as pq
+
+    uri, procs, _ = mlflow_server
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "FP8_SWEEP_TRACKING_ATTEMPTS": "2",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--output",
+            str(out),
+            "--tracking-uri",
+            uri,
+            *SMALL,
+            "--set",
+            "search.max_concurrent=1",
+            "--set",
+            "fault.sleep_seconds=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("ray_results/tune/*/checkpoint_*")):
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        os.killpg(procs[0].pid, signal.SIGKILL)  # gone for good
+        stdout, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, stdout[-4000:]
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(rows) == 5 and all(r["status"] == "FINISHED" for r in rows)
+    assert all(r["kl_mean"] is not None for r in rows)
+    assert (out / "schemes.yaml").exists()
+    problems = yaml.safe_load((out / "unlogged.json").read_text())["problems"]
+    assert problems and "could not be written to MLflow" in stdout

@@ -21,9 +21,16 @@ from tests.e2e.test_sweep import sweep
 
 pytestmark = pytest.mark.e2e
 
-SMALL = ["--set", "scoring.methods=[kl_div]", "--set", "search.coverage=[1.0]",
-         "--set", "baselines.enabled=false",
-         "--set", "search.max_failures=1"]
+SMALL = [
+    "--set",
+    "scoring.methods=[kl_div]",
+    "--set",
+    "search.coverage=[1.0]",
+    "--set",
+    "baselines.enabled=false",
+    "--set",
+    "search.max_failures=1",
+]
 
 
 def _children(out: Path, status: str | None = None):
@@ -40,9 +47,18 @@ def _children(out: Path, status: str | None = None):
 def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "out"
     proc = sweep(
-        out, *SMALL, "--set", "search.effective_bits=[8,10,11,12,13,14,15]",
-        "--set", "fault.raise_on_bits=[15]", "--set", "fault.nan_on_bits=[13]",
-        "--set", "fault.kill_on_bits=[10]", "--set", "fault.kill_once_on_bits=[12]",
+        out,
+        *SMALL,
+        "--set",
+        "search.effective_bits=[8,10,11,12,13,14,15]",
+        "--set",
+        "fault.raise_on_bits=[15]",
+        "--set",
+        "fault.nan_on_bits=[13]",
+        "--set",
+        "fault.kill_on_bits=[10]",
+        "--set",
+        "fault.kill_once_on_bits=[12]",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pq.read_table(out / "trials.parquet").to_pylist()
@@ -73,13 +89,21 @@ def _strip_run_ids(text: str) -> dict:
 
 
 def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
-    grid = [*SMALL, "--set", "search.effective_bits=[8,9,10,11,12,13,14,15]",
-            "--set", "search.max_concurrent=1"]
+    grid = [
+        *SMALL,
+        "--set",
+        "search.effective_bits=[8,9,10,11,12,13,14,15]",
+        "--set",
+        "search.max_concurrent=1",
+    ]
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "--output", str(out), *grid],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -114,8 +138,9 @@ def _write_one_trial(uri: str, exp_id: str, parent: str, i: int, start) -> str:
     start.wait()
     target = tracking.TrackingTarget(uri, exp_id, parent)
     run_id, _ = tracking.start_child(target, f"p{i}", f"t{i}", {"i": i}, {"kind": "trial"})
-    tracking.finish_child(target, run_id, {"kl_mean": i / 10, "top1_agreement": 1.0},
-                          {"plan.json": {"i": i}})
+    tracking.finish_child(
+        target, run_id, {"kl_mean": i / 10, "top1_agreement": 1.0}, {"plan.json": {"i": i}}
+    )
     return run_id
 
 
@@ -129,7 +154,9 @@ def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
     with ctx.Manager() as m:
         start = m.Event()
         with ctx.Pool(8) as pool:
-            jobs = [pool.apply_async(_write_one_trial, (uri, exp, parent, i, start)) for i in range(8)]
+            jobs = [
+                pool.apply_async(_write_one_trial, (uri, exp, parent, i, start)) for i in range(8)
+            ]
             time.sleep(2.0)
             start.set()
             ids = [j.get(timeout=180) for j in jobs]

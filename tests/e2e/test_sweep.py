@@ -21,8 +21,12 @@ pytestmark = pytest.mark.e2e
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -54,7 +58,9 @@ def test_demo_sweep_outputs(demo):
     assert names == ["fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"]
     assert len({s["role"] for s in doc["schemes"]}) == 3
     for s in doc["schemes"]:
-        assert {"effective_bits", "coverage", "fp8_fraction", "mlflow_run_id", "rationale"} <= set(s)
+        assert {"effective_bits", "coverage", "fp8_fraction", "mlflow_run_id", "rationale"} <= set(
+            s
+        )
         assert s["metrics"]["kl_mean"] >= 0 and 0 <= s["metrics"]["top1_agreement"] <= 1
         plan = yaml.safe_load((out / s["modules"]).read_text())
         assert len(plan["fp8_modules"]) == s["num_fp8_modules"] > 0
@@ -91,12 +97,25 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     assert len(set(trials)) == len(trials)  # the grid was de-duplicated by plan
     assert len(children) == len({r["plan_hash"] for r in rows})  # one run per distinct plan
     baselines = [r for r in rows if r["kind"] == "baseline"]
-    assert {r["baseline"].split(":")[0] for r in baselines} == {"random", "inverse", "mlp_only", "ends_bf16"}
+    assert {r["baseline"].split(":")[0] for r in baselines} == {
+        "random",
+        "inverse",
+        "mlp_only",
+        "ends_bf16",
+    }
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["kind"] for c in children} == {"trial", "baseline"}
-    for key in ("kl_mean", "top1_agreement", "nll_delta", "achieved_bits", "fp8_fraction",
-                "lm_bytes", "model_bytes", "trial_seconds"):
+    for key in (
+        "kl_mean",
+        "top1_agreement",
+        "nll_delta",
+        "achieved_bits",
+        "fp8_fraction",
+        "lm_bytes",
+        "model_bytes",
+        "trial_seconds",
+    ):
         assert all(key in c.data.metrics for c in children), key
     tags = parent.data.tags
     assert {"config_hash", "git_commit", "data_hash.eval", "version.nvidia-modelopt"} <= set(tags)
@@ -135,10 +154,10 @@ def test_select_reruns_selection_from_the_files(demo):
 
 
 def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_path):
+    from orchestrator.config import SweepConfig, read_yaml
     from orchestrator.export import export_scheme, load_exported
     from orchestrator.profiles import load_model
     from orchestrator.sweep import build_data
-    from orchestrator.config import SweepConfig, read_yaml
     from orchestrator.trial import quantize_plan
 
     out, _ = demo

@@ -74,7 +74,9 @@ def test_planning_matches_modelopt_resolve_at_full_coverage(score_tables, method
     if method == "gradient":  # see the next test for why
         state = _rescaled(state)
     for bits in (9, 10, 11, 12, 13, 14, 15):
-        assert set(make_plan(table, bits, 1.0).fp8_modules) == _modelopt_fp8_modules(state, bits), bits
+        assert set(make_plan(table, bits, 1.0).fp8_modules) == _modelopt_fp8_modules(state, bits), (
+            bits
+        )
 
 
 def test_exact_solver_is_never_worse_than_modelopt_on_raw_gradient_scores(score_tables):

@@ -48,7 +48,9 @@ def test_only_planned_modules_are_quantized(evaluator, score_tables):
     assert not any("visual" in n or "lm_head" in n for n in on)
 
 
-def test_calibrate_once_then_toggle_equals_calibrating_each_plan(evaluator, tiny_data, score_tables):
+def test_calibrate_once_then_toggle_equals_calibrating_each_plan(
+    evaluator, tiny_data, score_tables
+):
     """The resident worker calibrates every eligible layer once; with `max` calibration the ranges
     come from unquantized activations, so a plan gets the same amax and the same KL as a fresh
     quantize-and-calibrate of that plan alone."""
@@ -72,8 +74,9 @@ def test_calibrate_once_then_toggle_equals_calibrating_each_plan(evaluator, tiny
 
 def test_uncached_reference_gives_the_same_metrics(tiny_data, evaluator, score_tables):
     model, profile = load_model("tiny-qwen2.5-vl")
-    recompute = Evaluator(model, profile, tiny_data.calib, tiny_data.eval, RECIPE, "cpu",
-                          reference_cache_bytes=0)
+    recompute = Evaluator(
+        model, profile, tiny_data.calib, tiny_data.eval, RECIPE, "cpu", reference_cache_bytes=0
+    )
     plan = make_plan(score_tables["gradient"][0], 10, 1.0)
     a, b = evaluator.evaluate(plan.fp8_modules), recompute.evaluate(plan.fp8_modules)
     for k in ("kl_mean", "top1_agreement", "nll", "nll_ref"):

@@ -32,7 +32,10 @@ def test_overrides_win_and_parse_yaml_values(tmp_path):
         ("search.effective_bits=[]", "search.effective_bits=[]: List should have at least 1 item"),
         ("search.coverage=[]", "at least 1 item"),
         ("data.seq_len=abc", "data.seq_len='abc'"),
-        ("scoring.methods=[hessian]", "scoring.methods.0='hessian': Input should be 'gradient' or 'kl_div'"),
+        (
+            "scoring.methods=[hessian]",
+            "scoring.methods.0='hessian': Input should be 'gradient' or 'kl_div'",
+        ),
         ("search.max_failures=-1", "greater than or equal to 0"),
         ("searh.coverage=[1]", "unknown key 'searh'"),
         ("search.colour=blue", "unknown key 'search.colour'"),

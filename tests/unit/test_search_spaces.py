@@ -25,8 +25,11 @@ def test_catalog_names_say_what_they_hold():
     cat = load_catalog()
     by = {s.name: s for s in cat.schemes}
     assert set(by) == {"fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"}
-    for name, share in (("fp8_autoquant_top25", 0.25), ("fp8_autoquant_top50", 0.5),
-                        ("fp8_autoquant_full", 1.0)):
+    for name, share in (
+        ("fp8_autoquant_top25", 0.25),
+        ("fp8_autoquant_top50", 0.5),
+        ("fp8_autoquant_full", 1.0),
+    ):
         s = by[name]
         assert s.fp8_fraction.min <= share <= s.fp8_fraction.max
         assert s.knobs.effective_bits == pytest.approx(16 - 8 * share)

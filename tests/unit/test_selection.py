@@ -14,15 +14,17 @@ CATALOG = load_catalog()
 
 def test_pareto_front_minimises_both_columns():
     #      bits  kl      dominated by
-    pts = np.array([
-        [8.0, 0.9],   # -          (fewest bits)
-        [10.0, 0.5],  # -
-        [10.0, 0.6],  # row 1
-        [12.0, 0.2],  # -
-        [13.0, 0.3],  # row 3
-        [14.0, 0.2],  # row 3 (equal kl, more bits)
-        [15.0, 0.1],  # -
-    ])
+    pts = np.array(
+        [
+            [8.0, 0.9],  # -          (fewest bits)
+            [10.0, 0.5],  # -
+            [10.0, 0.6],  # row 1
+            [12.0, 0.2],  # -
+            [13.0, 0.3],  # row 3
+            [14.0, 0.2],  # row 3 (equal kl, more bits)
+            [15.0, 0.1],  # -
+        ]
+    )
     assert pareto_front(pts).tolist() == [0, 1, 3, 6]
 
 
@@ -34,8 +36,11 @@ def test_pareto_front_keeps_exact_duplicates():
 def _front():
     # a convex front with a clear knee at 12 bits (50% FP8)
     return [
-        result("a", 15, 0.001), result("b", 14, 0.002), result("c", 12, 0.004),
-        result("d", 10, 0.1), result("e", 8, 0.2),
+        result("a", 15, 0.001),
+        result("b", 14, 0.002),
+        result("c", 12, 0.004),
+        result("d", 10, 0.1),
+        result("e", 8, 0.2),
         result("x", 12, 0.02),  # dominated by c
     ]
 
@@ -82,7 +87,9 @@ def test_quality_cap_drops_points_and_never_misnames():
     sel = select(_front(), CATALOG, max_kl=0.25)
     assert sel.front == ("e", "d", "c", "b", "a")
     # once every 8-bit point is above the cap, "full" cannot be honoured: an error, not a misnomer
-    with pytest.raises(SelectionError, match="no feasible trial has 99%-100% FP8 .*fp8_autoquant_full"):
+    with pytest.raises(
+        SelectionError, match="no feasible trial has 99%-100% FP8 .*fp8_autoquant_full"
+    ):
         select(_front(), CATALOG, max_kl=0.15)
     with pytest.raises(SelectionError, match=r"only 2 feasible Pareto point"):
         select(_front(), CATALOG, max_kl=0.0025)
@@ -100,8 +107,13 @@ def test_no_feasible_points():
 
 
 def test_dominated_point_used_when_no_front_point_fits_a_name():
-    rs = [result("a", 15.5, 0.0001), result("b", 12, 0.001), result("m", 13.4, 0.0011),
-          result("e", 8, 0.1), result("d", 10, 0.01)]
+    rs = [
+        result("a", 15.5, 0.0001),
+        result("b", 12, 0.001),
+        result("m", 13.4, 0.0011),
+        result("e", 8, 0.1),
+        result("d", 10, 0.01),
+    ]
     # "m" (20% FP8) is dominated by "b"; it is the only point in top25's band
     sel = select(rs, CATALOG)
     top25 = next(s for s in sel.schemes if s.name == "fp8_autoquant_top25")

@@ -1,0 +1,37 @@
+"""The adaptive searcher: OptunaSearch on two objectives, seeded with the grid."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.e2e.test_sweep import sweep
+
+pytestmark = pytest.mark.e2e
+
+
+def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
+    out = tmp_path / "out"
+    proc = sweep(
+        out,
+        "--set",
+        "search.searcher=optuna",
+        "--set",
+        "search.num_samples=3",
+        "--set",
+        "scoring.methods=[kl_div]",
+        "--set",
+        "search.coverage=[0.5,1.0]",
+        "--set",
+        "search.effective_bits=[8,12,14]",
+        "--set",
+        "baselines.enabled=false",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(rows) == 6 + 3  # the seeding grid (3 bits x 2 coverages), then 3 sampled points
+    assert all(r["status"] == "FINISHED" and math.isfinite(r["kl_mean"]) for r in rows)
+    sampled = {round(r["effective_bits"], 6) for r in rows} - {8.0, 12.0, 14.0}
+    assert sampled and all(8 <= b <= 14 for b in sampled)
