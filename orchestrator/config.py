@@ -53,6 +53,7 @@ class DataConfig(_Strict):
     calib_batches: int = Field(2, ge=1)  # more = steadier amax, slower calibration
     score_batches: int = Field(2, ge=1)  # scoring batches for AutoQuantize
     eval_batches: int = Field(2, ge=1)  # same ids for every trial
+    image_prompts: int = Field(0, ge=0, le=64)  # synthetic image+text prompts; KL on answer tokens
 
 
 class ScoringConfig(_Strict):

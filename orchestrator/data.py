@@ -48,13 +48,67 @@ class TokenSet:
 
 
 @dataclass(frozen=True)
+class ImagePrompts:
+    """Image+text prompts for the multimodal path: text, an image, then answer tokens.
+
+    ``input_ids`` is (n, T) with ``image_tokens`` image placeholders between the vision start and
+    end tokens; ``pixel_values`` is (n, patches, patch_dim), the flattened patches the Qwen2.5-VL
+    vision tower takes; the answer runs from ``answer_start`` to the end of each row.
+    """
+
+    input_ids: np.ndarray
+    pixel_values: np.ndarray
+    grid_thw: tuple[int, int, int]
+    answer_start: int
+
+    @property
+    def hash(self) -> str:
+        h = hashlib.sha256(str((self.input_ids.shape, self.grid_thw, self.answer_start)).encode())
+        h.update(np.ascontiguousarray(self.input_ids, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.pixel_values, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class DataSets:
     calib: TokenSet
     score: TokenSet
     eval: TokenSet
+    images: ImagePrompts | None = None
 
     def hashes(self) -> dict[str, str]:
-        return {s.name: s.hash for s in (self.calib, self.score, self.eval)}
+        out = {s.name: s.hash for s in (self.calib, self.score, self.eval)}
+        if self.images is not None:
+            out["images"] = self.images.hash
+        return out
+
+
+def synthetic_image_prompts(
+    n: int, text: TokenSet, vision: object, token_ids: tuple[int, int, int], seed: int
+) -> ImagePrompts:
+    """``n`` prompts of 8 text tokens, one seeded random 56x56 image (4x4 patches of 14 px, merged
+    2x2 into 4 image tokens) and 16 answer tokens; the text comes from the evaluation set, so the
+    answers are real text when the data is."""
+    image_id, start_id, end_id = token_ids
+    merge = int(getattr(vision, "spatial_merge_size", 2))
+    grid = (1, 2 * merge, 2 * merge)
+    patches = grid[0] * grid[1] * grid[2]
+    patch_dim = (
+        int(getattr(vision, "in_channels", 3))
+        * int(getattr(vision, "temporal_patch_size", 2))
+        * int(getattr(vision, "patch_size", 14)) ** 2
+    )
+    rows = text.tokens.reshape(-1, text.tokens.shape[-1])
+    if rows.shape[1] < 24:
+        raise DataError(f"data.seq_len={rows.shape[1]}: image prompts need at least 24 tokens")
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        image = [start_id] + [image_id] * (patches // merge**2) + [end_id]
+        ids.append(np.concatenate([row[:8], image, row[8:24]]))
+    pixels = rng.standard_normal((n, patches, patch_dim)).astype(np.float32)
+    return ImagePrompts(np.stack(ids).astype(np.int64), pixels, grid, 8 + len(image))
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:

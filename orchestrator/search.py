@@ -307,12 +307,12 @@ def _searcher(
         "coverage": tune.choice(list(space["coverage"])),
         "method": tune.choice(list(space["method"])),
         "fp8_recipe": tune.choice(list(space["fp8_recipe"])),
-        "baseline": "",
     }
+    seeds = [{k: point_of(p)[k] for k in param_space} for p in points]  # Optuna's dimensions only
     algo = OptunaSearch(
         metric=list(OBJECTIVES),
         mode=["min", "min"],
-        points_to_evaluate=[point_of(p) for p in points],
+        points_to_evaluate=seeds,
         seed=settings.seed,
     )
     return param_space, {"search_alg": algo, "num_samples": len(points) + settings.num_samples}

@@ -161,6 +161,13 @@ def _check_model(cfg: SweepConfig) -> str:
             f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings "
             f"{text_config(hf).max_position_embeddings}"
         )
+    if cfg.data.image_prompts and getattr(hf, "vision_config", None) is None:
+        raise ConfigError(
+            f"data.image_prompts={cfg.data.image_prompts}: model {cfg.model.source!r} has no "
+            "vision tower; use 0 for a text-only model"
+        )
+    if cfg.data.image_prompts and cfg.data.seq_len < 24:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: image prompts need at least 24 tokens")
     return profile.name
 
 
@@ -177,7 +184,19 @@ def build_data(cfg: SweepConfig) -> DataSets:
         tokenize = hf_tokenizer(
             resolve_source(cfg.model.source), cfg.model.revision, cfg.model.trust_remote_code
         )
-    return build_datasets(cfg.data, vocab, tokenize, cfg.seed)
+    data = build_datasets(cfg.data, vocab, tokenize, cfg.seed)
+    if not cfg.data.image_prompts:
+        return data
+    from dataclasses import replace as with_field
+
+    from orchestrator.data import synthetic_image_prompts
+
+    hf = resolve_config(cfg.model.source, cfg.model.revision)
+    ids = (hf.image_token_id, hf.vision_start_token_id, hf.vision_end_token_id)
+    images = synthetic_image_prompts(
+        cfg.data.image_prompts, data.eval, hf.vision_config, ids, cfg.seed
+    )
+    return with_field(data, images=images)
 
 
 def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:

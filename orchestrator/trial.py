@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from orchestrator.config import ModelConfig
-from orchestrator.data import DataSets, TokenSet
+from orchestrator.data import DataSets, ImagePrompts, TokenSet
 from orchestrator.profiles import ModelProfile, load_model
 from orchestrator.records import stable_hash
 
@@ -169,6 +169,7 @@ class Evaluator:
         fp8_recipe: str,
         device: str,
         reference_cache_bytes: int = 8 << 30,
+        images: ImagePrompts | None = None,
     ) -> None:
         self.device = device
         self.fp8_recipe = fp8_recipe
@@ -190,6 +191,12 @@ class Evaluator:
         t0 = time.perf_counter()
         if eval_set.num_tokens * width * itemsize <= reference_cache_bytes:
             self._reference = [self._hidden(b) for b in self.eval_batches]
+        self.images = images
+        self._image_reference = (
+            [self._image_logprobs(i) for i in range(len(images.input_ids))]
+            if images is not None
+            else []
+        )
         _sync(device)
         self.reference_seconds = time.perf_counter() - t0
 
@@ -215,6 +222,29 @@ class Evaluator:
         return ref
 
     @torch.no_grad()
+    def _image_logprobs(self, i: int) -> torch.Tensor:
+        """Log-probabilities of the answer tokens of image prompt ``i``, through the vision tower."""
+        assert self.images is not None
+        img = self.images
+        ids = torch.as_tensor(img.input_ids[i : i + 1], device=self.device)
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.as_tensor(img.pixel_values[i], device=self.device).to(dtype)
+        grid = torch.tensor([img.grid_thw], device=self.device)
+        out = self.model(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, use_cache=False)
+        return torch.log_softmax(out.logits[0, img.answer_start - 1 : -1].float(), dim=-1)
+
+    def _image_metrics(self) -> dict[str, float]:
+        """KL and top-1 agreement on the answer tokens of the image prompts (plan enabled)."""
+        kl = agree = 0.0
+        count = 0
+        for i, ref in enumerate(self._image_reference):
+            q = self._image_logprobs(i)
+            kl += float((ref.exp() * (ref - q)).sum())
+            agree += float((ref.argmax(-1) == q.argmax(-1)).sum())
+            count += ref.shape[0]
+        return {"image_kl_mean": kl / count, "image_top1_agreement": agree / count}
+
+    @torch.no_grad()
     def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, float]:
         """KL, top-1 agreement and NLL of the plan against the unquantized model.
 
@@ -230,6 +260,7 @@ class Evaluator:
                 ref = self._reference_hidden(i, fp8_modules)
                 accumulate_metrics(sums, ref, q, batch, self.head)
                 count += batch.shape[0] * (batch.shape[1] - 1)
+            image = self._image_metrics() if self._image_reference else {}
         finally:
             self._set_enabled(())
         kl, agree, nll_q, nll_ref = sums.tolist()
@@ -244,6 +275,7 @@ class Evaluator:
         }
         metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
         metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
+        metrics.update(image)
         metrics.update(peak_memory(self.device))
         return metrics
 
@@ -330,7 +362,9 @@ def resident_evaluator(
     )
     _sync(device)
     load_seconds = time.perf_counter() - t0
-    ev = Evaluator(net, profile, data.calib, data.eval, fp8_recipe, device, reference_cache_bytes)
+    ev = Evaluator(
+        net, profile, data.calib, data.eval, fp8_recipe, device, reference_cache_bytes, data.images
+    )
     _RESIDENT[key] = ev
     return ev, {
         "import_seconds": import_seconds,

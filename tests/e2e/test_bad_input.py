@@ -72,3 +72,11 @@ def test_unreadable_data_file(tmp_path):
     proc = sweep(tmp_path / "out", "--set", f"data.source={f}")
     assert proc.returncode == 2 and "unreadable (JSONDecodeError" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_image_prompts_need_windows_long_enough(tmp_path):
+    proc = sweep(tmp_path / "out", "--set", "data.image_prompts=2", "--set", "data.seq_len=16")
+    assert (
+        proc.returncode == 2
+        and "data.seq_len=16: image prompts need at least 24 tokens" in proc.stderr
+    )
