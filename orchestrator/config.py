@@ -22,7 +22,6 @@ SEARCH_SPACES = PROJECT_ROOT / "search_spaces"
 DEMO_CONFIG = SEARCH_SPACES / "demo_tiny.yaml"
 DEFAULT_CATALOG = SEARCH_SPACES / "schemes.yaml"
 
-FP8_RECIPES = ("FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG")
 Method = Literal["gradient", "kl_div"]
 Recipe = Literal["FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG"]
 

@@ -265,10 +265,3 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
 
 def end_run(uri: str, run_id: str, status: str) -> None:
     retry(lambda: MlflowClient(uri).set_terminated(run_id, status), "end run")
-
-
-def run_status(uri: str, run_id: str) -> str | None:
-    try:
-        return str(MlflowClient(uri).get_run(run_id).info.status)
-    except Exception:  # noqa: BLE001 - a missing run reads as None
-        return None
