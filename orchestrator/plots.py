@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator.records import NamedScheme, TrialResult
 
@@ -29,28 +30,17 @@ def pareto_png(
     ok = [r for r in done if r.kind == "trial"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method, marker in (("gradient", "o"), ("kl_div", "s")):
-        pts = [r for r in ok if r.method == method]
-        if pts:
-            ax.scatter(
-                [r.achieved_bits for r in pts],
-                [max(r.metrics["kl_mean"], 1e-12) for r in pts],
-                marker=marker,
-                c="0.6",
-                s=22,
-                label=f"trials ({method} scores)",
-            )
+        _scatter(
+            ax,
+            [r for r in ok if r.method == method],
+            f"trials ({method} scores)",
+            marker=marker,
+            c="0.6",
+            s=22,
+        )
     for name, marker in (("random", "x"), ("inverse", "v"), ("mlp_only", "^"), ("ends_bf16", "d")):
         pts = [r for r in done if r.kind == "baseline" and r.baseline.split(":")[0] == name]
-        if pts:
-            ax.scatter(
-                [r.achieved_bits for r in pts],
-                [max(r.metrics["kl_mean"], 1e-12) for r in pts],
-                marker=marker,
-                c="tab:orange",
-                s=18,
-                alpha=0.7,
-                label=f"baseline: {name}",
-            )
+        _scatter(ax, pts, f"baseline: {name}", marker=marker, c="tab:orange", s=18, alpha=0.7)
     by_hash = {r.plan_hash: r for r in ok}
     f = sorted((by_hash[h] for h in front if h in by_hash), key=lambda r: r.achieved_bits)
     if f:
@@ -78,3 +68,13 @@ def pareto_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _scatter(ax: Any, points: Sequence[TrialResult], label: str, **style: Any) -> None:
+    if points:
+        ax.scatter(
+            [r.achieved_bits for r in points],
+            [max(r.metrics["kl_mean"], 1e-12) for r in points],
+            label=label,
+            **style,
+        )

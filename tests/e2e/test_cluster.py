@@ -21,17 +21,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HEAD_IP, ROOT, WORKER_IP, free_port
-from tests.e2e.test_sweep import sweep
+from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
+from tests.e2e.test_sweep import start_sweep, sweep
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 SMALL = [
-    "--set",
-    "scoring.methods=[kl_div]",
-    "--set",
-    "search.coverage=[1.0]",
-    "--set",
-    "baselines.enabled=false",
+    *SMALL_SWEEP,
     "--set",
     "search.effective_bits=[8,10,12,14,15]",
     "--set",
@@ -210,32 +206,8 @@ def test_tracking_server_receives_everything_over_http(mlflow_server, tmp_path):
 def test_tracking_server_outage_loses_no_results(mlflow_server, tmp_path):
     uri, procs, restart = mlflow_server
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.sweep",
-            "--output",
-            str(out),
-            "--tracking-uri",
-            uri,
-            *SMALL,
-            "--set",
-            "search.max_concurrent=1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    driver = start_sweep(out, "--tracking-uri", uri, *SMALL, "--set", "search.max_concurrent=1")
     try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("ray_results/tune/*/checkpoint_*")):
-            assert driver.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
         os.killpg(procs[0].pid, signal.SIGKILL)  # the server goes away mid-sweep ...
         procs[0].wait(timeout=30)
         time.sleep(8)
@@ -312,39 +284,22 @@ def test_tracking_server_that_never_returns_loses_no_results(mlflow_server, tmp_
     uri, procs, _ = mlflow_server
     out = tmp_path / "out"
     env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
         "FP8_SWEEP_TRACKING_ATTEMPTS": "2",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.sweep",
-            "--output",
-            str(out),
-            "--tracking-uri",
-            uri,
-            *SMALL,
-            "--set",
-            "search.max_concurrent=1",
-            "--set",
-            "fault.sleep_seconds=1",
-        ],
-        cwd=ROOT,
+    driver = start_sweep(
+        out,
+        "--tracking-uri",
+        uri,
+        *SMALL,
+        "--set",
+        "search.max_concurrent=1",
+        "--set",
+        "fault.sleep_seconds=1",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("ray_results/tune/*/checkpoint_*")):
-            assert driver.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
         os.killpg(procs[0].pid, signal.SIGKILL)  # gone for good
         stdout, _ = driver.communicate(timeout=400)
     finally:

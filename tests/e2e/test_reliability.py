@@ -17,20 +17,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
+from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import sweep
 
 pytestmark = pytest.mark.e2e
 
-SMALL = [
-    "--set",
-    "scoring.methods=[kl_div]",
-    "--set",
-    "search.coverage=[1.0]",
-    "--set",
-    "baselines.enabled=false",
-    "--set",
-    "search.max_failures=1",
-]
+SMALL = [*SMALL_SWEEP, "--set", "search.max_failures=1"]
 
 
 def _children(out: Path, status: str | None = None):

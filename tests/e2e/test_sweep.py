@@ -4,8 +4,10 @@ MLflow store; then resume, selection, export. One sweep per module keeps CI well
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,38 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
 
 def sweep(output: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_module("orchestrator.sweep", "--output", str(output), *extra)
+
+
+# one scoring method, coverage 1.0, no baselines: the small sweeps of the fault and cluster tests
+SMALL = [
+    "--set",
+    "scoring.methods=[kl_div]",
+    "--set",
+    "search.coverage=[1.0]",
+    "--set",
+    "baselines.enabled=false",
+]
+
+
+def start_sweep(output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The sweep in the background, in its own process group, once a first trial has reported."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "--output", str(output), *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    # count reported trials on disk: reading the MLflow store here could race its creation
+    while not list(output.glob("ray_results/tune/*/checkpoint_*")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"no trial reported in time: {proc.communicate()[0][-3000:]}")
+        time.sleep(0.3)
+    return proc
 
 
 @pytest.fixture(scope="module")
