@@ -172,10 +172,16 @@ def _check_model(cfg: SweepConfig) -> str:
 
 
 def build_data(cfg: SweepConfig) -> DataSets:
-    from orchestrator.data import build_datasets, byte_tokenizer, hf_tokenizer
+    from orchestrator.data import (
+        build_datasets,
+        byte_tokenizer,
+        hf_tokenizer,
+        synthetic_image_prompts,
+    )
     from orchestrator.profiles import PRESETS, resolve_config, resolve_source, text_config
 
-    vocab = int(text_config(resolve_config(cfg.model.source, cfg.model.revision)).vocab_size)
+    hf = resolve_config(cfg.model.source, cfg.model.revision)
+    vocab = int(text_config(hf).vocab_size)
     if cfg.data.source == "synthetic":
         tokenize = None
     elif cfg.model.source in PRESETS:  # random weights, no tokenizer of their own
@@ -187,16 +193,11 @@ def build_data(cfg: SweepConfig) -> DataSets:
     data = build_datasets(cfg.data, vocab, tokenize, cfg.seed)
     if not cfg.data.image_prompts:
         return data
-    from dataclasses import replace as with_field
-
-    from orchestrator.data import synthetic_image_prompts
-
-    hf = resolve_config(cfg.model.source, cfg.model.revision)
     ids = (hf.image_token_id, hf.vision_start_token_id, hf.vision_end_token_id)
     images = synthetic_image_prompts(
         cfg.data.image_prompts, data.eval, hf.vision_config, ids, cfg.seed
     )
-    return with_field(data, images=images)
+    return replace(data, images=images)
 
 
 def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
