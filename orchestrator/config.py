@@ -60,6 +60,16 @@ class ScoringConfig(_Strict):
     fp8_recipes: list[Recipe] = Field(default_factory=lambda: ["FP8_DEFAULT_CFG"], min_length=1)
     num_calib_steps: int = Field(2, ge=1)
     num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
+    # Score batches split across this many Ray tasks per setup (each calibrates the same way and
+    # scores its share; the sums are the scores). auto: the cluster's GPUs (1 without GPUs).
+    shards: int | Literal["auto"] = "auto"
+
+    @field_validator("shards")
+    @classmethod
+    def _shards(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"is {v}; use a positive integer or auto")
+        return v
 
     @field_validator("methods", "fp8_recipes")
     @classmethod
@@ -153,6 +163,12 @@ class SweepConfig(_Strict):
                 f"scoring.num_score_steps={self.scoring.num_score_steps} exceeds "
                 f"data.score_batches={self.data.score_batches}; raise score_batches or lower it"
             )
+        shards = self.scoring.shards
+        if isinstance(shards, int) and shards > self.scoring.num_score_steps:
+            raise ValueError(
+                f"scoring.shards={shards} exceeds scoring.num_score_steps="
+                f"{self.scoring.num_score_steps}; every shard needs a score batch"
+            )
         if self.scoring.num_calib_steps > self.data.score_batches:
             raise ValueError(
                 f"scoring.num_calib_steps={self.scoring.num_calib_steps} exceeds "
@@ -172,12 +188,13 @@ class SweepConfig(_Strict):
 def _format_errors(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
             continue
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}={e.get('input')!r}: {msg}")
+        # a check across fields has no location; its message names the fields and values itself
+        parts.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(parts)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,20 @@ def local_gpu_count() -> tuple[int, str]:
     cap = torch.cuda.get_device_capability(0)
     fp8 = "FP8-capable" if cap >= (8, 9) else "no FP8 tensor cores (FP8 is emulated)"
     return n, f"{n} GPU(s), compute capability {cap[0]}.{cap[1]}: {fp8}"
+
+
+def export_package_path() -> None:
+    """Put this package's root on ``PYTHONPATH`` so local Ray workers import it from a checkout.
+
+    Workers of a local Ray instance inherit the driver's environment, not its ``sys.path``; the
+    driver leaves its working directory for the output folder before Ray starts, so a checkout run
+    as ``python -m orchestrator.sweep`` without installing would be invisible to them. An installed
+    package (site-packages) needs nothing.
+    """
+    root = PROJECT_ROOT.resolve()
+    sites = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root in sites:
+        return
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(root) not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *parts])

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,71 @@ def _loss_func(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     return next_token_loss(output, batch)
 
 
+class PhasedBatches:
+    """A data loader for one shard: calibration batches on its first pass, score batches after.
+
+    ``mtq.auto_quantize`` reads its loader from the start once to calibrate (``num_calib_steps``)
+    and once to score (``num_score_steps``). A shard must calibrate exactly like the unsharded run,
+    so that its per-batch scores are the unsharded run's, and score only its own batches;
+    ``tests/integration/test_scoring.py`` checks that the shards' sums equal one unsharded run.
+    """
+
+    def __init__(self, calib: Sequence[Any], score: Sequence[Any]) -> None:
+        self.calib, self.score, self.passes = list(calib), list(score), 0
+
+    def __iter__(self) -> Any:
+        phase = self.calib if self.passes == 0 else self.score
+        self.passes += 1
+        return iter(phase)
+
+
+def shard_indices(num_score_steps: int, shards: int) -> list[list[int]]:
+    """The score batches split into ``shards`` contiguous, nearly equal, non-empty pieces."""
+    shards = max(1, min(shards, num_score_steps))
+    base, extra = divmod(num_score_steps, shards)
+    out, start = [], 0
+    for i in range(shards):
+        size = base + (1 if i < extra else 0)
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
+
+
+def merge_shards(parts: Sequence[tuple[ScoreTable, Mapping[str, Any]]]) -> tuple[ScoreTable, dict]:
+    """One table and search state from per-shard ones: AutoQuantize scores are sums over batches.
+
+    Both methods add one term per score batch (``gradient``: the Taylor estimate, ``kl_div``: the
+    KL of that batch), so the shards' scores add up to the unsharded run's, up to rounding.
+    """
+    tables = [t for t, _ in parts]
+    first, state0 = parts[0]
+    for t, st in parts[1:]:
+        if [g.modules for g in t.groups] != [g.modules for g in first.groups] or set(
+            st["candidate_stats"]
+        ) != set(state0["candidate_stats"]):
+            raise RuntimeError("score shards disagree on the groups they scored")
+    groups = tuple(
+        replace(g, score=sum(t.groups[i].score for t in tables)) for i, g in enumerate(first.groups)
+    )
+    stats = {
+        name: {
+            **s,
+            "scores": [
+                sum(st["candidate_stats"][name]["scores"][j] for _, st in parts)
+                for j in range(len(s["scores"]))
+            ],
+        }
+        for name, s in state0["candidate_stats"].items()
+    }
+    meta = {
+        **first.meta,
+        "seconds": sum(float(t.meta.get("seconds", 0.0)) for t in tables),
+        "shards": len(parts),
+        "shard_seconds": [float(t.meta.get("seconds", 0.0)) for t in tables],
+    }
+    return replace(first, groups=groups, meta=meta), {**state0, "candidate_stats": stats}
+
+
 def run_auto_quantize(
     model: nn.Module,
     profile: ModelProfile,
@@ -88,15 +153,24 @@ def run_auto_quantize(
     setup: ScoringSetup,
     device: str,
     effective_bits: float = 16.0,
+    score_indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """One AutoQuantize search on ``model`` (modified in place); returns ModelOpt's search state.
 
     Scoring asks for 16 bits (no budget) and re-solves every budget later in ``planning``; a lower
     ``effective_bits`` is the plain one-run-per-budget use of ModelOpt that the benchmark times.
+    ``score_indices`` scores only those batches (one shard), after calibrating on the same
+    ``num_calib_steps`` first batches as an unsharded run.
     """
     import modelopt.torch.quantization as mtq
 
-    batches = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
+    batches: Any = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
+    score_steps = setup.num_score_steps
+    if score_indices is not None:
+        batches = PhasedBatches(
+            batches[: setup.num_calib_steps], [batches[i] for i in score_indices]
+        )
+        score_steps = len(score_indices)
     excluded = list(profile.never_quantize)
     extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
     budget = {"effective_bits": effective_bits}
@@ -108,7 +182,7 @@ def run_auto_quantize(
         forward_step=_forward_step,
         disabled_layers=excluded,
         num_calib_steps=setup.num_calib_steps,
-        num_score_steps=setup.num_score_steps,
+        num_score_steps=score_steps,
         method=setup.method,
         verbose=False,
         **extra,
@@ -205,6 +279,20 @@ def table_from_state(
     )
 
 
+def _meta(setup: ScoringSetup) -> dict[str, Any]:
+    return {
+        "score_data_hash": setup.score_data_hash,
+        "num_score_steps": setup.num_score_steps,
+        "num_calib_steps": setup.num_calib_steps,
+        "model_source": setup.model_source,
+        "versions": library_versions(),
+    }
+
+
+def save(table: ScoreTable, state: Mapping[str, Any], cache_dir: Path) -> None:
+    write_scores(table, cache_path(cache_dir, table.key), search_state=state)
+
+
 def score(
     model: nn.Module,
     profile: ModelProfile,
@@ -221,15 +309,24 @@ def score(
     t0 = time.perf_counter()
     state = state_to_json(run_auto_quantize(model, profile, data, setup, device))
     seconds = time.perf_counter() - t0
-    meta = {
-        "seconds": seconds,
-        "score_data_hash": setup.score_data_hash,
-        "num_score_steps": setup.num_score_steps,
-        "num_calib_steps": setup.num_calib_steps,
-        "model_source": setup.model_source,
-        "versions": library_versions(),
-    }
-    table = table_from_state(state, model, profile, setup, meta)
-    write_scores(table, cache_path(cache_dir, setup.key()), search_state=state)
+    table = table_from_state(state, model, profile, setup, {**_meta(setup), "seconds": seconds})
+    save(table, state, cache_dir)
     log.info("scored %d groups with %s in %.1fs", len(table.groups), setup.method, seconds)
     return table
+
+
+def score_shard(
+    model: nn.Module,
+    profile: ModelProfile,
+    data: TokenSet,
+    setup: ScoringSetup,
+    indices: Sequence[int],
+    device: str = "cpu",
+) -> tuple[ScoreTable, dict[str, Any]]:
+    """One shard's table and search state (not cached: :func:`merge_shards` makes the table)."""
+    t0 = time.perf_counter()
+    state = state_to_json(
+        run_auto_quantize(model, profile, data, setup, device, score_indices=indices)
+    )
+    meta = {**_meta(setup), "seconds": time.perf_counter() - t0, "score_batches": list(indices)}
+    return table_from_state(state, model, profile, setup, meta), state

@@ -97,27 +97,70 @@ def shutdown() -> None:
 # --- scoring --------------------------------------------------------------------------------------
 
 
-def _score_remote(model: ModelConfig, data: DataSets, setup: Any, cache_dir: str) -> dict[str, Any]:
+def _score_remote(
+    model: ModelConfig,
+    data: DataSets,
+    setup: Any,
+    cache_dir: str,
+    indices: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """A whole setup (cached here) or, given ``indices``, one shard: its table and search state."""
     from orchestrator.profiles import load_model
-    from orchestrator.scoring import score
+    from orchestrator.scoring import score, score_shard
     from orchestrator.trial import default_device
 
     device = default_device()
     net, profile = load_model(
         model.source, device, model.dtype, model.revision, model.trust_remote_code
     )
-    return score(net, profile, data.score, setup, Path(cache_dir), device).to_dict()
+    if indices is None:
+        return score(net, profile, data.score, setup, Path(cache_dir), device).to_dict()
+    table, state = score_shard(net, profile, data.score, setup, indices, device)
+    return {"table": table.to_dict(), "state": state}
+
+
+def scoring_shards(shards: int | str, num_score_steps: int) -> int:
+    """Shards per setup: ``auto`` is the cluster's GPU count (1 without GPUs), at most the steps."""
+    n = max(cluster_gpus(), 1) if shards == "auto" else int(shards)
+    return max(1, min(n, num_score_steps))
 
 
 def run_scoring(
-    model: ModelConfig, data: DataSets, setups: Sequence[Any], cache_dir: Path
+    model: ModelConfig,
+    data: DataSets,
+    setups: Sequence[Any],
+    cache_dir: Path,
+    shards: int | str = 1,
 ) -> list[ScoreTable]:
-    """One task per setup, all at once, each on a GPU when the cluster has any."""
+    """Every setup's shards as tasks at once, each on a GPU when the cluster has any.
+
+    A setup in one shard is scored and cached by its task; shards of a setup come back as partial
+    tables that the driver adds up (``scoring.merge_shards``) and caches.
+    """
+    from orchestrator.scoring import merge_shards, save, shard_indices
+
     gpus = 1 if cluster_gpus() else 0
     task = ray.remote(_score_remote).options(num_gpus=gpus, num_cpus=1, max_retries=1)
     data_ref = ray.put(data)
-    refs = [task.remote(model, data_ref, s, str(cache_dir)) for s in setups]
-    return [ScoreTable.from_dict(d) for d in ray.get(refs)]
+    pending = []
+    for s in setups:
+        pieces = shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps))
+        if len(pieces) == 1:
+            pending.append([task.remote(model, data_ref, s, str(cache_dir))])
+        else:
+            pending.append([task.remote(model, data_ref, s, str(cache_dir), p) for p in pieces])
+    if any(len(p) > 1 for p in pending):
+        log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
+    out = []
+    for refs in pending:
+        got = ray.get(refs)
+        if len(got) == 1 and "table" not in got[0]:
+            out.append(ScoreTable.from_dict(got[0]))
+            continue
+        table, state = merge_shards([(ScoreTable.from_dict(g["table"]), g["state"]) for g in got])
+        save(table, state, cache_dir)
+        out.append(table)
+    return out
 
 
 # --- the trainable --------------------------------------------------------------------------------
@@ -164,7 +207,7 @@ def _report_with_checkpoint(result: dict[str, Any]) -> None:
 
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One point: plan it, measure it (or reuse what is stored), log the child run, report."""
-    from orchestrator.trial import resident_evaluator
+    from orchestrator.trial import evaluate_resident
 
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # restored after the driver died between report and bookkeeping
@@ -203,13 +246,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     try:
         fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
-        ev, timings = resident_evaluator(
-            ctx.model, ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes
+        metrics = evaluate_resident(
+            ctx.model, ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes, plan.fp8_modules
         )
-        metrics = ev.evaluate(plan.fp8_modules)
         if fault == "nan":
             metrics["kl_mean"] = math.nan
-        metrics.update(timings)
         metrics.update(plan_metrics(plan))
         metrics["trial_seconds"] = time.perf_counter() - t0
         _finite_or_fail(metrics)

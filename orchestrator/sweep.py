@@ -225,7 +225,13 @@ def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
     missing = [s for s, t in cached.items() if t is None]
     t0 = time.perf_counter()
     fresh = (
-        dict(zip(missing, search.run_scoring(cfg.model, data, missing, cache), strict=True))
+        dict(
+            zip(
+                missing,
+                search.run_scoring(cfg.model, data, missing, cache, cfg.scoring.shards),
+                strict=True,
+            )
+        )
         if missing
         else {}
     )
@@ -365,7 +371,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run(inp: Inputs) -> int:
     from orchestrator import search
-    from orchestrator.runtime import seed_everything
+    from orchestrator.runtime import export_package_path, seed_everything
 
     cfg = inp.cfg
     seed_everything(cfg.seed)
@@ -391,6 +397,7 @@ def run(inp: Inputs) -> int:
     )
     # Nothing below reads the working directory; leaving it for the output folder also sidesteps
     # Ray Jobs replacing the job's working_dir copy under a running Tune driver (ray#52343).
+    export_package_path()
     os.chdir(inp.output)
     search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
     try:

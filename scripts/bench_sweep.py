@@ -2,7 +2,7 @@
 
     python scripts/bench_sweep.py run --work /tmp/fp8bench --out /tmp/fp8bench/out        # one GPU
     python scripts/bench_sweep.py run --stages sweep:64,loop:64 --work ... --out ...      # a subset
-    python scripts/bench_sweep.py run --stages scale:2 --work ... --out ...               # two GPUs
+    python scripts/bench_sweep.py run --stages scale:1,scale:2,scale:4 --work ... --out ...  # GPUs
     python scripts/bench_sweep.py report --out <dir of stage JSONs> --json <merged.json>
     python scripts/bench_sweep.py run --smoke --work /tmp/fp8smoke --out /tmp/fp8smoke/out  # CPU
 
@@ -23,8 +23,9 @@ prints the table; docs/benchmarks.md explains every number):
   one ModelOpt AutoQuantize at that point's budget (calibration and scoring with S batches, the
   same settings and code as the sweep's scoring), then measures the result against BF16. Its cost
   does not depend on the point, so ``--loop-points`` points are timed and the mean scaled to 24.
-* ``scale:N``: a 48-point sweep (16 effective-bits values x 3 coverages) on 1 GPU and on N GPUs of
-  this machine, each end to end; the trial phase is also timed from the sweep's log.
+* ``scale:N``: a 48-point sweep (both scoring methods x 8 effective-bits values x 3 coverages,
+  8 score batches) on N GPUs of this machine, end to end; ``report`` divides ``scale:1``'s wall
+  time by each other's. The scoring phase and the trial phase are also timed from the log.
 
 The sweep and every child process import ``orchestrator`` from ``--src`` (default: this checkout),
 so a run can pin a committed snapshot while the working tree changes.
@@ -50,7 +51,7 @@ CONFIG = ROOT / "benchmarks" / "sweep_3b.yaml"
 PRESET = "qwen2.5-vl-3b-random"
 RECIPE = "FP8_DEFAULT_CFG"
 GRID_POINTS = 24
-SCALE_BITS = [8 + 0.5 * i for i in range(16)]  # 16 x 3 coverages = 48 points
+SCALE_METHODS = ["gradient", "kl_div"]  # x 8 budgets x 3 coverages = 48 points
 SMOKE_SETS = [
     "data.seq_len=64",
     "data.batch_size=2",
@@ -103,19 +104,21 @@ def child_env(args: argparse.Namespace, gpus: str | None = None) -> dict[str, st
 def run_logged(
     cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
 ) -> tuple[int, float, str]:
-    """Run ``cmd`` with its output teed to ``log``; (exit code, wall seconds, output)."""
+    """Run ``cmd`` with its output in ``log``; (exit code, wall seconds to its exit, output).
+
+    The output goes to the file, not through a pipe: processes that Ray leaves behind inherit the
+    descriptor and a pipe would only reach its end when the last of them exits (about 20 s after a
+    sweep on an H100 machine), which is not the sweep's time.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+            cmd, stdout=f, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
         )
-        lines = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            f.write(line)
-            lines.append(line)
         rc = proc.wait()
-    return rc, time.perf_counter() - t0, "".join(lines)
+    wall = time.perf_counter() - t0
+    return rc, wall, log.read_text(errors="replace")
 
 
 def child(
@@ -699,14 +702,11 @@ def stage_loop(args: argparse.Namespace, out: Path, budget: int) -> dict[str, An
 
 
 def stage_scale(args: argparse.Namespace, out: Path, gpus: int) -> dict[str, Any]:
-    bits = "[" + ",".join(f"{b:g}" for b in SCALE_BITS) + "]"
-    sets = sweep_sets(args, 8) + [f"search.effective_bits={bits}"]
-    runs = {}
-    for n in (1, gpus):
-        visible = ",".join(str(i) for i in range(n))
-        runs[f"gpus_{n}"] = _run_sweep(args, f"scale-{n}gpu", sets, out, visible)
-    one, many = runs["gpus_1"]["wall_seconds"], runs[f"gpus_{gpus}"]["wall_seconds"]
-    return {"gpus": gpus, **runs, "speedup": one / many}
+    """The 48-point sweep (both scoring methods x 8 budgets x 3 coverages) on ``gpus`` GPUs."""
+    methods = "[" + ",".join(SCALE_METHODS) + "]"
+    sets = sweep_sets(args, 8) + [f"scoring.methods={methods}"]
+    visible = ",".join(str(i) for i in range(gpus))
+    return {"gpus": gpus, **_run_sweep(args, f"scale-{gpus}gpu", sets, out, visible)}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -815,9 +815,8 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
             if "kernel_after" in results
             else None,
         }
-    scale = results.get(next((k for k in results if k.startswith("scale")), ""), None)
-    if scale:
-        one, many = scale["gpus_1"], scale[f"gpus_{scale['gpus']}"]
+    scales = {r["gpus"]: r for k, r in results.items() if k.startswith("scale-")}
+    if 1 in scales:
 
         def trials_phase(r: dict[str, Any]) -> float | None:
             ph = r.get("phases", {})
@@ -825,15 +824,17 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
                 return ph["last_trial_done"] - ph["tune_start"]
             return None
 
-        t1, tn = trials_phase(one), trials_phase(many)
+        one = scales[1]
         summary["scale"] = {
-            "gpus": scale["gpus"],
-            "speedup": scale["speedup"],
-            "wall_1gpu": one["wall_seconds"],
-            "wall_ngpu": many["wall_seconds"],
-            "trials_phase_1gpu": t1,
-            "trials_phase_ngpu": tn,
-            "trials_phase_speedup": t1 / tn if t1 and tn else None,
+            str(n): {
+                "wall_seconds": r["wall_seconds"],
+                "speedup": one["wall_seconds"] / r["wall_seconds"],
+                "scoring_seconds": r.get("scoring_wall_seconds"),
+                "trials_phase_seconds": trials_phase(r),
+                "distinct_plans": r.get("distinct_plans"),
+                "phases": r.get("phases"),
+            }
+            for n, r in sorted(scales.items())
         }
     return summary
 
@@ -882,11 +883,10 @@ def print_table(results: dict[str, Any], summary: dict[str, Any]) -> None:
             v = summary[key].get(name)
             cells.append(format(v, fmt) if isinstance(v, (int, float)) else f"{'-':>{w}}")
         print(f"{key:<8}" + "".join(cells))
-    if summary.get("scale"):
-        sc = summary["scale"]
+    for n, sc in (summary.get("scale") or {}).items():
         print(
-            f"\n48 points: 1 GPU {sc['wall_1gpu']:.1f}s, {sc['gpus']} GPUs {sc['wall_ngpu']:.1f}s, "
-            f"speedup {sc['speedup']:.2f}x"
+            f"48 points on {n} GPU(s): {sc['wall_seconds']:.1f}s (speedup {sc['speedup']:.2f}x), "
+            f"scoring {sc['scoring_seconds']}s, trials phase {sc['trials_phase_seconds']}s"
         )
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from orchestrator.outputs import read_score_tables
 from tests.conftest import HEAD_IP, ROOT, WORKER_IP, free_port
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import start_sweep, sweep
@@ -173,8 +174,20 @@ def mlflow_server(tmp_path):
 def test_sweep_on_a_two_node_cluster_uses_both_nodes(cluster, tmp_path):
     gcs, _ = cluster
     out = tmp_path / "out"
-    proc = sweep(out, "--address", gcs, *SMALL, "--set", "search.max_concurrent=2")
+    proc = sweep(
+        out,
+        "--address",
+        gcs,
+        *SMALL,
+        "--set",
+        "search.max_concurrent=2",
+        "--set",
+        "scoring.shards=2",  # the score batches split over both nodes, the sums merged
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "scoring [2] shard(s) per setup" in proc.stdout
+    (table,) = read_score_tables(out).values()
+    assert table.meta["shards"] == 2 and len(table.meta["shard_seconds"]) == 2
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs(
         [client.get_experiment_by_name("demo-tiny").experiment_id], "tags.kind = 'trial'"

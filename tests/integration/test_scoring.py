@@ -90,3 +90,37 @@ def test_exact_solver_is_never_worse_than_modelopt_on_raw_gradient_scores(score_
         ours = make_plan(table, bits, 1.0)
         assert ours.achieved_bits <= bits + 1e-9
         assert ours.score_sum <= sum(g.score for g in theirs.values()) + 1e-15
+
+
+@pytest.mark.parametrize("method", ["gradient", "kl_div"])
+def test_score_shards_add_up_to_one_unsharded_run(score_tables, tiny_data, method):
+    """Each shard calibrates on the same batches and scores its own; the sums are the scores."""
+    from orchestrator.profiles import load_model
+    from orchestrator.scoring import merge_shards, score_shard, shard_indices
+
+    table, setup, _ = score_tables[method]
+    pieces = shard_indices(setup.num_score_steps, 2)
+    assert pieces == [[0], [1]]
+    parts = []
+    for idx in pieces:
+        model, profile = load_model("tiny-qwen2.5-vl")
+        parts.append(score_shard(model, profile, tiny_data.score, setup, idx))
+    merged, state = merge_shards(parts)
+    assert merged.meta["shards"] == 2
+    assert [g.name for g in merged.groups] == [g.name for g in table.groups]
+    whole = [g.score for g in table.groups]
+    assert [g.score for g in merged.groups] == pytest.approx(whole, rel=1e-4, abs=1e-12)
+    # each shard alone is a different (partial) measurement, so the sum is not trivially equal
+    assert [g.score for g in parts[0][0].groups] != pytest.approx(whole, rel=1e-3)
+    for bits in (9.0, 12.0, 15.0):  # the merged table plans exactly like the unsharded one
+        assert make_plan(merged, bits, 1.0).fp8_modules == make_plan(table, bits, 1.0).fp8_modules
+    fp8 = [s["scores"][0] for s in state["candidate_stats"].values() if s["formats"][0] != "NONE"]
+    assert sum(fp8) == pytest.approx(sum(whole), rel=1e-4)
+
+
+def test_shard_indices_cover_every_score_batch_once():
+    from orchestrator.scoring import shard_indices
+
+    assert shard_indices(10, 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert shard_indices(2, 8) == [[0], [1]]  # never an empty shard
+    assert shard_indices(5, 1) == [[0, 1, 2, 3, 4]]

@@ -40,6 +40,9 @@ def test_overrides_win_and_parse_yaml_values(tmp_path):
         ("searh.coverage=[1]", "unknown key 'searh'"),
         ("search.colour=blue", "unknown key 'search.colour'"),
         ("scoring.num_score_steps=9", "scoring.num_score_steps=9 exceeds data.score_batches=2"),
+        ("scoring.shards=0", "scoring.shards=0: is 0; use a positive integer or auto"),
+        ("scoring.shards=two", "scoring.shards.literal['auto']='two': Input should be 'auto'"),
+        ("scoring.shards=3", "scoring.shards=3 exceeds scoring.num_score_steps=2"),
     ],
 )
 def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, override, needle):
@@ -48,6 +51,7 @@ def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, override, nee
     msg = str(e.value)
     assert needle in msg
     assert "\n" not in msg
+    assert "<root>" not in msg and "'search': {" not in msg  # never the whole document
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
