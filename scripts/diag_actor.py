@@ -9,10 +9,12 @@ whole process, the calling thread's voluntary / involuntary context switches, an
 the process's threads used during the evaluation (from ``/proc/self/task``), so a slow evaluation
 shows whether the evaluating thread itself did more work, waited (GIL, locks), or was preempted.
 
-Settings: a plain process (as is, with one intra-op thread, with a Python thread polling a queue
-beside it, with a Python thread spinning beside it); a plain Ray actor with one GPU; a Ray Tune
-function trainable with reused actors, several trials, each measuring before and after an
-intermediate ``tune.report``.
+Parts (``--parts``, comma-separated): ``plain`` (as is, with one intra-op thread, with a Python
+thread polling a queue beside it, with one spinning beside it); ``threads`` (the warm main thread,
+then fresh threads, one of them under cProfile); ``actor`` (a plain Ray actor with one GPU);
+``tune`` (a Ray Tune function trainable with reused actors, several trials, each measuring before
+and after an intermediate ``tune.report``); ``tune_pinned`` (the same, every measurement on
+``orchestrator.trial.on_model_thread``). Results of the H100 runs: docs/benchmarks.md, item 7.
 """
 
 from __future__ import annotations
