@@ -1,13 +1,15 @@
 """The only ``import ray``: scoring tasks, the Tune trainable, resources, the Tuner, progress.
 
-* Scoring runs as one Ray task per (method, FP8 recipe) on a GPU when the cluster has one; the score
-  table comes back through the object store and is cached on the (shared) output folder.
+* Scoring runs as Ray tasks, on a GPU each when the cluster has GPUs: one per (method, FP8 recipe),
+  or ``scoring.shards`` per setup, each scoring its share of the batches (the driver adds them up).
+  Tables come back through the object store and are cached on the (shared) output folder.
 * Each trial gets one whole GPU (``tune.with_resources``); fractional GPUs give no memory
   isolation. Without GPUs a trial takes ``cpus_per_trial`` CPUs. ``max_concurrent_trials`` is the
   cluster's GPU count unless the config says otherwise.
 * The trainable receives the score tables, data and tracking target through
   ``tune.with_parameters`` (the object store): nothing is read from the driver's disk, so trials
-  run the same on any node. Actors are reused so the calibrated model stays resident per worker.
+  run the same on any node. Actors are reused so the calibrated model stays resident per worker,
+  built and evaluated on one long-lived thread (``trial.on_model_thread``).
 * Inside trials only ``ray.tune`` APIs are used (``tune.report``, ``tune.get_checkpoint``);
   ``ray.train.*`` raises there in Ray 2.60.
 * Resume: the same output folder restores the Tuner (``Tuner.can_restore``/``Tuner.restore``);
