@@ -141,10 +141,11 @@ def merge_shards(parts: Sequence[tuple[ScoreTable, Mapping[str, Any]]]) -> tuple
         for name, s in state0["candidate_stats"].items()
     }
     meta = {
-        **first.meta,
+        **{k: v for k, v in first.meta.items() if k != "score_batches"},
         "seconds": sum(float(t.meta.get("seconds", 0.0)) for t in tables),
         "shards": len(parts),
         "shard_seconds": [float(t.meta.get("seconds", 0.0)) for t in tables],
+        "shard_batches": [list(t.meta.get("score_batches", [])) for t in tables],
     }
     return replace(first, groups=groups, meta=meta), {**state0, "candidate_stats": stats}
 

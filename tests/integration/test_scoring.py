@@ -106,7 +106,7 @@ def test_score_shards_add_up_to_one_unsharded_run(score_tables, tiny_data, metho
         model, profile = load_model("tiny-qwen2.5-vl")
         parts.append(score_shard(model, profile, tiny_data.score, setup, idx))
     merged, state = merge_shards(parts)
-    assert merged.meta["shards"] == 2
+    assert merged.meta["shards"] == 2 and merged.meta["shard_batches"] == [[0], [1]]
     assert [g.name for g in merged.groups] == [g.name for g in table.groups]
     whole = [g.score for g in table.groups]
     assert [g.score for g in merged.groups] == pytest.approx(whole, rel=1e-4, abs=1e-12)
