@@ -106,9 +106,8 @@ def run_logged(
 ) -> tuple[int, float, str]:
     """Run ``cmd`` with its output in ``log``; (exit code, wall seconds to its exit, output).
 
-    The output goes to the file, not through a pipe: processes that Ray leaves behind inherit the
-    descriptor and a pipe would only reach its end when the last of them exits (about 20 s after a
-    sweep on an H100 machine), which is not the sweep's time.
+    The output goes straight to the file (no pipe): the wall time ends when ``cmd`` exits,
+    whatever processes it started and left holding its output.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
