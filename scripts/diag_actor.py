@@ -1,4 +1,4 @@
-"""Why does a plan's evaluation run slower inside a Ray Tune trial actor? (issue 5, docs/benchmarks.md)
+"""Why does a plan's evaluation run slower inside a Ray Tune trial actor? (issue 5)
 
     python scripts/diag_actor.py --work /tmp/fp8bench --out /tmp/diag.json [--smoke]
 
