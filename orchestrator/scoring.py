@@ -8,8 +8,9 @@ Parquet with ModelOpt's search state (JSON) in its metadata, under a key that ha
 profile, data, method, steps, FP8 recipe and library versions: a second request with the same key
 reads the file and never rescores; a truncated file or one holding another key is recomputed.
 
-A setup can also be scored in shards (:func:`score_shard`, one per GPU): every shard calibrates on
-the same batches and scores its own share, and :func:`merge_shards` adds the per-batch sums up.
+The sweep scores a setup in one or more shards (:func:`score_shard`, one per GPU): every shard
+calibrates on the same batches and scores its own share, and :func:`merge_shards` adds the
+per-batch sums up; :func:`score` is the same search in one piece, with its cache.
 """
 
 from __future__ import annotations

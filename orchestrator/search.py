@@ -100,23 +100,17 @@ def shutdown() -> None:
 
 
 def _score_remote(
-    model: ModelConfig,
-    data: DataSets,
-    setup: Any,
-    cache_dir: str,
-    indices: Sequence[int] | None = None,
+    model: ModelConfig, data: DataSets, setup: Any, indices: Sequence[int]
 ) -> dict[str, Any]:
-    """A whole setup (cached here) or, given ``indices``, one shard: its table and search state."""
+    """One shard of a setup (all its score batches when unsharded): its table and search state."""
     from orchestrator.profiles import load_model
-    from orchestrator.scoring import score, score_shard
+    from orchestrator.scoring import score_shard
     from orchestrator.trial import default_device
 
     device = default_device()
     net, profile = load_model(
         model.source, device, model.dtype, model.revision, model.trust_remote_code
     )
-    if indices is None:
-        return score(net, profile, data.score, setup, Path(cache_dir), device).to_dict()
     table, state = score_shard(net, profile, data.score, setup, indices, device)
     return {"table": table.to_dict(), "state": state}
 
@@ -136,30 +130,27 @@ def run_scoring(
 ) -> list[ScoreTable]:
     """Every setup's shards as tasks at once, each on a GPU when the cluster has any.
 
-    A setup in one shard is scored and cached by its task; shards of a setup come back as partial
-    tables that the driver adds up (``scoring.merge_shards``) and caches.
+    The driver adds each setup's shards up (``scoring.merge_shards``; one shard is the whole
+    setup) and caches the table in ``cache_dir``.
     """
     from orchestrator.scoring import merge_shards, save, shard_indices
 
     gpus = 1 if cluster_gpus() else 0
     task = ray.remote(_score_remote).options(num_gpus=gpus, num_cpus=1, max_retries=1)
     data_ref = ray.put(data)
-    pending = []
-    for s in setups:
-        pieces = shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps))
-        if len(pieces) == 1:
-            pending.append([task.remote(model, data_ref, s, str(cache_dir))])
-        else:
-            pending.append([task.remote(model, data_ref, s, str(cache_dir), p) for p in pieces])
+    pending = [
+        [
+            task.remote(model, data_ref, s, piece)
+            for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps))
+        ]
+        for s in setups
+    ]
     if any(len(p) > 1 for p in pending):
         log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
     out = []
     for refs in pending:
-        got = ray.get(refs)
-        if len(got) == 1 and "table" not in got[0]:
-            out.append(ScoreTable.from_dict(got[0]))
-            continue
-        table, state = merge_shards([(ScoreTable.from_dict(g["table"]), g["state"]) for g in got])
+        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in ray.get(refs)]
+        table, state = merge_shards(parts)
         save(table, state, cache_dir)
         out.append(table)
     return out
