@@ -42,9 +42,8 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = (
-        "synthetic"  # synthetic | .txt/.jsonl/.parquet path | hf:<name>[:<config>[:<split>]]
-    )
+    # synthetic | .txt/.jsonl/.parquet path | hf:<name>[:<config>[:<split>]]
+    source: str = "synthetic"
     eval_source: str | None = None  # a separate held-out file for evaluation
     text_field: str = "text"  # column/key holding text in JSONL and Parquet files
     seq_len: int = Field(64, ge=8, le=32768)
@@ -80,9 +79,7 @@ class ScoringConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    effective_bits: list[float] = Field(
-        min_length=1
-    )  # over eligible LM weights: 16 - 8 * FP8 share
+    effective_bits: list[float] = Field(min_length=1)  # over eligible LM weights: 16 - 8 x share
     coverage: list[float] = Field(min_length=1)  # share of decoder blocks allowed to hold FP8
     searcher: Literal["grid", "optuna"] = "grid"
     num_samples: int = Field(16, ge=1)  # optuna only: trials after the seeding grid
@@ -90,9 +87,7 @@ class SearchConfig(_Strict):
     max_concurrent: int | None = Field(None, ge=1)  # default: number of GPUs, or 1 on CPU
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
-    reference_cache_gib: float = Field(
-        8.0, ge=0
-    )  # device memory for BF16 hidden states; 0 = recompute
+    reference_cache_gib: float = Field(8.0, ge=0)  # device GiB for BF16 hidden states; 0: recompute
 
     @field_validator("effective_bits")
     @classmethod

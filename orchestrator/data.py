@@ -83,6 +83,16 @@ class DataSets:
         return out
 
 
+IMAGE_TEXT_TOKENS, IMAGE_ANSWER_TOKENS = 8, 16  # per image prompt, around the image tokens
+
+
+def check_image_prompt_length(seq_len: int) -> None:
+    """Image prompts take their text and answer tokens from one ``seq_len`` row of text."""
+    need = IMAGE_TEXT_TOKENS + IMAGE_ANSWER_TOKENS
+    if seq_len < need:
+        raise DataError(f"data.seq_len={seq_len}: image prompts need at least {need} tokens")
+
+
 def synthetic_image_prompts(
     n: int, text: TokenSet, vision: object, token_ids: tuple[int, int, int], seed: int
 ) -> ImagePrompts:
@@ -99,16 +109,16 @@ def synthetic_image_prompts(
         * int(getattr(vision, "patch_size", 14)) ** 2
     )
     rows = text.tokens.reshape(-1, text.tokens.shape[-1])
-    if rows.shape[1] < 24:
-        raise DataError(f"data.seq_len={rows.shape[1]}: image prompts need at least 24 tokens")
+    check_image_prompt_length(rows.shape[1])
+    text_end, answer_end = IMAGE_TEXT_TOKENS, IMAGE_TEXT_TOKENS + IMAGE_ANSWER_TOKENS
     rng = np.random.default_rng(seed)
     ids = []
     for i in range(n):
         row = rows[i % len(rows)]
         image = [start_id] + [image_id] * (patches // merge**2) + [end_id]
-        ids.append(np.concatenate([row[:8], image, row[8:24]]))
+        ids.append(np.concatenate([row[:text_end], image, row[text_end:answer_end]]))
     pixels = rng.standard_normal((n, patches, patch_dim)).astype(np.float32)
-    return ImagePrompts(np.stack(ids).astype(np.int64), pixels, grid, 8 + len(image))
+    return ImagePrompts(np.stack(ids).astype(np.int64), pixels, grid, text_end + len(image))
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:

@@ -171,6 +171,7 @@ def baseline_plan(table: ScoreTable, kind: str, effective_bits: float, arg: int 
     total = table.eligible_params
     need = max(0, math.ceil(share * total - 1e-9 * total))
     by_score = sorted(table.groups, key=lambda g: (g.score, g.name))
+    blocks = tuple(sorted({g.block for g in table.groups}))
     if kind == "random":
         order = sorted(table.groups, key=lambda g: g.name)
         np.random.default_rng(arg).shuffle(order)  # type: ignore[arg-type]
@@ -179,13 +180,11 @@ def baseline_plan(table: ScoreTable, kind: str, effective_bits: float, arg: int 
     elif kind == "mlp_only":
         order = [g for g in by_score if g.kind in ("gate_up", "down")]
     elif kind == "ends_bf16":
-        blocks = sorted({g.block for g in table.groups})
         kept = set(blocks[:arg]) | set(blocks[len(blocks) - arg :]) if arg else set()
         order = [g for g in by_score if g.block not in kept]
     else:
         raise ValueError(f"baseline {kind!r} is not one of {BASELINES}")
-    blocks_all = tuple(sorted({g.block for g in table.groups}))
-    return _plan_from_groups(table, _fill(order, need), effective_bits, 1.0, blocks_all, need)
+    return _plan_from_groups(table, _fill(order, need), effective_bits, 1.0, blocks, need)
 
 
 def plan_point(table: ScoreTable, point: Mapping[str, Any]) -> Plan:

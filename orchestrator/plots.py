@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.planning import BASELINES
 from orchestrator.records import NamedScheme, TrialResult
 
 
@@ -38,7 +39,7 @@ def pareto_png(
             c="0.6",
             s=22,
         )
-    for name, marker in (("random", "x"), ("inverse", "v"), ("mlp_only", "^"), ("ends_bf16", "d")):
+    for name, marker in zip(BASELINES, ("x", "v", "^", "d"), strict=True):
         pts = [r for r in done if r.kind == "baseline" and r.baseline.split(":")[0] == name]
         _scatter(ax, pts, f"baseline: {name}", marker=marker, c="tab:orange", s=18, alpha=0.7)
     by_hash = {r.plan_hash: r for r in ok}

@@ -33,7 +33,7 @@ from orchestrator.config import (
     load_catalog,
     load_config,
 )
-from orchestrator.data import DataError, DataSets, check_source
+from orchestrator.data import DataError, DataSets, check_image_prompt_length, check_source
 from orchestrator.outputs import (
     finalize,
     read_sweep_json,
@@ -166,8 +166,8 @@ def _check_model(cfg: SweepConfig) -> str:
             f"data.image_prompts={cfg.data.image_prompts}: model {cfg.model.source!r} has no "
             "vision tower; use 0 for a text-only model"
         )
-    if cfg.data.image_prompts and cfg.data.seq_len < 24:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: image prompts need at least 24 tokens")
+    if cfg.data.image_prompts:
+        check_image_prompt_length(cfg.data.seq_len)
     return profile.name
 
 
@@ -224,17 +224,10 @@ def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
     cached = {s: load_cached(cache, s) for s in setups}
     missing = [s for s, t in cached.items() if t is None]
     t0 = time.perf_counter()
-    fresh = (
-        dict(
-            zip(
-                missing,
-                search.run_scoring(cfg.model, data, missing, cache, cfg.scoring.shards),
-                strict=True,
-            )
-        )
-        if missing
-        else {}
-    )
+    fresh = {}
+    if missing:
+        scored = search.run_scoring(cfg.model, data, missing, cache, cfg.scoring.shards)
+        fresh = dict(zip(missing, scored, strict=True))
     log.info(
         "scores: %d cached, %d computed in %.1fs",
         len(setups) - len(missing),
