@@ -59,8 +59,9 @@ class ScoringConfig(_Strict):
     fp8_recipes: list[Recipe] = Field(default_factory=lambda: ["FP8_DEFAULT_CFG"], min_length=1)
     num_calib_steps: int = Field(2, ge=1)
     num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
-    # Score batches split across this many Ray tasks per setup (each calibrates the same way and
-    # scores its share; the sums are the scores). auto: the cluster's GPUs (1 without GPUs).
+    # Score batches split into this many shards per setup, handed to the workers in turn (each
+    # calibrates the same way and scores its share; the sums are the scores). auto: one per worker,
+    # i.e. per GPU (search.max_concurrent workers without GPUs).
     shards: int | Literal["auto"] = "auto"
 
     @field_validator("shards")
@@ -136,6 +137,7 @@ class FaultConfig(_Strict):
     nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
     kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
     kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
+    kill_worker_once_on_bits: list[float] = Field(default_factory=list)  # GPU worker dies, once
     sleep_seconds: float = Field(0.0, ge=0)  # every trial sleeps this long (slow-trial tests)
 
 

@@ -14,10 +14,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class ModelProfile:
         return block, kind, f"{m['prefix']}layers.{block}.{kind}"
 
     def eligible_modules(self, model: nn.Module) -> list[EligibleModule]:
+        from torch import nn
+
         out = []
         for name, mod in model.named_modules():
             if not isinstance(mod, nn.Linear):
@@ -191,8 +194,55 @@ def resolve_config(
     )
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver checks and plans with, read from ``config.json`` alone."""
+
+    model_type: str
+    vocab_size: int
+    max_position_embeddings: int
+    has_vision: bool
+
+
+def model_facts(
+    source: str, revision: str | None = None, trust_remote_code: bool = False
+) -> ModelFacts:
+    """The model's type, vocabulary, context length and whether it has a vision tower.
+
+    A local folder's ``config.json`` is read as JSON when it names these fields (top level or
+    ``text_config``): the driver then imports neither torch nor transformers, which costs seconds
+    before anything starts. Presets, hub ids and configs that leave a field to its default go
+    through :func:`resolve_config`.
+    """
+    import json
+
+    folder = Path(resolve_source(source)).expanduser()
+    if source not in PRESETS and is_local_path(str(folder)) and (folder / "config.json").is_file():
+        try:
+            doc = json.loads((folder / "config.json").read_text())
+            text = {**doc, **(doc.get("text_config") or {})}
+            return ModelFacts(
+                str(doc["model_type"]),
+                int(text["vocab_size"]),
+                int(text["max_position_embeddings"]),
+                doc.get("vision_config") is not None,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not plain enough: let transformers read it (and say what is wrong)
+    hf = resolve_config(source, revision, trust_remote_code)
+    text = text_config(hf)
+    return ModelFacts(
+        hf.model_type,
+        int(text.vocab_size),
+        int(text.max_position_embeddings),
+        getattr(hf, "vision_config", None) is not None,
+    )
+
+
 def pick_dtype(requested: str, device: str) -> torch.dtype:
     """bf16 on GPU; fp32 on CPU unless bf16 is asked for (CPU bf16 matmuls are slow and noisy)."""
+    import torch
+
     if requested == "bfloat16":
         return torch.bfloat16
     if requested == "float32":
@@ -208,6 +258,8 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, ModelProfile]:
     """Load a Qwen2.5-VL (or plain Qwen2/2.5 LM) by preset name, local folder or hub id, in eval mode."""
+    import torch
+
     torch_dtype = pick_dtype(dtype, device)
     config = resolve_config(source, revision, trust_remote_code)
     profile = profile_for(config.model_type)

@@ -51,18 +51,46 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
 
 
 def local_gpu_count() -> tuple[int, str]:
-    """(count, reason) for this machine, without starting CUDA in the driver."""
+    """(count, reason) for this machine, without starting CUDA (or importing torch) in the driver.
+
+    ``nvidia-smi`` answers in a fraction of a second; torch is the fallback where it is missing.
+    """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return 0, "CUDA_VISIBLE_DEVICES hides every GPU"
-    import torch
+    caps = _smi_capabilities()
+    if caps is None:
+        import torch
 
-    n = torch.cuda.device_count()
+        caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    if visible is not None:
+        caps = caps[: len([v for v in visible.split(",") if v.strip()])]
+    n = len(caps)
     if n == 0:
-        return 0, "no CUDA device visible to torch"
-    cap = torch.cuda.get_device_capability(0)
+        return 0, "no CUDA device visible"
+    cap = caps[0]
     fp8 = "FP8-capable" if cap >= (8, 9) else "no FP8 tensor cores (FP8 is emulated)"
     return n, f"{n} GPU(s), compute capability {cap[0]}.{cap[1]}: {fp8}"
+
+
+def _smi_capabilities() -> list[tuple[int, int]] | None:
+    """Each GPU's compute capability from ``nvidia-smi``; None when it cannot say."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return [
+            (int(major), int(minor))
+            for major, minor in (
+                line.strip().split(".") for line in out.splitlines() if line.strip()
+            )
+        ]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def export_package_path() -> None:
@@ -80,3 +108,25 @@ def export_package_path() -> None:
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(root) not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *parts])
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): start-up cost in logs."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def default_tracking_uri(output: Path) -> str:
+    return f"sqlite:///{(output / 'mlflow.db').resolve()}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative ``sqlite:///name.db`` made absolute: the sweep and its trials run in other folders."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri

@@ -1,15 +1,18 @@
-"""The only ``import ray``: scoring tasks, the Tune trainable, resources, the Tuner, progress.
+"""The only ``import ray``: the GPU workers, scoring on them, the Tune trainable, the Tuner, progress.
 
-* Scoring runs as Ray tasks, on a GPU each when the cluster has GPUs: one per (method, FP8 recipe),
-  or ``scoring.shards`` per setup, each scoring its share of the batches (the driver adds them up).
-  Tables come back through the object store and are cached on the (shared) output folder.
-* Each trial gets one whole GPU (``tune.with_resources``); fractional GPUs give no memory
-  isolation. Without GPUs a trial takes ``cpus_per_trial`` CPUs. ``max_concurrent_trials`` is the
-  cluster's GPU count unless the config says otherwise.
-* The trainable receives the score tables, data and tracking target through
-  ``tune.with_parameters`` (the object store): nothing is read from the driver's disk, so trials
-  run the same on any node. Actors are reused so the calibrated model stays resident per worker,
-  built and evaluated on one long-lived thread (``trial.on_model_thread``).
+* One long-lived worker per GPU (``WorkerPool``; ``search.max_concurrent`` CPU workers without
+  GPUs), created as soon as Ray is up: each imports ModelOpt and loads the model once, scores the
+  shards it is given, then keeps a calibrated model resident for the trials
+  (``orchestrator.worker``). A process per GPU pays start-up once, not once for scoring and again
+  for trials, and the trials' calibration happens before the first trial needs it.
+* Scoring: ``scoring.shards`` per (method, FP8 recipe) setup, sent to the workers in turn, each
+  scoring its share of the batches; the driver adds them up and caches the table on the (shared)
+  output folder.
+* Trials are Ray Tune trials, ``workers`` at a time: each plans its point, opens its MLflow child
+  run and borrows a free worker through the dispatcher (an async actor) for the evaluation. They
+  reserve ``cpus_per_trial`` CPUs; the workers reserve the GPUs. The score tables, the data's object
+  ref and the tracking target reach trials through ``tune.with_parameters`` (the object store):
+  nothing is read from the driver's disk, so trials run the same on any node.
 * Inside trials only ``ray.tune`` APIs are used (``tune.report``, ``tune.get_checkpoint``);
   ``ray.train.*`` raises there in Ray 2.60.
 * Resume: the same output folder restores the Tuner (``Tuner.can_restore``/``Tuner.restore``);
@@ -19,6 +22,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -28,18 +32,20 @@ import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import tracking
 from orchestrator.config import FaultConfig, ModelConfig
-from orchestrator.data import DataSets
 from orchestrator.planning import plan_point
 from orchestrator.records import Plan, ScoreTable, TrialResult
+
+if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
+    from orchestrator.tracking import TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +61,11 @@ class NonFiniteMetric(RuntimeError):
 class TrialContext:
     """Everything a trial needs, shipped once through the object store."""
 
-    model: ModelConfig
-    data: DataSets
+    data: list[Any]  # [ObjectRef of the DataSets]: nested, so Ray hands the ref on, not the data
+    data_hashes: Mapping[str, str]
+    dispatcher: Any  # lends a worker per evaluation (``WorkerPool``)
     tables: Mapping[str, ScoreTable]  # by "method|recipe"
-    tracking: tracking.TrackingTarget
+    tracking: TrackingTarget
     run_tags: Mapping[str, str]  # git commit, library versions: on every child run
     fault: FaultConfig
     fault_dir: str
@@ -87,6 +94,11 @@ def connect(address: str | None, node_ip: str | None = None) -> None:
     )
 
 
+def put(obj: Any) -> Any:
+    """``obj`` in the object store, once, for every worker and trial to read."""
+    return ray.put(obj)
+
+
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
@@ -96,55 +108,176 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+# --- the workers ----------------------------------------------------------------------------------
+
+
+def _worker_actor() -> type:
+    """The Ray actor class around :class:`orchestrator.worker.Worker` (torch is imported here only,
+    not in the driver's or the trials' imports of this module)."""
+    from orchestrator.worker import Worker
+
+    class GpuWorker(Worker):
+        def where(self) -> dict[str, Any]:
+            return {**_here(), **self.startup}
+
+        def evaluate_here(self, *args: Any) -> tuple[dict[str, float], dict[str, str]]:
+            return self.evaluate(*args), _here()
+
+    return GpuWorker
+
+
+def _here() -> dict[str, str]:
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+
+
+class _Dispatcher:
+    """Lends each trial a free worker and takes it back, also when the trial or the worker dies.
+
+    An async actor: a trial's call waits here until a worker is free. The worker is returned in
+    ``finally``, so a trial process that dies mid-call cannot keep one, and a worker that dies
+    (Ray restarts it) fails only the trial it was running.
+    """
+
+    def __init__(self, workers: Sequence[Any]) -> None:
+        self.workers = list(workers)
+        self.free: asyncio.Queue | None = None
+
+    async def evaluate(self, data: list[Any], *args: Any) -> Any:
+        if self.free is None:
+            self.free = asyncio.Queue()
+            for w in self.workers:
+                self.free.put_nowait(w)
+        w = await self.free.get()
+        try:
+            return await w.evaluate_here.remote(data[0], *args)
+        finally:
+            self.free.put_nowait(w)
+
+
+@dataclass
+class WorkerPool:
+    """One long-lived worker per GPU (or ``count`` CPU workers), started as soon as Ray is up."""
+
+    workers: list[Any]
+    dispatcher: Any
+    startup: list[Any]  # refs: each worker's node, ModelOpt import and load seconds
+    prepared: list[Any] = field(default_factory=list)  # refs: each worker's evaluator build
+
+    @classmethod
+    def start(cls, model: ModelConfig, count: int, gpus: bool, threads: int) -> WorkerPool:
+        """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
+
+        Workers reserve a GPU each (no CPUs: the trials reserve those) and are placed node by node
+        (:func:`worker_nodes`). Ray restarts a worker that dies.
+        """
+        actor = ray.remote(_worker_actor())
+        nodes = worker_nodes(count, gpus)
+        log.info("%d worker(s), placed on node(s) %s", count, [n[:8] for n in nodes])
+        workers = [
+            actor.options(
+                num_gpus=1 if gpus else 0,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+            ).remote(model, threads)
+            for node in nodes
+        ]
+        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0).remote(workers)
+        return cls(workers, dispatcher, [w.where.remote() for w in workers])
+
+    def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:
+        """Every worker builds its resident evaluator once the work already sent to it is done."""
+        self.prepared = [
+            w.prepare.remote(data_ref, fp8_recipe, reference_cache_bytes) for w in self.workers
+        ]
+
+    def log_startup(self) -> list[dict[str, Any]]:
+        """Each worker's start-up (and evaluator build, when prepared): logged and returned."""
+        infos = [_get_or_empty(r) for r in self.startup]
+        built = [_get_or_empty(r) for r in self.prepared] or [{}] * len(infos)
+        out = []
+        for i, (info, b) in enumerate(zip(infos, built, strict=True)):
+            if not info:  # the worker died before it could say (Ray restarted it)
+                continue
+            out.append({"worker": i, **info, **b})
+            log.info(
+                "worker %d on %s: ModelOpt import %.1fs, model load %.1fs%s",
+                i,
+                info["hostname"],
+                info["import_seconds"],
+                info["load_seconds"],
+                ""
+                if not b
+                else f", quantizer insertion {b['setup_seconds']:.1f}s, calibration "
+                f"{b['calibration_seconds']:.1f}s, reference {b['reference_seconds']:.1f}s",
+            )
+        return out
+
+
+def worker_nodes(count: int, gpus: bool) -> list[str]:
+    """The node of each worker: one slot per GPU of each node, or the nodes in turn without GPUs.
+
+    Ray's own spreading does not separate actors that reserve nothing, so the driver places them.
+    """
+    alive = sorted(
+        (n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", "")
+    )
+    slots = (
+        [n["NodeID"] for n in alive for _ in range(int(n["Resources"].get("GPU", 0)))]
+        if gpus
+        else [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0]
+    )
+    return [slots[i % len(slots)] for i in range(count)]
+
+
+def _get_or_empty(ref: Any) -> dict[str, Any]:
+    try:
+        return dict(ray.get(ref))
+    except ray.exceptions.RayError:
+        return {}
+
+
+def worker_count(max_concurrent: int | None) -> tuple[int, bool]:
+    """(workers, on GPUs): one per GPU, or ``max_concurrent`` (default 1) without GPUs."""
+    gpus = cluster_gpus()
+    if gpus:
+        return min(max_concurrent or gpus, gpus), True
+    return max_concurrent or 1, False
+
+
 # --- scoring --------------------------------------------------------------------------------------
 
 
-def _score_remote(
-    model: ModelConfig, data: DataSets, setup: Any, indices: Sequence[int]
-) -> dict[str, Any]:
-    """One shard of a setup (all its score batches when unsharded): its table and search state."""
-    from orchestrator.profiles import load_model
-    from orchestrator.scoring import score_shard
-    from orchestrator.trial import default_device
-
-    device = default_device()
-    net, profile = load_model(
-        model.source, device, model.dtype, model.revision, model.trust_remote_code
-    )
-    table, state = score_shard(net, profile, data.score, setup, indices, device)
-    return {"table": table.to_dict(), "state": state}
-
-
-def scoring_shards(shards: int | str, num_score_steps: int) -> int:
-    """Shards per setup: ``auto`` is the cluster's GPU count (1 without GPUs), at most the steps."""
-    n = max(cluster_gpus(), 1) if shards == "auto" else int(shards)
+def scoring_shards(shards: int | str, num_score_steps: int, workers: int = 1) -> int:
+    """Shards per setup: ``auto`` is one per worker (so one per GPU), at most the score steps."""
+    n = workers if shards == "auto" else int(shards)
     return max(1, min(n, num_score_steps))
 
 
 def run_scoring(
-    model: ModelConfig,
-    data: DataSets,
+    pool: WorkerPool,
+    data_ref: Any,
     setups: Sequence[Any],
     cache_dir: Path,
     shards: int | str = 1,
 ) -> list[ScoreTable]:
-    """Every setup's shards as tasks at once, each on a GPU when the cluster has any.
+    """Every setup's shards sent to the workers at once, in turn, one after another per worker.
 
     The driver adds each setup's shards up (``scoring.merge_shards``; one shard is the whole
     setup) and caches the table in ``cache_dir``.
     """
     from orchestrator.scoring import merge_shards, save, shard_indices
 
-    gpus = 1 if cluster_gpus() else 0
-    task = ray.remote(_score_remote).options(num_gpus=gpus, num_cpus=1, max_retries=1)
-    data_ref = ray.put(data)
-    pending = [
-        [
-            task.remote(model, data_ref, s, piece)
-            for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps))
-        ]
-        for s in setups
-    ]
+    n = len(pool.workers)
+    pending: list[list[Any]] = []
+    turn = 0
+    for s in setups:
+        refs = []
+        for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps, n)):
+            worker = pool.workers[turn % n]
+            refs.append(worker.score.options(max_task_retries=1).remote(data_ref, s, piece))
+            turn += 1
+        pending.append(refs)
     if any(len(p) > 1 for p in pending):
         log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
     out = []
@@ -160,22 +293,32 @@ def run_scoring(
 
 
 def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: str) -> str | None:
-    """Test-only faults, keyed by the trial's effective bits; "kill once" leaves a marker file."""
+    """Test-only faults, keyed by the trial's effective bits; "once" faults leave a marker file.
+
+    Returns "nan" (the trial measures NaN), "kill_worker" (the worker dies mid-evaluation, as a GPU
+    process killed for memory would) or None.
+    """
 
     def hit(values: Sequence[float]) -> bool:
         return any(abs(bits - b) < 1e-9 for b in values)
+
+    def first_time(kind: str) -> bool:
+        marker = Path(fault_dir) / f"{plan_hash}.{kind}"
+        if marker.exists():
+            return False
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(kind)
+        return True
 
     time.sleep(fault.sleep_seconds)
     if hit(fault.raise_on_bits):
         raise RuntimeError(f"injected fault at effective_bits={bits}")
     if hit(fault.kill_on_bits):
         os._exit(137)  # what the OOM killer leaves behind
-    if hit(fault.kill_once_on_bits):
-        marker = Path(fault_dir) / f"{plan_hash}.killed"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text("killed once")
-            os._exit(137)
+    if hit(fault.kill_once_on_bits) and first_time("killed"):
+        os._exit(137)
+    if hit(fault.kill_worker_once_on_bits) and first_time("worker_killed"):
+        return "kill_worker"
     return "nan" if hit(fault.nan_on_bits) else None
 
 
@@ -200,7 +343,7 @@ def _report_with_checkpoint(result: dict[str, Any]) -> None:
 
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One point: plan it, measure it (or reuse what is stored), log the child run, report."""
-    from orchestrator.trial import evaluate_resident
+    from orchestrator import tracking
 
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # restored after the driver died between report and bookkeeping
@@ -215,7 +358,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         "plan_hash": plan.plan_hash,
         "kind": "baseline" if point["baseline"] else "trial",
         "ray_node_id": ray.get_runtime_context().get_node_id(),
-        **{f"data_hash.{k}": v for k, v in ctx.data.hashes().items()},
+        **{f"data_hash.{k}": v for k, v in ctx.data_hashes.items()},
     }
     try:
         run_id, stored = tracking.start_child(
@@ -228,19 +371,21 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     except Exception as e:  # noqa: BLE001 - the store is down: measure now, log later
         log.warning("tracking unavailable (%s); the driver will log this trial", e)
         run_id, stored = "", None
-    base = {
-        "plan_hash": plan.plan_hash,
-        "mlflow_run_id": run_id,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": socket.gethostname(),
-    }
+    base = {"plan_hash": plan.plan_hash, "mlflow_run_id": run_id}
     if stored is not None:
-        _report_with_checkpoint({**stored, **base, "reused": 1.0, "logged": 1.0})
+        where = {"node_id": tags["ray_node_id"], "hostname": socket.gethostname()}
+        _report_with_checkpoint({**stored, **base, **where, "reused": 1.0, "logged": 1.0})
         return
     try:
         fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
-        metrics = evaluate_resident(
-            ctx.model, ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes, plan.fp8_modules
+        metrics, where = ray.get(
+            ctx.dispatcher.evaluate.remote(
+                ctx.data,
+                plan.fp8_recipe,
+                ctx.reference_cache_bytes,
+                list(plan.fp8_modules),
+                fault == "kill_worker",
+            )
         )
         if fault == "nan":
             metrics["kl_mean"] = math.nan
@@ -256,11 +401,17 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     logged = 0.0
     if run_id:
         try:
-            tracking.finish_child(ctx.tracking, run_id, metrics, {"plan.json": plan.to_dict()})
+            tracking.finish_child(
+                ctx.tracking,
+                run_id,
+                metrics,
+                {"plan.json": plan.to_dict()},
+                {"ray_node_id": where["node_id"], "hostname": where["hostname"]},
+            )
             logged = 1.0
         except Exception as e:  # noqa: BLE001 - results are kept in Tune; the driver retries
             log.warning("could not log trial %s (%s); the driver will retry", plan.plan_hash, e)
-    _report_with_checkpoint({**metrics, **base, "reused": 0.0, "logged": logged})
+    _report_with_checkpoint({**metrics, **base, **where, "reused": 0.0, "logged": logged})
 
 
 def plan_metrics(plan: Plan) -> dict[str, float]:
@@ -320,7 +471,6 @@ class TuneSettings:
     storage_path: Path
     name: str
     max_failures: int
-    max_concurrent: int | None
     cpus_per_trial: float
     searcher: str
     num_samples: int
@@ -357,12 +507,15 @@ def run_trials(
     points: Sequence[Mapping[str, Any]],
     space: Mapping[str, Sequence[Any]],
     settings: TuneSettings,
+    workers: int,
 ) -> list[TrialResult]:
-    gpus = cluster_gpus()
-    resources = (
-        {"cpu": settings.cpus_per_trial, "gpu": 1} if gpus else {"cpu": settings.cpus_per_trial}
-    )
-    concurrency = settings.max_concurrent or max(gpus, 1)
+    """One Tune trial per point, ``workers`` at a time: each borrows a worker for its evaluation.
+
+    The trials themselves are light (planning, MLflow, the call): they reserve ``cpus_per_trial``
+    CPUs; the GPUs belong to the workers.
+    """
+    resources = {"cpu": settings.cpus_per_trial}
+    concurrency = workers
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
     param_space, extra = _searcher(settings, points, space)
     path = settings.storage_path / settings.name
@@ -387,7 +540,7 @@ def run_trials(
                 verbose=0,
             ),
         )
-    log.info("%d trial(s), %d at a time, %s per trial", total, concurrency, resources)
+    log.info("%d trial(s), %d at a time on %d worker(s)", total, concurrency, workers)
     grid = tuner.fit()
     return [_to_result(r, ctx.tables) for r in grid]
 

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,9 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         raise ConfigError(
             f"--output {output} is not empty and holds no sweep; use another --output"
         )
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.runtime import absolute_uri, default_tracking_uri
 
-    uri = (
+    uri = absolute_uri(
         args.tracking_uri
         or (previous or {}).get("tracking_uri")
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
@@ -140,28 +141,26 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
 
 def _check_model(cfg: SweepConfig) -> str:
     """The model's profile name, once its config resolves and fits the data settings."""
-    from orchestrator.profiles import resolve_config, text_config
+    from orchestrator.profiles import model_facts, profile_for
 
     try:
-        hf = resolve_config(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+        facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ConfigError(
             f"model.source={cfg.model.source!r}: not a preset, a local folder with config.json, "
             f"or a reachable hub id ({first[:160]})"
         ) from None
-    from orchestrator.profiles import profile_for
-
     try:
-        profile = profile_for(hf.model_type)
+        profile = profile_for(facts.model_type)
     except ValueError as e:
         raise ConfigError(f"model.source={cfg.model.source!r}: {e}") from None
-    if cfg.data.seq_len > text_config(hf).max_position_embeddings:
+    if cfg.data.seq_len > facts.max_position_embeddings:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings "
-            f"{text_config(hf).max_position_embeddings}"
+            f"{facts.max_position_embeddings}"
         )
-    if cfg.data.image_prompts and getattr(hf, "vision_config", None) is None:
+    if cfg.data.image_prompts and not facts.has_vision:
         raise ConfigError(
             f"data.image_prompts={cfg.data.image_prompts}: model {cfg.model.source!r} has no "
             "vision tower; use 0 for a text-only model"
@@ -178,10 +177,10 @@ def build_data(cfg: SweepConfig) -> DataSets:
         hf_tokenizer,
         synthetic_image_prompts,
     )
-    from orchestrator.profiles import PRESETS, resolve_config, resolve_source, text_config
+    from orchestrator.profiles import PRESETS, model_facts, resolve_config, resolve_source
 
-    hf = resolve_config(cfg.model.source, cfg.model.revision)
-    vocab = int(text_config(hf).vocab_size)
+    facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    vocab = facts.vocab_size
     if cfg.data.source == "synthetic":
         tokenize = None
     elif cfg.model.source in PRESETS:  # random weights, no tokenizer of their own
@@ -193,6 +192,7 @@ def build_data(cfg: SweepConfig) -> DataSets:
     data = build_datasets(cfg.data, vocab, tokenize, cfg.seed)
     if not cfg.data.image_prompts:
         return data
+    hf = resolve_config(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
     ids = (hf.image_token_id, hf.vision_start_token_id, hf.vision_end_token_id)
     images = synthetic_image_prompts(
         cfg.data.image_prompts, data.eval, hf.vision_config, ids, cfg.seed
@@ -200,8 +200,8 @@ def build_data(cfg: SweepConfig) -> DataSets:
     return replace(data, images=images)
 
 
-def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
-    """Cached tables are read here; the rest are scored in Ray tasks, one per setup, at once."""
+def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[ScoreTable]:
+    """Cached tables are read here; the rest are scored by the workers, every shard at once."""
     from orchestrator import search
     from orchestrator.scoring import ScoringSetup, load_cached
 
@@ -226,7 +226,7 @@ def score_all(inp: Inputs, data: DataSets) -> list[ScoreTable]:
     t0 = time.perf_counter()
     fresh = {}
     if missing:
-        scored = search.run_scoring(cfg.model, data, missing, cache, cfg.scoring.shards)
+        scored = search.run_scoring(pool, data_ref, missing, cache, cfg.scoring.shards)
         fresh = dict(zip(missing, scored, strict=True))
     log.info(
         "scores: %d cached, %d computed in %.1fs",
@@ -362,20 +362,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run(inp: Inputs) -> int:
-    from orchestrator import search
-    from orchestrator.runtime import export_package_path, seed_everything
-
+def prepare(inp: Inputs) -> tuple[DataSets, Any]:
+    """The data sets and the MLflow parent run, and sweep.json that records them."""
     cfg = inp.cfg
-    seed_everything(cfg.seed)
-    inp.output.mkdir(parents=True, exist_ok=True)
-    log.info("resolved config %s:\n%s", inp.config_hash, cfg.model_dump_json(indent=1))
-    write_text(
-        inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
     data = build_data(cfg)
-    target = start_tracking(inp, data)  # the parent run exists before Ray starts
-    storage = inp.output / "ray_results"
+    target = start_tracking(inp, data)
     write_json(
         inp.output / "sweep.json",
         {
@@ -384,17 +375,47 @@ def run(inp: Inputs) -> int:
             "parent_run_id": target.parent_run_id,
             "experiment_id": target.experiment_id,
             "tracking_uri": inp.tracking_uri,
-            "ray_storage_path": str(storage),
+            "ray_storage_path": str(inp.output / "ray_results"),
             "data_hashes": data.hashes(),
         },
     )
-    # Nothing below reads the working directory; leaving it for the output folder also sidesteps
-    # Ray Jobs replacing the job's working_dir copy under a running Tune driver (ray#52343).
+    return data, target
+
+
+def run(inp: Inputs) -> int:
+    from orchestrator import search
+    from orchestrator.runtime import export_package_path, process_age, seed_everything
+
+    cfg = inp.cfg
+    seed_everything(cfg.seed)
+    inp.output.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "resolved config %s (inputs checked %.1fs after the process started):\n%s",
+        inp.config_hash,
+        process_age() or float("nan"),
+        cfg.model_dump_json(indent=1),
+    )
+    write_text(
+        inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    storage = inp.output / "ray_results"
+    # Nothing below reads the working directory (paths and the tracking URI are absolute); leaving
+    # it for the output folder also sidesteps Ray Jobs replacing the job's working_dir copy under a
+    # running Tune driver (ray#52343).
     export_package_path()
     os.chdir(inp.output)
-    search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+    side = ThreadPoolExecutor(max_workers=1)
+    prepared = side.submit(prepare, inp)  # data and tracking while Ray and the workers start
     try:
-        tables = score_all(inp, data)
+        search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+        # the workers import ModelOpt and load the model while the driver prepares the rest
+        workers, gpus = search.worker_count(cfg.search.max_concurrent)
+        pool = search.WorkerPool.start(cfg.model, workers, gpus, int(cfg.search.cpus_per_trial))
+        data, target = prepared.result()
+        data_ref = search.put(data)
+        tables = score_all(inp, pool, data_ref, data)
+        reference_cache_bytes = int(cfg.search.reference_cache_gib * (1 << 30))
+        pool.prepare(data_ref, cfg.scoring.fp8_recipes[0], reference_cache_bytes)
         write_score_tables(inp.output, tables)
         points, total = grid_points(cfg, tables)
         specs = baseline_specs(cfg, tables[0])
@@ -406,14 +427,15 @@ def run(inp: Inputs) -> int:
             len(extra),
         )
         ctx = search.TrialContext(
-            model=cfg.model,
-            data=data,
+            data=[data_ref],
+            data_hashes=data.hashes(),
+            dispatcher=pool.dispatcher,
             tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
             tracking=target,
             run_tags=run_tags(),
             fault=cfg.fault,
             fault_dir=str(inp.output / "faults"),
-            reference_cache_bytes=int(cfg.search.reference_cache_gib * (1 << 30)),
+            reference_cache_bytes=reference_cache_bytes,
         )
         space = {
             "effective_bits": cfg.search.effective_bits,
@@ -425,14 +447,15 @@ def run(inp: Inputs) -> int:
             storage,
             "tune",
             cfg.search.max_failures,
-            cfg.search.max_concurrent,
             cfg.search.cpus_per_trial,
             cfg.search.searcher,
             cfg.search.num_samples,
             cfg.seed,
         )
-        results = search.run_trials(ctx, [*points, *extra], space, settings)
+        results = search.run_trials(ctx, [*points, *extra], space, settings, workers)
+        write_json(inp.output / "workers.json", pool.log_startup())
     finally:
+        side.shutdown(wait=True)
         search.shutdown()
     return conclude(inp, target, tables, results, specs)
 

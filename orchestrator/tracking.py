@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 
 PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
-
-
-def default_tracking_uri(output: Path) -> str:
-    return f"sqlite:///{(output / 'mlflow.db').resolve()}"
 
 
 def retry(
@@ -183,9 +179,15 @@ def finish_child(
     run_id: str,
     metrics: Mapping[str, float],
     artifacts: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
 ) -> None:
+    """Metrics, artifacts and (over the start's) tags of a measured trial; the run ends FINISHED."""
     client = MlflowClient(target.uri)
-    retry(lambda: client.log_batch(run_id, metrics=_metric_batch(metrics)), "log metrics")
+    batch_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    retry(
+        lambda: client.log_batch(run_id, metrics=_metric_batch(metrics), tags=batch_tags),
+        "log metrics",
+    )
     for name, payload in artifacts.items():
         retry(lambda n=name, p=payload: client.log_dict(run_id, p, n), f"log {name}")
     retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish child")

@@ -110,9 +110,18 @@ def _agent_ports(ip: str) -> list[str]:
 
 
 def _wait_for_nodes(gcs: str, n: int, timeout: float = 60) -> None:
+    """Until ``n`` nodes are alive and each runs a task pinned to it (the scheduler knows it:
+    the sweep places its workers node by node and Ray falls back to any node for one it does not
+    know yet)."""
     code = (
-        f"import ray; ray.init(address='{gcs}', _node_ip_address='{HEAD_IP}'); "
-        "print(sum(1 for x in ray.nodes() if x['Alive']))"
+        "import ray\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A\n"
+        f"ray.init(address='{gcs}', _node_ip_address='{HEAD_IP}')\n"
+        "f = ray.remote(lambda: ray.get_runtime_context().get_node_id())\n"
+        "ids = [x['NodeID'] for x in ray.nodes() if x['Alive']]\n"
+        "ran = ray.get([f.options(num_cpus=0, scheduling_strategy=A(i, soft=False)).remote()"
+        " for i in ids], timeout=30)\n"
+        "print(sum(a == b for a, b in zip(ids, ran)))"
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

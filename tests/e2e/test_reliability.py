@@ -51,10 +51,15 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
         "fault.kill_on_bits=[10]",
         "--set",
         "fault.kill_once_on_bits=[12]",
+        "--set",
+        "fault.kill_worker_once_on_bits=[11]",  # the GPU worker process dies mid-evaluation
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     by_bits = {t["effective_bits"]: t for t in trials}
+    # the worker died under bits=11 once (Ray restarted it) and the trial finished on its retry
+    assert (out / "faults" / f"{by_bits[11]['plan_hash']}.worker_killed").exists()
+    assert by_bits[11]["status"] == "FINISHED"
     assert by_bits[15]["status"] == "FAILED" and "injected fault" in by_bits[15]["error"]
     assert by_bits[13]["status"] == "FAILED" and "non-finite" in by_bits[13]["error"]
     assert by_bits[10]["status"] == "FAILED" and by_bits[10]["error"]
@@ -137,9 +142,9 @@ def _write_one_trial(uri: str, exp_id: str, parent: str, i: int, start) -> str:
 
 
 def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
-    from orchestrator import tracking
+    from orchestrator import runtime, tracking
 
-    uri = tracking.default_tracking_uri(tmp_path)
+    uri = runtime.default_tracking_uri(tmp_path)
     exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art")
     parent = tracking.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
     ctx = mp.get_context("spawn")

@@ -1,0 +1,80 @@
+"""The long-lived worker (``orchestrator.worker``): scoring on copies, then one resident model.
+
+Real ModelOpt on the tiny Qwen2.5-VL, CPU. The worker scores on a copy of the model it loaded and
+later quantizes that same model for its trials, so scoring must leave it untouched: its scores and
+its plans' metrics must equal those of freshly loaded models.
+"""
+
+import threading
+
+import pytest
+
+from orchestrator.config import ModelConfig
+from orchestrator.planning import make_plan
+from orchestrator.profiles import load_model
+from orchestrator.records import ScoreTable
+from orchestrator.trial import Evaluator
+from orchestrator.worker import Worker
+
+pytestmark = pytest.mark.integration
+RECIPE = "FP8_DEFAULT_CFG"
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return Worker(ModelConfig(source="tiny-qwen2.5-vl"), threads=1)
+
+
+def test_start_up_is_timed_once(worker):
+    assert set(worker.startup) == {"import_seconds", "load_seconds"}
+    assert all(v >= 0 for v in worker.startup.values())
+
+
+def test_scoring_on_the_worker_equals_a_fresh_model_and_leaves_it_unquantized(
+    worker, tiny_data, score_tables
+):
+    for method in ("kl_div", "gradient"):
+        reference, setup, _ = score_tables[method]
+        for _ in range(2):  # twice: the second copy must be as clean as the first
+            out = worker.score(tiny_data, setup, list(range(setup.num_score_steps)))
+            table = ScoreTable.from_dict(out["table"])
+            assert [g.name for g in table.groups] == [g.name for g in reference.groups]
+            assert [g.score for g in table.groups] == pytest.approx(
+                [g.score for g in reference.groups], rel=1e-4, abs=1e-12
+            )
+    assert not any("quantizer" in n for n, _ in worker._pristine.named_modules())
+
+
+def test_the_resident_model_measures_like_a_fresh_evaluator(worker, tiny_data, score_tables):
+    plan = make_plan(score_tables["kl_div"][0], 11, 1.0)
+    paid = worker.prepare(tiny_data, RECIPE, 8 << 30)
+    assert paid["resident_hit"] == 0.0 and paid["calibration_seconds"] > 0
+    assert worker._pristine is None  # the loaded model became the resident one
+    again = worker.prepare(tiny_data, RECIPE, 8 << 30)
+    assert again["resident_hit"] == 1.0 and again["calibration_seconds"] == 0.0
+    got = worker.evaluate(tiny_data, RECIPE, 8 << 30, plan.fp8_modules)
+    assert got["resident_hit"] == 1.0
+    model, profile = load_model("tiny-qwen2.5-vl")
+    fresh = Evaluator(model, profile, tiny_data.calib, tiny_data.eval, RECIPE, "cpu")
+    want = fresh.evaluate(plan.fp8_modules)
+    assert got["kl_mean"] > 0
+    for key in ("kl_mean", "top1_agreement", "nll", "nll_ref"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-9)
+
+
+def test_evaluations_from_several_threads_run_one_at_a_time(worker, tiny_data, score_tables):
+    """Ray may call an actor from more than one thread; the model thread serialises the work."""
+    plans = [make_plan(score_tables["gradient"][0], b, 1.0) for b in (9, 13)]
+    results: dict[int, float] = {}
+
+    def run(i: int) -> None:
+        results[i] = worker.evaluate(tiny_data, RECIPE, 8 << 30, plans[i].fp8_modules)["kl_mean"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alone = [worker.evaluate(tiny_data, RECIPE, 8 << 30, p.fp8_modules)["kl_mean"] for p in plans]
+    assert [results[0], results[1]] == pytest.approx(alone, rel=1e-6)
+    assert results[0] > results[1] > 0  # fewer bits, more drift
