@@ -22,7 +22,6 @@ calibration and reference passes run the decoder only.
 from __future__ import annotations
 
 import fnmatch
-import gc
 import logging
 import math
 import re
@@ -34,10 +33,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from orchestrator.config import ModelConfig
-from orchestrator.data import DataSets, ImagePrompts, TokenSet
-from orchestrator.profiles import ModelProfile, load_model
-from orchestrator.records import stable_hash
+from orchestrator.data import ImagePrompts, TokenSet
+from orchestrator.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +321,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_RESIDENT: dict[str, Evaluator] = {}
 _THREAD: ThreadPoolExecutor | None = None
 T = TypeVar("T")
 
@@ -341,72 +337,3 @@ def on_model_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if _THREAD is None:
         _THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fp8-model")
     return _THREAD.submit(fn, *args, **kwargs).result()
-
-
-def evaluate_resident(
-    model: ModelConfig,
-    data: DataSets,
-    fp8_recipe: str,
-    reference_cache_bytes: int,
-    fp8_modules: Sequence[str],
-) -> dict[str, float]:
-    """Measure a plan on this worker's resident model (built on first use), on the model thread.
-
-    The metrics include the worker start-up and setup timings of :func:`resident_evaluator`.
-    """
-
-    def run() -> dict[str, float]:
-        ev, timings = resident_evaluator(model, data, fp8_recipe, reference_cache_bytes)
-        return {**ev.evaluate(fp8_modules), **timings}
-
-    return on_model_thread(run)
-
-
-def resident_evaluator(
-    model: ModelConfig, data: DataSets, fp8_recipe: str, reference_cache_bytes: int
-) -> tuple[Evaluator, dict[str, float]]:
-    """This worker's calibrated model for (model, data, recipe), built on first use and then kept.
-
-    Ray Tune reuses the trial actor (``reuse_actors=True``), so every later trial on this worker
-    skips loading, quantizer insertion, calibration and the reference pass. The returned timings are
-    zero on a hit, which the benchmark uses to show what was paid once. Importing ModelOpt and
-    loading the model are worker start-up (``import_seconds``, ``load_seconds``), not trial setup.
-    """
-    key = stable_hash([model.model_dump(), data.hashes(), fp8_recipe, reference_cache_bytes])
-    if key in _RESIDENT:
-        zero = {
-            "import_seconds": 0.0,
-            "load_seconds": 0.0,
-            "setup_seconds": 0.0,
-            "calibration_seconds": 0.0,
-            "reference_seconds": 0.0,
-        }
-        return _RESIDENT[key], {**zero, "resident_hit": 1.0}
-    _RESIDENT.clear()
-    gc.collect()
-    device = default_device()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        peak_memory(device)  # this worker's peak starts here, not at whatever ran before
-    t0 = time.perf_counter()
-    import modelopt.torch.quantization  # noqa: F401  (seconds, once per process: worker start-up)
-
-    import_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    net, profile = load_model(
-        model.source, device, model.dtype, model.revision, model.trust_remote_code
-    )
-    _sync(device)
-    load_seconds = time.perf_counter() - t0
-    ev = Evaluator(
-        net, profile, data.calib, data.eval, fp8_recipe, device, reference_cache_bytes, data.images
-    )
-    _RESIDENT[key] = ev
-    return ev, {
-        "import_seconds": import_seconds,
-        "load_seconds": load_seconds,
-        "setup_seconds": ev.setup_seconds,
-        "calibration_seconds": ev.calibration_seconds,
-        "reference_seconds": ev.reference_seconds,
-        "resident_hit": 0.0,
-    }

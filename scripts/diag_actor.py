@@ -3,7 +3,7 @@
     python scripts/diag_actor.py --work /tmp/fp8bench --out /tmp/diag.json [--smoke]
 
 Needs the model saved by ``scripts/bench_sweep.py run --stages kernel,model`` under ``--work``.
-The same resident Evaluator (``orchestrator.trial.resident_evaluator``) measures the same plan in
+The same resident ``orchestrator.trial.Evaluator`` (one per process) measures the same plan in
 several settings; each measurement records wall time, the CPU time of the calling thread and of the
 whole process, the calling thread's voluntary / involuntary context switches, and the CPU each of
 the process's threads used during the evaluation (from ``/proc/self/task``), so a slow evaluation
@@ -86,13 +86,24 @@ def measure(ev: Any, plan: list[str], label: str) -> dict[str, Any]:
     }
 
 
+_RESIDENT: dict[str, Any] = {}
+
+
 def evaluator(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """This process's resident Evaluator (built on first use, kept across Tune trials)."""
     from bench_sweep import load_setup
 
-    from orchestrator.trial import resident_evaluator
+    from orchestrator.profiles import load_model
+    from orchestrator.trial import Evaluator, default_device
 
-    cfg, data = load_setup(args, 8)
-    ev, _ = resident_evaluator(cfg.model, data, "FP8_DEFAULT_CFG", 16 << 30)
+    if "ev" not in _RESIDENT:
+        cfg, data = load_setup(args, 8)
+        device = default_device()
+        net, profile = load_model(cfg.model.source, device, cfg.model.dtype)
+        _RESIDENT["ev"] = Evaluator(
+            net, profile, data.calib, data.eval, "FP8_DEFAULT_CFG", device, 16 << 30
+        )
+    ev = _RESIDENT["ev"]
     return ev, list(ev.eligible)
 
 
