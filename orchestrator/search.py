@@ -182,7 +182,7 @@ class WorkerPool:
             ).remote(model, threads)
             for node in nodes
         ]
-        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0).remote(workers)
+        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(workers)
         return cls(workers, dispatcher, [w.where.remote() for w in workers])
 
     def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:

@@ -78,3 +78,25 @@ def test_evaluations_from_several_threads_run_one_at_a_time(worker, tiny_data, s
     alone = [worker.evaluate(tiny_data, RECIPE, 8 << 30, p.fp8_modules)["kl_mean"] for p in plans]
     assert [results[0], results[1]] == pytest.approx(alone, rel=1e-6)
     assert results[0] > results[1] > 0  # fewer bits, more drift
+
+
+def test_without_room_for_a_copy_the_worker_scores_its_model_and_reloads(
+    tiny_data, score_tables, monkeypatch
+):
+    """On a device too small for two copies the loaded model is scored and a clean one reloaded."""
+    w = Worker(ModelConfig(source="tiny-qwen2.5-vl"), threads=1)
+    monkeypatch.setattr(w, "_copy_fits", lambda: False)
+    reference, setup, _ = score_tables["kl_div"]
+    table = ScoreTable.from_dict(w.score(tiny_data, setup, [0, 1])["table"])
+    assert [g.score for g in table.groups] == pytest.approx(
+        [g.score for g in reference.groups], rel=1e-4, abs=1e-12
+    )
+    assert w._pristine is None  # it went to AutoQuantize
+    plan = make_plan(reference, 11, 1.0)
+    got = w.evaluate(tiny_data, RECIPE, 8 << 30, plan.fp8_modules)
+    assert got["resident_hit"] == 0.0 and got["reload_seconds"] > 0
+    model, profile = load_model("tiny-qwen2.5-vl")
+    want = Evaluator(model, profile, tiny_data.calib, tiny_data.eval, RECIPE, "cpu").evaluate(
+        plan.fp8_modules
+    )
+    assert got["kl_mean"] == pytest.approx(want["kl_mean"], rel=1e-5)
