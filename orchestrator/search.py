@@ -226,7 +226,7 @@ def worker_nodes(count: int, gpus: bool) -> list[str]:
         [n["NodeID"] for n in alive for _ in range(int(n["Resources"].get("GPU", 0)))]
         if gpus
         else [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0]
-    )
+    ) or [n["NodeID"] for n in alive]
     return [slots[i % len(slots)] for i in range(count)]
 
 
