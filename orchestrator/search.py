@@ -168,7 +168,9 @@ class WorkerPool:
         """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
 
         Workers reserve a GPU each (no CPUs: the trials reserve those) and are placed node by node
-        (:func:`worker_nodes`). Ray restarts a worker that dies.
+        (:func:`worker_nodes`). Ray restarts a worker that dies: a GPU worker wherever a GPU is free
+        if its node is gone; a CPU worker, which reserves nothing, only on its own node (Ray would
+        otherwise put every one of them on the driver's node).
         """
         actor = ray.remote(_worker_actor())
         nodes = worker_nodes(count, gpus)
@@ -178,7 +180,7 @@ class WorkerPool:
                 num_gpus=1 if gpus else 0,
                 num_cpus=0,
                 max_restarts=-1,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=gpus),
             ).remote(model, threads)
             for node in nodes
         ]
