@@ -111,7 +111,10 @@ def export_package_path() -> None:
 
 
 def process_age() -> float | None:
-    """Seconds since this process started (Linux ``/proc``; None elsewhere): start-up cost in logs."""
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): start-up cost in logs.
+
+    A process that was ``exec``-ed into (a shell's last command) counts from the shell's start.
+    """
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
