@@ -517,7 +517,6 @@ def run_trials(
     CPUs; the GPUs belong to the workers.
     """
     resources = {"cpu": settings.cpus_per_trial}
-    concurrency = workers
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
     param_space, extra = _searcher(settings, points, space)
     path = settings.storage_path / settings.name
@@ -531,9 +530,7 @@ def run_trials(
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrency, reuse_actors=True, **extra
-            ),
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True, **extra),
             run_config=tune.RunConfig(
                 name=settings.name,
                 storage_path=str(settings.storage_path),
@@ -542,7 +539,7 @@ def run_trials(
                 verbose=0,
             ),
         )
-    log.info("%d trial(s), %d at a time on %d worker(s)", total, concurrency, workers)
+    log.info("%d trial(s), %d at a time on %d worker(s)", total, workers, workers)
     grid = tuner.fit()
     return [_to_result(r, ctx.tables) for r in grid]
 

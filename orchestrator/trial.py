@@ -107,7 +107,8 @@ def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return body, head
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on CPU): timings end here."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
@@ -135,7 +136,7 @@ def quantize_plan(
         with torch.no_grad():
             for b in batches:
                 body(input_ids=b, use_cache=False)
-        _sync(device)
+        sync(device)
         if timings is not None:
             timings["calibration_seconds"] = time.perf_counter() - t0
 
@@ -195,7 +196,7 @@ class Evaluator:
             if images is not None
             else []
         )
-        _sync(device)
+        sync(device)
         self.reference_seconds = time.perf_counter() - t0
 
     def _set_enabled(self, modules: Iterable[str]) -> None:

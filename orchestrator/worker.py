@@ -32,17 +32,12 @@ from orchestrator.config import ModelConfig
 from orchestrator.data import DataSets
 from orchestrator.profiles import ModelProfile, load_model
 from orchestrator.records import stable_hash
-from orchestrator.trial import Evaluator, default_device, on_model_thread, peak_memory
+from orchestrator.trial import Evaluator, default_device, on_model_thread, peak_memory, sync
 
 log = logging.getLogger(__name__)
 # Free device memory, in model sizes, needed to score on a copy: the copy plus AutoQuantize's
 # activations and gradients (23.9 GiB peak for the 7 GiB 3B model at 4 x 1024 tokens per batch).
 COPY_HEADROOM = 4
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 class Worker:
@@ -71,7 +66,7 @@ class Worker:
     def _load(self) -> tuple[nn.Module, ModelProfile]:
         m = self.model_cfg
         net, profile = load_model(m.source, self.device, m.dtype, m.revision, m.trust_remote_code)
-        _sync(self.device)
+        sync(self.device)
         return net, profile
 
     def _fresh_model(self) -> tuple[nn.Module, ModelProfile]:
