@@ -202,7 +202,7 @@ def build_data(cfg: SweepConfig) -> DataSets:
 
 def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[ScoreTable]:
     """Cached tables are read here; the rest are scored by the workers, every shard at once."""
-    from orchestrator import search
+    from orchestrator import cluster
     from orchestrator.scoring import ScoringSetup, load_cached
 
     cfg = inp.cfg
@@ -226,7 +226,7 @@ def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[Sco
     t0 = time.perf_counter()
     fresh = {}
     if missing:
-        scored = search.run_scoring(pool, data_ref, missing, cache, cfg.scoring.shards)
+        scored = cluster.run_scoring(pool, data_ref, missing, cache, cfg.scoring.shards)
         fresh = dict(zip(missing, scored, strict=True))
     log.info(
         "scores: %d cached, %d computed in %.1fs",
@@ -383,7 +383,7 @@ def prepare(inp: Inputs) -> tuple[DataSets, Any]:
 
 
 def run(inp: Inputs) -> int:
-    from orchestrator import search
+    from orchestrator import cluster, trainable, tuner
     from orchestrator.runtime import export_package_path, process_age, seed_everything
 
     cfg = inp.cfg
@@ -407,12 +407,12 @@ def run(inp: Inputs) -> int:
     side = ThreadPoolExecutor(max_workers=1)
     prepared = side.submit(prepare, inp)  # data and tracking while Ray and the workers start
     try:
-        search.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+        cluster.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
         # the workers import ModelOpt and load the model while the driver prepares the rest
-        workers, gpus = search.worker_count(cfg.search.max_concurrent)
-        pool = search.WorkerPool.start(cfg.model, workers, gpus, int(cfg.search.cpus_per_trial))
+        workers, gpus = cluster.worker_count(cfg.search.max_concurrent)
+        pool = cluster.WorkerPool.start(cfg.model, workers, gpus, int(cfg.search.cpus_per_trial))
         data, target = prepared.result()
-        data_ref = search.put(data)
+        data_ref = cluster.put(data)
         tables = score_all(inp, pool, data_ref, data)
         reference_cache_bytes = int(cfg.search.reference_cache_gib * (1 << 30))
         pool.prepare(data_ref, cfg.scoring.fp8_recipes[0], reference_cache_bytes)
@@ -426,11 +426,11 @@ def run(inp: Inputs) -> int:
             len(points),
             len(extra),
         )
-        ctx = search.TrialContext(
+        ctx = trainable.TrialContext(
             data=[data_ref],
             data_hashes=data.hashes(),
             dispatcher=pool.dispatcher,
-            tables={search.table_key(t.method, t.fp8_recipe): t for t in tables},
+            tables={trainable.table_key(t.method, t.fp8_recipe): t for t in tables},
             tracking=target,
             run_tags=run_tags(),
             fault=cfg.fault,
@@ -443,7 +443,7 @@ def run(inp: Inputs) -> int:
             "method": cfg.scoring.methods,
             "fp8_recipe": cfg.scoring.fp8_recipes,
         }
-        settings = search.TuneSettings(
+        settings = tuner.TuneSettings(
             storage,
             "tune",
             cfg.search.max_failures,
@@ -452,11 +452,11 @@ def run(inp: Inputs) -> int:
             cfg.search.num_samples,
             cfg.seed,
         )
-        results = search.run_trials(ctx, [*points, *extra], space, settings, workers)
+        results = tuner.run_trials(ctx, [*points, *extra], space, settings, workers)
         write_json(inp.output / "workers.json", pool.log_startup())
     finally:
         side.shutdown(wait=True)
-        search.shutdown()
+        cluster.shutdown()
     return conclude(inp, target, tables, results, specs)
 
 

@@ -1,6 +1,6 @@
 """One GPU's long-lived worker: ModelOpt imported and the model loaded once, then scoring and trials.
 
-A sweep keeps one :class:`Worker` per GPU (``search`` wraps it in a Ray actor) for its whole life:
+A sweep keeps one :class:`Worker` per GPU (``cluster`` wraps it in a Ray actor) for its whole life:
 
 1. start-up (when the actor is created, while the driver still prepares data and tracking):
    import ModelOpt, load the BF16 model;

@@ -1,0 +1,248 @@
+"""The GPU workers on Ray: connecting, one long-lived worker per GPU, its dispatcher, scoring.
+
+* One long-lived worker per GPU (``WorkerPool``; ``search.max_concurrent`` CPU workers without
+  GPUs), created as soon as Ray is up: each imports ModelOpt and loads the model once, scores the
+  shards it is given, then keeps a calibrated model resident for the trials
+  (``orchestrator.worker``). A process per GPU pays start-up once, not once for scoring and again
+  for trials, and the trials' calibration happens before the first trial needs it.
+* Scoring: ``scoring.shards`` per (method, FP8 recipe) setup, sent to the workers in turn, each
+  scoring its share of the batches; the driver adds them up and caches the table on the (shared)
+  output folder.
+* Trials (``orchestrator.trainable``) borrow a free worker through the dispatcher, an async actor
+  that takes the worker back even if the trial's process dies.
+
+Ray is imported here, in ``trainable`` and in ``tuner``, and nowhere else in the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from orchestrator.config import ModelConfig
+from orchestrator.records import ScoreTable
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None, node_ip: str | None = None) -> None:
+    """Join ``address`` or start a local instance; loopback-pinned when ``node_ip`` is given."""
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if node_ip:
+        kwargs["_node_ip_address"] = node_ip
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    res = ray.cluster_resources()
+    log.info(
+        "Ray: %d node(s), %g CPU, %g GPU",
+        len([n for n in ray.nodes() if n.get("Alive")]),
+        res.get("CPU", 0),
+        res.get("GPU", 0),
+    )
+
+
+def put(obj: Any) -> Any:
+    """``obj`` in the object store, once, for every worker and trial to read."""
+    return ray.put(obj)
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# --- the workers ----------------------------------------------------------------------------------
+
+
+def _worker_actor() -> type:
+    """The Ray actor class around :class:`orchestrator.worker.Worker` (torch is imported here only,
+    not in the driver's or the trials' imports of this module)."""
+    from orchestrator.worker import Worker
+
+    class GpuWorker(Worker):
+        def where(self) -> dict[str, Any]:
+            return {**_here(), **self.startup}
+
+        def evaluate_here(self, *args: Any) -> tuple[dict[str, float], dict[str, str]]:
+            return self.evaluate(*args), _here()
+
+    return GpuWorker
+
+
+def _here() -> dict[str, str]:
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+
+
+class _Dispatcher:
+    """Lends each trial a free worker and takes it back, also when the trial or the worker dies.
+
+    An async actor: a trial's call waits here until a worker is free. The worker is returned in
+    ``finally``, so a trial process that dies mid-call cannot keep one, and a worker that dies
+    (Ray restarts it) fails only the trial it was running.
+    """
+
+    def __init__(self, workers: Sequence[Any]) -> None:
+        self.workers = list(workers)
+        self.free: asyncio.Queue | None = None
+
+    async def evaluate(self, data: list[Any], *args: Any) -> Any:
+        if self.free is None:
+            self.free = asyncio.Queue()
+            for w in self.workers:
+                self.free.put_nowait(w)
+        w = await self.free.get()
+        try:
+            return await w.evaluate_here.remote(data[0], *args)
+        finally:
+            self.free.put_nowait(w)
+
+
+@dataclass
+class WorkerPool:
+    """One long-lived worker per GPU (or ``count`` CPU workers), started as soon as Ray is up."""
+
+    workers: list[Any]
+    dispatcher: Any
+    startup: list[Any]  # refs: each worker's node, ModelOpt import and load seconds
+    prepared: list[Any] = field(default_factory=list)  # refs: each worker's evaluator build
+
+    @classmethod
+    def start(cls, model: ModelConfig, count: int, gpus: bool, threads: int) -> WorkerPool:
+        """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
+
+        Workers reserve a GPU each (no CPUs: the trials reserve those) and are placed node by node
+        (:func:`worker_nodes`). Ray restarts a worker that dies: a GPU worker wherever a GPU is free
+        if its node is gone; a CPU worker, which reserves nothing, only on its own node (Ray would
+        otherwise put every one of them on the driver's node).
+        """
+        actor = ray.remote(_worker_actor())
+        nodes = worker_nodes(count, gpus)
+        log.info("%d worker(s), placed on node(s) %s", count, [n[:8] for n in nodes])
+        workers = [
+            actor.options(
+                num_gpus=1 if gpus else 0,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=gpus),
+            ).remote(model, threads)
+            for node in nodes
+        ]
+        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(workers)
+        return cls(workers, dispatcher, [w.where.remote() for w in workers])
+
+    def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:
+        """Every worker builds its resident evaluator once the work already sent to it is done."""
+        self.prepared = [
+            w.prepare.remote(data_ref, fp8_recipe, reference_cache_bytes) for w in self.workers
+        ]
+
+    def log_startup(self) -> list[dict[str, Any]]:
+        """Each worker's start-up (and evaluator build, when prepared): logged and returned."""
+        infos = [_get_or_empty(r) for r in self.startup]
+        built = [_get_or_empty(r) for r in self.prepared] or [{}] * len(infos)
+        out = []
+        for i, (info, b) in enumerate(zip(infos, built, strict=True)):
+            if not info:  # the worker died before it could say (Ray restarted it)
+                continue
+            out.append({"worker": i, **info, **b})
+            log.info(
+                "worker %d on %s: ModelOpt import %.1fs, model load %.1fs%s",
+                i,
+                info["hostname"],
+                info["import_seconds"],
+                info["load_seconds"],
+                ""
+                if not b
+                else f", quantizer insertion {b['setup_seconds']:.1f}s, calibration "
+                f"{b['calibration_seconds']:.1f}s, reference {b['reference_seconds']:.1f}s",
+            )
+        return out
+
+
+def worker_nodes(count: int, gpus: bool) -> list[str]:
+    """The node of each worker: one slot per GPU of each node, or the nodes in turn without GPUs.
+
+    Ray's own spreading does not separate actors that reserve nothing, so the driver places them.
+    """
+    alive = sorted(
+        (n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", "")
+    )
+    slots = (
+        [n["NodeID"] for n in alive for _ in range(int(n["Resources"].get("GPU", 0)))]
+        if gpus
+        else [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0]
+    ) or [n["NodeID"] for n in alive]
+    return [slots[i % len(slots)] for i in range(count)]
+
+
+def _get_or_empty(ref: Any) -> dict[str, Any]:
+    try:
+        return dict(ray.get(ref))
+    except ray.exceptions.RayError:
+        return {}
+
+
+def worker_count(max_concurrent: int | None) -> tuple[int, bool]:
+    """(workers, on GPUs): one per GPU, or ``max_concurrent`` (default 1) without GPUs."""
+    gpus = cluster_gpus()
+    if gpus:
+        return min(max_concurrent or gpus, gpus), True
+    return max_concurrent or 1, False
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+
+def scoring_shards(shards: int | str, num_score_steps: int, workers: int = 1) -> int:
+    """Shards per setup: ``auto`` is one per worker (so one per GPU), at most the score steps."""
+    n = workers if shards == "auto" else int(shards)
+    return max(1, min(n, num_score_steps))
+
+
+def run_scoring(
+    pool: WorkerPool,
+    data_ref: Any,
+    setups: Sequence[Any],
+    cache_dir: Path,
+    shards: int | str = 1,
+) -> list[ScoreTable]:
+    """Every setup's shards sent to the workers at once, in turn, one after another per worker.
+
+    The driver adds each setup's shards up (``scoring.merge_shards``; one shard is the whole
+    setup) and caches the table in ``cache_dir``.
+    """
+    from orchestrator.scoring import merge_shards, save, shard_indices
+
+    n = len(pool.workers)
+    pending: list[list[Any]] = []
+    turn = 0
+    for s in setups:
+        refs = []
+        for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps, n)):
+            worker = pool.workers[turn % n]
+            refs.append(worker.score.options(max_task_retries=1).remote(data_ref, s, piece))
+            turn += 1
+        pending.append(refs)
+    if any(len(p) > 1 for p in pending):
+        log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
+    out = []
+    for refs in pending:
+        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in ray.get(refs)]
+        table, state = merge_shards(parts)
+        save(table, state, cache_dir)
+        out.append(table)
+    return out
