@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.planning import STRATEGIES, parse_spec
 from orchestrator.records import stable_hash
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,9 @@ class ScoringConfig(_Strict):
 class SearchConfig(_Strict):
     effective_bits: list[float] = Field(min_length=1)  # over eligible LM weights: 16 - 8 x share
     coverage: list[float] = Field(min_length=1)  # share of decoder blocks allowed to hold FP8
+    # scored plan strategies: solve (the scores choose among all allowed blocks), ends_bf16:N
+    # (first and last N blocks BF16, the scores choose the rest), mlp_only (attention BF16)
+    strategies: list[str] = Field(default_factory=lambda: ["solve"], min_length=1)
     searcher: Literal["grid", "optuna"] = "grid"
     num_samples: int = Field(16, ge=1)  # optuna only: trials after the seeding grid
     max_failures: int = Field(2, ge=0)  # retries per trial before it is recorded FAILED
@@ -96,6 +100,17 @@ class SearchConfig(_Strict):
         for x in v:
             if not (math.isfinite(x) and 8.0 <= x <= 16.0):
                 raise ValueError(f"value {x} is outside [8, 16] (bits per eligible LM weight)")
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            parse_spec(spec, STRATEGIES)
+        if "solve" not in v:
+            raise ValueError(f"{v} lacks 'solve', the one strategy that can reach every share")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates {v}; list each value once")
         return v
 
     @field_validator("coverage")
@@ -116,18 +131,31 @@ class TrackingConfig(_Strict):
     experiment: str | None = None  # default: the sweep name
 
 
-class BaselineConfig(_Strict):
-    """Naive choices measured at every effective-bits value of the grid, beside the trials."""
+class ControlConfig(_Strict):
+    """What a person would do without the scores, measured at each published scheme's exact FP8
+    share and compared with it on the same tokens; never published."""
 
     enabled: bool = True
-    random_seeds: int = Field(3, ge=0, le=32)  # random group orders; mean and spread are reported
-    ends_blocks: int = Field(1, ge=0)  # "ends_bf16": the first and last N blocks kept BF16
+    random_seeds: int = Field(3, ge=0, le=32)  # random group orders, one control each
+    inverse: bool = True  # most sensitive first: the floor any ranking must clear
+    ends_fixed: list[int] = Field(default_factory=lambda: [1])  # first/last N blocks BF16
+    attn_bf16: bool = True  # attention BF16, the MLP quantized in block order
+
+    @field_validator("ends_fixed")
+    @classmethod
+    def _ends(cls, v: list[int]) -> list[int]:
+        for n in v:
+            if n < 1:
+                raise ValueError(f"value {n} is not a block count >= 1")
+        return v
 
     def specs(self) -> list[str]:
         if not self.enabled:
             return []
-        out = [f"random:{s}" for s in range(self.random_seeds)] + ["inverse", "mlp_only"]
-        return out + ([f"ends_bf16:{self.ends_blocks}"] if self.ends_blocks else [])
+        out = [f"random:{s}" for s in range(self.random_seeds)]
+        out += ["inverse"] if self.inverse else []
+        out += [f"ends_fixed:{n}" for n in self.ends_fixed]
+        return out + (["attn_bf16"] if self.attn_bf16 else [])
 
 
 class FaultConfig(_Strict):
@@ -150,7 +178,7 @@ class SweepConfig(_Strict):
     search: SearchConfig
     selection: SelectionConfig = SelectionConfig()
     tracking: TrackingConfig = TrackingConfig()
-    baselines: BaselineConfig = BaselineConfig()
+    controls: ControlConfig = ControlConfig()
     fault: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
@@ -262,15 +290,17 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Swee
 # --- scheme catalog -------------------------------------------------------------------------------
 
 
-class FractionBand(_Strict):
-    min: float = Field(ge=0.0, le=1.0)
-    max: float = Field(ge=0.0, le=1.0)
+class ShareBand(_Strict):
+    """What a name promises: an FP8 share of the eligible LM weights, give or take ``tolerance``."""
 
-    @model_validator(mode="after")
-    def _ordered(self) -> FractionBand:
-        if self.min > self.max:
-            raise ValueError(f"min {self.min} is above max {self.max}")
-        return self
+    nominal: float = Field(gt=0.0, le=1.0)
+    tolerance: float = Field(0.05, ge=0.0, le=0.5)
+
+    def contains(self, share: float) -> bool:
+        return abs(share - self.nominal) <= self.tolerance + 1e-9
+
+    def __str__(self) -> str:
+        return f"{self.nominal:.0%} +- {self.tolerance:.0%} FP8"
 
 
 class SchemeKnobs(_Strict):
@@ -285,7 +315,7 @@ class CatalogScheme(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     role: Literal["conservative", "balanced", "aggressive"]
     description: str
-    fp8_fraction: FractionBand  # what the name promises; a pick outside it is never published
+    fp8_share: ShareBand  # what the name promises; a pick outside it is never published
     knobs: SchemeKnobs  # the knobs a user would pass to AutoQuantize for this scheme
     coverage_rule: str
     post_filters: list[str] = Field(default_factory=list)

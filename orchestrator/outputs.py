@@ -1,7 +1,7 @@
 """The files a sweep leaves in ``--output`` and the selection step that both ``sweep`` and
 ``select`` run: ``trials.parquet``, ``scores.parquet`` (+ one file per scoring setup under
 ``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes, ``pareto.png`` and
-``sweep.json``. Every file is written to a temporary name and renamed, so a crash never leaves a
+``sweep.json``, ``sensitivity.png``. Every file is written to a temporary name and renamed, so a crash never leaves a
 half-written one. No torch, ray or mlflow here.
 """
 
@@ -10,23 +10,37 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from orchestrator.config import Catalog
-from orchestrator.planning import make_plan
-from orchestrator.plots import pareto_png
-from orchestrator.records import Plan, ScoreTable, TrialResult
+from orchestrator.compare import compare_scheme, measured_by_plan, score_kl_correlation, verdicts
+from orchestrator.config import Catalog, CatalogScheme, SweepConfig
+from orchestrator.planning import plan_point
+from orchestrator.plots import pareto_png, sensitivity_png
+from orchestrator.points import table_key
+from orchestrator.records import NamedScheme, Plan, ScoreTable, TrialResult
 from orchestrator.selection import Selection, SelectionError, select
 from orchestrator.tables import read_scores, read_trials, write_scores, write_trials
 
-QUALITY_METRICS = ("kl_mean", "top1_agreement", "nll_delta", "nll", "nll_ref", "ppl", "ppl_ref")
+QUALITY_METRICS = (
+    "kl_mean",
+    "kl_ci_low",
+    "kl_ci_high",
+    "top1_agreement",
+    "top1_ci_low",
+    "top1_ci_high",
+    "nll_delta",
+    "nll",
+    "nll_ref",
+    "ppl",
+    "ppl_ref",
+    "eval_sequences",
+)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -78,70 +92,37 @@ def read_score_tables(output: Path) -> dict[str, ScoreTable]:
     return {f"{t.method}|{t.fp8_recipe}": t for t in tables}
 
 
-def plan_for(result: TrialResult | Any, tables: Mapping[str, ScoreTable]) -> Plan:
-    table = tables[f"{result.method}|{result.fp8_recipe}"]
-    return make_plan(table, result.effective_bits, result.coverage)
-
-
-def _interpolate(points: Sequence[tuple[float, float]], bits: float) -> float | None:
-    """KL at ``bits`` on one baseline's curve, linear in log KL between measured budgets."""
-    pts = sorted(points)
-    if not pts or not pts[0][0] - 1e-9 <= bits <= pts[-1][0] + 1e-9:
-        return None
-    for (b0, k0), (b1, k1) in zip(pts, pts[1:], strict=False):
-        if b0 - 1e-9 <= bits <= b1 + 1e-9 and b1 > b0:
-            t = (bits - b0) / (b1 - b0)
-            if k0 > 0 and k1 > 0:
-                return float(np.exp((1 - t) * np.log(k0) + t * np.log(k1)))
-            return float((1 - t) * k0 + t * k1)
-    return float(pts[0][1])
-
-
-def baseline_summary(results: Sequence[TrialResult], achieved_bits: float) -> dict[str, Any]:
-    """Each baseline's KL at exactly the scheme's FP8 share (its achieved effective bits).
-
-    Baselines are measured at the grid's budgets; their KL is interpolated (linear in log KL) to
-    the scheme's achieved bits, so a scheme is never compared with a baseline holding a different
-    FP8 share. Random orders are interpolated seed by seed, then averaged. A baseline that never
-    reaches the share (attention kept BF16 at 8 bits) is left out.
-    """
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        if r.kind == "baseline":  # every choice is the BF16 model at 16 bits: KL 0
-            curves.setdefault(r.baseline, [(16.0, 0.0)])
-    for r in results:
-        if (
-            r.kind == "baseline"
-            and r.status == "FINISHED"
-            and r.achieved_bits <= r.effective_bits + 1e-9
-        ):
-            curves.setdefault(r.baseline, []).append((r.achieved_bits, r.metrics["kl_mean"]))
-    at = {name: _interpolate(pts, achieved_bits) for name, pts in sorted(curves.items())}
-    out: dict[str, Any] = {"at_effective_bits": round(achieved_bits, 6)}
-    rand = [v for k, v in at.items() if k.startswith("random") and v is not None]
-    if rand:
-        out["random_kl_mean"] = float(np.mean(rand))
-        out["random_kl_std"] = float(np.std(rand))
-        out["random_seeds"] = len(rand)
-    for k, v in at.items():
-        if not k.startswith("random") and v is not None:
-            out[f"{k.split(':')[0]}_kl"] = v
-    return out
-
-
-def kl_margin(summary: Mapping[str, Any], kl: float) -> tuple[str, float] | None:
-    """(best baseline, its KL minus the scheme's): positive means the scheme is better."""
-    candidates = {
-        k.removesuffix("_kl_mean").removesuffix("_kl"): v
-        for k, v in summary.items()
-        if k.endswith(("_kl", "_kl_mean"))
+def plan_for(result: TrialResult | NamedScheme, tables: Mapping[str, ScoreTable]) -> Plan:
+    table = tables[table_key(result.method, result.fp8_recipe)]
+    point = {
+        "effective_bits": result.effective_bits,
+        "coverage": result.coverage,
+        "strategy": result.strategy,
     }
-    if not candidates:
-        return None
-    best = min(candidates, key=lambda k: (candidates[k], k))
-    margin = float(candidates[best] - kl)
-    # the same plan measured twice differs only by float rounding of the interpolation
-    return best, 0.0 if abs(margin) <= 1e-9 * max(abs(kl), 1e-30) else margin
+    return plan_point(table, point)
+
+
+@dataclass(frozen=True)
+class SweepFacts:
+    """What produced the trials, beyond the trials themselves: written beside each scheme."""
+
+    seed: int  # seeds every bootstrap
+    controls: tuple[str, ...]  # the control specs of the paired round
+    scoring: Mapping[str, Any]  # num_score_steps, num_calib_steps of the scoring that ran
+    data_hashes: Mapping[str, str]
+
+    @classmethod
+    def of(cls, cfg: SweepConfig, data_hashes: Mapping[str, str]) -> SweepFacts:
+        scoring = cfg.scoring
+        return cls(
+            seed=cfg.seed,
+            controls=tuple(cfg.controls.specs()),
+            scoring={
+                "num_score_steps": scoring.num_score_steps,
+                "num_calib_steps": scoring.num_calib_steps,
+            },
+            data_hashes=dict(data_hashes),
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +130,73 @@ class Finalized:
     selection: Selection | None
     error: str | None
     entries: tuple[dict[str, Any], ...] = ()  # schemes.yaml's scheme entries
+    correlation: Mapping[str, float] = field(default_factory=dict)  # Spearman per method
+
+
+def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
+    """What produced the scheme, the catalog's recommendation, and where the two differ."""
+    ran = {
+        "method": s.method,
+        "strategy": s.strategy,
+        "coverage": s.coverage,
+        "effective_bits": s.effective_bits,
+        "fp8_recipe": s.fp8_recipe,
+        **dict(facts.scoring),
+    }
+    recommended = catalog.knobs.model_dump()
+    differ = sorted(k for k, v in recommended.items() if k in ran and ran[k] != v)
+    return {
+        "knobs": {**ran, "data_hashes": dict(facts.data_hashes)},
+        "catalog_knobs": recommended,
+        "knobs_differ_from_catalog": differ,
+    }
+
+
+def _entry(
+    s: NamedScheme,
+    plan: Plan,
+    plan_path: Path,
+    rows: Sequence[Mapping[str, Any]],
+    facts: SweepFacts,
+    catalog: CatalogScheme,
+) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "role": s.role,
+        "fp8_share": catalog.fp8_share.model_dump(),
+        "fp8_fraction": round(s.fp8_fraction, 6),
+        "effective_bits": s.effective_bits,
+        "achieved_effective_bits": round(s.achieved_bits, 6),
+        "coverage": s.coverage,
+        "strategy": s.strategy,
+        "method": s.method,
+        "fp8_recipe": s.fp8_recipe,
+        "plan_hash": s.plan_hash,
+        "num_fp8_modules": len(plan.fp8_modules),
+        "modules": str(plan_path),
+        "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
+        "lm_bytes": plan.lm_bytes,
+        "model_bytes": plan.model_bytes,
+        "mlflow_run_id": s.mlflow_run_id,
+        "verdicts": verdicts(rows),
+        "controls": [dict(r) for r in rows],
+        **_knobs(s, facts, catalog),
+        "rationale": s.rationale,
+    }
+
+
+def _point_summary(r: TrialResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "plan_hash": r.plan_hash,
+        "fp8_fraction": round(r.fp8_fraction, 6),
+        "achieved_effective_bits": round(r.achieved_bits, 6),
+        "kl_mean": r.metrics["kl_mean"],
+        "method": r.method,
+        "strategy": r.strategy,
+        "coverage": r.coverage,
+    }
 
 
 def finalize(
@@ -158,13 +206,17 @@ def finalize(
     catalog: Catalog,
     max_kl: float | None,
     header: Mapping[str, Any],
+    facts: SweepFacts,
     replace_on_error: bool = True,
 ) -> Finalized:
-    """trials.parquet, selection, schemes.yaml, plans/, pareto.png; an unmet selection says why.
+    """trials.parquet, selection, the paired comparisons, schemes.yaml, plans/, pareto.png,
+    sensitivity.png; an unmet selection says why.
 
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
     """
+    sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
+    correlation = score_kl_correlation(results, tables)
     try:
         sel = select(results, catalog, max_kl)
     except SelectionError as e:
@@ -172,50 +224,93 @@ def finalize(
             write_trials(results, output / "trials.parquet")
             pareto_png(results, (), (), output / "pareto.png", f"{header.get('sweep')}: {e}"[:120])
             (output / "schemes.yaml").unlink(missing_ok=True)
-        return Finalized(None, str(e))
+        return Finalized(None, str(e), (), correlation)
     write_trials(results, output / "trials.parquet")
+    measured = measured_by_plan(results)
     entries = []
     for s in sel.schemes:
         plan = plan_for(s, tables)
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
-        knobs = next(c.knobs for c in catalog.schemes if c.name == s.name)
-        summary = baseline_summary(results, s.achieved_bits)
-        margin = kl_margin(summary, s.metrics["kl_mean"])
-        entries.append(
-            {
-                "name": s.name,
-                "role": s.role,
-                "effective_bits": s.effective_bits,
-                "achieved_effective_bits": round(s.achieved_bits, 6),
-                "coverage": s.coverage,
-                "fp8_fraction": round(s.fp8_fraction, 6),
-                "method": s.method,
-                "fp8_recipe": s.fp8_recipe,
-                "plan_hash": s.plan_hash,
-                "num_fp8_modules": len(plan.fp8_modules),
-                "modules": str(plan_path),
-                "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
-                "lm_bytes": plan.lm_bytes,
-                "model_bytes": plan.model_bytes,
-                "mlflow_run_id": s.mlflow_run_id,
-                "baselines_same_budget": summary,
-                "best_baseline": margin[0] if margin else None,
-                "kl_margin_over_best_baseline": margin[1] if margin else None,
-                "catalog_knobs": knobs.model_dump(),
-                "rationale": s.rationale,
-            }
-        )
+        rows = compare_scheme(s, tables, measured, facts.controls, facts.seed)
+        spec = next(c for c in catalog.schemes if c.name == s.name)
+        entries.append(_entry(s, plan, plan_path, rows, facts, spec))
     doc = {
         **header,
         "catalog_version": catalog.version,
+        "knee": _point_summary(sel.knee),
+        "score_kl_spearman": correlation,
         "front": list(sel.front),
         "notes": list(sel.notes),
         "schemes": entries,
     }
     write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
     pareto_png(results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")))
-    return Finalized(sel, None, tuple(entries))
+    return Finalized(sel, None, tuple(entries), correlation)
+
+
+def _ci(v: Sequence[float]) -> str:
+    return f"[{v[0]:.3g}, {v[1]:.3g}]"
+
+
+def summary_lines(done: Finalized, output: Path) -> list[str]:
+    """The console's account of the selection: each scheme with its share, KL and CI, its
+    verdict against every control measured at its share, the knee, the score-KL correlation."""
+    if done.selection is None:
+        return []
+    lines = [
+        "",
+        f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {'KL [95% CI]':<30}{'top-1':>8}  picked from",
+    ]
+    for s, e in zip(done.selection.schemes, done.entries, strict=True):
+        m = s.metrics
+        kl = f"{m['kl_mean']:.3g}"
+        if "kl_ci_low" in m:
+            kl += f" {_ci((m['kl_ci_low'], m['kl_ci_high']))}"
+        lines.append(
+            f"{s.name:<22}{s.fp8_fraction:>7.1%}{s.achieved_bits:>7.2f}  {kl:<30}"
+            f"{m.get('top1_agreement', float('nan')):>8.4f}  {s.method} {s.strategy} "
+            f"c={s.coverage:g}"
+        )
+        for row in e["controls"]:
+            if str(row["control"]).startswith("random:"):
+                continue  # each seed is in schemes.yaml; the console shows them pooled
+            ratio = (
+                f" (KL ratio {row['kl_ratio']:.3g} {_ci(row['kl_ratio_ci'])})"
+                if "kl_ratio" in row
+                else ""
+            )
+            lines.append(f"    vs {row['control']:<14} {row['verdict']}{ratio}")
+        if e["knobs_differ_from_catalog"]:
+            lines.append(
+                "    knobs that differ from the catalog's recommendation: "
+                + ", ".join(e["knobs_differ_from_catalog"])
+            )
+    k = done.selection.knee
+    if k is not None:
+        lines.append(
+            f"knee of the front: {k.fp8_fraction:.1%} FP8, {k.achieved_bits:.2f} bits, "
+            f"KL {k.metrics['kl_mean']:.3g} ({k.method} {k.strategy} c={k.coverage:g})"
+        )
+    if done.correlation:
+        rho = ", ".join(f"{m} {v:.2f}" for m, v in done.correlation.items())
+        lines.append(f"summed score vs measured KL over the sweep's plans (Spearman): {rho}")
+    lines += [f"note: {n}" for n in done.selection.notes]
+    lines.append(f"schemes: {output / 'schemes.yaml'} (plots: pareto.png, sensitivity.png)")
+    return lines
+
+
+def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """(tags, metrics) for a scheme's MLflow run: its name, its verdicts, the KL ratios."""
+    tags = {"scheme_name": str(entry["name"])}
+    metrics: dict[str, float] = {}
+    for row in entry["controls"]:
+        tags[f"verdict.{row['control']}"] = str(row["verdict"])
+        if "kl_ratio" in row:
+            metrics[f"kl_ratio.{row['control']}"] = float(row["kl_ratio"])
+            metrics[f"kl_ratio_ci_low.{row['control']}"] = float(row["kl_ratio_ci"][0])
+            metrics[f"kl_ratio_ci_high.{row['control']}"] = float(row["kl_ratio_ci"][1])
+    return tags, metrics
 
 
 def load_results(output: Path) -> list[TrialResult]:

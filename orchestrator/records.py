@@ -80,6 +80,7 @@ class Plan:
     lm_bytes: int
     model_bytes: int
     score_sum: float
+    strategy: str = "solve"  # "solve", "ends_bf16:N", "mlp_only"; "control" for a control's plan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,17 +117,29 @@ class TrialResult:
     metrics: Mapping[str, float]
     mlflow_run_id: str = ""
     error: str = ""
-    kind: str = "trial"  # or "baseline"
-    baseline: str = ""  # e.g. "random:0", "inverse", "mlp_only", "ends_bf16:1"
+    kind: str = "trial"  # "trial" (a scored strategy: may be published) or "control"
+    strategy: str = "solve"  # of a trial: "solve", "ends_bf16:N", "mlp_only"
+    control: str = ""  # of a control: "random:S", "inverse", "ends_fixed:N", "attn_bf16"
+    # per evaluation sequence: summed KL ("kl"), top-1 agreements ("agree"), scored tokens
+    # ("tokens"); what the error bars and the paired comparisons are computed from
+    per_sequence: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How progress lines and tables name the point: its strategy, or ``control <spec>``."""
+        return f"control {self.control}" if self.kind == "control" else self.strategy
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = dict(self.metrics)
+        d["per_sequence"] = {k: list(v) for k, v in self.per_sequence.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
-        return cls(**{**d, "metrics": dict(d.get("metrics") or {})})
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        seq = {k: tuple(float(x) for x in v) for k, v in (d.get("per_sequence") or {}).items()}
+        return cls(**{**fields, "metrics": dict(d.get("metrics") or {}), "per_sequence": seq})
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,7 @@ class NamedScheme:
     metrics: Mapping[str, float]
     mlflow_run_id: str
     rationale: str
+    strategy: str = "solve"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

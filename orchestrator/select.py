@@ -1,8 +1,10 @@
 """``python -m orchestrator.select --output DIR``: re-run selection on a finished sweep, no GPU needed.
 
 Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
-rewrites ``schemes.yaml``, ``plans/`` and ``pareto.png``. ``--max-kl`` and ``--catalog`` override
-the sweep's selection settings. Exit 0, 2 (bad input) or 3 (fewer than three feasible points;
+rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
+comparisons reuse the controls the sweep measured; a scheme that moved to another share (a new
+``--catalog`` or ``--max-kl``) reads ``not measured`` against them until the sweep is run again. ``--max-kl`` and ``--catalog`` override
+the sweep's selection settings. Exit 0, 2 (bad input) or 3 (a name no measured point can carry;
 then nothing is rewritten).
 """
 
@@ -14,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig, load_catalog, read_yaml
-from orchestrator.outputs import finalize, load_results, read_score_tables, read_sweep_json
+from orchestrator.outputs import (
+    SweepFacts,
+    finalize,
+    load_results,
+    read_score_tables,
+    read_sweep_json,
+    summary_lines,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,16 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog,
         max_kl,
         header,
+        SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
         replace_on_error=False,
     )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return 3
-    for s in done.selection.schemes if done.selection else ():
-        print(
-            f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f} bits {s.fp8_fraction:>5.0%} FP8  "
-            f"KL {s.metrics['kl_mean']:.3g}"
-        )
+    for line in summary_lines(done, output):
+        print(line)
     return 0
 
 

@@ -1,21 +1,22 @@
-"""Pick three Pareto-representative schemes from finished trials and name them from the catalog.
+"""Name three schemes from finished trials by the FP8 share each name promises; report the knee.
 
 Objectives, both minimised: achieved effective bits (compression) and mean KL to BF16 (quality
-loss). Only finished trials with finite metrics and at least one FP8 module count; points above the
-quality cap (``max_kl``) are dropped before the front is built.
+loss). Only finished scored trials with finite metrics and at least one FP8 module count (controls
+never do); points above the quality cap (``max_kl``) are dropped before the front is built. Every
+scored strategy, method and coverage competes on one front, so the point published at a share is
+the best plan the sweep measured there, whichever way it was made.
 
-Roles, on the front normalised to [0, 1] on each axis:
+A catalog name promises an FP8 share (``fp8_share``: nominal +- tolerance of the eligible LM
+weights). Per name:
 
-* aggressive: fewest bits;
-* conservative: least KL;
-* balanced: the knee, the point farthest from the line joining those two extremes.
+1. the front point whose share is nearest the nominal share, within the tolerance (lower KL, then
+   the plan hash, breaks ties);
+2. with no front point inside, the least-KL feasible point inside (the rationale says so);
+3. with none, :class:`SelectionError` names the budget to add (the sweep exits 3).
 
-Ties break on (KL, bits, plan hash), so the same trials always give the same schemes. A catalog
-name promises an FP8 share (``fp8_fraction`` band): when the role's pick falls outside its name's
-band, the front point inside the band nearest to the pick is published instead; with none on the
-front, the best (least KL) feasible point inside the band; the rationale says which happened. When
-no feasible point fits a name, or the front has fewer than three points, :class:`SelectionError`
-says which and why (the sweep exits 3). Pure module: numpy only.
+Roles (conservative, balanced, aggressive) are descriptions of the names. The knee of the front,
+the point farthest from the line joining its two extremes on the front normalised to [0, 1] per
+axis, is reported beside the schemes so a user sees where the curve bends. Pure module: numpy only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from orchestrator.records import NamedScheme, TrialResult
 
 
 class SelectionError(RuntimeError):
-    """Fewer than three feasible Pareto points, or a catalog name no point can honestly carry."""
+    """No feasible trial, or a catalog name no measured point can honestly carry."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Selection:
     schemes: tuple[NamedScheme, ...]
     front: tuple[str, ...]  # plan hashes on the front, fewest bits first
     notes: tuple[str, ...]
+    knee: TrialResult | None = None  # where the front bends (None with fewer than 3 points)
 
 
 def _sort_key(r: TrialResult) -> tuple[float, float, str]:
@@ -85,91 +87,83 @@ def _normalise(front: Sequence[TrialResult]) -> np.ndarray:
     return (xy - lo) / np.where(span > 0, span, 1.0)
 
 
-def role_picks(front: Sequence[TrialResult]) -> dict[str, int]:
-    """Index into ``front`` (sorted fewest bits first) of each role's pick."""
+def knee(front: Sequence[TrialResult]) -> TrialResult | None:
+    """The front point farthest from the line joining fewest bits and least KL (normalised axes);
+    None when the front has fewer than three points, where no bend can be told."""
+    if len(front) < 3:
+        return None
     keys = [_sort_key(r) for r in front]
-    aggressive = min(range(len(front)), key=lambda i: (front[i].achieved_bits, keys[i]))
-    conservative = min(range(len(front)), key=lambda i: keys[i])
+    fewest = min(range(len(front)), key=lambda i: (front[i].achieved_bits, keys[i]))
+    least = min(range(len(front)), key=lambda i: keys[i])
     xy = _normalise(front)
-    a, c = xy[aggressive], xy[conservative]
+    a, c = xy[fewest], xy[least]
     line = c - a
     norm = float(np.hypot(*line))
     if norm == 0:
-        dist = np.zeros(len(front))
-    else:
-        dist = np.abs(line[0] * (xy[:, 1] - a[1]) - line[1] * (xy[:, 0] - a[0])) / norm
-    balanced = min(range(len(front)), key=lambda i: (-round(float(dist[i]), 12), keys[i]))
-    return {"aggressive": aggressive, "conservative": conservative, "balanced": balanced}
+        return None
+    dist = np.abs(line[0] * (xy[:, 1] - a[1]) - line[1] * (xy[:, 0] - a[0])) / norm
+    return front[min(range(len(front)), key=lambda i: (-round(float(dist[i]), 12), keys[i]))]
 
 
-def _in_band(r: TrialResult, s: CatalogScheme) -> bool:
-    return s.fp8_fraction.min - 1e-9 <= r.fp8_fraction <= s.fp8_fraction.max + 1e-9
+def missing_budget(scheme: CatalogScheme) -> str:
+    """The grid point that would give a name its share."""
+    return f"effective_bits={16 - 8 * scheme.fp8_share.nominal:g} with coverage >= " + (
+        f"{max(scheme.fp8_share.nominal - scheme.fp8_share.tolerance, 0.0):g}"
+    )
 
 
-def _bind(
-    scheme: CatalogScheme,
-    pick: int,
-    front: Sequence[TrialResult],
-    pool: Sequence[TrialResult],
+def bind(
+    scheme: CatalogScheme, front: Sequence[TrialResult], pool: Sequence[TrialResult]
 ) -> tuple[TrialResult, str]:
-    band = f"{scheme.fp8_fraction.min:.0%}-{scheme.fp8_fraction.max:.0%} FP8"
-    chosen = front[pick]
-    if _in_band(chosen, scheme):
-        return chosen, f"the {scheme.role} point of the front"
-    xy = _normalise(front)
-    fits = [i for i, r in enumerate(front) if _in_band(r, scheme)]
-    if fits:
-        i = min(fits, key=lambda i: (float(np.hypot(*(xy[i] - xy[pick]))), _sort_key(front[i])))
-        return front[i], (
-            f"the {scheme.role} pick ({chosen.fp8_fraction:.0%} FP8) is outside the name's {band}; "
-            "this is the nearest front point inside it"
-        )
-    fits_pool = sorted((r for r in pool if _in_band(r, scheme)), key=_sort_key)
-    if fits_pool:
-        return fits_pool[0], (
-            f"no front point has {band}; this is the least-KL feasible point that does "
+    """The point a name is published on, and how it was chosen (for the rationale)."""
+    band = scheme.fp8_share
+    nearest = sorted(
+        (r for r in front if band.contains(r.fp8_fraction)),
+        key=lambda r: (abs(r.fp8_fraction - band.nominal), *_sort_key(r)),
+    )
+    if nearest:
+        return nearest[0], f"the front point nearest {band.nominal:.0%} FP8"
+    inside = sorted((r for r in pool if band.contains(r.fp8_fraction)), key=_sort_key)
+    if inside:
+        return inside[0], (
+            f"no front point has {band}; this is the least-KL measured point that does "
             "(dominated on the front)"
         )
     raise SelectionError(
-        f"no feasible trial has {band} for '{scheme.name}'; add grid points at "
-        f"effective_bits ~ {16 - 8 * (scheme.fp8_fraction.min + scheme.fp8_fraction.max) / 2:.1f} "
-        "with enough coverage, or relax selection.max_kl"
+        f"no feasible trial has {band} for '{scheme.name}'; add {missing_budget(scheme)} to the "
+        "grid, or relax selection.max_kl"
     )
 
 
 def _rationale(r: TrialResult, scheme: CatalogScheme, how: str) -> str:
     m = r.metrics
     return (
-        f"{scheme.name} ({scheme.role}): {how}. {r.fp8_fraction:.0%} of eligible LM weights in FP8 "
-        f"({r.achieved_bits:.2f} effective bits, asked {r.effective_bits:g}, coverage {r.coverage:g}, "
-        f"{r.method} scores); KL {m['kl_mean']:.3g}, top-1 agreement "
-        f"{m.get('top1_agreement', math.nan):.4f}."
+        f"{scheme.name} ({scheme.role}): {how}. {r.fp8_fraction:.1%} of eligible LM weights in "
+        f"FP8 ({r.achieved_bits:.2f} effective bits, asked {r.effective_bits:g}, coverage "
+        f"{r.coverage:g}, strategy {r.strategy}, {r.method} scores); KL {m['kl_mean']:.3g}, "
+        f"top-1 agreement {m.get('top1_agreement', math.nan):.4f}."
     )
+
+
+def front_of(results: Sequence[TrialResult], max_kl: float | None) -> tuple[list, list]:
+    """(pool of distinct feasible plans, its Pareto front fewest bits first)."""
+    pool = _unique_plans(feasible(results, max_kl))
+    xy = np.array([[r.achieved_bits, r.metrics["kl_mean"]] for r in pool], dtype=float)
+    idx = pareto_front(xy) if len(pool) else np.array([], dtype=int)
+    return pool, [pool[i] for i in sorted(idx, key=lambda i: (xy[i, 0], xy[i, 1]))]
 
 
 def select(
     results: Sequence[TrialResult], catalog: Catalog, max_kl: float | None = None
 ) -> Selection:
-    pool = _unique_plans(feasible(results, max_kl))
+    pool, front = front_of(results, max_kl)
     if not pool:
         raise SelectionError(
             "no feasible trial: every trial failed, had no FP8 module, or exceeded max_kl"
         )
-    xy = np.array([[r.achieved_bits, r.metrics["kl_mean"]] for r in pool], dtype=float)
-    front = [pool[i] for i in sorted(pareto_front(xy), key=lambda i: (xy[i, 0], xy[i, 1]))]
-    notes = []
-    if len(front) < 3:
-        raise SelectionError(
-            f"only {len(front)} feasible Pareto point(s) ({', '.join(r.plan_hash for r in front)}) "
-            f"out of {len(pool)} feasible plan(s): the other points are dominated or were "
-            "dropped (failed, all-BF16, above max_kl); widen the grid"
-        )
-    picks = role_picks(front)
-    if len({picks[k] for k in picks}) < 3:
-        notes.append("degenerate front: two roles share one point before the catalog bands apply")
     schemes = []
     for s in catalog.schemes:
-        r, how = _bind(s, picks[s.role], front, pool)
+        r, how = bind(s, front, pool)
         schemes.append(
             NamedScheme(
                 name=s.name,
@@ -184,8 +178,10 @@ def select(
                 metrics=dict(r.metrics),
                 mlflow_run_id=r.mlflow_run_id,
                 rationale=_rationale(r, s, how),
+                strategy=r.strategy,
             )
         )
-    if len({s.plan_hash for s in schemes}) < 3:
-        notes.append("two names share one plan: the catalog bands overlap on this front")
-    return Selection(tuple(schemes), tuple(r.plan_hash for r in front), tuple(notes))
+    notes = []
+    if len({s.plan_hash for s in schemes}) < len(schemes):
+        notes.append("two names share one plan: their share bands overlap on this front")
+    return Selection(tuple(schemes), tuple(r.plan_hash for r in front), tuple(notes), knee(front))

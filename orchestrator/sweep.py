@@ -36,12 +36,17 @@ from orchestrator.config import (
 )
 from orchestrator.data import DataError, DataSets, check_image_prompt_length, check_source
 from orchestrator.outputs import (
+    Finalized,
+    SweepFacts,
     finalize,
     read_sweep_json,
+    scheme_tracking,
+    summary_lines,
     write_json,
     write_score_tables,
     write_text,
 )
+from orchestrator.points import control_points, grid_points, table_key, unreachable_names
 from orchestrator.records import ScoreTable, TrialResult
 
 log = logging.getLogger("orchestrator.sweep")
@@ -104,6 +109,9 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     written = load_config(args.config, args.set)
     cfg = absolute_paths(written)
     catalog = load_catalog(cfg.selection.catalog)
+    unreachable = unreachable_names(cfg.search, catalog)
+    if unreachable:
+        raise ConfigError("; ".join(unreachable))
     check_source(cfg.data.source, "data.source", cfg.data.text_field)
     if cfg.data.eval_source:
         check_source(cfg.data.eval_source, "data.eval_source", cfg.data.text_field)
@@ -237,87 +245,6 @@ def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[Sco
     return [cached[s] or fresh[s] for s in setups]
 
 
-def grid_points(cfg: SweepConfig, tables: Sequence[ScoreTable]) -> tuple[list[dict], int]:
-    """Every grid point, then one per distinct plan (the first in a fixed order keeps it)."""
-    from orchestrator.planning import make_plan
-
-    by_key = {(t.method, t.fp8_recipe): t for t in tables}
-    seen: set[str] = set()
-    points = []
-    total = 0
-    for (method, recipe), table in sorted(by_key.items()):
-        for bits in sorted(cfg.search.effective_bits, reverse=True):
-            for cov in sorted(cfg.search.coverage, reverse=True):
-                total += 1
-                h = make_plan(table, bits, cov).plan_hash
-                if h in seen:
-                    continue
-                seen.add(h)
-                points.append(
-                    {
-                        "method": method,
-                        "fp8_recipe": recipe,
-                        "effective_bits": bits,
-                        "coverage": cov,
-                        "baseline": "",
-                        "plan_hash": h,
-                    }
-                )
-    return points, total
-
-
-def baseline_specs(cfg: SweepConfig, table: ScoreTable) -> list[dict[str, Any]]:
-    """Each baseline at each effective-bits value, planned with the first scoring setup's table."""
-    from orchestrator.planning import plan_point
-
-    specs = []
-    for bits in sorted(cfg.search.effective_bits, reverse=True):
-        for name in cfg.baselines.specs():
-            point = {
-                "method": table.method,
-                "fp8_recipe": table.fp8_recipe,
-                "effective_bits": bits,
-                "coverage": 1.0,
-                "baseline": name,
-            }
-            specs.append({**point, "plan_hash": plan_point(table, point).plan_hash})
-    return specs
-
-
-def unmeasured(specs: Sequence[dict[str, Any]], points: Sequence[dict]) -> list[dict]:
-    """Baselines whose plan no other point measures: a shared plan is measured once."""
-    seen = {p["plan_hash"] for p in points}
-    out = []
-    for s in specs:
-        if s["plan_hash"] not in seen:
-            seen.add(s["plan_hash"])
-            out.append(s)
-    return out
-
-
-def with_baselines(results: Sequence[TrialResult], specs: Sequence[dict]) -> list[TrialResult]:
-    """Trial rows, then one row per baseline spec carrying the metrics of its plan."""
-    measured: dict[str, TrialResult] = {}
-    for r in results:
-        if r.plan_hash not in measured or r.status == "FINISHED":
-            measured[r.plan_hash] = r
-    out = [r for r in results if r.kind == "trial"]
-    for s in specs:
-        r = measured.get(s["plan_hash"])
-        if r is not None:
-            out.append(
-                replace(
-                    r,
-                    kind="baseline",
-                    baseline=s["baseline"],
-                    method=s["method"],
-                    effective_bits=s["effective_bits"],
-                    coverage=1.0,
-                )
-            )
-    return out
-
-
 def run_tags() -> dict[str, str]:
     from orchestrator.runtime import git_commit
     from orchestrator.scoring import library_versions
@@ -383,7 +310,7 @@ def prepare(inp: Inputs) -> tuple[DataSets, Any]:
 
 
 def run(inp: Inputs) -> int:
-    from orchestrator import cluster, trainable, tuner
+    from orchestrator import cluster
     from orchestrator.runtime import export_package_path, process_age, seed_everything
 
     cfg = inp.cfg
@@ -398,7 +325,6 @@ def run(inp: Inputs) -> int:
     write_text(
         inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
-    storage = inp.output / "ray_results"
     # Nothing below reads the working directory (paths and the tracking URI are absolute); leaving
     # it for the output folder also sidesteps Ray Jobs replacing the job's working_dir copy under a
     # running Tune driver (ray#52343).
@@ -417,47 +343,86 @@ def run(inp: Inputs) -> int:
         reference_cache_bytes = int(cfg.search.reference_cache_gib * (1 << 30))
         pool.prepare(data_ref, cfg.scoring.fp8_recipes[0], reference_cache_bytes)
         write_score_tables(inp.output, tables)
-        points, total = grid_points(cfg, tables)
-        specs = baseline_specs(cfg, tables[0])
-        extra = unmeasured(specs, points) if cfg.search.searcher == "grid" else []
-        log.info(
-            "%d grid point(s) -> %d distinct plan(s), plus %d baseline plan(s)",
-            total,
-            len(points),
-            len(extra),
-        )
-        ctx = trainable.TrialContext(
-            data=[data_ref],
-            data_hashes=data.hashes(),
-            dispatcher=pool.dispatcher,
-            tables={trainable.table_key(t.method, t.fp8_recipe): t for t in tables},
-            tracking=target,
-            run_tags=run_tags(),
-            fault=cfg.fault,
-            fault_dir=str(inp.output / "faults"),
-            reference_cache_bytes=reference_cache_bytes,
-        )
-        space = {
-            "effective_bits": cfg.search.effective_bits,
-            "coverage": cfg.search.coverage,
-            "method": cfg.scoring.methods,
-            "fp8_recipe": cfg.scoring.fp8_recipes,
-        }
-        settings = tuner.TuneSettings(
-            storage,
-            "tune",
-            cfg.search.max_failures,
-            cfg.search.cpus_per_trial,
-            cfg.search.searcher,
-            cfg.search.num_samples,
-            cfg.seed,
-        )
-        results = tuner.run_trials(ctx, [*points, *extra], space, settings, workers)
+        ctx = trial_context(inp, pool, data_ref, data, tables, target, reference_cache_bytes)
+        results = run_rounds(inp, ctx, tables, workers)
         write_json(inp.output / "workers.json", pool.log_startup())
     finally:
         side.shutdown(wait=True)
         cluster.shutdown()
-    return conclude(inp, target, tables, results, specs)
+    return conclude(inp, target, tables, results, data)
+
+
+def trial_context(
+    inp: Inputs,
+    pool: Any,
+    data_ref: Any,
+    data: DataSets,
+    tables: Sequence[ScoreTable],
+    target: Any,
+    reference_cache_bytes: int,
+) -> Any:
+    from orchestrator import trainable
+
+    return trainable.TrialContext(
+        data=[data_ref],
+        data_hashes=data.hashes(),
+        dispatcher=pool.dispatcher,
+        tables={table_key(t.method, t.fp8_recipe): t for t in tables},
+        tracking=target,
+        run_tags=run_tags(),
+        fault=inp.cfg.fault,
+        fault_dir=str(inp.output / "faults"),
+        reference_cache_bytes=reference_cache_bytes,
+        seed=inp.cfg.seed,
+    )
+
+
+def run_rounds(
+    inp: Inputs, ctx: Any, tables: Sequence[ScoreTable], workers: int
+) -> list[TrialResult]:
+    """Round 1, the grid; then round 2, the controls at each published scheme's exact share.
+
+    Each round is a Tune experiment of its own under the output folder, so each resumes.
+    """
+    from orchestrator import tuner
+    from orchestrator.selection import SelectionError, select
+
+    cfg = inp.cfg
+    points, total = grid_points(cfg.search, tables)
+    log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
+    space = {
+        "effective_bits": cfg.search.effective_bits,
+        "coverage": cfg.search.coverage,
+        "method": cfg.scoring.methods,
+        "fp8_recipe": cfg.scoring.fp8_recipes,
+    }
+    settings = tuner.TuneSettings(
+        inp.output / "ray_results",
+        "tune",
+        cfg.search.max_failures,
+        cfg.search.cpus_per_trial,
+        cfg.search.searcher,
+        cfg.search.num_samples,
+        cfg.seed,
+    )
+    results = tuner.run_trials(ctx, points, space, settings, workers)
+    try:
+        schemes = select(results, inp.catalog, cfg.selection.max_kl).schemes
+    except SelectionError:
+        return results  # conclude reports why; there is nothing to compare with
+    measured = {r.plan_hash for r in results if r.status == "FINISHED"}
+    specs = cfg.controls.specs()
+    extra = control_points(ctx.tables, schemes, specs, measured)
+    log.info(
+        "paired round: %d control(s) x %d scheme(s) -> %d plan(s) not yet measured",
+        len(specs),
+        len(schemes),
+        len(extra),
+    )
+    if not extra:
+        return results
+    grid = replace(settings, name="tune-controls", searcher="grid")
+    return results + tuner.run_trials(ctx, extra, space, grid, workers)
 
 
 def conclude(
@@ -465,7 +430,7 @@ def conclude(
     target: Any,
     tables: Sequence[ScoreTable],
     results: list[TrialResult],
-    specs: Sequence[dict],
+    data: DataSets,
 ) -> int:
     cfg = inp.cfg
     settled = _settle_tracking(target, results)
@@ -473,7 +438,6 @@ def conclude(
         r if r.mlflow_run_id else replace(r, mlflow_run_id=settled.run_ids.get(r.plan_hash, ""))
         for r in results
     ]
-    results = with_baselines(results, specs)
     header = {
         "sweep": cfg.name,
         "config_hash": inp.config_hash,
@@ -483,13 +447,14 @@ def conclude(
     done = finalize(
         inp.output,
         results,
-        {f"{t.method}|{t.fp8_recipe}": t for t in tables},
+        {table_key(t.method, t.fp8_recipe): t for t in tables},
         inp.catalog,
         cfg.selection.max_kl,
         header,
+        SweepFacts.of(cfg, data.hashes()),
     )
     problems = settled.problems + _publish(inp, target, tables, results, done)
-    print_summary(results, done)
+    print_summary(results, done, inp.output)
     if problems:
         write_json(inp.output / "unlogged.json", {"problems": problems})
         print(
@@ -543,6 +508,7 @@ def _publish(
         "trials.parquet",
         "scores.parquet",
         "pareto.png",
+        "sensitivity.png",
         "sweep.json",
         "config.yaml",
     )
@@ -558,36 +524,33 @@ def _publish(
                     f"scoring_seconds.{t.method}.{t.fp8_recipe}": float(t.meta.get("seconds", 0.0))
                     for t in tables
                 },
+                **{f"score_kl_spearman.{k}": v for k, v in done.correlation.items()},
             },
         )
-        for s in done.selection.schemes if done.selection else ():
+        for s, entry in zip(
+            done.selection.schemes if done.selection else (), done.entries, strict=True
+        ):
             if s.mlflow_run_id:
-                tracking.tag_run(target.uri, s.mlflow_run_id, {"scheme_name": s.name})
+                tags, metrics = scheme_tracking(entry)
+                tracking.tag_run(target.uri, s.mlflow_run_id, tags)
+                tracking.log_metrics(target.uri, s.mlflow_run_id, metrics)
         tracking.end_run(target.uri, target.parent_run_id, "FINISHED")
     except Exception as e:  # noqa: BLE001
         return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]
     return []
 
 
-def print_summary(results: Sequence[TrialResult], done: Any) -> None:
+def print_summary(results: Sequence[TrialResult], done: Finalized, output: Path) -> None:
     failed = [r for r in results if r.status != "FINISHED"]
-    print(f"\n{len(results) - len(failed)} trial(s) finished, {len(failed)} failed")
+    controls = sum(r.kind == "control" for r in results)
+    print(
+        f"\n{len(results) - len(failed)} trial(s) finished, {len(failed)} failed "
+        f"({len(results) - controls} scored, {controls} control)"
+    )
     for r in failed:
-        print(f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method}: {r.error}")
-    if done.selection is None:
-        return
-    head = f"{'scheme':<22}{'role':<14}{'bits':>7}{'FP8':>7}{'KL':>11}{'top-1':>8}"
-    print(f"\n{head}   KL margin over the best baseline at the same share")
-    for s, e in zip(done.selection.schemes, done.entries, strict=True):
-        margin = e.get("kl_margin_over_best_baseline")
-        vs = f"{margin:+.3g} vs {e['best_baseline']}" if margin is not None else "no baseline"
-        print(
-            f"{s.name:<22}{s.role:<14}{s.achieved_bits:>7.2f}{s.fp8_fraction:>7.0%}"
-            f"{s.metrics['kl_mean']:>11.3g}{s.metrics.get('top1_agreement', float('nan')):>8.4f}"
-            f"   {vs}"
-        )
-    for note in done.selection.notes:
-        print(f"note: {note}")
+        print(f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method} {r.label}: {r.error}")
+    for line in summary_lines(done, output):
+        print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

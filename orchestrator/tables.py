@@ -82,42 +82,52 @@ def read_search_state(path: Path) -> dict[str, Any]:
     return dict(json.loads(meta[_STATE_META]))
 
 
+_FIXED = (
+    "kind",
+    "strategy",
+    "control",
+    "plan_hash",
+    "method",
+    "fp8_recipe",
+    "effective_bits",
+    "coverage",
+    "achieved_bits",
+    "fp8_fraction",
+    "status",
+    "mlflow_run_id",
+    "error",
+)
+_SEQ_PREFIX = "seq_"  # per-sequence sums as list columns: seq_kl, seq_agree, seq_tokens
+
+
 def write_trials(results: Sequence[TrialResult], path: Path) -> None:
-    """One row per trial: knobs, plan hash, status, every metric as its own column, error text."""
+    """One row per trial: knobs, plan hash, status, every metric as its own column, error text,
+    and the per-sequence sums (``seq_kl``, ``seq_agree``, ``seq_tokens``) as list columns."""
     metric_names = sorted({k for r in results for k in r.metrics})
-    rows: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "kind",
-            "baseline",
-            "plan_hash",
-            "method",
-            "fp8_recipe",
-            "effective_bits",
-            "coverage",
-            "achieved_bits",
-            "fp8_fraction",
-            "status",
-            "mlflow_run_id",
-            "error",
-        )
-    }
+    seq_names = sorted({k for r in results for k in r.per_sequence})
+    rows: dict[str, list[Any]] = {k: [] for k in _FIXED}
     for m in metric_names:
         rows[m] = []
     for r in results:
         d = r.to_dict()
-        for k in list(rows):
-            rows[k].append(r.metrics.get(k) if k in metric_names else d[k])
+        for k in _FIXED:
+            rows[k].append(d[k])
+        for m in metric_names:
+            rows[m].append(r.metrics.get(m))
+    for k in seq_names:
+        rows[_SEQ_PREFIX + k] = [list(r.per_sequence.get(k, ())) for r in results]
     _atomic_write(pa.table(rows), path)
 
 
 def read_trials(path: Path) -> list[TrialResult]:
     cols = pq.read_table(path).to_pydict()
-    fixed = set(TrialResult.__dataclass_fields__) - {"metrics"}
-    metric_names = [k for k in cols if k not in fixed]
+    fixed = [k for k in _FIXED if k in cols]
+    seq = [k for k in cols if k.startswith(_SEQ_PREFIX)]
+    metric_names = [k for k in cols if k not in fixed and k not in seq]
     out = []
     for i in range(len(cols["plan_hash"])):
         base = {k: cols[k][i] for k in fixed}
         metrics = {m: cols[m][i] for m in metric_names if cols[m][i] is not None}
-        out.append(TrialResult.from_dict({**base, "metrics": metrics}))
+        per_seq = {k[len(_SEQ_PREFIX) :]: cols[k][i] for k in seq if cols[k][i]}
+        out.append(TrialResult.from_dict({**base, "metrics": metrics, "per_sequence": per_seq}))
     return out

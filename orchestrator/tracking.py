@@ -210,6 +210,19 @@ def backfill_child(
     return run_id
 
 
+def child_dict(target: TrackingTarget, run_id: str, name: str) -> dict[str, Any] | None:
+    """A JSON artifact of a child run (``log_dict``), or None when the run has none."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = MlflowClient(target.uri).download_artifacts(run_id, name, d)
+            return dict(json.loads(Path(path).read_text()))
+    except Exception:  # noqa: BLE001 - an older run without it, or a store without artifacts
+        return None
+
+
 def fail_child(target: TrackingTarget, run_id: str, error: str) -> None:
     client = MlflowClient(target.uri)
     try:
@@ -263,6 +276,12 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client = MlflowClient(uri)
     for k, v in tags.items():
         retry(lambda k=k, v=v: client.set_tag(run_id, k, v), f"tag {k}")
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    if metrics:
+        client = MlflowClient(uri)
+        retry(lambda: client.log_batch(run_id, metrics=_metric_batch(metrics)), "log metrics")
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:

@@ -31,15 +31,22 @@ from ray import tune
 
 from orchestrator.config import FaultConfig
 from orchestrator.planning import plan_point
-from orchestrator.records import Plan, ScoreTable
+from orchestrator.points import POINT_KEYS, table_key
+from orchestrator.records import Plan, ScoreTable, stable_hash
+from orchestrator.stats import ratio_ci
 
 if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
     from orchestrator.tracking import TrackingTarget
 
 log = logging.getLogger(__name__)
 
-POINT_KEYS = ("method", "fp8_recipe", "effective_bits", "coverage", "baseline")
 OBJECTIVES = ("achieved_bits", "kl_mean")
+PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
+
+
+def bootstrap_seed(seed: int, plan_hash: str) -> int:
+    """A trial's bootstrap seed: from the sweep seed and its plan, never from trial order."""
+    return int(stable_hash([seed, plan_hash]), 16) % (2**32)
 
 
 class NonFiniteMetric(RuntimeError):
@@ -59,10 +66,7 @@ class TrialContext:
     fault: FaultConfig
     fault_dir: str
     reference_cache_bytes: int
-
-
-def table_key(method: str, recipe: str) -> str:
-    return f"{method}|{recipe}"
+    seed: int  # the sweep's: with the plan hash it seeds each trial's bootstrap
 
 
 def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: str) -> str | None:
@@ -104,8 +108,28 @@ def _finite_or_fail(metrics: Mapping[str, float]) -> None:
 
 
 def point_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    raw = {"baseline": "", **(config.get("point") or config)}
+    raw = {"strategy": "solve", "control": "", **(config.get("point") or config)}
     return {k: raw[k] for k in POINT_KEYS}
+
+
+def run_name(point: Mapping[str, Any]) -> str:
+    """The MLflow run name: what the point is, readable in the runs table."""
+    if point["control"]:
+        return f"control-{point['control']}-b{point['effective_bits']:.3f}"
+    strategy = "" if point["strategy"] == "solve" else f"-{point['strategy']}"
+    return f"{point['method']}-b{point['effective_bits']:g}-c{point['coverage']:g}{strategy}"
+
+
+def error_bars(per_sequence: Mapping[str, Sequence[float]], seed: int) -> dict[str, float]:
+    """95% bootstrap intervals of KL and top-1 agreement over the evaluation sequences."""
+    kl = ratio_ci(per_sequence["kl"], per_sequence["tokens"], seed)
+    top1 = ratio_ci(per_sequence["agree"], per_sequence["tokens"], seed)
+    return {
+        "kl_ci_low": kl.low,
+        "kl_ci_high": kl.high,
+        "top1_ci_low": top1.low,
+        "top1_ci_high": top1.high,
+    }
 
 
 def _report_with_checkpoint(result: dict[str, Any]) -> None:
@@ -129,7 +153,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     params = {**point, "plan_hash": plan.plan_hash, "budget_met": plan.budget_met}
     tags = {
         "plan_hash": plan.plan_hash,
-        "kind": "baseline" if point["baseline"] else "trial",
+        "kind": "control" if point["control"] else "trial",
         "ray_node_id": ray.get_runtime_context().get_node_id(),
         **{f"data_hash.{k}": v for k, v in ctx.data_hashes.items()},
     }
@@ -137,7 +161,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id, stored = tracking.start_child(
             ctx.tracking,
             plan.plan_hash,
-            f"b{point['effective_bits']:g}-c{point['coverage']:g}",
+            run_name(point),
             params,
             {**tags, **ctx.run_tags},
         )
@@ -147,7 +171,9 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     base = {"plan_hash": plan.plan_hash, "mlflow_run_id": run_id}
     if stored is not None:
         where = {"node_id": tags["ray_node_id"], "hostname": socket.gethostname()}
-        _report_with_checkpoint({**stored, **base, **where, "reused": 1.0, "logged": 1.0})
+        per_seq = tracking.child_dict(ctx.tracking, run_id, PER_SEQUENCE_ARTIFACT)
+        stored_result = {**stored, **({"per_sequence": per_seq} if per_seq else {})}
+        _report_with_checkpoint({**stored_result, **base, **where, "reused": 1.0, "logged": 1.0})
         return
     try:
         fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
@@ -162,6 +188,8 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         )
         if fault == "nan":
             metrics["kl_mean"] = math.nan
+        per_seq = metrics.pop("per_sequence")
+        metrics.update(error_bars(per_seq, bootstrap_seed(ctx.seed, plan.plan_hash)))
         metrics.update(plan_metrics(plan))
         metrics["trial_seconds"] = time.perf_counter() - t0
         _finite_or_fail(metrics)
@@ -178,13 +206,14 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                 ctx.tracking,
                 run_id,
                 metrics,
-                {"plan.json": plan.to_dict()},
+                {"plan.json": plan.to_dict(), PER_SEQUENCE_ARTIFACT: per_seq},
                 {"ray_node_id": where["node_id"], "hostname": where["hostname"]},
             )
             logged = 1.0
         except Exception as e:  # noqa: BLE001 - results are kept in Tune; the driver retries
             log.warning("could not log trial %s (%s); the driver will retry", plan.plan_hash, e)
-    _report_with_checkpoint({**metrics, **base, **where, "reused": 0.0, "logged": logged})
+    result = {**metrics, "per_sequence": per_seq, **base, **where}
+    _report_with_checkpoint({**result, "reused": 0.0, "logged": logged})
 
 
 def plan_metrics(plan: Plan) -> dict[str, float]:

@@ -244,38 +244,51 @@ class Evaluator:
         return {"image_kl_mean": kl / count, "image_top1_agreement": agree / count}
 
     @torch.no_grad()
-    def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, float]:
-        """KL, top-1 agreement and NLL of the plan against the unquantized model.
+    def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, Any]:
+        """KL, top-1 agreement and NLL of the plan against the unquantized model, overall and per
+        evaluation sequence (``per_sequence``: summed KL, agreements and scored tokens of each, in
+        the evaluation set's order: what error bars and paired comparisons are computed from).
 
         Sums stay on the device until the end: one synchronisation per plan.
         """
         t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        rows = sum(b.shape[0] for b in self.eval_batches)
+        sums = torch.zeros(rows, 4, dtype=torch.float64, device=self.device)
         count = 0
         self._set_enabled(fp8_modules)
         try:
+            offset = 0
             for i, batch in enumerate(self.eval_batches):
                 q = self._hidden(batch)
                 ref = self._reference_hidden(i, fp8_modules)
-                accumulate_metrics(sums, ref, q, batch, self.head)
+                accumulate_metrics(sums[offset : offset + batch.shape[0]], ref, q, batch, self.head)
+                offset += batch.shape[0]
                 count += batch.shape[0] * (batch.shape[1] - 1)
             image = self._image_metrics() if self._image_reference else {}
         finally:
             self._set_enabled(())
-        kl, agree, nll_q, nll_ref = sums.tolist()
-        metrics = {
+        per_seq = sums.cpu()
+        kl, agree, nll_q, nll_ref = per_seq.sum(dim=0).tolist()
+        metrics: dict[str, Any] = {
             "kl_mean": kl / count,
             "top1_agreement": agree / count,
             "nll": nll_q / count,
             "nll_ref": nll_ref / count,
             "nll_delta": (nll_q - nll_ref) / count,
             "eval_tokens": float(count),
+            "eval_sequences": float(rows),
             "eval_seconds": time.perf_counter() - t0,
         }
         metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
         metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
         metrics.update(image)
         metrics.update(peak_memory(self.device))
+        tokens = float(self.eval_batches[0].shape[1] - 1)
+        metrics["per_sequence"] = {
+            "kl": per_seq[:, 0].tolist(),
+            "agree": per_seq[:, 1].tolist(),
+            "tokens": [tokens] * rows,
+        }
         return metrics
 
 
@@ -286,7 +299,8 @@ def accumulate_metrics(
     batch: torch.Tensor,
     head: nn.Module,
 ) -> None:
-    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of next-token positions to ``sums``.
+    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's next-token
+    positions to its row of ``sums`` (one row of 4 per sequence of ``batch``).
 
     Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
     logits, so the float32 temporaries stay small next to the model. The last position predicts
@@ -303,7 +317,7 @@ def accumulate_metrics(
             nll_ref = -lr.gather(-1, targets[s:e]).sum()
             diff = torch.sub(lr, lq, out=lq)  # log p_ref - log p_q, in place of lq
             kl = diff.mul_(lr.exp_()).sum()  # lr becomes p_ref in place
-            sums += torch.stack([kl, agree, nll_q, nll_ref]).to(sums.dtype)
+            sums[b] += torch.stack([kl, agree, nll_q, nll_ref]).to(sums.dtype)
 
 
 def peak_memory(device: str) -> dict[str, float]:

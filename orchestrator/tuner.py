@@ -17,8 +17,9 @@ from typing import Any
 from ray import tune
 
 from orchestrator.planning import plan_point
+from orchestrator.points import table_key
 from orchestrator.records import ScoreTable, TrialResult
-from orchestrator.trainable import OBJECTIVES, TrialContext, point_of, table_key, trainable
+from orchestrator.trainable import OBJECTIVES, TrialContext, point_of, trainable
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,23 @@ class Progress(tune.Callback):
         eta = elapsed / self.done * max(self.total - self.done, 0)
         p = point_of(trial.config)
         r = trial.last_result or {}
-        kl = r.get("kl_mean", float("nan"))
+        what = (
+            f"control {p['control']} at {p['effective_bits']:.2f} bits ({p['method']} share)"
+            if p["control"]
+            else f"b={p['effective_bits']:g} c={p['coverage']:g} {p['method']} {p['strategy']}"
+        )
         bar = "#" * int(20 * self.done / max(self.total, 1))
         log.info(
-            "[%-20s] %d/%d %s b=%g c=%g %s -> bits %.2f kl %.3g top1 %.4f | %.0fs elapsed, ETA %.0fs",
+            "[%-20s] %d/%d %s %s -> bits %.2f kl %.3g [%.3g, %.3g] top1 %.4f | %.0fs, ETA %.0fs",
             bar,
             self.done,
             self.total,
             status,
-            p["effective_bits"],
-            p["coverage"],
-            p["method"],
+            what,
             r.get("achieved_bits", float("nan")),
-            kl,
+            r.get("kl_mean", float("nan")),
+            r.get("kl_ci_low", float("nan")),
+            r.get("kl_ci_high", float("nan")),
             r.get("top1_agreement", float("nan")),
             elapsed,
             eta,
@@ -161,6 +166,17 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
         metrics=metrics if status == "FINISHED" else {},
         mlflow_run_id=str(m.get("mlflow_run_id", "")),
         error=err,
-        kind="baseline" if p["baseline"] else "trial",
-        baseline=p["baseline"],
+        kind="control" if p["control"] else "trial",
+        strategy=p["strategy"] or "solve",
+        control=p["control"],
+        per_sequence=_per_sequence(m) if status == "FINISHED" else {},
     )
+
+
+def _per_sequence(m: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """The per-sequence sums a trial reported (Tune may hand them back nested or flattened)."""
+    nested = m.get("per_sequence")
+    if not isinstance(nested, Mapping):
+        prefix = "per_sequence/"
+        nested = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
+    return {k: tuple(float(x) for x in v) for k, v in nested.items() if isinstance(v, list)}

@@ -166,7 +166,7 @@ class Worker:
         reference_cache_bytes: int,
         fp8_modules: Sequence[str],
         die: bool = False,
-    ) -> dict[str, float]:
+    ) -> dict[str, Any]:
         """Measure a plan on the resident model (prepared first if needed), on the model thread.
 
         The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident).
@@ -175,7 +175,7 @@ class Worker:
         if die:
             os._exit(137)
 
-        def run() -> dict[str, float]:
+        def run() -> dict[str, Any]:
             paid = self._prepare(data, fp8_recipe, reference_cache_bytes)
             assert self._evaluator is not None
             return {**self._evaluator.evaluate(fp8_modules), **paid}

@@ -438,7 +438,9 @@ def _recalibrate(
         with torch.no_grad():
             for i, batch in enumerate(ev.eval_batches):
                 q = body(input_ids=batch, use_cache=False)[0]
-                trial.accumulate_metrics(sums, ev._reference[i], q, batch, head)
+                part = sums.new_zeros(batch.shape[0], 4)  # one row per sequence
+                trial.accumulate_metrics(part, ev._reference[i], q, batch, head)
+                sums += part.sum(dim=0)
                 count += batch.shape[0] * (batch.shape[1] - 1)
         kl = sums[0].item() / count
         eval_s = time.perf_counter() - t0
@@ -509,7 +511,9 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
     count = 0
     with torch.no_grad():
         for b, r in zip(batches, refs, strict=True):
-            trial.accumulate_metrics(sums, r, body(input_ids=b, use_cache=False)[0], b, head)
+            part = sums.new_zeros(b.shape[0], 4)  # one row per sequence
+            trial.accumulate_metrics(part, r, body(input_ids=b, use_cache=False)[0], b, head)
+            sums += part.sum(dim=0)
             count += b.shape[0] * (b.shape[1] - 1)
     kl = sums[0].item() / count
     eval_s = time.perf_counter() - t0

@@ -118,20 +118,40 @@ def test_coverage_outside_range_is_rejected(cov):
         make_plan(table({}), 12, cov)
 
 
-def test_baselines_meet_the_same_budget_and_differ_from_the_scored_plan():
-    from orchestrator.planning import baseline_plan
-
+def test_strategies_are_scored_solves_within_their_rules():
     rng = random.Random(7)
-    t = table({(b, k): rng.random() for b in range(4) for k in SIZES}, method="kl_div")
-    scored = make_plan(t, 12, 1.0)
-    inverse = baseline_plan(t, "inverse", 12)
-    assert inverse.budget_met and inverse.fp8_fraction >= 0.5
-    assert inverse.score_sum > scored.score_sum
-    mlp = baseline_plan(t, "mlp_only", 12)
-    assert all(m.split(".")[3] in ("gate_up", "down") for m in mlp.fp8_groups)
-    ends = baseline_plan(t, "ends_bf16", 13, 1)
-    assert {int(g.split(".")[2]) for g in ends.fp8_groups} <= {1, 2}
-    r0, r0b, r1 = (baseline_plan(t, "random", 12, s) for s in (0, 0, 1))
-    assert r0 == r0b and r0.plan_hash != r1.plan_hash and r0.budget_met
+    t = table({(b, k): rng.random() for b in range(6) for k in SIZES}, method="kl_div", blocks=6)
+    solve = make_plan(t, 13, 1.0)
+    ends = make_plan(t, 13, 1.0, "ends_bf16:1")
+    mlp = make_plan(t, 13, 1.0, "mlp_only")
+    assert {int(g.split(".")[2]) for g in ends.fp8_groups} <= {1, 2, 3, 4}
+    assert all(g.split(".")[3] in ("gate_up", "down") for g in mlp.fp8_groups)
+    for p in (solve, ends, mlp):
+        assert p.budget_met and p.fp8_fraction >= 3 / 8
+    assert solve.score_sum <= min(ends.score_sum, mlp.score_sum)  # the unconstrained solve
+    assert (ends.strategy, mlp.strategy) == ("ends_bf16:1", "mlp_only")
+    # two end blocks of six kept BF16 leave 4/6 of the weights: a full share is out of reach
+    assert not make_plan(t, 8, 1.0, "ends_bf16:1").budget_met
     with pytest.raises(ValueError, match="not one of"):
-        baseline_plan(t, "oracle", 12)
+        make_plan(t, 12, 1.0, "oracle")
+
+
+def test_controls_sit_at_the_share_asked_and_never_read_scores_but_inverse():
+    from orchestrator.planning import control_order, control_plan
+
+    rng = random.Random(5)
+    t = table({(b, k): rng.random() for b in range(4) for k in SIZES}, method="kl_div")
+    total = t.eligible_params
+    for spec in ("random:0", "inverse", "ends_fixed:1", "attn_bf16"):
+        p = control_plan(t, spec, 13.0)  # 37.5% of 144k = 54k; groups are 4k, 8k, 16k
+        assert p is not None and p.strategy == "control"
+        # the nearest prefix of the control's order: within half of one group of the share
+        assert abs(p.fp8_fraction * total - 0.375 * total) <= 8000
+    flat = table({}, method="kl_div")  # every score 1.0: score-free orders must not change
+    for spec in ("random:1", "ends_fixed:1", "attn_bf16"):
+        assert [g.name for g in control_order(t, spec)] == [g.name for g in control_order(flat, spec)]
+    ends = control_plan(t, "ends_fixed:1", 13.0)
+    assert {int(g.split(".")[2]) for g in ends.fp8_groups} <= {1, 2}
+    assert control_plan(t, "attn_bf16", 8.0) is None  # attention BF16 cannot reach 100%
+    r0, r0b, r1 = (control_plan(t, f"random:{s}", 12.0) for s in (0, 0, 1))
+    assert r0 == r0b and r0.plan_hash != r1.plan_hash

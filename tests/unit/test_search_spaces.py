@@ -31,5 +31,12 @@ def test_catalog_names_say_what_they_hold():
         ("fp8_autoquant_full", 1.0),
     ):
         s = by[name]
-        assert s.fp8_fraction.min <= share <= s.fp8_fraction.max
+        assert s.fp8_share.nominal == share and s.fp8_share.tolerance <= 0.05
         assert s.knobs.effective_bits == pytest.approx(16 - 8 * share)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_sweep_can_reach_every_name(path: Path):
+    from orchestrator.points import unreachable_names
+
+    assert unreachable_names(load_config(path).search, load_catalog()) == []

@@ -1,10 +1,11 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from orchestrator.config import load_catalog
-from orchestrator.selection import SelectionError, pareto_front, role_picks, select
+from orchestrator.selection import SelectionError, knee, pareto_front, select
 
 from .helpers import result
 
@@ -34,7 +35,7 @@ def test_pareto_front_keeps_exact_duplicates():
 
 
 def _front():
-    # a convex front with a clear knee at 12 bits (50% FP8)
+    # shares 12.5%, 25%, 50%, 75%, 100%, with a clear knee at 12 bits (50% FP8)
     return [
         result("a", 15, 0.001),
         result("b", 14, 0.002),
@@ -45,24 +46,53 @@ def _front():
     ]
 
 
-def test_three_roles_named_from_catalog():
+def test_each_name_gets_the_front_point_nearest_its_nominal_share():
     sel = select(_front(), CATALOG)
     by = {s.name: s for s in sel.schemes}
     assert [s.name for s in sel.schemes] == [c.name for c in CATALOG.schemes]
+    assert (by["fp8_autoquant_top25"].plan_hash, by["fp8_autoquant_top50"].plan_hash) == ("b", "c")
     assert by["fp8_autoquant_full"].plan_hash == "e"
-    assert by["fp8_autoquant_top50"].plan_hash == "c"
-    # the least-KL point "a" holds 12.5% FP8, outside top25's 15-35% band: nearest in-band is "b"
-    assert by["fp8_autoquant_top25"].plan_hash == "b"
-    assert "outside the name's" in by["fp8_autoquant_top25"].rationale
+    assert "nearest 25% FP8" in by["fp8_autoquant_top25"].rationale
     assert sel.front == ("e", "d", "c", "b", "a")
+
+
+def test_nearest_share_wins_inside_the_tolerance_and_lower_kl_breaks_a_tie():
+    base = [result("e", 8, 0.2), result("c", 12, 0.004)]
+    near = [result("p", 16 - 8 * 0.22, 0.0015), result("q", 16 - 8 * 0.27, 0.0019)]
+    assert _top25(base + near) == "q"  # 0.27 is 0.02 away, 0.22 is 0.03
+    tie = [result("p", 16 - 8 * 0.23, 0.0015), result("q", 16 - 8 * 0.27, 0.0019)]
+    assert _top25(base + tie) == "p"  # both 0.02 away: the lower KL
+    far = [result("p", 16 - 8 * 0.19, 0.0010), result("q", 16 - 8 * 0.31, 0.0030)]
+    with pytest.raises(SelectionError, match=r"25% \+- 5% FP8 .*effective_bits=14"):
+        select(base + far, CATALOG)  # nothing within 5 points of 25%
+
+
+def _top25(results) -> str:
+    return next(s.plan_hash for s in select(results, CATALOG).schemes if s.role == "conservative")
+
+
+def test_a_dominated_point_inside_the_band_is_used_and_said_so():
+    rs = [
+        result("a", 15.5, 0.0001),
+        result("b", 12, 0.001),
+        result("m", 14, 0.0011),  # 25% FP8 but dominated by "b" (fewer bits, less KL)
+        result("e", 8, 0.1),
+    ]
+    top25 = next(s for s in select(rs, CATALOG).schemes if s.name == "fp8_autoquant_top25")
+    assert top25.plan_hash == "m" and "dominated" in top25.rationale
+
+
+def test_controls_are_never_published():
+    rs = _front() + [replace(result("ctl", 14, 1e-9), kind="control", control="random:0")]
+    sel = select(rs, CATALOG)
+    assert "ctl" not in {s.plan_hash for s in sel.schemes} and "ctl" not in sel.front
 
 
 def test_knee_is_farthest_from_the_extremes_line():
     front = sorted(_front()[:5], key=lambda r: r.achieved_bits)
-    picks = role_picks(front)
-    assert front[picks["balanced"]].plan_hash == "c"
-    assert front[picks["aggressive"]].plan_hash == "e"
-    assert front[picks["conservative"]].plan_hash == "a"
+    assert knee(front).plan_hash == "c"
+    assert select(_front(), CATALOG).knee.plan_hash == "c"
+    assert knee(front[:2]) is None
 
 
 def test_selection_is_deterministic_under_permutation_and_ties():
@@ -83,39 +113,12 @@ def test_failed_nan_and_bf16_points_are_ignored():
     assert {"f", "n", "z"}.isdisjoint(sel.front)
 
 
-def test_quality_cap_drops_points_and_never_misnames():
-    sel = select(_front(), CATALOG, max_kl=0.25)
-    assert sel.front == ("e", "d", "c", "b", "a")
-    # once every 8-bit point is above the cap, "full" cannot be honoured: an error, not a misnomer
-    with pytest.raises(
-        SelectionError, match="no feasible trial has 99%-100% FP8 .*fp8_autoquant_full"
-    ):
+def test_quality_cap_that_empties_a_band_is_an_error_naming_the_budget():
+    assert select(_front(), CATALOG, max_kl=0.25).front == ("e", "d", "c", "b", "a")
+    with pytest.raises(SelectionError, match=r"100% \+- 0% FP8 for 'fp8_autoquant_full'.*=8"):
         select(_front(), CATALOG, max_kl=0.15)
-    with pytest.raises(SelectionError, match=r"only 2 feasible Pareto point"):
-        select(_front(), CATALOG, max_kl=0.0025)
-
-
-def test_front_of_fewer_than_three_points_is_an_error_that_names_them():
-    rs = [result("a", 14, 0.001), result("b", 8, 0.2), result("c", 12, 0.3)]  # c dominated by a
-    with pytest.raises(SelectionError, match=r"only 2 feasible Pareto point\(s\) \(b, a\)"):
-        select(rs, CATALOG)
 
 
 def test_no_feasible_points():
     with pytest.raises(SelectionError, match="no feasible trial"):
         select([result("f", 9, 0.0, status="FAILED")], CATALOG)
-
-
-def test_dominated_point_used_when_no_front_point_fits_a_name():
-    rs = [
-        result("a", 15.5, 0.0001),
-        result("b", 12, 0.001),
-        result("m", 13.4, 0.0011),
-        result("e", 8, 0.1),
-        result("d", 10, 0.01),
-    ]
-    # "m" (20% FP8) is dominated by "b"; it is the only point in top25's band
-    sel = select(rs, CATALOG)
-    top25 = next(s for s in sel.schemes if s.name == "fp8_autoquant_top25")
-    assert top25.plan_hash == "m"
-    assert "dominated" in top25.rationale

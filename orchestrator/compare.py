@@ -1,0 +1,124 @@
+"""Each published scheme against each control at its exact FP8 share, on the same tokens; and how
+well the summed scores predicted the measured KL.
+
+A control's plan is re-derived here from the score table (planning is pure), so ``select`` can
+re-run on an old sweep and find the same measurements by plan hash. The random controls are also
+pooled: per sequence, the mean KL over the seeds, which is the comparison a user means by "better
+than random choice". Verdicts come from the paired ratio (scheme KL / control KL) and its 95%
+bootstrap interval (``orchestrator.stats``). Pure module: numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from orchestrator.planning import control_plan, plan_point
+from orchestrator.points import table_key
+from orchestrator.records import NamedScheme, ScoreTable, TrialResult, stable_hash
+from orchestrator.stats import paired_ratio_ci, ratio_ci, spearman, verdict
+
+RANDOM = "random"  # the pooled random controls' name
+
+
+def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
+    """One finished measurement per plan hash, with its per-sequence sums."""
+    out: dict[str, TrialResult] = {}
+    for r in results:
+        if r.status == "FINISHED" and r.per_sequence.get("kl"):
+            out.setdefault(r.plan_hash, r)
+    return out
+
+
+def _seed(seed: int, *parts: str) -> int:
+    return int(stable_hash([seed, *parts]), 16) % (2**32)
+
+
+def _row(base: Mapping[str, Any], kl: np.ndarray, tokens: np.ndarray, seed: int) -> dict:
+    ci = ratio_ci(kl, tokens, seed)
+    return {**base, "kl_mean": ci.estimate, "kl_ci": [ci.low, ci.high]}
+
+
+def _paired(row: dict[str, Any], scheme_kl: np.ndarray, control_kl: np.ndarray, seed: int) -> dict:
+    ratio = paired_ratio_ci(scheme_kl, control_kl, seed)
+    return {
+        **row,
+        "kl_ratio": ratio.estimate,
+        "kl_ratio_ci": [ratio.low, ratio.high],
+        "verdict": verdict(ratio),
+    }
+
+
+def compare_scheme(
+    scheme: NamedScheme,
+    tables: Mapping[str, ScoreTable],
+    measured: Mapping[str, TrialResult],
+    specs: Sequence[str],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One row per control (and one for the pooled random ones): its share, KL with CI, the ratio
+    of the scheme's KL to it with CI, and a verdict (``better`` / ``indistinguishable`` /
+    ``worse``; ``same plan``, ``not measured`` or ``cannot reach this share`` otherwise)."""
+    table = tables[table_key(scheme.method, scheme.fp8_recipe)]
+    mine = measured.get(scheme.plan_hash)
+    if mine is None:
+        return [{"control": s, "verdict": "not measured"} for s in specs]
+    kl = np.asarray(mine.per_sequence["kl"], dtype=float)
+    tokens = np.asarray(mine.per_sequence["tokens"], dtype=float)
+    rows: list[dict[str, Any]] = []
+    randoms: list[np.ndarray] = []
+    for spec in specs:
+        plan = control_plan(table, spec, scheme.achieved_bits)
+        if plan is None:
+            rows.append({"control": spec, "verdict": "cannot reach this share"})
+            continue
+        base = {"control": spec, "plan_hash": plan.plan_hash, "fp8_fraction": plan.fp8_fraction}
+        if plan.plan_hash == scheme.plan_hash:
+            rows.append({**base, "verdict": "same plan"})
+            continue
+        other = measured.get(plan.plan_hash)
+        if other is None or len(other.per_sequence["kl"]) != len(kl):
+            rows.append({**base, "verdict": "not measured"})
+            continue
+        theirs = np.asarray(other.per_sequence["kl"], dtype=float)
+        if spec.startswith(RANDOM + ":"):
+            randoms.append(theirs)
+        row = _row(base, theirs, tokens, _seed(seed, plan.plan_hash))
+        rows.append(_paired(row, kl, theirs, _seed(seed, scheme.plan_hash, spec)))
+    if len(randoms) > 1:
+        pooled = np.mean(randoms, axis=0)
+        base = {"control": RANDOM, "seeds": len(randoms)}
+        row = _row(base, pooled, tokens, _seed(seed, RANDOM))
+        rows.append(_paired(row, kl, pooled, _seed(seed, scheme.plan_hash, RANDOM)))
+    return rows
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    return {str(r["control"]): str(r["verdict"]) for r in rows}
+
+
+def score_kl_correlation(
+    results: Sequence[TrialResult], tables: Mapping[str, ScoreTable]
+) -> dict[str, float]:
+    """Per scoring method, Spearman's rho between a plan's summed score and its measured KL over
+    the sweep's scored plans: near 1 when the scores' additivity held on this model."""
+    one_recipe = len({t.method for t in tables.values()}) == len(tables)
+    out = {}
+    for key, table in sorted(tables.items()):
+        pairs: dict[str, tuple[float, float]] = {}
+        for r in results:
+            if r.kind == "trial" and r.status == "FINISHED" and r.method == table.method:
+                if r.fp8_recipe != table.fp8_recipe:
+                    continue
+                plan = plan_point(table, {**_point(r)})
+                pairs.setdefault(r.plan_hash, (plan.score_sum, r.metrics["kl_mean"]))
+        if pairs:
+            xs, ys = zip(*pairs.values(), strict=True)
+            out[table.method if one_recipe else key] = spearman(xs, ys)
+    return out
+
+
+def _point(r: TrialResult) -> dict[str, Any]:
+    return {"effective_bits": r.effective_bits, "coverage": r.coverage, "strategy": r.strategy}

@@ -1,0 +1,116 @@
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.compare import compare_scheme, measured_by_plan, score_kl_correlation
+from orchestrator.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
+from orchestrator.planning import control_plan, make_plan
+from orchestrator.points import control_points, grid_points, unreachable_names
+from orchestrator.records import NamedScheme
+
+from .helpers import SIZES, result, table
+
+pytestmark = pytest.mark.unit
+CATALOG = load_catalog()
+
+
+def _table(method="kl_div"):
+    scores = {(b, k): (b + 1) * (i + 1) * 0.01 for b in range(6) for i, k in enumerate(SIZES)}
+    return table(scores, method=method, blocks=6)
+
+
+def _search(**kw):
+    base = {"effective_bits": [8, 12, 14], "coverage": [0.5, 1.0], "strategies": ["solve"]}
+    return SearchConfig.model_validate({**base, **kw})
+
+
+def test_grid_is_every_setup_strategy_budget_and_coverage_once_per_plan():
+    tables = [_table("kl_div"), _table("gradient")]
+    points, total = grid_points(_search(strategies=["solve", "ends_bf16:1"]), tables)
+    assert total == 2 * 2 * 3 * 2
+    hashes = [p["plan_hash"] for p in points]
+    assert len(hashes) == len(set(hashes)) < total  # e.g. 8 bits at coverage 0.5 folds onto 12
+    for p in points:
+        t = tables[0] if p["method"] == "kl_div" else tables[1]
+        plan = make_plan(t, p["effective_bits"], p["coverage"], p["strategy"])
+        assert plan.plan_hash == p["plan_hash"] and p["control"] == ""
+
+
+def _scheme(t, bits, h=None):
+    plan = make_plan(t, bits, 1.0)
+    return NamedScheme(
+        name="s",
+        role="conservative",
+        plan_hash=h or plan.plan_hash,
+        method=t.method,
+        fp8_recipe=t.fp8_recipe,
+        effective_bits=bits,
+        coverage=1.0,
+        achieved_bits=plan.achieved_bits,
+        fp8_fraction=plan.fp8_fraction,
+        metrics={"kl_mean": 1e-4},
+        mlflow_run_id="",
+        rationale="",
+    )
+
+
+def test_paired_round_plans_each_control_at_each_schemes_share_once():
+    t = _table()
+    tables = {"kl_div|FP8_DEFAULT_CFG": t}
+    schemes = [_scheme(t, 14), _scheme(t, 12), _scheme(t, 8)]
+    specs = ["random:0", "random:1", "inverse", "ends_fixed:1", "attn_bf16"]
+    measured = {s.plan_hash for s in schemes}  # the schemes were measured in round 1
+    pts = control_points(tables, schemes, specs, measured)
+    hashes = [p["plan_hash"] for p in pts]
+    assert len(hashes) == len(set(hashes)) and not measured & set(hashes)
+    for p in pts:
+        s = next(s for s in schemes if s.achieved_bits == p["effective_bits"])
+        assert control_plan(t, p["control"], s.achieved_bits).plan_hash == p["plan_hash"]
+        assert p["strategy"] == "" and p["coverage"] == 1.0
+    # at 100% every reachable control is the scheme itself: nothing new to measure there
+    assert not [p for p in pts if p["effective_bits"] == 8.0]
+    assert control_points(tables, schemes, specs, measured | set(hashes)) == []
+
+
+def test_a_grid_that_cannot_reach_a_name_is_refused():
+    assert unreachable_names(_search(), CATALOG) == []
+    assert unreachable_names(load_config(DEMO_CONFIG).search, CATALOG) == []
+    (line,) = unreachable_names(_search(effective_bits=[8, 12, 15]), CATALOG)
+    assert "fp8_autoquant_top25 (25% +- 5% FP8); add effective_bits 14" in line
+    (line,) = unreachable_names(_search(coverage=[0.5]), CATALOG)
+    assert "fp8_autoquant_full" in line and "coverage >= 1" in line
+
+
+def _measured(h, bits, kl_per_seq, kind="trial", control=""):
+    r = result(h, bits, sum(kl_per_seq) / (10 * len(kl_per_seq)))
+    seq = {"kl": tuple(kl_per_seq), "agree": (9.0,) * len(kl_per_seq), "tokens": (10.0,) * 8}
+    return replace(r, kind=kind, control=control, per_sequence=seq)
+
+
+def test_scheme_against_controls_on_the_same_sequences():
+    t = _table()
+    tables = {"kl_div|FP8_DEFAULT_CFG": t}
+    s = _scheme(t, 14)
+    base = [1.0, 2.0, 1.5, 3.0, 1.0, 2.5, 2.0, 1.0]
+    rows = [_measured(s.plan_hash, 14, [0.5 * x for x in base])]
+    for spec, scale in (("random:0", 1.0), ("random:1", 1.2), ("inverse", 0.5)):
+        p = control_plan(t, spec, s.achieved_bits)
+        rows.append(_measured(p.plan_hash, 14, [scale * x for x in base], "control", spec))
+    specs = ["random:0", "random:1", "inverse", "ends_fixed:1", "attn_bf16"]
+    got = {r["control"]: r for r in compare_scheme(s, tables, measured_by_plan(rows), specs, 0)}
+    assert got["random:0"]["verdict"] == "better"
+    assert got["random:0"]["kl_ratio"] == pytest.approx(0.5)
+    assert got["inverse"]["verdict"] == "indistinguishable"  # the same KL on every sequence
+    assert got["random"]["kl_ratio"] == pytest.approx(0.5 / 1.1) and got["random"]["seeds"] == 2
+    assert got["ends_fixed:1"]["verdict"] == "not measured"
+    lo, hi = got["random:1"]["kl_ratio_ci"]
+    assert lo <= got["random:1"]["kl_ratio"] <= hi < 1.0
+
+
+def test_score_kl_correlation_per_method():
+    t = _table()
+    rs = []
+    for bits in (15, 14, 13, 12, 10, 8):
+        plan = make_plan(t, bits, 1.0)
+        rs.append(replace(result(plan.plan_hash, bits, plan.score_sum * 1e-3), coverage=1.0))
+    assert score_kl_correlation(rs, {"kl_div|FP8_DEFAULT_CFG": t}) == {"kl_div": pytest.approx(1.0)}
