@@ -1,4 +1,5 @@
-"""``python -m orchestrator.sweep``: score once, one trial per distinct plan, select three schemes.
+"""``python -m orchestrator.sweep``: score once, one trial per distinct plan, name three schemes,
+then measure the controls at their shares and compare.
 
     python -m orchestrator.sweep                                   # offline demo (tiny preset, CPU ok)
     python -m orchestrator.sweep --config search_spaces/qwen2_5_vl_3b_fp8.yaml --output runs/3b
@@ -6,8 +7,8 @@
     python -m orchestrator.sweep --set search.coverage=[0.5,1.0] --set seed=7
 
 Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
-Ray, MLflow or model work; 3 the sweep ended but fewer than three feasible Pareto points exist or a
-catalog name cannot be honoured (the message says which and why); 1 anything else.
+Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
+point holds its FP8 share; the message names the budget to add); 1 anything else.
 Running the same command on the same ``--output`` resumes: finished trials are not run again.
 """
 

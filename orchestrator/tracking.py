@@ -37,6 +37,7 @@ RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 
 PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
+PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
 
 
 def retry(
@@ -203,10 +204,11 @@ def backfill_child(
         point_key,
         f"b{params['effective_bits']:g}",
         params,
-        {"plan_hash": point_key, "kind": "trial", "backfilled": "true"},
+        {"plan_hash": point_key, "kind": str(record.get("kind", "trial")), "backfilled": "true"},
     )
     if stored is None:
-        finish_child(target, run_id, metrics, {})
+        seq = record.get("per_sequence") or {}
+        finish_child(target, run_id, metrics, {PER_SEQUENCE_ARTIFACT: dict(seq)} if seq else {})
     return run_id
 
 

@@ -41,7 +41,6 @@ if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("achieved_bits", "kl_mean")
-PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
 
 
 def bootstrap_seed(seed: int, plan_hash: str) -> int:
@@ -171,7 +170,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     base = {"plan_hash": plan.plan_hash, "mlflow_run_id": run_id}
     if stored is not None:
         where = {"node_id": tags["ray_node_id"], "hostname": socket.gethostname()}
-        per_seq = tracking.child_dict(ctx.tracking, run_id, PER_SEQUENCE_ARTIFACT)
+        per_seq = tracking.child_dict(ctx.tracking, run_id, tracking.PER_SEQUENCE_ARTIFACT)
         stored_result = {**stored, **({"per_sequence": per_seq} if per_seq else {})}
         _report_with_checkpoint({**stored_result, **base, **where, "reused": 1.0, "logged": 1.0})
         return
@@ -206,7 +205,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                 ctx.tracking,
                 run_id,
                 metrics,
-                {"plan.json": plan.to_dict(), PER_SEQUENCE_ARTIFACT: per_seq},
+                {"plan.json": plan.to_dict(), tracking.PER_SEQUENCE_ARTIFACT: per_seq},
                 {"ray_node_id": where["node_id"], "hostname": where["hostname"]},
             )
             logged = 1.0

@@ -2,56 +2,60 @@
 
     python scripts/quality_table.py runs/demo-tiny
 
-One row per effective-bits budget at coverage 1.0: KL and top-1 agreement of the plan each scoring
-method gives, and of every baseline at the same budget (random: mean ± spread over its seeds), plus
-what each scoring run cost.
+One block per published scheme: at its FP8 share, the best measured point of every scored
+(method, strategy) pair within the name's tolerance, and every control measured at the scheme's
+exact share, each with its KL, 95% bootstrap interval and top-1 agreement; the controls also carry
+the paired KL ratio (scheme / control) with its interval and the verdict from ``schemes.yaml``.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+import yaml
 
-from orchestrator.outputs import load_results, read_score_tables
+from orchestrator.outputs import load_results
+
+
+def _kl(m: dict) -> str:
+    return f"{m['kl_mean']:.3g} [{m['kl_ci_low']:.3g}, {m['kl_ci_high']:.3g}]"
 
 
 def main(output: Path) -> None:
-    rows = [r for r in load_results(output) if r.status == "FINISHED" and r.coverage == 1.0]
-    cells: dict[float, dict[str, list[tuple[float, float, float]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    for r in rows:
-        name = r.baseline.split(":")[0] if r.kind == "baseline" else f"AutoQuantize {r.method}"
-        cells[r.effective_bits][name].append(
-            (r.metrics["kl_mean"], r.metrics.get("top1_agreement", np.nan), r.fp8_fraction)
-        )
-    cols = sorted(
-        {c for v in cells.values() for c in v}, key=lambda c: (not c.startswith("Auto"), c)
-    )
-    print("| budget (bits) | " + " | ".join(cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for bits in sorted(cells, reverse=True):
-        out = []
-        for c in cols:
-            vals = cells[bits].get(c)
-            if not vals:
-                out.append("")
+    doc = yaml.safe_load((output / "schemes.yaml").read_text())
+    results = [r for r in load_results(output) if r.status == "FINISHED"]
+    by_hash = {r.plan_hash: r for r in results}
+    for s in doc["schemes"]:
+        band = s["fp8_share"]
+        print(f"\n**{s['name']}** ({s['fp8_fraction']:.1%} FP8; {s['method']} {s['strategy']})\n")
+        print("| plan | FP8 share | KL [95% CI] | top-1 | scheme / it: KL ratio [95% CI] |")
+        print("|---|---|---|---|---|")
+        scored: dict[tuple[str, str], object] = {}
+        for r in sorted(results, key=lambda r: r.metrics["kl_mean"]):
+            if r.kind == "trial" and abs(r.fp8_fraction - band["nominal"]) <= band["tolerance"]:
+                scored.setdefault((r.method, r.strategy), r)
+        for (method, strategy), r in sorted(scored.items()):
+            mark = " (published)" if r.plan_hash == s["plan_hash"] else ""
+            print(
+                f"| {method} {strategy} c={r.coverage:g}{mark} | {r.fp8_fraction:.1%} | "
+                f"{_kl(r.metrics)} | {r.metrics['top1_agreement']:.4f} | |"
+            )
+        for row in s["controls"]:
+            r = by_hash.get(row.get("plan_hash", ""))
+            if "kl_ratio" not in row:
+                print(f"| control {row['control']} | | | | {row['verdict']} |")
                 continue
-            kl = np.array([v[0] for v in vals])
-            top1 = np.mean([v[1] for v in vals])
-            share = np.mean([v[2] for v in vals])
-            spread = f" ± {kl.std():.2g}" if len(vals) > 1 else ""
-            out.append(f"{kl.mean():.3g}{spread} / {top1:.4f} ({share:.0%})")
-        print(f"| {bits:g} | " + " | ".join(out) + " |")
-    print()
-    for t in read_score_tables(output).values():
-        print(
-            f"- scoring `{t.method}` ({t.meta.get('num_score_steps')} score batches): "
-            f"{t.meta.get('seconds', float('nan')):.1f} s"
-        )
+            share = f"{r.fp8_fraction:.1%}" if r else "(pooled)"
+            top1 = f"{r.metrics['top1_agreement']:.4f}" if r else ""
+            lo, hi = row["kl_ci"]
+            rlo, rhi = row["kl_ratio_ci"]
+            print(
+                f"| control {row['control']} | {share} | {row['kl_mean']:.3g} [{lo:.3g}, "
+                f"{hi:.3g}] | {top1} | {row['kl_ratio']:.3g} [{rlo:.3g}, {rhi:.3g}]: "
+                f"{row['verdict']} |"
+            )
+    print(f"\nknee: {doc['knee']}; Spearman(score, KL): {doc['score_kl_spearman']}")
 
 
 if __name__ == "__main__":

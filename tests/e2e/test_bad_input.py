@@ -27,6 +27,12 @@ pytestmark = pytest.mark.e2e
         (["--set", "data.source=/no/such.txt"], "data.source='/no/such.txt': file not found"),
         (["--set", "search.gpus=required"], "search.gpus='required' but this machine has none"),
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (
+            ["--set", "search.effective_bits=[8,12,15]"],
+            "cannot reach fp8_autoquant_top25 (25% +- 5% FP8); add effective_bits 14",
+        ),
+        (["--set", "search.strategies=[ends_bf16:1]"], "lacks 'solve'"),
+        (["--set", "search.strategies=[solve,oracle]"], "'oracle' is not one of solve"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):

@@ -28,7 +28,7 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
         "--set",
         "search.effective_bits=[8,12,14]",
         "--set",
-        "baselines.enabled=false",
+        "controls.enabled=false",
         "--set",
         "data.image_prompts=2",
     )

@@ -149,7 +149,9 @@ def test_controls_sit_at_the_share_asked_and_never_read_scores_but_inverse():
         assert abs(p.fp8_fraction * total - 0.375 * total) <= 8000
     flat = table({}, method="kl_div")  # every score 1.0: score-free orders must not change
     for spec in ("random:1", "ends_fixed:1", "attn_bf16"):
-        assert [g.name for g in control_order(t, spec)] == [g.name for g in control_order(flat, spec)]
+        assert [g.name for g in control_order(t, spec)] == [
+            g.name for g in control_order(flat, spec)
+        ]
     ends = control_plan(t, "ends_fixed:1", 13.0)
     assert {int(g.split(".")[2]) for g in ends.fp8_groups} <= {1, 2}
     assert control_plan(t, "attn_bf16", 8.0) is None  # attention BF16 cannot reach 100%
