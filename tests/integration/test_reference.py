@@ -57,7 +57,14 @@ def test_preset_folder_is_small_and_complete():
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "reference.json"} <= names
     assert "README.md" in names  # the CC BY-SA 3.0 note travels with the weights
-    assert sum(p.stat().st_size for p in folder.iterdir()) < 15 * 2**20
+    assert (folder / "model.safetensors").stat().st_size < 20 * 10**6  # bf16, 12 blocks
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 20 * 2**20
+
+
+def test_reference_preset_is_deep_enough_for_block_choices(reference):
+    """Coverage 0.25 and "first and last block BF16" must pick a few blocks, not a quarter/half."""
+    cfg = resolve_config(NAME).text_config
+    assert cfg.num_hidden_layers == reference["architecture"]["layers"] >= 12
 
 
 def test_reference_preset_reproduces_its_recorded_perplexity(offline, reference, test_ids):
