@@ -29,6 +29,7 @@ from torch import nn
 from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile, lm_param_count, model_param_count
 from orchestrator.records import ScoreGroup, ScoreTable, stable_hash
+from orchestrator.scoring_forward import scoring_step
 from orchestrator.tables import CorruptTable, read_scores, write_scores
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ def library_versions() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ScoringSetup:
-    """Everything that decides a score table; its hash is the cache key."""
+    """Everything that decides a score table; its hash is the cache key.
+
+    ``reuse_prefix`` (kl_div: start each quantized forward at its first quantized block, see
+    :mod:`orchestrator.scoring_forward`) is how the table is computed, not what it holds: the
+    same blocks run the same kernels on the same inputs, so the scores are the same bits, and
+    it stays out of the key (a table scored either way serves both).
+    """
 
     model_source: str
     model_revision: str | None
@@ -50,9 +57,11 @@ class ScoringSetup:
     fp8_recipe: str
     num_calib_steps: int
     num_score_steps: int
+    reuse_prefix: bool = True
 
     def key(self) -> str:
-        return stable_hash({**self.__dict__, "versions": library_versions()})
+        what = {k: v for k, v in self.__dict__.items() if k != "reuse_prefix"}
+        return stable_hash({**what, "versions": library_versions()})
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:
@@ -75,10 +84,6 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     return nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1)
     )
-
-
-def _forward_step(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=batch, use_cache=False).logits
 
 
 def _loss_func(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -179,19 +184,23 @@ def run_auto_quantize(
     excluded = list(profile.never_quantize)
     extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
     budget = {"effective_bits": effective_bits}
-    _, state = mtq.auto_quantize(
-        model,
-        constraints={**budget, "cost": {"excluded_module_name_patterns": excluded}},
-        quantization_formats=[setup.fp8_recipe],
-        data_loader=batches,
-        forward_step=_forward_step,
-        disabled_layers=excluded,
-        num_calib_steps=setup.num_calib_steps,
-        num_score_steps=score_steps,
-        method=setup.method,
-        verbose=False,
-        **extra,
-    )
+    label = f"{setup.method}/{setup.fp8_recipe}"
+    if score_indices is not None:
+        label += f" batches {score_indices[0]}-{score_indices[-1]}"
+    with scoring_step(model, setup.method, setup.reuse_prefix, label, score_steps) as step:
+        _, state = mtq.auto_quantize(
+            model,
+            constraints={**budget, "cost": {"excluded_module_name_patterns": excluded}},
+            quantization_formats=[setup.fp8_recipe],
+            data_loader=batches,
+            forward_step=step,
+            disabled_layers=excluded,
+            num_calib_steps=setup.num_calib_steps,
+            num_score_steps=score_steps,
+            method=setup.method,
+            verbose=False,
+            **extra,
+        )
     return state
 
 
