@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,11 @@ PROGRESS_MIN_GAP_S = 10.0  # but at most one line per 10 s (and always a last on
 ForwardStep = Callable[[nn.Module, Any], torch.Tensor]
 
 
-def full_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def full_forward(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Logits of one batch: token ids (what scoring feeds today) or a mapping of model inputs
+    (``input_ids``, ``pixel_values``, ``image_grid_thw``, ...), which runs the same way."""
+    if isinstance(batch, Mapping):
+        return model(**batch, use_cache=False).logits
     return model(input_ids=batch, use_cache=False).logits
 
 
@@ -205,7 +209,7 @@ class PrefixReuse:
             h.remove()
         self.handles, self.rec = [], None
 
-    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if self.map is None:
             self.map = QuantizerMap(model, self.decoder.prefix)
         state = self.map.state()
@@ -219,11 +223,11 @@ class PrefixReuse:
             return self._full(model, batch)
         return self._replay(state.start)
 
-    def _full(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def _full(self, model: nn.Module, batch: Any) -> torch.Tensor:
         self.counts["full"] += 1
         return full_forward(model, batch)
 
-    def _record(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def _record(self, model: nn.Module, batch: Any) -> torch.Tensor:
         self.rec = _Recording(batch)
         self.recording = True
         try:
@@ -333,7 +337,7 @@ class ScoringProgress:
     def total(self) -> int:
         return self.per_batch * self.batches
 
-    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if self.map is None:
             self.map = QuantizerMap(model, "")
         if self.map.state().calibrating:

@@ -1,0 +1,178 @@
+"""kl_div prefix reuse: the same scores and plans as full forwards, and the same logits per family.
+
+Replaying the decoder from a block's recorded inputs runs the same blocks on the same tensors, so
+everything here is compared bitwise (``==``, ``torch.equal``), not within a tolerance.
+"""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.config import DataConfig, load_config
+from orchestrator.data import TokenSet, build_datasets, hf_tokenizer, synthetic_image_prompts
+from orchestrator.planning import make_plan
+from orchestrator.profiles import load_model, resolve_source
+from orchestrator.scoring import ScoringSetup, score
+from orchestrator.scoring_forward import PrefixReuse, find_decoder, full_forward
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+STEPS = 2
+
+
+def _score_data(preset, tiny_data):
+    if preset == "tiny-qwen2.5-vl":
+        return tiny_data.score
+    cfg = DataConfig(
+        source=str(ROOT / "data" / "wikitext-2" / "test.txt"),
+        seq_len=64,
+        calib_batches=1,
+        score_batches=STEPS,
+        eval_batches=1,
+    )
+    return build_datasets(cfg, 4096, hf_tokenizer(resolve_source(preset), None, False), 0).score
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "wikitext-qwen2.5-vl"])
+def test_reuse_gives_the_full_forward_scores_and_plans(preset, tiny_data, tmp_path, caplog):
+    data = _score_data(preset, tiny_data)
+    tables = {}
+    for reuse in (True, False):
+        model, profile = load_model(preset)
+        setup = ScoringSetup(
+            preset, None, profile.name, data.hash, "kl_div", "FP8_DEFAULT_CFG", STEPS, STEPS, reuse
+        )
+        with caplog.at_level(logging.INFO, logger="orchestrator.scoring_forward"):
+            tables[reuse] = score(model, profile, data, setup, tmp_path / str(reuse))
+    # reuse really ran: every quantized forward (16 groups per batch) started at its block
+    assert f"'replayed': {16 * STEPS}, 'full': {STEPS}" in caplog.text  # full: calibration
+    on, off = tables[True], tables[False]
+    assert on.key == off.key  # reuse_prefix is not part of the cache key
+    assert [(g.name, g.score) for g in on.groups] == [(g.name, g.score) for g in off.groups]
+    assert any(g.score > 0 for g in on.groups)
+    grid = load_config(ROOT / "search_spaces" / "demo_tiny.yaml").search
+    for bits in grid.effective_bits:
+        for coverage in grid.coverage:
+            assert make_plan(on, bits, coverage) == make_plan(off, bits, coverage), (bits, coverage)
+
+
+TEXT = dict(
+    hidden_size=64,
+    num_hidden_layers=4,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    max_position_embeddings=2048,
+)
+IDS = dict(image_token_id=2, video_token_id=3, vision_start_token_id=4, vision_end_token_id=5)
+MROPE = {"mrope_section": [2, 3, 3]}
+
+
+def _family(kind):
+    import transformers as T
+
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        return T.Qwen2ForCausalLM(T.Qwen2Config(**TEXT))
+    if kind == "qwen3":
+        return T.Qwen3ForCausalLM(T.Qwen3Config(**TEXT, head_dim=16))
+    if kind == "qwen2_vl":
+        text = {**TEXT, "rope_scaling": {"type": "mrope", **MROPE}}
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2)
+        cfg = T.Qwen2VLConfig(text_config=text, vision_config=vision, **IDS)
+        return T.Qwen2VLForConditionalGeneration(cfg)
+    if kind == "qwen2_5_vl":
+        return load_model("tiny-qwen2.5-vl")[0]
+    # Qwen3-VL adds deepstack image features to the hidden states after blocks 0 and 1
+    rope = {"rope_type": "default", "mrope_interleaved": True, **MROPE}
+    text = {**TEXT, "head_dim": 16, "rope_scaling": rope}
+    vision = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        deepstack_visual_indexes=[0, 1],
+        num_position_embeddings=64,
+    )
+    return T.Qwen3VLForConditionalGeneration(
+        T.Qwen3VLConfig(text_config=text, vision_config=vision, **IDS)
+    )
+
+
+def _image_batch(model):
+    """One image+text prompt as the model's inputs (the vision tower runs in the full forward)."""
+    text = TokenSet("t", np.random.default_rng(0).integers(6, 512, (1, 1, 32)), "synthetic")
+    img = synthetic_image_prompts(1, text, model.config.vision_config, (2, 4, 5), seed=0)
+    ids = torch.as_tensor(img.input_ids)
+    return {
+        "input_ids": ids,
+        "pixel_values": torch.as_tensor(img.pixel_values[0]),
+        "image_grid_thw": torch.tensor([img.grid_thw]),
+        "mm_token_type_ids": (ids == IDS["image_token_id"]).int(),
+    }
+
+
+CASES = [(k, "tokens") for k in ("qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")] + [
+    (k, "image") for k in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+]
+
+
+@pytest.mark.parametrize(("kind", "inputs"), CASES)
+def test_replay_from_each_block_gives_the_full_forward_logits(kind, inputs):
+    import modelopt.torch.quantization as mtq
+
+    model = _family(kind).eval()
+    batch = _image_batch(model) if inputs == "image" else torch.randint(6, 512, (2, 16))
+    with torch.inference_mode():
+        mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: full_forward(m, batch))
+        reuse = PrefixReuse(model, find_decoder(model))
+        reuse.attach()
+        mtq.disable_quantizer(model, "*")
+        assert torch.equal(reuse(model, batch), full_forward(model, batch))  # recorded
+        for k in range(4):
+            mtq.enable_quantizer(model, f"*layers.{k}.mlp.*")
+            assert torch.equal(reuse(model, batch), full_forward(model, batch)), k
+            mtq.disable_quantizer(model, f"*layers.{k}.*")
+        reuse.detach()
+    # deepstack changes the hidden states after blocks 0 and 1: replay starts at block 2 or later
+    replayed = 2 if (kind, inputs) == ("qwen3_vl", "image") else 4
+    assert reuse.counts == {"recorded": 1, "replayed": replayed, "full": 4 - replayed}
+    assert reuse.skipped_blocks == sum(range(4 - replayed, 4))
+
+
+def test_a_batch_over_the_budget_runs_in_full(monkeypatch):
+    import modelopt.torch.quantization as mtq
+
+    from orchestrator import scoring_forward
+
+    monkeypatch.setattr(scoring_forward, "PREFIX_BUDGET_BYTES", 1024)
+    model = _family("qwen2").eval()
+    batch = torch.randint(6, 512, (2, 16))  # 4 blocks x 2 x 16 x 64 x 4 bytes > 1 KiB
+    with torch.inference_mode():
+        mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: full_forward(m, batch))
+        reuse = PrefixReuse(model, find_decoder(model))
+        reuse.attach()
+        mtq.disable_quantizer(model, "*")
+        reuse(model, batch)
+        mtq.enable_quantizer(model, "*layers.3.*")
+        assert torch.equal(reuse(model, batch), full_forward(model, batch))
+        reuse.detach()
+    assert reuse.counts == {"recorded": 1, "replayed": 0, "full": 1}
+
+
+def test_reuse_is_off_with_reuse_prefix_false_and_for_gradient():
+    from orchestrator.scoring_forward import scoring_step
+
+    model = _family("qwen2")
+    for method, reuse in (("kl_div", False), ("gradient", True)):
+        with scoring_step(model, method, reuse, "t", 1) as step:
+            assert step.step is full_forward
+    with scoring_step(model, "kl_div", True, "t", 1) as step:
+        assert isinstance(step.step, PrefixReuse)
+    setup = ScoringSetup("m", None, "p", "h", "kl_div", "r", 1, 1)
+    assert replace(setup, reuse_prefix=False).key() == setup.key()
