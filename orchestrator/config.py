@@ -64,6 +64,9 @@ class ScoringConfig(_Strict):
     # calibrates the same way and scores its share; the sums are the scores). auto: one per worker,
     # i.e. per GPU (search.max_concurrent workers without GPUs).
     shards: int | Literal["auto"] = "auto"
+    # kl_div: each quantized forward starts at its group's block from the recorded unquantized
+    # inputs; ~2x faster, the same scores bit for bit (docs/SCHEMES.md); false: full forwards.
+    reuse_prefix: bool = True
 
     @field_validator("shards")
     @classmethod

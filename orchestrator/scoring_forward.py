@@ -67,7 +67,9 @@ def find_decoder(model: nn.Module) -> Decoder | None:
     hits = [
         (name, mod)
         for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] == "layers" and "visual" not in name
+        if isinstance(mod, nn.ModuleList)
+        and name.split(".")[-1] == "layers"
+        and "visual" not in name
     ]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if len(hits) != 1 or head is None:
@@ -197,8 +199,8 @@ class PrefixReuse:
     def attach(self) -> None:
         d = self.decoder
         for i, layer in enumerate(d.layers):
-            self.handles.append(layer.register_forward_pre_hook(self._pre_hook(i), with_kwargs=True))
-            self.handles.append(layer.register_forward_hook(self._post_hook))
+            pre = layer.register_forward_pre_hook(self._pre_hook(i), with_kwargs=True)
+            self.handles += [pre, layer.register_forward_hook(self._post_hook)]
         self.handles.append(d.norm.register_forward_pre_hook(self._norm_pre))
         self.handles.append(d.norm.register_forward_hook(self._norm_post))
         self.handles.append(d.lm_head.register_forward_pre_hook(self._head_pre))

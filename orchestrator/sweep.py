@@ -225,6 +225,7 @@ def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[Sco
             recipe,
             cfg.scoring.num_calib_steps,
             cfg.scoring.num_score_steps,
+            cfg.scoring.reuse_prefix,
         )
         for method in cfg.scoring.methods
         for recipe in cfg.scoring.fp8_recipes

@@ -32,6 +32,7 @@ from orchestrator.config import ModelConfig
 from orchestrator.data import DataSets
 from orchestrator.profiles import ModelProfile, load_model
 from orchestrator.records import stable_hash
+from orchestrator.runtime import setup_logging
 from orchestrator.trial import Evaluator, default_device, on_model_thread, peak_memory, sync
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Worker:
     """Scores shards and measures plans on one device, keeping one calibrated model resident."""
 
     def __init__(self, model: ModelConfig, threads: int = 0) -> None:
+        if not logging.getLogger().handlers:  # a bare Ray worker process: Ray forwards its stdout
+            setup_logging()  # to the driver, so scoring's progress lines reach the sweep's log
         self.model_cfg = model
         self.device = default_device()
         if threads > 0 and self.device == "cpu":

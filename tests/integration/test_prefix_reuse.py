@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from orchestrator.config import DataConfig, load_config
-from orchestrator.data import TokenSet, build_datasets, hf_tokenizer, synthetic_image_prompts
+from orchestrator.data import (
+    TokenSet,
+    build_datasets,
+    hf_tokenizer,
+    read_text,
+    synthetic_image_prompts,
+)
 from orchestrator.planning import make_plan
 from orchestrator.profiles import load_model, resolve_source
 from orchestrator.scoring import ScoringSetup, score
@@ -20,36 +26,9 @@ from orchestrator.scoring_forward import PrefixReuse, find_decoder, full_forward
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-STEPS = 2
 
 
-def _score_data(preset, tiny_data):
-    if preset == "tiny-qwen2.5-vl":
-        return tiny_data.score
-    cfg = DataConfig(
-        source=str(ROOT / "data" / "wikitext-2" / "test.txt"),
-        seq_len=64,
-        calib_batches=1,
-        score_batches=STEPS,
-        eval_batches=1,
-    )
-    return build_datasets(cfg, 4096, hf_tokenizer(resolve_source(preset), None, False), 0).score
-
-
-@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "wikitext-qwen2.5-vl"])
-def test_reuse_gives_the_full_forward_scores_and_plans(preset, tiny_data, tmp_path, caplog):
-    data = _score_data(preset, tiny_data)
-    tables = {}
-    for reuse in (True, False):
-        model, profile = load_model(preset)
-        setup = ScoringSetup(
-            preset, None, profile.name, data.hash, "kl_div", "FP8_DEFAULT_CFG", STEPS, STEPS, reuse
-        )
-        with caplog.at_level(logging.INFO, logger="orchestrator.scoring_forward"):
-            tables[reuse] = score(model, profile, data, setup, tmp_path / str(reuse))
-    # reuse really ran: every quantized forward (16 groups per batch) started at its block
-    assert f"'replayed': {16 * STEPS}, 'full': {STEPS}" in caplog.text  # full: calibration
-    on, off = tables[True], tables[False]
+def _assert_same(on, off):
     assert on.key == off.key  # reuse_prefix is not part of the cache key
     assert [(g.name, g.score) for g in on.groups] == [(g.name, g.score) for g in off.groups]
     assert any(g.score > 0 for g in on.groups)
@@ -57,6 +36,40 @@ def test_reuse_gives_the_full_forward_scores_and_plans(preset, tiny_data, tmp_pa
     for bits in grid.effective_bits:
         for coverage in grid.coverage:
             assert make_plan(on, bits, coverage) == make_plan(off, bits, coverage), (bits, coverage)
+
+
+def test_tiny_preset_scores_and_plans_equal_full_forwards(score_tables, tiny_data, tmp_path):
+    on, setup, _ = score_tables["kl_div"]  # the session's table, scored with reuse (the default)
+    assert setup.reuse_prefix
+    model, profile = load_model("tiny-qwen2.5-vl")
+    off = score(model, profile, tiny_data.score, replace(setup, reuse_prefix=False), tmp_path)
+    _assert_same(on, off)
+
+
+def test_reference_preset_scores_and_plans_equal_full_forwards(tmp_path, caplog):
+    name = "wikitext-qwen2.5-vl"
+    text = tmp_path / "head.txt"  # enough held-out text for 3 batches, tokenized in a blink
+    text.write_text(read_text(ROOT / "data" / "wikitext-2" / "test.txt")[:20000], encoding="utf-8")
+    cfg = DataConfig(
+        source=str(text),
+        seq_len=64,
+        calib_batches=1,
+        score_batches=2,
+        eval_batches=1,
+    )
+    data = build_datasets(cfg, 4096, hf_tokenizer(resolve_source(name), None, False), 0).score
+    tables = {}
+    for reuse in (True, False):
+        model, profile = load_model(name)
+        setup = ScoringSetup(name, None, profile.name, data.hash, "kl_div", "FP8_DEFAULT_CFG", 1, 2)
+        with caplog.at_level(logging.INFO, logger="orchestrator.scoring_forward"):
+            tables[reuse] = score(
+                model, profile, data, replace(setup, reuse_prefix=reuse), tmp_path / str(reuse)
+            )
+    # reuse really ran: every quantized forward (16 groups x 2 batches) started at its block;
+    # the one full forward is calibration's
+    assert "'recorded': 2, 'replayed': 32, 'full': 1" in caplog.text
+    _assert_same(tables[True], tables[False])
 
 
 TEXT = dict(
