@@ -363,15 +363,18 @@ class ScoringProgress:
         log.info("%s", self.line(now - self.t0))
 
     def line(self, elapsed: float) -> str:
-        batch, within = divmod(self.done, self.per_batch)
-        eta = elapsed * (self.total - self.done) / max(1, self.done)
+        """E.g. ``kl_div/FP8_DEFAULT_CFG: 40/68 forwards (59%): 2/4 batches done, 5/16 groups
+        of batch 3; 12s elapsed, ETA 8s`` (a kl_div batch starts with its unquantized forward)."""
+        batches, within = divmod(self.done, self.per_batch)
         groups = self.per_batch - 1
-        where = f"batch {batch}/{self.batches}"
-        if groups:
-            where = f"{groups} groups x {self.batches} batches, batch {batch} + {within} forwards"
+        where = f"{batches}/{self.batches} batches done"
+        if within and groups:
+            where += f", {within - 1}/{groups} groups of batch {batches + 1}"
+        eta = elapsed * (self.total - self.done) / max(1, self.done)
         return (
-            f"scoring {self.label}: {where} ({self.done}/{self.total} forwards,"
-            f" {100 * self.done / max(1, self.total):.0f}%), {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+            f"scoring {self.label}: {self.done}/{self.total} forwards"
+            f" ({100 * self.done / max(1, self.total):.0f}%): {where};"
+            f" {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
         )
 
 

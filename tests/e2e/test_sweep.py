@@ -112,6 +112,11 @@ def test_demo_sweep_outputs(demo):
         assert (out / f).stat().st_size > 0
     assert "ETA" in proc.stdout and "fp8_autoquant_top50" in proc.stdout
     assert "knee of the front" in proc.stdout and "Spearman" in proc.stdout
+    # each worker's scoring reports its progress (Ray forwards the workers' log lines) and kl_div
+    # ran with prefix reuse
+    for setup in ("kl_div/FP8_DEFAULT_CFG", "gradient/FP8_DEFAULT_CFG"):
+        assert f"scoring {setup}" in proc.stdout, setup
+    assert "prefix reuse kl_div/FP8_DEFAULT_CFG" in proc.stdout
 
 
 CONTROLS = {"random:0", "random:1", "random:2", "inverse", "ends_fixed:1", "attn_bf16"}

@@ -69,6 +69,8 @@ def test_reference_preset_scores_and_plans_equal_full_forwards(tmp_path, caplog)
     # reuse really ran: every quantized forward (16 groups x 2 batches) started at its block;
     # the one full forward is calibration's
     assert "'recorded': 2, 'replayed': 32, 'full': 1" in caplog.text
+    # the progress line counted ModelOpt's loop exactly: 2 batches x (1 + 16 groups) forwards
+    assert "scoring kl_div/FP8_DEFAULT_CFG: 34/34 forwards (100%): 2/2 batches done" in caplog.text
     _assert_same(tables[True], tables[False])
 
 
