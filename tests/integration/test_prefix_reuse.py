@@ -4,6 +4,7 @@ Replaying the decoder from a block's recorded inputs runs the same blocks on the
 everything here is compared bitwise (``==``, ``torch.equal``), not within a tolerance.
 """
 
+import itertools
 import logging
 from dataclasses import replace
 
@@ -33,9 +34,8 @@ def _assert_same(on, off):
     assert [(g.name, g.score) for g in on.groups] == [(g.name, g.score) for g in off.groups]
     assert any(g.score > 0 for g in on.groups)
     grid = load_config(ROOT / "search_spaces" / "demo_tiny.yaml").search
-    for bits in grid.effective_bits:
-        for coverage in grid.coverage:
-            assert make_plan(on, bits, coverage) == make_plan(off, bits, coverage), (bits, coverage)
+    for point in itertools.product(grid.effective_bits, grid.coverage, grid.strategies):
+        assert make_plan(on, *point) == make_plan(off, *point), point
 
 
 def test_tiny_preset_scores_and_plans_equal_full_forwards(score_tables, tiny_data, tmp_path):
