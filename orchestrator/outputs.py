@@ -121,7 +121,7 @@ class SweepFacts:
                 "num_score_steps": scoring.num_score_steps,
                 "num_calib_steps": scoring.num_calib_steps,
             },
-            data_hashes=dict(data_hashes),
+            data_hashes=dict(sorted(data_hashes.items())),  # as sweep.json has them
         )
 
 
