@@ -70,9 +70,7 @@ def export_scheme(
     scheme = find_scheme(output, name)
     cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
     plan = json.loads((output / scheme["modules"]).read_text())
-    dest = dest.resolve()
-    if dest.exists() and any(dest.iterdir()):
-        raise ConfigError(f"--dest {dest}: folder exists and is not empty")
+    dest = check_dest(dest)
     model = _calibrated_model(cfg, plan, device)
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -90,6 +88,13 @@ def export_scheme(
     tmp.rename(dest)
     log.info("exported %s as %s (%d FP8 modules) to %s", name, fmt, len(plan["fp8_modules"]), dest)
     tag_run(output, scheme, dest, fmt)
+    return dest
+
+
+def check_dest(dest: Path) -> Path:
+    dest = dest.resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"--dest {dest}: folder exists and is not empty")
     return dest
 
 
@@ -238,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         output = args.output.resolve()
         names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
-        for name in names:
-            dest = args.dest / name if args.all else args.dest
+        dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
+        for name, dest in dests.items():  # every destination checked before the first model loads
             export_scheme(output, name, dest, args.format)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -243,3 +243,17 @@ def test_vllm_reads_either_spelling_of_an_ignore_entry():
         assert is_skipped(ct, "language_model.model.layers.3.mlp.down_proj", ct.entries([entry]))
     assert is_skipped(ct, "visual.blocks.0.attn.qkv", ct.entries(list(ALWAYS_IGNORED)))
     assert is_skipped(ct, "language_model.lm_head", ct.entries(list(ALWAYS_IGNORED)))
+
+
+def test_check_command_exits_1_with_the_reasons(tmp_path, capsys):
+    from orchestrator.export import main
+
+    folder = make_export(
+        tmp_path / "x", "modelopt", MIXED, drop=["model.layers.0.mlp.up_proj.input_scale"]
+    )
+    assert main(["--check", str(folder)]) == 1
+    assert (
+        "check failed: model.layers.0.mlp.up_proj: FP8 weight without input_scale"
+        in capsys.readouterr().err
+    )
+    assert main(["--check", str(make_export(tmp_path / "y", "modelopt", MIXED))]) == 0
