@@ -1,16 +1,21 @@
-"""``python -m orchestrator.export``: write a published scheme as a deployable Hugging Face checkpoint.
+"""``python -m orchestrator.export``: write published schemes as checkpoints that load where used.
 
     python -m orchestrator.export --output runs/demo-tiny --scheme fp8_autoquant_top50 --dest ckpt/
+    python -m orchestrator.export --output runs/demo --all --dest ct --format compressed-tensors
+    python -m orchestrator.export --check ckpt/          # exit 1 with the reasons if it fails
 
 The scheme's module list (``plans/<hash>.json``) is applied to a fresh BF16 model with ModelOpt,
-calibrated on the sweep's own calibration tokens, and exported with ModelOpt's unified HF exporter:
-FP8 (e4m3) weights with per-tensor scales for the planned modules, BF16 elsewhere, and
-``hf_quant_config.json`` listing the excluded modules, which vLLM and TensorRT-LLM read. The folder
-is written next to ``--dest`` and renamed into place, so a failed export leaves nothing behind.
+calibrated on the sweep's own calibration tokens and exported with ModelOpt's unified HF exporter;
+:mod:`orchestrator.formats` finishes that folder as ``--format modelopt`` (vLLM, TensorRT-LLM) or
+rewrites it as ``compressed-tensors`` (vLLM and plain transformers). ``scheme.json`` records the
+plan, the sweep, the MLflow run and the library versions; the scheme's MLflow run is tagged
+``export.<format>`` with the folder. :mod:`orchestrator.export_check` then checks the files as
+each loader will read them; only a folder that passes is renamed into place, so a failed export
+leaves nothing behind.
 
-``transformers`` itself has no CPU loader for ModelOpt FP8 checkpoints; :func:`load_exported`
-loads the folder with ``transformers`` and puts the FP8 weights and their scales back through
-ModelOpt's fake quantization, which is how the tests compare the checkpoint with the in-memory model.
+``transformers`` has no loader for the ModelOpt format (it silently drops the scales);
+:func:`load_exported` loads that folder and puts the FP8 weights and their scales back through
+ModelOpt's fake quantization, which is how the tests compare it with the in-memory model.
 """
 
 from __future__ import annotations
@@ -20,64 +25,171 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from orchestrator.config import ConfigError, SweepConfig, read_yaml
+from orchestrator.export_check import check_export
+from orchestrator.formats import finish_modelopt, write_compressed_tensors
+from orchestrator.outputs import read_sweep_json
 
 log = logging.getLogger(__name__)
 FP8_MAX = 448.0
+FORMATS = ("modelopt", "compressed-tensors")
+EXPORT_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "compressed-tensors", "safetensors")
 
 
-def find_scheme(output: Path, name: str) -> dict[str, Any]:
+def _schemes_doc(output: Path) -> dict[str, Any]:
     path = output / "schemes.yaml"
     if not path.exists():
         raise ConfigError(f"--output {output}: no schemes.yaml (run the sweep or select first)")
-    doc = yaml.safe_load(path.read_text())
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def scheme_names(output: Path) -> list[str]:
+    return [s["name"] for s in _schemes_doc(output)["schemes"]]
+
+
+def find_scheme(output: Path, name: str) -> dict[str, Any]:
+    doc = _schemes_doc(output)
+    path = output / "schemes.yaml"
     names = [s["name"] for s in doc["schemes"]]
     if name not in names:
         raise ConfigError(f"--scheme {name!r}: not in {path}; choose one of {', '.join(names)}")
     return next(s for s in doc["schemes"] if s["name"] == name)
 
 
-def export_scheme(output: Path, name: str, dest: Path, device: str | None = None) -> Path:
-    import torch
-    from modelopt.torch.export import export_hf_checkpoint
+def export_scheme(
+    output: Path, name: str, dest: Path, fmt: str = "modelopt", device: str | None = None
+) -> Path:
+    """Quantize and calibrate the scheme's plan afresh, write it as ``fmt``, check, publish."""
+    scheme = find_scheme(output, name)
+    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+    plan = json.loads((output / scheme["modules"]).read_text())
+    dest = check_dest(dest)
+    model = _calibrated_model(cfg, plan, device)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_format(model, fmt, tmp, name)
+        _write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
+        problems = check_export(tmp)
+        if problems:
+            raise ExportCheckError(problems)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        dest.rmdir()
+    tmp.rename(dest)
+    log.info("exported %s as %s (%d FP8 modules) to %s", name, fmt, len(plan["fp8_modules"]), dest)
+    tag_run(output, scheme, dest, fmt)
+    return dest
 
+
+def check_dest(dest: Path) -> Path:
+    dest = dest.resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"--dest {dest}: folder exists and is not empty")
+    return dest
+
+
+class ExportCheckError(RuntimeError):
+    """The written folder would not load as planned; nothing was published."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def _calibrated_model(cfg: SweepConfig, plan: dict[str, Any], device: str | None) -> Any:
     from orchestrator.profiles import load_model
     from orchestrator.sweep import build_data
     from orchestrator.trial import default_device, quantize_plan
 
-    scheme = find_scheme(output, name)
-    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
-    plan = json.loads((output / scheme["modules"]).read_text())
     device = device or default_device()
     model, _ = load_model(
         cfg.model.source, device, "bfloat16", cfg.model.revision, cfg.model.trust_remote_code
     )
-    data = build_data(cfg)
-    model = quantize_plan(model, plan["fp8_recipe"], plan["fp8_modules"], data.calib, device)
-    dest = dest.resolve()
-    if dest.exists() and any(dest.iterdir()):
-        raise ConfigError(f"--dest {dest}: folder exists and is not empty")
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=tmp)
-    (tmp / "scheme.json").write_text(
-        json.dumps({**scheme, "fp8_modules": plan["fp8_modules"]}, indent=2)
+    return quantize_plan(
+        model, plan["fp8_recipe"], plan["fp8_modules"], build_data(cfg).calib, device
     )
-    if dest.exists():
-        dest.rmdir()
-    tmp.rename(dest)
-    log.info("exported %s (%d FP8 modules) to %s", name, len(plan["fp8_modules"]), dest)
-    return dest
+
+
+def write_format(model: Any, fmt: str, folder: Path, name: str) -> None:
+    """ModelOpt's unified HF export, finished as ``modelopt`` or rewritten as compressed-tensors."""
+    import torch
+    from modelopt.torch.export import export_hf_checkpoint
+
+    modelopt = folder if fmt == "modelopt" else folder.with_name(f"{folder.name}.modelopt")
+    shutil.rmtree(modelopt, ignore_errors=True)
+    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=modelopt)
+    if fmt == "modelopt":
+        finish_modelopt(modelopt, name)
+        return
+    try:
+        write_compressed_tensors(modelopt, folder)
+    finally:
+        shutil.rmtree(modelopt, ignore_errors=True)
+
+
+def provenance(
+    output: Path, scheme: Mapping[str, Any], plan: Mapping[str, Any], fmt: str
+) -> dict[str, Any]:
+    """``scheme.json``: the catalog entry, its modules, and where and with what it was made."""
+    header = {k: v for k, v in _schemes_doc(output).items() if k != "schemes"}
+    return {
+        **scheme,
+        "fp8_modules": plan["fp8_modules"],
+        "export": {
+            "format": fmt,
+            "scheme": scheme["name"],
+            "plan_hash": scheme["plan_hash"],
+            "sweep": header.get("sweep"),
+            "config_hash": header.get("config_hash"),
+            "parent_run_id": header.get("parent_run_id"),
+            "mlflow_run_id": scheme.get("mlflow_run_id"),
+            "sweep_output": str(output),
+            "library_versions": library_versions(),
+        },
+    }
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for p in EXPORT_LIBRARIES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> None:
+    """Tag the scheme's MLflow run ``export.<format>`` = the folder; warn, never fail, if not."""
+    sweep = read_sweep_json(output) or {}
+    run_id, uri = scheme.get("mlflow_run_id"), sweep.get("tracking_uri")
+    if not run_id or not uri:
+        log.warning("%s: no MLflow run or tracking URI recorded; run not tagged", scheme["name"])
+        return
+    from orchestrator import tracking
+
+    try:
+        tracking.tag_run(uri, run_id, {f"export.{fmt}": str(dest)})
+    except Exception as e:  # the checkpoint is published either way; say what is missing
+        log.warning("could not tag MLflow run %s with the export: %s", run_id, e)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def load_exported(path: Path, device: str = "cpu") -> Any:
-    """Load an exported folder with transformers and restore its FP8 layers as fake-quant modules."""
+    """Load a ModelOpt export with transformers and restore its FP8 layers as fake-quant modules."""
     import modelopt.torch.quantization as mtq
     import torch
     from safetensors import safe_open
@@ -120,23 +232,57 @@ def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every folder written (or checked) passes the check, 1 when one fails, 2 on bad
+    input."""
     from orchestrator.runtime import setup_logging
 
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
-    p.add_argument("--scheme", required=True, help="a name from its schemes.yaml")
-    p.add_argument("--dest", type=Path, required=True, help="folder for the checkpoint")
-    args = p.parse_args(argv)
+    args = _parse(argv)
     setup_logging()
+    if args.check is not None:
+        return _report(args.check, check_export(args.check))
     try:
-        find_scheme(args.output.resolve(), args.scheme)
-        export_scheme(args.output.resolve(), args.scheme, args.dest)
+        output = args.output.resolve()
+        names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
+        dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
+        for name, dest in dests.items():  # every destination checked before the first model loads
+            export_scheme(output, name, dest, args.format)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ExportCheckError as e:
+        return _report(args.dest, e.problems)
     return 0
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--output", type=Path, help="a finished sweep's output folder")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--scheme", help="a name from its schemes.yaml")
+    which.add_argument("--all", action="store_true", help="every scheme, each to DEST/<name>")
+    p.add_argument("--dest", type=Path, help="folder for the checkpoint")
+    p.add_argument("--format", choices=FORMATS, default="modelopt", help="checkpoint layout")
+    p.add_argument("--check", type=Path, metavar="DIR", help="only check an exported folder")
+    args = p.parse_args(argv)
+    if args.check is None:
+        missing = [f"--{k}" for k in ("output", "dest") if getattr(args, k) is None]
+        if not (args.scheme or args.all):
+            missing.append("--scheme or --all")
+        if missing:
+            p.error(f"missing {', '.join(missing)} (or use --check DIR)")
+    elif not args.check.is_dir():
+        p.error(f"--check {args.check}: not a folder")
+    return args
+
+
+def _report(folder: Path, problems: Sequence[str]) -> int:
+    for line in problems:
+        print(f"check failed: {line}", file=sys.stderr)
+    if not problems:
+        log.info("%s passes the export check", folder)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -278,3 +278,33 @@ def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_
     fp8 = {k for k, v in dtypes.items() if v == torch.float8_e4m3fn}
     assert len(fp8) == len(plan["fp8_modules"])
     assert all(v in (torch.bfloat16, torch.float8_e4m3fn, torch.float32) for v in dtypes.values())
+    client, _, _ = _runs(out)
+    scheme = next(
+        s
+        for s in yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]
+        if s["name"] == "fp8_autoquant_top50"
+    )
+    assert client.get_run(scheme["mlflow_run_id"]).data.tags["export.modelopt"] == str(dest)
+
+
+def test_export_all_as_compressed_tensors_checks_and_tags_each_scheme(demo, tmp_path):
+    """`--all`: three folders that pass `--check`, each traceable to its sweep and MLflow run."""
+    import json
+
+    from orchestrator.export import main
+
+    out, _ = demo
+    dest = tmp_path / "ct"
+    assert (
+        main(["--output", str(out), "--all", "--format", "compressed-tensors", "--dest", str(dest)])
+        == 0
+    )
+    client, parents, _ = _runs(out)
+    for s in yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]:
+        folder = dest / s["name"]
+        assert main(["--check", str(folder)]) == 0
+        info = json.loads((folder / "scheme.json").read_text())["export"]
+        assert info["mlflow_run_id"] == s["mlflow_run_id"] and info["plan_hash"] == s["plan_hash"]
+        assert info["parent_run_id"] == parents[0].info.run_id
+        tags = client.get_run(s["mlflow_run_id"]).data.tags
+        assert tags["export.compressed-tensors"] == str(folder.resolve())

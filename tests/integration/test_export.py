@@ -1,0 +1,150 @@
+"""Both export formats through ModelOpt's real exporter, on the tiny and the reference preset.
+
+A hand-made sweep output folder (config, one plan, one scheme) stands in for a finished sweep, so
+no scoring runs. The plan mixes whole blocks, an MLP-only block and a lone ``o_proj``, so the
+exclude/ignore lists must name single layers. Each folder must pass the checker; the ModelOpt one
+must reload through ``load_exported`` and the compressed-tensors one through plain
+``transformers`` with the logits of the fake-quant model that the sweep evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from orchestrator.config import SweepConfig
+from orchestrator.export import export_scheme, load_exported, main
+from orchestrator.export_check import check_export, read_tensors
+from orchestrator.profiles import load_model, model_param_count
+from orchestrator.sweep import build_data
+from orchestrator.trial import quantize_plan
+
+pytestmark = pytest.mark.integration
+PRESETS = ["tiny-qwen2.5-vl", "wikitext-qwen2.5-vl"]
+RECIPE = "FP8_DEFAULT_CFG"
+
+
+def sweep_output(root, source):
+    """config.yaml, plans/p.json and schemes.yaml as a sweep writes them, for one scheme."""
+    cfg = SweepConfig.model_validate(
+        {"model": {"source": source}, "search": {"effective_bits": [8], "coverage": [1.0]}}
+    )
+    model, profile = load_model(source, "cpu", "bfloat16")
+    eligible = profile.eligible_modules(model)
+    fp8 = [
+        e.name
+        for e in eligible
+        if e.block == 0
+        or (e.block == 1 and e.kind in ("gate_up", "down"))
+        or (e.block == 2 and e.kind == "o")
+    ]
+    fp8_params = sum(e.params for e in eligible if e.name in fp8)
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (root / "plans").mkdir()
+    (root / "plans" / "p.json").write_text(json.dumps({"fp8_recipe": RECIPE, "fp8_modules": fp8}))
+    scheme = {
+        "name": "fp8_test",
+        "plan_hash": "p",
+        "fp8_recipe": RECIPE,
+        "modules": "plans/p.json",
+        "model_bytes": 2 * model_param_count(model) - fp8_params,
+        "mlflow_run_id": "",
+    }
+    doc = {"sweep": "export-test", "config_hash": "c0", "parent_run_id": None, "schemes": [scheme]}
+    (root / "schemes.yaml").write_text(yaml.safe_dump(doc))
+    return cfg, fp8
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def exported(request, tmp_path_factory):
+    """Both formats of one preset, and the fake-quant model and eval batch to compare them with."""
+    root = tmp_path_factory.mktemp("export")
+    cfg, fp8 = sweep_output(root / "out", request.param)
+    dests = {
+        fmt: export_scheme(root / "out", "fp8_test", root / fmt, fmt, device="cpu")
+        for fmt in ("modelopt", "compressed-tensors")
+    }
+    data = build_data(cfg)
+    model, _ = load_model(request.param, "cpu", "bfloat16")
+    model = quantize_plan(model, RECIPE, fp8, data.calib, "cpu")
+    batch = torch.as_tensor(data.eval.tokens[0])
+    with torch.no_grad():
+        ref = model(input_ids=batch).logits.float()
+    return dests, fp8, batch, ref
+
+
+# Tolerance against the fake-quant model: mean |logit difference| below 5 % of the reference
+# logits' standard deviation, and the same argmax at >= 90 % of positions. The checkpoint is not
+# bit-identical to it: ModelOpt's CPU fake quantization rounds in the model dtype (bf16) before the
+# e4m3 rounding, the exporter casts to real e4m3, so some weights sit one FP8 step apart. Measured
+# on the 2-core CPU box: mean difference 0.020 (tiny) and 0.020 (reference) of the spread, argmax
+# agreement 1.0 and 0.95-0.97; the tiny model quantized vs unquantized differs by 0.029. A misload
+# (scales dropped, or an ignore list that matches nothing) gives NaN or logits far outside this.
+MAX_MEAN_DIFF, MIN_SAME_ARGMAX = 0.05, 0.9
+
+
+def agree(a, b):
+    """(mean |difference| / spread of the reference, share of positions with the same argmax)."""
+    diff = float((a - b).abs().mean() / a.std())
+    return diff, float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+def test_both_formats_pass_the_check_and_record_where_they_came_from(exported):
+    dests, fp8, _, _ = exported
+    for fmt, dest in dests.items():
+        assert check_export(dest) == [], fmt
+        assert main(["--check", str(dest)]) == 0
+        scheme = json.loads((dest / "scheme.json").read_text())
+        assert scheme["fp8_modules"] == fp8
+        info = scheme["export"]
+        assert (info["format"], info["scheme"], info["plan_hash"], info["sweep"]) == (
+            fmt,
+            "fp8_test",
+            "p",
+            "export-test",
+        )
+        assert {"torch", "transformers", "nvidia-modelopt", "compressed-tensors"} <= set(
+            info["library_versions"]
+        )
+        fp8_weights = [k for k, t in read_tensors(dest).items() if t.dtype == "F8_E4M3"]
+        assert len(fp8_weights) == len(fp8)
+
+
+def test_modelopt_folder_reloads_and_says_how_to_load_it(exported):
+    dests, _, batch, ref = exported
+    dest = dests["modelopt"]
+    readme = (dest / "README.md").read_text()
+    assert "--quantization modelopt" in readme and "load_exported" in readme
+    assert "does **not** load" in readme
+    exclude = json.loads((dest / "hf_quant_config.json").read_text())["quantization"]
+    assert not any(
+        e.startswith("model.layers.") and e.endswith("*") for e in exclude["exclude_modules"]
+    )
+    with torch.no_grad():
+        got = load_exported(dest)(input_ids=batch).logits.float()
+    mean_diff, same_argmax = agree(ref, got)
+    assert mean_diff < MAX_MEAN_DIFF and same_argmax >= MIN_SAME_ARGMAX, (mean_diff, same_argmax)
+
+
+def test_compressed_tensors_folder_loads_in_plain_transformers(exported):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    dests, fp8, batch, ref = exported
+    dest = dests["compressed-tensors"]
+    model = AutoModelForImageTextToText.from_pretrained(dest, dtype=torch.bfloat16)
+    named = dict(model.named_modules())
+    tensors = load_file(dest / "model.safetensors")
+    for m in fp8:  # the scales were read under their own names, not dropped or renamed
+        key = m.replace("model.language_model.", "model.")
+        for scale in ("weight_scale", "input_scale"):
+            got = getattr(named[m], scale).float().flatten()
+            assert torch.equal(got, tensors[f"{key}.{scale}"].float().flatten()), (m, scale)
+    with torch.no_grad():
+        got = model(input_ids=batch).logits.float()
+    mean_diff, same_argmax = agree(ref, got)
+    assert mean_diff < MAX_MEAN_DIFF and same_argmax >= MIN_SAME_ARGMAX, (mean_diff, same_argmax)

@@ -1,0 +1,259 @@
+"""The export checker on hand-made checkpoints: safetensors headers written here, no torch.
+
+Each broken folder differs from a good one in one way and must fail naming that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from orchestrator.export_check import LOADERS, check_export, is_skipped, read_tensors
+from orchestrator.formats import ALWAYS_IGNORED
+
+pytestmark = pytest.mark.unit
+H = 4  # hidden size of the hand-made model
+PROJ = {
+    "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+SCALE = {"modelopt": ([], "F32"), "compressed-tensors": ([1], "BF16")}
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A valid safetensors file of zeros with these dtypes and shapes."""
+    width = {"F8_E4M3": 1, "BF16": 2, "F32": 4}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = width[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(offset))
+
+
+def linear_names(blocks: int) -> list[str]:
+    return [
+        f"model.layers.{b}.{part}.{p}"
+        for b in range(blocks)
+        for part, ps in PROJ.items()
+        for p in ps
+    ]
+
+
+def make_export(root: Path, fmt: str, fp8: list[str], blocks: int = 2, **edit) -> Path:
+    """A checkpoint in hub spelling (as ModelOpt writes it) with ``fp8`` modules in FP8."""
+    shape, dtype = SCALE[fmt]
+    t = {
+        "model.embed_tokens.weight": ("BF16", [16, H]),
+        "visual.blocks.0.attn.qkv.weight": ("BF16", [3 * H, H]),
+        "visual.merger.mlp.0.weight": ("BF16", [H, H]),
+    }
+    for m in linear_names(blocks):
+        t[f"{m}.weight"] = ("F8_E4M3" if m in fp8 else "BF16", [H, H])
+        if m in fp8:
+            t[f"{m}.weight_scale"] = (dtype, shape)
+            t[f"{m}.input_scale"] = (dtype, shape)
+    t.update(edit.get("tensors", {}))
+    for k in edit.get("drop", ()):
+        del t[k]
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", t)
+    bf16 = [m for m in linear_names(blocks) if m not in fp8]
+    if fmt == "modelopt":
+        entries = ["lm_head", "model.embed_tokens", "visual*", *bf16]
+        qc = {"quant_method": "modelopt", "quant_algo": "FP8", "ignore": entries}
+        hf = {"quantization": {"quant_algo": "FP8", "exclude_modules": entries}}
+        (root / "hf_quant_config.json").write_text(json.dumps(hf))
+    else:
+        args = {
+            "num_bits": 8,
+            "type": "float",
+            "strategy": "tensor",
+            "symmetric": True,
+            "dynamic": False,
+        }
+        entries = [
+            *ALWAYS_IGNORED,
+            *(m.replace("model.", "model.language_model.", 1) for m in bf16),
+        ]
+        qc = {
+            "quant_method": "compressed-tensors",
+            "format": "float-quantized",
+            "config_groups": {
+                "group_0": {"targets": ["Linear"], "weights": args, "input_activations": args}
+            },
+            "ignore": entries,
+        }
+    qc["ignore"] = edit.get("ignore", qc["ignore"])
+    if fmt == "modelopt":
+        hf["quantization"]["exclude_modules"] = qc["ignore"]
+        (root / "hf_quant_config.json").write_text(json.dumps(hf))
+    (root / "config.json").write_text(
+        json.dumps({"model_type": "qwen2_5_vl", "quantization_config": qc})
+    )
+    params = sum(H * H for _ in linear_names(blocks)) + 16 * H + 3 * H * H + H * H
+    model_bytes = 2 * params - H * H * len(fp8)
+    scheme = {
+        "name": "s",
+        "fp8_modules": [m.replace("model.", "model.language_model.", 1) for m in fp8],
+        "model_bytes": model_bytes,
+    }
+    (root / "scheme.json").write_text(json.dumps(scheme))
+    return root
+
+
+BLOCK0 = [m for m in linear_names(2) if ".0." in m]
+MIXED = BLOCK0 + ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+def test_a_good_export_passes(tmp_path, fmt):
+    assert check_export(make_export(tmp_path / "x", fmt, MIXED)) == []
+
+
+def test_header_reader_sees_dtypes_shapes_and_bytes(tmp_path):
+    t = read_tensors(make_export(tmp_path / "x", "compressed-tensors", BLOCK0))
+    assert t["model.layers.0.self_attn.q_proj.weight"].dtype == "F8_E4M3"
+    assert t["model.layers.0.self_attn.q_proj.weight_scale"].shape == (1,)
+    assert t["model.layers.1.mlp.up_proj.weight"].nbytes == 2 * H * H
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+def test_split_fused_group_fails(tmp_path, fmt):
+    fp8 = [m for m in MIXED if not m.endswith("k_proj")]  # q and v FP8, k BF16
+    problems = check_export(make_export(tmp_path / "x", fmt, fp8))
+    assert any("model.layers.0.self_attn.qkv_proj: fused shards mix" in p for p in problems)
+    assert any("vLLM" in p and "some but not all" in p for p in problems)
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+def test_missing_scale_fails(tmp_path, fmt):
+    folder = make_export(
+        tmp_path / "x", fmt, MIXED, drop=["model.layers.0.mlp.down_proj.weight_scale"]
+    )
+    assert "model.layers.0.mlp.down_proj: FP8 weight without weight_scale" in check_export(folder)
+
+
+def test_scale_of_the_wrong_layout_fails(tmp_path):
+    folder = make_export(
+        tmp_path / "x",
+        "compressed-tensors",
+        MIXED,
+        tensors={"model.layers.0.mlp.up_proj.input_scale": ("F32", [])},
+    )
+    assert any(
+        "up_proj.input_scale: shape [] F32; compressed-tensors expects [1] BF16" in p
+        for p in check_export(folder)
+    )
+
+
+def test_ignore_entry_in_hub_spelling_matches_nothing_in_transformers(tmp_path):
+    """The issue's NaN logits: hub names in a compressed-tensors ignore list select nothing."""
+    hub = [*ALWAYS_IGNORED, *(m for m in linear_names(2) if m not in MIXED)]
+    problems = check_export(make_export(tmp_path / "x", "compressed-tensors", MIXED, ignore=hub))
+    assert any(p.startswith("transformers: ignore entry 'model.layers.1.") for p in problems)
+    assert any(
+        p.startswith("transformers: would build model.language_model.layers.1.") for p in problems
+    )
+    # vLLM maps hub names itself, so it alone would have loaded this folder as planned
+    assert not any(p.startswith("vLLM") for p in problems)
+
+
+def test_ignore_entry_that_names_no_module_fails(tmp_path):
+    folder = make_export(
+        tmp_path / "x",
+        "modelopt",
+        MIXED,
+        ignore=[
+            "lm_head",
+            "model.embed_tokens",
+            "visual*",
+            "model.layers.9.mlp.up_proj",
+            *(m for m in linear_names(2) if m not in MIXED),
+        ],
+    )
+    assert (
+        "vLLM modelopt: ignore entry 'model.layers.9.mlp.up_proj' matches no module"
+        in check_export(folder)
+    )
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+def test_fp8_vision_weight_fails(tmp_path, fmt):
+    shape, dtype = SCALE[fmt]
+    folder = make_export(
+        tmp_path / "x",
+        fmt,
+        MIXED,
+        tensors={
+            "visual.merger.mlp.0.weight": ("F8_E4M3", [H, H]),
+            "visual.merger.mlp.0.weight_scale": (dtype, shape),
+            "visual.merger.mlp.0.input_scale": (dtype, shape),
+        },
+    )
+    problems = check_export(folder)
+    assert any(p.startswith("visual.merger.mlp.0: vision, embedding and lm_head") for p in problems)
+
+
+def test_vision_tower_not_ignored_would_be_quantized(tmp_path):
+    entries = [e for e in [*ALWAYS_IGNORED] if "visual" not in e]
+    entries += [
+        m.replace("model.", "model.language_model.", 1) for m in linear_names(2) if m not in MIXED
+    ]
+    problems = check_export(
+        make_export(tmp_path / "x", "compressed-tensors", MIXED, ignore=entries)
+    )
+    assert any("would build model.visual.merger.mlp.0 as FP8" in p for p in problems)
+
+
+def test_modelopt_block_glob_also_skips_block_ten_in_vllm(tmp_path):
+    """vLLM matches ``model.layers.1*`` as a substring: block 1 BF16 drags block 10 along."""
+    fp8 = [m for m in linear_names(11) if ".1." not in m]
+    glob = ["lm_head", "model.embed_tokens", "visual*", "model.layers.1*"]
+    problems = check_export(make_export(tmp_path / "x", "modelopt", fp8, blocks=11, ignore=glob))
+    block10 = "language_model.model.layers.10.self_attn.qkv_proj"
+    assert f"vLLM modelopt: would skip {block10} but the plan puts it in FP8" in problems
+    exact = [
+        "lm_head",
+        "model.embed_tokens",
+        "visual*",
+        *(m for m in linear_names(11) if ".1." in m),
+    ]
+    folder = make_export(tmp_path / "y", "modelopt", fp8, blocks=11, ignore=exact)
+    assert check_export(folder) == []
+
+
+def test_bytes_beyond_the_plan_fail(tmp_path):
+    folder = make_export(
+        tmp_path / "x", "modelopt", MIXED, tensors={"model.extra.weight": ("BF16", [64, H])}
+    )
+    assert any(p.startswith("tensor bytes") for p in check_export(folder))
+
+
+def test_vllm_reads_either_spelling_of_an_ignore_entry():
+    ct = LOADERS["compressed-tensors"][1]
+    for entry in ("model.layers.3.mlp.down_proj", "model.language_model.layers.3.mlp.down_proj"):
+        assert is_skipped(ct, "language_model.model.layers.3.mlp.down_proj", ct.entries([entry]))
+    assert is_skipped(ct, "visual.blocks.0.attn.qkv", ct.entries(list(ALWAYS_IGNORED)))
+    assert is_skipped(ct, "language_model.lm_head", ct.entries(list(ALWAYS_IGNORED)))
+
+
+def test_check_command_exits_1_with_the_reasons(tmp_path, capsys):
+    from orchestrator.export import main
+
+    folder = make_export(
+        tmp_path / "x", "modelopt", MIXED, drop=["model.layers.0.mlp.up_proj.input_scale"]
+    )
+    assert main(["--check", str(folder)]) == 1
+    assert (
+        "check failed: model.layers.0.mlp.up_proj: FP8 weight without input_scale"
+        in capsys.readouterr().err
+    )
+    assert main(["--check", str(make_export(tmp_path / "y", "modelopt", MIXED))]) == 0
