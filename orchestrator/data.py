@@ -37,7 +37,8 @@ class TokenSet:
     rows also carries, per position, ``attention`` (a real token, not padding) and ``targets`` (a
     token that counts in a metric or loss: every real token of a text row but its first, only the
     answer tokens of an image row); per row, ``image_rows``; per batch, the ``pixels`` and ``grids``
-    of its image rows in row order; and ``settings``, the fingerprint of the encoding.
+    of its image rows in row order; the sha256 of each image row's file (``image_shas``); and
+    ``settings``, the fingerprint of the processor settings that encoded them.
     """
 
     name: str
@@ -48,6 +49,7 @@ class TokenSet:
     image_rows: np.ndarray | None = None
     pixels: tuple[np.ndarray, ...] = ()
     grids: tuple[np.ndarray, ...] = ()
+    image_shas: tuple[str, ...] = ()
     settings: str = ""
 
     @property
@@ -56,7 +58,7 @@ class TokenSet:
         h.update(np.ascontiguousarray(self.tokens, dtype=np.int64).tobytes())
         if self.image_rows is None:
             return h.hexdigest()[:16]  # text-only: the hash it always had, so caches stay valid
-        h.update(self.settings.encode())
+        h.update(json.dumps([self.settings, *self.image_shas]).encode())
         for a in (self.attention, self.targets, self.image_rows):
             h.update(np.ascontiguousarray(a, dtype=np.bool_).tobytes())
         for px, grid in zip(self.pixels, self.grids, strict=True):
@@ -86,6 +88,7 @@ class Sample(Protocol):
     answer_start: int
     pixels: np.ndarray
     grid: np.ndarray
+    image_sha: str
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:
@@ -251,7 +254,11 @@ def _text_rows(cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int])
     else:
         _require(len(windows), front + need["eval"], "data.source", cfg.seq_len)
         eval_rows = windows[len(windows) - need["eval"] :]
-    return {"calib": windows[: need["calib"]], "score": windows[need["calib"] : front], "eval": eval_rows}
+    return {
+        "calib": windows[: need["calib"]],
+        "score": windows[need["calib"] : front],
+        "eval": eval_rows,
+    }
 
 
 def _mixed(
@@ -282,7 +289,9 @@ def _mixed(
         np.concatenate([s.pixels for s in c]) if c else np.zeros((0, dim), np.float32)
         for c in chosen
     )
-    grids = tuple(np.stack([s.grid for s in c]) if c else np.zeros((0, 3), np.int64) for c in chosen)
+    grids = tuple(
+        np.stack([s.grid for s in c]) if c else np.zeros((0, 3), np.int64) for c in chosen
+    )
     shape = (batches, cfg.batch_size, seq)
     source = images.source if placed.all() else f"{cfg.source} + {images.source}"
     return TokenSet(
@@ -294,6 +303,7 @@ def _mixed(
         by_batch,
         pixels,
         grids,
+        tuple(s.image_sha for s in samples),
         images.settings,
     )
 

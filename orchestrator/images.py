@@ -60,6 +60,7 @@ class Encoded:
     answer_start: int
     pixels: np.ndarray  # (patches, patch_dim) float32
     grid: np.ndarray  # (3,) int64: temporal, height, width patches
+    image_sha: str  # of the image file's bytes
 
 
 def is_image_source(source: str | None, cfg: DataConfig) -> bool:
@@ -154,7 +155,9 @@ def _read_image_file(path: Path, where: str) -> bytes:
     except FileNotFoundError:
         raise DataError(f"{where}: image {str(path)!r} not found") from None
     except OSError as e:
-        raise DataError(f"{where}: image {str(path)!r} unreadable ({e.__class__.__name__})") from None
+        raise DataError(
+            f"{where}: image {str(path)!r} unreadable ({e.__class__.__name__})"
+        ) from None
 
 
 def _check_decodes(image: bytes, where: str) -> None:
@@ -164,13 +167,17 @@ def _check_decodes(image: bytes, where: str) -> None:
         with Image.open(io.BytesIO(image)) as im:
             im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{where}: image is not a readable picture ({e.__class__.__name__})") from None
+        raise DataError(
+            f"{where}: image is not a readable picture ({e.__class__.__name__})"
+        ) from None
 
 
 def _folder_records(folder: Path, field: str) -> list[ImageRecord]:
     captions = folder / CAPTIONS_FILE
     if not captions.is_file():
-        raise DataError(f"{field}={str(folder)!r}: folder has no {CAPTIONS_FILE} (file<TAB>caption)")
+        raise DataError(
+            f"{field}={str(folder)!r}: folder has no {CAPTIONS_FILE} (file<TAB>caption)"
+        )
     out = []
     lines = captions.read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):
@@ -239,7 +246,7 @@ class Encoder:
         answer_ids = self.tokenizer(record.answer, add_special_tokens=False)["input_ids"]
         ids = np.asarray([*prompt_ids, *answer_ids], dtype=np.int64)
         pixels = np.asarray(out["pixel_values"], dtype=np.float32)
-        return Encoded(ids, len(prompt_ids), pixels, grid)
+        return Encoded(ids, len(prompt_ids), pixels, grid, hashlib.sha256(record.image).hexdigest())
 
     @property
     def settings(self) -> str:
@@ -250,7 +257,9 @@ class Encoder:
             "tokenizer": type(self.tokenizer).__name__,
             "vocab": len(self.tokenizer),
         }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     @property
     def pad_id(self) -> int:
@@ -258,7 +267,9 @@ class Encoder:
         return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
 
 
-def load_encoder(source: str, revision: str | None, trust_remote_code: bool, config: Any) -> Encoder:
+def load_encoder(
+    source: str, revision: str | None, trust_remote_code: bool, config: Any
+) -> Encoder:
     """The encoder of a model folder or hub id; ``config`` is its HF config (the vision sizes)."""
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -289,7 +300,7 @@ def load_encoder(source: str, revision: str | None, trust_remote_code: bool, con
 def encode_all(
     records: Sequence[ImageRecord], encoder: Encoder, seq_len: int, field: str = "data.seq_len"
 ) -> list[Encoded]:
-    """Every record encoded; one whose prompt, vision tokens and answer exceed ``seq_len`` raises."""
+    """Every record encoded; one whose prompt, vision tokens and answer pass ``seq_len`` raises."""
     out = []
     for r in records:
         e = encoder.encode(r)

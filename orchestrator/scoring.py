@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.batches import Batch, target_ids, target_logits
+from orchestrator.batches import batches as make_batches
 from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile, lm_param_count, model_param_count
 from orchestrator.records import ScoreGroup, ScoreTable, stable_hash
@@ -77,12 +79,17 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     )
 
 
-def _forward_step(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=batch, use_cache=False).logits
+def _forward_step(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits; of the target tokens only when the batch has image rows (AutoQuantize's KL and
+    loss then see neither padding nor prompt tokens)."""
+    logits = model(**batch.inputs, use_cache=False).logits
+    return logits if batch.targets is None else target_logits(logits, batch)
 
 
-def _loss_func(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    return next_token_loss(output, batch)
+def _loss_func(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    if batch.targets is None:
+        return next_token_loss(output, batch.input_ids)
+    return nn.functional.cross_entropy(output.float(), target_ids(batch))
 
 
 class PhasedBatches:
@@ -169,7 +176,7 @@ def run_auto_quantize(
     """
     import modelopt.torch.quantization as mtq
 
-    batches: Any = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
+    batches: Any = make_batches(data, device)
     score_steps = setup.num_score_steps
     if score_indices is not None:
         batches = PhasedBatches(

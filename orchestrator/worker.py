@@ -148,7 +148,6 @@ class Worker:
             fp8_recipe,
             self.device,
             reference_cache_bytes,
-            data.images,
         )
         self._evaluator, self._key = ev, key
         return {
