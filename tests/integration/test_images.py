@@ -146,11 +146,15 @@ def test_padded_mixed_batches_measure_what_rows_alone_measure(evaluator, data):
             q = ev._hidden(b)
         finally:
             ev._set_enabled(())
-        accumulate_metrics(sums, ref, q, b, ev.head)
+        one = torch.zeros(1, 4, dtype=torch.float64)
+        accumulate_metrics(one, ref, q, b, ev.head)
+        sums[int(b.image_rows[0])] += one[0]
         counts = [a + c for a, c in zip(counts, b.counts(), strict=True)]
     image = summarize(sums[1].tolist(), counts[1])
     text = summarize(sums[0].tolist(), counts[0])
     assert counts[1] == batched["image_eval_tokens"] and counts[0] == batched["text_eval_tokens"]
+    per = batched["per_sequence"]
+    assert len(per["image_kl"]) == 4 and sum(per["image_tokens"]) == counts[1]
     for name, alone in (("image", image), ("text", text)):
         for k in ("kl_mean", "nll_delta", "top1_agreement"):
             assert batched[f"{name}_{k}"] == pytest.approx(alone[k], rel=1e-3, abs=1e-6), (name, k)
