@@ -6,6 +6,10 @@ cut into windows of ``seq_len`` tokens; the three sets take disjoint windows (ca
 scoring from the front, evaluation from the back, or from ``eval_source`` when given), so a scheme is
 never judged on the text it was calibrated or scored on. Each set's hash (sha256 of its tokens) goes
 into the score-cache key and into the tracking tags. Arrays are numpy; torch stays in the GPU stages.
+
+Image+text records (encoded by ``images.py``) mix in as rows of their own, right-padded to
+``seq_len``, split the same way (calibration and scoring from the front of the records, evaluation
+from the back); such a set also carries masks, pixels and the image files' hashes, all hashed.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from orchestrator.config import load_config
 from orchestrator.data import TokenSet
 from orchestrator.profiles import load_model
 from orchestrator.sweep import absolute_paths, build_data
+from orchestrator.trainable import error_bars
 from orchestrator.trial import Evaluator, accumulate_metrics, summarize
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,9 @@ def test_all_bf16_is_exact_full_fp8_is_not_and_the_vision_tower_stays_bf16(evalu
     answer_tokens = ev.eval_batches[0].counts()[1]
     assert full["image_eval_tokens"] >= answer_tokens > 0
     assert full["eval_tokens"] == full["text_eval_tokens"] + full["image_eval_tokens"]
+    bars = error_bars(full["per_sequence"], seed=0)
+    for name in ("kl", "image_kl", "text_kl"):
+        assert bars[f"{name}_ci_low"] <= full[f"{name}_mean"] <= bars[f"{name}_ci_high"], name
     ev._set_enabled(ev.eligible)
     try:
         visual_on = [
