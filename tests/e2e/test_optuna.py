@@ -29,6 +29,8 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
         "search.effective_bits=[8,12,14]",
         "--set",
         "controls.enabled=false",
+        "--set",
+        "search.strategies=[solve]",  # 3 x 2 seeding points
         "--config",
         "search_spaces/demo_multimodal.yaml",  # image+text rows mixed with text
     )
