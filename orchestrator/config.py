@@ -52,7 +52,15 @@ class DataConfig(_Strict):
     calib_batches: int = Field(2, ge=1)  # more = steadier amax, slower calibration
     score_batches: int = Field(2, ge=1)  # scoring batches for AutoQuantize
     eval_batches: int = Field(2, ge=1)  # same ids for every trial
-    image_prompts: int = Field(0, ge=0, le=64)  # synthetic image+text prompts; KL on answer tokens
+    # image+text records (a .jsonl/.parquet file, a folder with captions.tsv, or hf:<name>) mixed
+    # into data.source's text; data.source may itself be such a file (then every row is image+text)
+    image_source: str | None = None
+    # share of each set's rows that are image+text; default: 1 when data.source is image+text,
+    # else 0.5 with image_source. More = calibration and scores closer to image chats, fewer text
+    image_fraction: float | None = Field(None, ge=0, le=1)
+    image_field: str = "image"  # column/key: an image path relative to the file, or its bytes
+    prompt_field: str = "prompt"  # column/key: the user's question about the image
+    answer_field: str = "answer"  # column/key: the answer; only its tokens are scored
 
 
 class ScoringConfig(_Strict):

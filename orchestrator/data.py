@@ -6,15 +6,20 @@ cut into windows of ``seq_len`` tokens; the three sets take disjoint windows (ca
 scoring from the front, evaluation from the back, or from ``eval_source`` when given), so a scheme is
 never judged on the text it was calibrated or scored on. Each set's hash (sha256 of its tokens) goes
 into the score-cache key and into the tracking tags. Arrays are numpy; torch stays in the GPU stages.
+
+Image+text records (encoded by ``images.py``) mix in as rows of their own, right-padded to
+``seq_len``, split the same way (calibration and scoring from the front of the records, evaluation
+from the back); such a set also carries masks, pixels and the image files' hashes, all hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -30,16 +35,39 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class TokenSet:
-    """``tokens`` has shape (batches, batch_size, seq_len)."""
+    """``tokens`` has shape (batches, batch_size, seq_len).
+
+    A text-only set is all real tokens, each (but a row's first) a target. A set with image+text
+    rows also carries, per position, ``attention`` (a real token, not padding) and ``targets`` (a
+    token that counts in a metric or loss: every real token of a text row but its first, only the
+    answer tokens of an image row); per row, ``image_rows``; per batch, the ``pixels`` and ``grids``
+    of its image rows in row order; the sha256 of each image row's file (``image_shas``); and
+    ``settings``, the fingerprint of the processor settings that encoded them.
+    """
 
     name: str
     tokens: np.ndarray
     source: str
+    attention: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    image_rows: np.ndarray | None = None
+    pixels: tuple[np.ndarray, ...] = ()
+    grids: tuple[np.ndarray, ...] = ()
+    image_shas: tuple[str, ...] = ()
+    settings: str = ""
 
     @property
     def hash(self) -> str:
         h = hashlib.sha256(str(self.tokens.shape).encode())
         h.update(np.ascontiguousarray(self.tokens, dtype=np.int64).tobytes())
+        if self.image_rows is None:
+            return h.hexdigest()[:16]  # text-only: the hash it always had, so caches stay valid
+        h.update(json.dumps([self.settings, *self.image_shas]).encode())
+        for a in (self.attention, self.targets, self.image_rows):
+            h.update(np.ascontiguousarray(a, dtype=np.bool_).tobytes())
+        for px, grid in zip(self.pixels, self.grids, strict=True):
+            h.update(np.ascontiguousarray(px, dtype=np.float32).tobytes())
+            h.update(np.ascontiguousarray(grid, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
     @property
@@ -48,77 +76,23 @@ class TokenSet:
 
 
 @dataclass(frozen=True)
-class ImagePrompts:
-    """Image+text prompts for the multimodal path: text, an image, then answer tokens.
-
-    ``input_ids`` is (n, T) with ``image_tokens`` image placeholders between the vision start and
-    end tokens; ``pixel_values`` is (n, patches, patch_dim), the flattened patches the Qwen2.5-VL
-    vision tower takes; the answer runs from ``answer_start`` to the end of each row.
-    """
-
-    input_ids: np.ndarray
-    pixel_values: np.ndarray
-    grid_thw: tuple[int, int, int]
-    answer_start: int
-
-    @property
-    def hash(self) -> str:
-        h = hashlib.sha256(str((self.input_ids.shape, self.grid_thw, self.answer_start)).encode())
-        h.update(np.ascontiguousarray(self.input_ids, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(self.pixel_values, dtype=np.float32).tobytes())
-        return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
 class DataSets:
     calib: TokenSet
     score: TokenSet
     eval: TokenSet
-    images: ImagePrompts | None = None
 
     def hashes(self) -> dict[str, str]:
-        out = {s.name: s.hash for s in (self.calib, self.score, self.eval)}
-        if self.images is not None:
-            out["images"] = self.images.hash
-        return out
+        return {s.name: s.hash for s in (self.calib, self.score, self.eval)}
 
 
-IMAGE_TEXT_TOKENS, IMAGE_ANSWER_TOKENS = 8, 16  # per image prompt, around the image tokens
+class Sample(Protocol):
+    """An encoded image+text record (``images.Encoded``): ``ids[answer_start:]`` is the answer."""
 
-
-def check_image_prompt_length(seq_len: int) -> None:
-    """Image prompts take their text and answer tokens from one ``seq_len`` row of text."""
-    need = IMAGE_TEXT_TOKENS + IMAGE_ANSWER_TOKENS
-    if seq_len < need:
-        raise DataError(f"data.seq_len={seq_len}: image prompts need at least {need} tokens")
-
-
-def synthetic_image_prompts(
-    n: int, text: TokenSet, vision: object, token_ids: tuple[int, int, int], seed: int
-) -> ImagePrompts:
-    """``n`` prompts of 8 text tokens, one seeded random 56x56 image (4x4 patches of 14 px, merged
-    2x2 into 4 image tokens) and 16 answer tokens; the text comes from the evaluation set, so the
-    answers are real text when the data is."""
-    image_id, start_id, end_id = token_ids
-    merge = int(getattr(vision, "spatial_merge_size", 2))
-    grid = (1, 2 * merge, 2 * merge)
-    patches = grid[0] * grid[1] * grid[2]
-    patch_dim = (
-        int(getattr(vision, "in_channels", 3))
-        * int(getattr(vision, "temporal_patch_size", 2))
-        * int(getattr(vision, "patch_size", 14)) ** 2
-    )
-    rows = text.tokens.reshape(-1, text.tokens.shape[-1])
-    check_image_prompt_length(rows.shape[1])
-    text_end, answer_end = IMAGE_TEXT_TOKENS, IMAGE_TEXT_TOKENS + IMAGE_ANSWER_TOKENS
-    rng = np.random.default_rng(seed)
-    ids = []
-    for i in range(n):
-        row = rows[i % len(rows)]
-        image = [start_id] + [image_id] * (patches // merge**2) + [end_id]
-        ids.append(np.concatenate([row[:text_end], image, row[text_end:answer_end]]))
-    pixels = rng.standard_normal((n, patches, patch_dim)).astype(np.float32)
-    return ImagePrompts(np.stack(ids).astype(np.int64), pixels, grid, text_end + len(image))
+    ids: np.ndarray
+    answer_start: int
+    pixels: np.ndarray
+    grid: np.ndarray
+    image_sha: str
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:
@@ -196,38 +170,145 @@ def _take(windows: np.ndarray, start: int, batches: int, batch_size: int) -> np.
     return windows[start : start + batches * batch_size].reshape(batches, batch_size, -1)
 
 
+@dataclass(frozen=True)
+class ImageSamples:
+    """Encoded image+text records and how they mix into the sets (``fraction`` of the rows)."""
+
+    samples: Sequence[Sample]
+    fraction: float
+    source: str
+    pad_id: int
+    settings: str
+
+
 def build_datasets(
-    cfg: DataConfig, vocab_size: int, tokenize: Tokenize | None, seed: int
+    cfg: DataConfig,
+    vocab_size: int,
+    tokenize: Tokenize | None,
+    seed: int,
+    images: ImageSamples | None = None,
 ) -> DataSets:
-    """The three disjoint sets of one sweep; same config and seed give the same tokens anywhere."""
+    """The three disjoint sets of one sweep; same config and seed give the same tokens anywhere.
+
+    With ``images``, each set's rows are image+text at evenly spread places (``fraction`` of them)
+    and text windows elsewhere: records and windows alike are taken for calibration and scoring
+    from the front, for evaluation from the back (or from ``eval_source``), so no set shares one.
+    """
     shape = (cfg.batch_size, cfg.seq_len)
     counts = {"calib": cfg.calib_batches, "score": cfg.score_batches, "eval": cfg.eval_batches}
     if cfg.source == "synthetic":
         rng = np.random.default_rng(seed)
         sets = {k: rng.integers(0, vocab_size, size=(n, *shape)) for k, n in counts.items()}
         return DataSets(*(TokenSet(k, v, "synthetic") for k, v in sets.items()))
+    fraction = images.fraction if images is not None else 0.0
+    placed = {k: image_places(n * cfg.batch_size, fraction) for k, n in counts.items()}
+    need = {k: int((~v).sum()) for k, v in placed.items()}
+    text = _text_rows(cfg, tokenize, need) if any(need.values()) else {}
+    if images is None:
+        return DataSets(
+            *(TokenSet(k, text[k].reshape(n, *shape), cfg.source) for k, n in counts.items())
+        )
+    got = {k: int(v.sum()) for k, v in placed.items()}
+    samples = list(images.samples)
+    front = got["calib"] + got["score"]
+    if len(samples) < front + got["eval"]:
+        raise DataError(
+            f"data.image_fraction={fraction:g}: {images.source!r} holds {len(samples)} image+text "
+            f"records, the sets need {front + got['eval']} (calibration {got['calib']}, scoring "
+            f"{got['score']}, evaluation {got['eval']}); use more records, fewer batches or a "
+            "lower image_fraction"
+        )
+    picked = {
+        "calib": samples[: got["calib"]],
+        "score": samples[got["calib"] : front],
+        "eval": samples[len(samples) - got["eval"] :],
+    }
+    empty = np.zeros((0, cfg.seq_len), dtype=np.int64)
+    return DataSets(
+        *(
+            _mixed(k, counts[k], cfg, text.get(k, empty), picked[k], placed[k], images)
+            for k in counts
+        )
+    )
+
+
+def image_places(rows: int, fraction: float) -> np.ndarray:
+    """Which of ``rows`` rows are image+text: ``round(fraction * rows)`` of them, evenly spread."""
+    k = int(round(fraction * rows))
+    out = np.zeros(rows, dtype=bool)
+    if k:
+        out[(np.arange(k) * rows) // k] = True
+    return out
+
+
+def _text_rows(cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int]) -> dict:
+    """``need[k]`` text windows per set: calibration, then scoring from the front; evaluation
+    from the back, or from ``eval_source``."""
     if tokenize is None:
         raise DataError(f"data.source={cfg.source!r}: text needs a tokenizer for this model")
     windows = _windows(np.asarray(tokenize(_load_text(cfg.source, cfg.text_field))), cfg.seq_len)
-    per = cfg.batch_size
-    front = (cfg.calib_batches + cfg.score_batches) * per
-    back = cfg.eval_batches * per
+    front = need["calib"] + need["score"]
     if cfg.eval_source:
         eval_windows = _windows(
             np.asarray(tokenize(_load_text(cfg.eval_source, cfg.text_field))), cfg.seq_len
         )
-        _require(len(eval_windows), back, "data.eval_source", cfg.seq_len)
+        _require(len(eval_windows), need["eval"], "data.eval_source", cfg.seq_len)
         _require(len(windows), front, "data.source", cfg.seq_len)
-        eval_start, eval_src = 0, cfg.eval_source
+        eval_rows = eval_windows[: need["eval"]]
     else:
-        _require(len(windows), front + back, "data.source", cfg.seq_len)
-        eval_windows, eval_start, eval_src = windows, len(windows) - back, cfg.source
-    return DataSets(
-        TokenSet("calib", _take(windows, 0, cfg.calib_batches, per), cfg.source),
-        TokenSet(
-            "score", _take(windows, cfg.calib_batches * per, cfg.score_batches, per), cfg.source
-        ),
-        TokenSet("eval", _take(eval_windows, eval_start, cfg.eval_batches, per), eval_src),
+        _require(len(windows), front + need["eval"], "data.source", cfg.seq_len)
+        eval_rows = windows[len(windows) - need["eval"] :]
+    return {
+        "calib": windows[: need["calib"]],
+        "score": windows[need["calib"] : front],
+        "eval": eval_rows,
+    }
+
+
+def _mixed(
+    name: str,
+    batches: int,
+    cfg: DataConfig,
+    text: np.ndarray,
+    samples: Sequence[Sample],
+    placed: np.ndarray,
+    images: ImageSamples,
+) -> TokenSet:
+    """Text windows and right-padded image+text rows in one (batches, batch_size, seq_len) set."""
+    rows, seq = len(placed), cfg.seq_len
+    tokens = np.full((rows, seq), images.pad_id, dtype=np.int64)
+    attention = np.zeros((rows, seq), dtype=bool)
+    targets = np.zeros((rows, seq), dtype=bool)
+    tokens[~placed], attention[~placed] = text, True
+    targets[~placed, 1:] = True
+    for row, s in zip(np.flatnonzero(placed), samples, strict=True):
+        n = len(s.ids)
+        tokens[row, :n], attention[row, :n] = s.ids, True
+        targets[row, s.answer_start : n] = True
+    per_row = iter(samples)
+    by_batch = placed.reshape(batches, cfg.batch_size)
+    chosen = [[next(per_row) for _ in range(int(b.sum()))] for b in by_batch]
+    dim = samples[0].pixels.shape[1] if samples else 0
+    pixels = tuple(
+        np.concatenate([s.pixels for s in c]) if c else np.zeros((0, dim), np.float32)
+        for c in chosen
+    )
+    grids = tuple(
+        np.stack([s.grid for s in c]) if c else np.zeros((0, 3), np.int64) for c in chosen
+    )
+    shape = (batches, cfg.batch_size, seq)
+    source = images.source if placed.all() else f"{cfg.source} + {images.source}"
+    return TokenSet(
+        name,
+        tokens.reshape(shape),
+        source,
+        attention.reshape(shape),
+        targets.reshape(shape),
+        by_batch,
+        pixels,
+        grids,
+        tuple(s.image_sha for s in samples),
+        images.settings,
     )
 
 

@@ -26,10 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.batches import Batch, target_ids, target_logits
+from orchestrator.batches import batches as make_batches
 from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile, lm_param_count, model_param_count
 from orchestrator.records import ScoreGroup, ScoreTable, stable_hash
-from orchestrator.scoring_forward import scoring_step
+from orchestrator.scoring_forward import ForwardStep, scoring_step
 from orchestrator.tables import CorruptTable, read_scores, write_scores
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,22 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     )
 
 
-def _loss_func(output: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    return next_token_loss(output, batch)
+def _loss_func(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    if batch.targets is None:
+        return next_token_loss(output, batch.input_ids)
+    return nn.functional.cross_entropy(output.float(), target_ids(batch))
+
+
+def _on_targets(step: ForwardStep) -> ForwardStep:
+    """The forward step on a :class:`Batch`'s model inputs (the same dict every time a batch comes
+    round, which prefix reuse keys on); logits of the target tokens only when the batch has image
+    rows, so AutoQuantize's KL and loss see neither padding nor prompt tokens."""
+
+    def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = step(model, batch.inputs)
+        return logits if batch.targets is None else target_logits(logits, batch)
+
+    return forward
 
 
 class PhasedBatches:
@@ -174,7 +190,7 @@ def run_auto_quantize(
     """
     import modelopt.torch.quantization as mtq
 
-    batches: Any = [torch.as_tensor(b, dtype=torch.long, device=device) for b in data.tokens]
+    batches: Any = make_batches(data, device)
     score_steps = setup.num_score_steps
     if score_indices is not None:
         batches = PhasedBatches(
@@ -193,7 +209,7 @@ def run_auto_quantize(
             constraints={**budget, "cost": {"excluded_module_name_patterns": excluded}},
             quantization_formats=[setup.fp8_recipe],
             data_loader=batches,
-            forward_step=step,
+            forward_step=_on_targets(step),
             disabled_layers=excluded,
             num_calib_steps=setup.num_calib_steps,
             num_score_steps=score_steps,

@@ -35,7 +35,8 @@ from orchestrator.config import (
     load_catalog,
     load_config,
 )
-from orchestrator.data import DataError, DataSets, check_image_prompt_length, check_source
+from orchestrator.data import DataError, DataSets, check_source
+from orchestrator.images import image_source
 from orchestrator.outputs import (
     Finalized,
     SweepFacts,
@@ -99,7 +100,11 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     if not named and Path(model.source).expanduser().exists():
         model = model.model_copy(update={"source": fix(model.source)})
     data = cfg.data.model_copy(
-        update={"source": fix(cfg.data.source), "eval_source": fix(cfg.data.eval_source)}
+        update={
+            "source": fix(cfg.data.source),
+            "eval_source": fix(cfg.data.eval_source),
+            "image_source": fix(cfg.data.image_source),
+        }
     )
     selection = cfg.selection.model_copy(update={"catalog": fix(cfg.selection.catalog)})
     return cfg.model_copy(update={"model": model, "data": data, "selection": selection})
@@ -113,10 +118,10 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     unreachable = unreachable_names(cfg.search, catalog)
     if unreachable:
         raise ConfigError("; ".join(unreachable))
-    check_source(cfg.data.source, "data.source", cfg.data.text_field)
-    if cfg.data.eval_source:
-        check_source(cfg.data.eval_source, "data.eval_source", cfg.data.text_field)
+    _check_sources(cfg)
     profile = _check_model(cfg)
+    if image_source(cfg.data) is not None:
+        _image_samples(cfg)  # reads and encodes every record: a bad one fails here
     if cfg.search.gpus == "required" and not args.address:
         from orchestrator.runtime import local_gpu_count
 
@@ -169,24 +174,44 @@ def _check_model(cfg: SweepConfig) -> str:
             f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings "
             f"{facts.max_position_embeddings}"
         )
-    if cfg.data.image_prompts and not facts.has_vision:
+    images = image_source(cfg.data)
+    if images is not None and not facts.has_vision:
         raise ConfigError(
-            f"data.image_prompts={cfg.data.image_prompts}: model {cfg.model.source!r} has no "
-            "vision tower; use 0 for a text-only model"
+            f"data.image_source={images!r}: model {cfg.model.source!r} has no vision tower; "
+            "use text data for a text-only model"
         )
-    if cfg.data.image_prompts:
-        check_image_prompt_length(cfg.data.seq_len)
     return profile.name
 
 
+def _check_sources(cfg: SweepConfig) -> None:
+    """Text files readable, the image+text mix possible; records are read in _image_samples."""
+    from orchestrator.images import check_mix
+
+    check_mix(cfg.data)
+    if image_source(cfg.data) != cfg.data.source:
+        check_source(cfg.data.source, "data.source", cfg.data.text_field)
+    if cfg.data.eval_source:
+        check_source(cfg.data.eval_source, "data.eval_source", cfg.data.text_field)
+
+
+def _image_samples(cfg: SweepConfig) -> Any:
+    """The encoded image+text records (``data.ImageSamples``) through the model's processor."""
+    from orchestrator.images import image_samples
+    from orchestrator.profiles import PRESETS, resolve_config, resolve_source
+
+    m = cfg.model
+    if m.source in PRESETS:
+        raise ConfigError(
+            f"model.source={m.source!r}: a random preset has no tokenizer or image processor for "
+            "image+text data; use wikitext-qwen2.5-vl or a model folder"
+        )
+    hf = resolve_config(m.source, m.revision, m.trust_remote_code)
+    return image_samples(cfg.data, resolve_source(m.source), m.revision, m.trust_remote_code, hf)
+
+
 def build_data(cfg: SweepConfig) -> DataSets:
-    from orchestrator.data import (
-        build_datasets,
-        byte_tokenizer,
-        hf_tokenizer,
-        synthetic_image_prompts,
-    )
-    from orchestrator.profiles import PRESETS, model_facts, resolve_config, resolve_source
+    from orchestrator.data import build_datasets, byte_tokenizer, hf_tokenizer
+    from orchestrator.profiles import PRESETS, model_facts, resolve_source
 
     facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
     vocab = facts.vocab_size
@@ -198,15 +223,8 @@ def build_data(cfg: SweepConfig) -> DataSets:
         tokenize = hf_tokenizer(
             resolve_source(cfg.model.source), cfg.model.revision, cfg.model.trust_remote_code
         )
-    data = build_datasets(cfg.data, vocab, tokenize, cfg.seed)
-    if not cfg.data.image_prompts:
-        return data
-    hf = resolve_config(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
-    ids = (hf.image_token_id, hf.vision_start_token_id, hf.vision_end_token_id)
-    images = synthetic_image_prompts(
-        cfg.data.image_prompts, data.eval, hf.vision_config, ids, cfg.seed
-    )
-    return replace(data, images=images)
+    images = _image_samples(cfg) if image_source(cfg.data) is not None else None
+    return build_datasets(cfg.data, vocab, tokenize, cfg.seed, images)
 
 
 def score_all(inp: Inputs, pool: Any, data_ref: Any, data: DataSets) -> list[ScoreTable]:

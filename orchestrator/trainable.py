@@ -120,15 +120,24 @@ def run_name(point: Mapping[str, Any]) -> str:
 
 
 def error_bars(per_sequence: Mapping[str, Sequence[float]], seed: int) -> dict[str, float]:
-    """95% bootstrap intervals of KL and top-1 agreement over the evaluation sequences."""
-    kl = ratio_ci(per_sequence["kl"], per_sequence["tokens"], seed)
-    top1 = ratio_ci(per_sequence["agree"], per_sequence["tokens"], seed)
-    return {
-        "kl_ci_low": kl.low,
-        "kl_ci_high": kl.high,
-        "top1_ci_low": top1.low,
-        "top1_ci_high": top1.high,
-    }
+    """95% bootstrap intervals of KL and top-1 agreement over the evaluation sequences: all of
+    them, and the text and image+text ones apart (``text_``, ``image_``) when both are there."""
+    out = {}
+    for prefix in ("", "text_", "image_"):
+        if f"{prefix}kl" not in per_sequence:
+            continue
+        tokens = per_sequence[f"{prefix}tokens"]
+        kl = ratio_ci(per_sequence[f"{prefix}kl"], tokens, seed)
+        top1 = ratio_ci(per_sequence[f"{prefix}agree"], tokens, seed)
+        out.update(
+            {
+                f"{prefix}kl_ci_low": kl.low,
+                f"{prefix}kl_ci_high": kl.high,
+                f"{prefix}top1_ci_low": top1.low,
+                f"{prefix}top1_ci_high": top1.high,
+            }
+        )
+    return out
 
 
 def _report_with_checkpoint(result: dict[str, Any]) -> None:

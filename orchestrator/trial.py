@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from orchestrator.data import ImagePrompts, TokenSet
+from orchestrator.batches import Batch, batches
+from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
@@ -82,17 +83,6 @@ def fp8_quant_config(
     return {"quant_cfg": cfg, "algorithm": recipe.get("algorithm", "max")}
 
 
-def _batches(tokens: TokenSet, device: str, per_forward: int = 1) -> list[torch.Tensor]:
-    """The token batches, ``per_forward`` of them stacked along the batch axis per tensor."""
-    arr = tokens.tokens
-    return [
-        torch.as_tensor(
-            arr[i : i + per_forward].reshape(-1, arr.shape[-1]), dtype=torch.long, device=device
-        )
-        for i in range(0, len(arr), per_forward)
-    ]
-
-
 def stack_size(tokens: TokenSet) -> int:
     """How many of the set's batches go into one forward pass (about FORWARD_TOKENS tokens)."""
     _, batch_size, seq_len = tokens.tokens.shape
@@ -128,14 +118,14 @@ def quantize_plan(
     """
     import modelopt.torch.quantization as mtq
 
-    batches = _batches(calib, device, per_forward)
+    calib_batches = batches(calib, device, per_forward)
 
     def forward_loop(m: nn.Module) -> None:  # the decoder alone: lm_head is never quantized
         t0 = time.perf_counter()
         body = lm_parts(m)[0]
         with torch.no_grad():
-            for b in batches:
-                body(input_ids=b, use_cache=False)
+            for b in calib_batches:
+                body(**b.inputs, use_cache=False)
         sync(device)
         if timings is not None:
             timings["calibration_seconds"] = time.perf_counter() - t0
@@ -168,7 +158,6 @@ class Evaluator:
         fp8_recipe: str,
         device: str,
         reference_cache_bytes: int = 8 << 30,
-        images: ImagePrompts | None = None,
     ) -> None:
         self.device = device
         self.fp8_recipe = fp8_recipe
@@ -182,7 +171,7 @@ class Evaluator:
         self.setup_seconds = time.perf_counter() - t0 - self.calibration_seconds
         self.quantizers = module_quantizers(self.model, self.eligible)
         self.body, self.head = lm_parts(self.model)
-        self.eval_batches = _batches(eval_set, device, stack_size(eval_set))
+        self.eval_batches = batches(eval_set, device, stack_size(eval_set))
         self._set_enabled(())
         width = int(self.model.config.get_text_config().hidden_size)
         itemsize = torch.finfo(next(self.model.parameters()).dtype).bits // 8
@@ -190,12 +179,6 @@ class Evaluator:
         t0 = time.perf_counter()
         if eval_set.num_tokens * width * itemsize <= reference_cache_bytes:
             self._reference = [self._hidden(b) for b in self.eval_batches]
-        self.images = images
-        self._image_reference = (
-            [self._image_logprobs(i) for i in range(len(images.input_ids))]
-            if images is not None
-            else []
-        )
         sync(device)
         self.reference_seconds = time.perf_counter() - t0
 
@@ -209,8 +192,8 @@ class Evaluator:
                 q.enable() if name in on else q.disable()
 
     @torch.no_grad()
-    def _hidden(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.body(input_ids=batch, use_cache=False)[0]
+    def _hidden(self, batch: Batch) -> torch.Tensor:
+        return self.body(**batch.inputs, use_cache=False)[0]
 
     def _reference_hidden(self, i: int, fp8_modules: Sequence[str]) -> torch.Tensor:
         if self._reference is not None:
@@ -221,97 +204,101 @@ class Evaluator:
         return ref
 
     @torch.no_grad()
-    def _image_logprobs(self, i: int) -> torch.Tensor:
-        """Log-probabilities of the answer tokens of image prompt ``i``, through the vision tower."""
-        assert self.images is not None
-        img = self.images
-        ids = torch.as_tensor(img.input_ids[i : i + 1], device=self.device)
-        dtype = next(self.model.parameters()).dtype
-        pixels = torch.as_tensor(img.pixel_values[i], device=self.device).to(dtype)
-        grid = torch.tensor([img.grid_thw], device=self.device)
-        out = self.model(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, use_cache=False)
-        return torch.log_softmax(out.logits[0, img.answer_start - 1 : -1].float(), dim=-1)
-
-    def _image_metrics(self) -> dict[str, float]:
-        """KL and top-1 agreement on the answer tokens of the image prompts (plan enabled)."""
-        kl = agree = 0.0
-        count = 0
-        for i, ref in enumerate(self._image_reference):
-            q = self._image_logprobs(i)
-            kl += float((ref.exp() * (ref - q)).sum())
-            agree += float((ref.argmax(-1) == q.argmax(-1)).sum())
-            count += ref.shape[0]
-        return {"image_kl_mean": kl / count, "image_top1_agreement": agree / count}
-
-    @torch.no_grad()
     def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, Any]:
-        """KL, top-1 agreement and NLL of the plan against the unquantized model, overall and per
-        evaluation sequence (``per_sequence``: summed KL, agreements and scored tokens of each, in
-        the evaluation set's order: what error bars and paired comparisons are computed from).
+        """KL, top-1 agreement and NLL of the plan against the unquantized model on the target
+        tokens: overall; per modality (``text_*``, ``image_*``) when the set has image+text rows;
+        and per evaluation sequence (``per_sequence``: summed KL, agreements and target tokens of
+        each, in the evaluation set's order, and the same per modality under ``text_`` and
+        ``image_``: what error bars and paired comparisons are computed from).
 
         Sums stay on the device until the end: one synchronisation per plan.
         """
         t0 = time.perf_counter()
-        rows = sum(b.shape[0] for b in self.eval_batches)
+        rows = sum(len(b.positions) for b in self.eval_batches)
         sums = torch.zeros(rows, 4, dtype=torch.float64, device=self.device)
-        count = 0
         self._set_enabled(fp8_modules)
         try:
             offset = 0
             for i, batch in enumerate(self.eval_batches):
                 q = self._hidden(batch)
                 ref = self._reference_hidden(i, fp8_modules)
-                accumulate_metrics(sums[offset : offset + batch.shape[0]], ref, q, batch, self.head)
-                offset += batch.shape[0]
-                count += batch.shape[0] * (batch.shape[1] - 1)
-            image = self._image_metrics() if self._image_reference else {}
+                n = len(batch.positions)
+                accumulate_metrics(sums[offset : offset + n], ref, q, batch, self.head)
+                offset += n
         finally:
             self._set_enabled(())
         per_seq = sums.cpu()
-        kl, agree, nll_q, nll_ref = per_seq.sum(dim=0).tolist()
-        metrics: dict[str, Any] = {
-            "kl_mean": kl / count,
-            "top1_agreement": agree / count,
-            "nll": nll_q / count,
-            "nll_ref": nll_ref / count,
-            "nll_delta": (nll_q - nll_ref) / count,
-            "eval_tokens": float(count),
-            "eval_sequences": float(rows),
-            "eval_seconds": time.perf_counter() - t0,
-        }
+        tokens = [float(p.stop - p.start) for b in self.eval_batches for p in b.positions]
+        image = [img for b in self.eval_batches for img in b.image_rows]
+        metrics: dict[str, Any] = summarize(per_seq.sum(dim=0).tolist(), sum(tokens))
+        metrics["eval_sequences"] = float(rows)
         metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
         metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
-        metrics.update(image)
-        metrics.update(peak_memory(self.device))
-        tokens = float(self.eval_batches[0].shape[1] - 1)
-        metrics["per_sequence"] = {
+        per_sequence = {
             "kl": per_seq[:, 0].tolist(),
             "agree": per_seq[:, 1].tolist(),
-            "tokens": [tokens] * rows,
+            "tokens": tokens,
         }
+        if any(image):
+            for name, keep in (("text", [not x for x in image]), ("image", image)):
+                if not any(keep):
+                    continue
+                part, n = (
+                    per_seq[torch.tensor(keep)],
+                    [t for t, k in zip(tokens, keep, strict=True) if k],
+                )
+                metrics.update(
+                    {
+                        f"{name}_{k}": v
+                        for k, v in summarize(part.sum(dim=0).tolist(), sum(n)).items()
+                    }
+                )
+                metrics[f"{name}_eval_sequences"] = float(len(n))
+                per_sequence.update(
+                    {f"{name}_kl": part[:, 0].tolist(), f"{name}_agree": part[:, 1].tolist()}
+                )
+                per_sequence[f"{name}_tokens"] = n
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics.update(peak_memory(self.device))
+        metrics["per_sequence"] = per_sequence
         return metrics
+
+
+def summarize(sums: Sequence[float], count: float) -> dict[str, float]:
+    """Means per target token of (KL, agreements, NLL of the plan, NLL of BF16) sums."""
+    kl, agree, nll_q, nll_ref = sums
+    return {
+        "kl_mean": kl / count,
+        "top1_agreement": agree / count,
+        "nll": nll_q / count,
+        "nll_ref": nll_ref / count,
+        "nll_delta": (nll_q - nll_ref) / count,
+        "eval_tokens": float(count),
+    }
 
 
 def accumulate_metrics(
     sums: torch.Tensor,
     ref_hidden: torch.Tensor,
     q_hidden: torch.Tensor,
-    batch: torch.Tensor,
+    batch: Batch,
     head: nn.Module,
 ) -> None:
-    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's next-token
-    positions to its row of ``sums`` (one row of 4 per sequence of ``batch``).
+    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's target tokens to
+    its row of ``sums`` (one row of 4 per sequence of ``batch``).
 
     Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
-    logits, so the float32 temporaries stay small next to the model. The last position predicts
-    nothing and is skipped.
+    logits, so the float32 temporaries stay small next to the model. Only the positions that
+    predict a target count: never padding, never a prompt, never a row's last position.
     """
-    for b in range(batch.shape[0]):
-        targets = batch[b, 1:].unsqueeze(-1)
+    ids = batch.input_ids
+    for b, pos in enumerate(batch.positions):
+        targets = ids[b, 1:][pos].unsqueeze(-1)
+        ref_b, q_b = ref_hidden[b, :-1][pos], q_hidden[b, :-1][pos]
         for s in range(0, targets.shape[0], _METRIC_ROWS):
             e = min(s + _METRIC_ROWS, targets.shape[0])
-            lr = torch.log_softmax(head(ref_hidden[b, s:e]).float(), dim=-1)
-            lq = torch.log_softmax(head(q_hidden[b, s:e]).float(), dim=-1)
+            lr = torch.log_softmax(head(ref_b[s:e]).float(), dim=-1)
+            lq = torch.log_softmax(head(q_b[s:e]).float(), dim=-1)
             agree = (lr.argmax(-1) == lq.argmax(-1)).sum()
             nll_q = -lq.gather(-1, targets[s:e]).sum()
             nll_ref = -lr.gather(-1, targets[s:e]).sum()

@@ -151,7 +151,6 @@ class Worker:
             fp8_recipe,
             self.device,
             reference_cache_bytes,
-            data.images,
         )
         self._evaluator, self._key = ev, key
         return {

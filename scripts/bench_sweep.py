@@ -264,7 +264,7 @@ def _forwards(fn: Any, batches: list[Any], head: Any = None) -> None:
     from orchestrator.trial import _METRIC_ROWS
 
     for b in batches:
-        out = fn(input_ids=b, use_cache=False)[0]
+        out = fn(**b.inputs, use_cache=False)[0]
         if head is not None:
             for row in out.reshape(-1, out.shape[-1]).split(_METRIC_ROWS):
                 head(row)
@@ -279,7 +279,7 @@ def _forward_rate(
     with torch.no_grad():
         _forwards(fn, batches[:1], head)
         times = [timed(_forwards, fn, batches, head)[1] for _ in range(repeats)]
-    tokens = sum(b.numel() for b in batches)
+    tokens = sum(b.input_ids.numel() for b in batches)
     med = statistics.median(times)
     return {
         "seconds": med,
@@ -302,6 +302,7 @@ def _probe_plans(model: Any, profile: Any) -> dict[str, list[str]]:
 
 def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator import trial
+    from orchestrator.batches import batches as make_batches
     from orchestrator.profiles import load_model
 
     cfg, data = load_setup(args, 8)
@@ -319,9 +320,9 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     body, head = trial.lm_parts(model)
     stack = trial.stack_size(data.eval)
     out["bf16"] = {
-        "model_x1": _forward_rate(model, trial._batches(data.eval, dev, 1)),
+        "model_x1": _forward_rate(model, make_batches(data.eval, dev, 1)),
         f"decoder_x{stack}_sliced_head": _forward_rate(
-            body, trial._batches(data.eval, dev, stack), head
+            body, make_batches(data.eval, dev, stack), head
         ),
     }
     plans = _probe_plans(model, profile)
@@ -373,13 +374,14 @@ def _fake_quant_variants(ev: Any, full: list[str], data: Any, dev: str) -> dict[
     import modelopt.torch.quantization as mtq
 
     from orchestrator import trial
+    from orchestrator.batches import batches as make_batches
 
     out: dict[str, Any] = {}
     stack = trial.stack_size(data.eval)
-    stacked = trial._batches(data.eval, dev, stack)
+    stacked = make_batches(data.eval, dev, stack)
     ev._set_enabled(full)
     try:
-        out["model_x1"] = _forward_rate(ev.model, trial._batches(data.eval, dev, 1))
+        out["model_x1"] = _forward_rate(ev.model, make_batches(data.eval, dev, 1))
         out[f"decoder_x{stack}_sliced_head"] = _forward_rate(ev.body, stacked, ev.head)
         for qs in ev.quantizers.values():
             qs[0].disable()  # the weight quantizer; inputs stay quantized
@@ -437,11 +439,11 @@ def _recalibrate(
         count = 0
         with torch.no_grad():
             for i, batch in enumerate(ev.eval_batches):
-                q = body(input_ids=batch, use_cache=False)[0]
-                part = sums.new_zeros(batch.shape[0], 4)  # one row per sequence
+                q = body(**batch.inputs, use_cache=False)[0]
+                part = sums.new_zeros(len(batch.positions), 4)  # one row per sequence
                 trial.accumulate_metrics(part, ev._reference[i], q, batch, head)
                 sums += part.sum(dim=0)
-                count += batch.shape[0] * (batch.shape[1] - 1)
+                count += sum(batch.counts())
         kl = sums[0].item() / count
         eval_s = time.perf_counter() - t0
         resident = trial.module_quantizers(ev.model, plans[name])
@@ -476,6 +478,7 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from orchestrator import trial
+    from orchestrator.batches import batches as make_batches
     from orchestrator.profiles import load_model
     from orchestrator.scoring import ScoringSetup, run_auto_quantize
 
@@ -491,10 +494,10 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
         _, kernel_s = timed(extensions.get_cuda_ext_fp8, raise_if_failed=True)
     trial.peak_memory(dev)
     (model, profile), load_s = timed(load_model, cfg.model.source, dev)
-    batches = trial._batches(data.eval, dev, trial.stack_size(data.eval))
+    batches = make_batches(data.eval, dev, trial.stack_size(data.eval))
     body, head = trial.lm_parts(model)
     with torch.no_grad():
-        refs, ref_s = timed(lambda: [body(input_ids=b, use_cache=False)[0] for b in batches])
+        refs, ref_s = timed(lambda: [body(**b.inputs, use_cache=False)[0] for b in batches])
     setup = ScoringSetup(
         cfg.model.source,
         None,
@@ -511,10 +514,10 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
     count = 0
     with torch.no_grad():
         for b, r in zip(batches, refs, strict=True):
-            part = sums.new_zeros(b.shape[0], 4)  # one row per sequence
-            trial.accumulate_metrics(part, r, body(input_ids=b, use_cache=False)[0], b, head)
+            part = sums.new_zeros(len(b.positions), 4)  # one row per sequence
+            trial.accumulate_metrics(part, r, body(**b.inputs, use_cache=False)[0], b, head)
             sums += part.sum(dim=0)
-            count += b.shape[0] * (b.shape[1] - 1)
+            count += sum(b.counts())
     kl = sums[0].item() / count
     eval_s = time.perf_counter() - t0
     best = dict(state.get("best") or {})

@@ -3,9 +3,12 @@ Ray, MLflow or model work, and writes nothing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
+from tests.conftest import ROOT
 from tests.e2e.test_sweep import sweep
 
 pytestmark = pytest.mark.e2e
@@ -80,9 +83,57 @@ def test_unreadable_data_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_image_prompts_need_windows_long_enough(tmp_path):
-    proc = sweep(tmp_path / "out", "--set", "data.image_prompts=2", "--set", "data.seq_len=16")
-    assert (
-        proc.returncode == 2
-        and "data.seq_len=16: image prompts need at least 24 tokens" in proc.stderr
-    )
+IMAGES = ROOT / "data" / "images"
+
+
+def _records(tmp_path, rows):
+    f = tmp_path / "records.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def _text_only_model(tmp_path):
+    folder = tmp_path / "qwen2-text"
+    folder.mkdir()
+    doc = {"model_type": "qwen2", "vocab_size": 4096, "max_position_embeddings": 512}
+    (folder / "config.json").write_text(json.dumps(doc))
+    return folder
+
+
+OK = {"image": str(IMAGES / "chelsea.jpg"), "prompt": "What animal is shown?", "answer": "A cat."}
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "record 2: image '{tmp}/nope.jpg' not found"),
+        ("unreadable", "record 2: image is not a readable picture"),
+        ("no_prompt", "record 2: no 'prompt' text (data.prompt_field)"),
+        ("no_answer", "record 2: no 'answer' text (data.answer_field)"),
+        ("too_long", "data.seq_len=64: data.image_source="),
+        ("no_vision", "model '{tmp}/qwen2-text' has no vision tower"),
+        ("no_column", "data.image_field='picture': data.image_source="),
+    ],
+)
+def test_bad_image_data_exits_2_naming_field_and_record(tmp_path, case, needle):
+    (tmp_path / "bad.jpg").write_bytes(b"not a picture")
+    second = {
+        "missing": {**OK, "image": "nope.jpg"},
+        "unreadable": {**OK, "image": "bad.jpg"},
+        "no_prompt": {**OK, "prompt": ""},
+        "no_answer": {k: v for k, v in OK.items() if k != "answer"},
+    }.get(case, OK)
+    records = _records(tmp_path, [OK, second])
+    args = ["--set", f"data.image_source={records}", "--set", "data.seq_len=160"]
+    if case == "too_long":
+        args += ["--set", "data.seq_len=64"]
+    if case == "no_vision":
+        args += ["--set", f"model.source={_text_only_model(tmp_path)}"]
+    if case == "no_column":
+        args += ["--set", "data.image_field=picture"]
+    out = tmp_path / "out"
+    proc = sweep(out, *args)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle.format(tmp=tmp_path) in lines[0], proc.stderr
+    assert not out.exists()

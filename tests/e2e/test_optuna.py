@@ -30,13 +30,15 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
         "--set",
         "controls.enabled=false",
         "--set",
-        "data.image_prompts=2",
+        "search.strategies=[solve]",  # 3 x 2 seeding points
+        "--config",
+        "search_spaces/demo_multimodal.yaml",  # image+text rows mixed with text
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pq.read_table(out / "trials.parquet").to_pylist()
     seeds = int(re.search(r"6 grid point\(s\) -> (\d+) distinct plan", proc.stdout).group(1))
     assert len(rows) == seeds + 3  # the de-duplicated seeding grid, then 3 sampled points
     assert all(r["status"] == "FINISHED" and math.isfinite(r["kl_mean"]) for r in rows)
-    assert all(math.isfinite(r["image_kl_mean"]) for r in rows)  # image prompts went through
+    assert all(math.isfinite(r["image_kl_mean"]) for r in rows)  # image rows went through
     sampled = {round(r["effective_bits"], 6) for r in rows} - {8.0, 12.0, 14.0}
     assert sampled and all(8 <= b <= 14 for b in sampled)

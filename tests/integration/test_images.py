@@ -1,40 +1,161 @@
-"""Image+text prompts: the multimodal path through the BF16 vision tower, on the tiny preset."""
+"""Real photographs (data/images) through the reference preset's image processor and chat template,
+mixed with WikiText-2 rows, calibrated, measured on answer tokens; the vision tower stays BF16."""
+
+from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from orchestrator.data import synthetic_image_prompts
-from orchestrator.planning import make_plan
-from orchestrator.profiles import load_model, resolve_config
-from orchestrator.trial import Evaluator
+from orchestrator.batches import batches
+from orchestrator.config import load_config
+from orchestrator.data import TokenSet
+from orchestrator.profiles import load_model
+from orchestrator.sweep import absolute_paths, build_data
+from orchestrator.trainable import error_bars
+from orchestrator.trial import Evaluator, accumulate_metrics, summarize
 
 pytestmark = pytest.mark.integration
 
+SETTINGS = [
+    "model.source=wikitext-qwen2.5-vl",
+    "data.source=data/wikitext-2/test.txt",
+    "data.image_source=data/images/records.jsonl",
+    "data.image_fraction=0.5",
+    "data.seq_len=160",
+    "data.batch_size=4",
+    "data.calib_batches=1",
+    "data.score_batches=1",
+    "data.eval_batches=1",
+    "scoring.num_calib_steps=1",
+    "scoring.num_score_steps=1",
+]
 
-def test_image_prompts_measure_answer_tokens_through_the_vision_tower(tiny_data, score_tables):
-    hf = resolve_config("tiny-qwen2.5-vl")
-    ids = (hf.image_token_id, hf.vision_start_token_id, hf.vision_end_token_id)
-    images = synthetic_image_prompts(2, tiny_data.eval, hf.vision_config, ids, seed=0)
-    assert images.input_ids.shape == (2, 8 + 6 + 16) and images.answer_start == 14
-    assert (images.input_ids[:, 9:13] == hf.image_token_id).all()
-    model, profile = load_model("tiny-qwen2.5-vl")
-    ev = Evaluator(
-        model, profile, tiny_data.calib, tiny_data.eval, "FP8_DEFAULT_CFG", "cpu", images=images
-    )
-    assert ev.evaluate(())["image_kl_mean"] == pytest.approx(0.0, abs=1e-9)
-    full = ev.evaluate(make_plan(score_tables["kl_div"][0], 8, 1.0).fp8_modules)
-    assert full["image_kl_mean"] > 0 and 0 <= full["image_top1_agreement"] <= 1
-    visual_on = [
-        n
-        for n, m in ev.model.named_modules()
-        if "visual" in n and n.endswith("_quantizer") and m.is_enabled
-    ]
-    assert visual_on == []
-    ev.images = replace(images, pixel_values=-images.pixel_values)  # another image ...
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data(absolute_paths(load_config(None, SETTINGS)))
+
+
+@pytest.fixture(scope="module")
+def evaluator(data):
+    model, profile = load_model("wikitext-qwen2.5-vl")
+    return Evaluator(model, profile, data.calib, data.eval, "FP8_DEFAULT_CFG", "cpu")
+
+
+def test_records_go_through_the_processor_as_chat_prompts(data):
+    ev = data.eval
+    assert ev.image_rows.tolist() == [[True, False, True, False]]
+    grids = np.concatenate(ev.grids + data.calib.grids)
+    vision_tokens = {int(g.prod()) // 4 for g in grids}  # merge 2 x 2
+    assert len(vision_tokens) > 1  # photos of other sizes give other numbers of vision tokens
+    row = ev.tokens[0, 0][ev.attention[0, 0]]
+    assert (row == 3).sum() == int(ev.grids[0][0].prod()) // 4  # <|image_pad|> per vision token
+    assert row[:10].tolist() == [32, 96, 352, 67, 314, 446, 96, 34, 346, 269]  # "<|im_start|>user"
+    assert ev.targets[0, 1].sum() == 159 and not ev.targets[0, 1, 0]  # a text row: all but first
+    assert not ev.targets[0, 0][~ev.attention[0, 0]].any()  # no padding is a target
+    assert ev.pixels[0].shape == (int(sum(g.prod() for g in ev.grids[0])), 1176)
+
+
+def test_hashes_cover_image_bytes_and_processor_settings(data):
+    again = build_data(absolute_paths(load_config(None, SETTINGS)))
+    assert again.hashes() == data.hashes()
+    e = data.eval
+    assert replace(e, image_shas=("0" * 64, *e.image_shas[1:])).hash != e.hash
+    assert replace(e, settings="other").hash != e.hash
+    text = build_data(absolute_paths(load_config(None, [*SETTINGS[:2], *SETTINGS[4:]])))
+    assert text.eval.image_rows is None and text.eval.hash != e.hash
+
+
+def test_all_bf16_is_exact_full_fp8_is_not_and_the_vision_tower_stays_bf16(evaluator):
+    ev = evaluator
+    bf16 = ev.evaluate(())
+    assert bf16["kl_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert bf16["image_kl_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert bf16["image_nll_delta"] == pytest.approx(0.0, abs=1e-9)
+    full = ev.evaluate(ev.eligible)
+    assert full["image_kl_mean"] > 0 and full["text_kl_mean"] > 0
+    assert 0 <= full["image_top1_agreement"] <= 1
+    answer_tokens = ev.eval_batches[0].counts()[1]
+    assert full["image_eval_tokens"] >= answer_tokens > 0
+    assert full["eval_tokens"] == full["text_eval_tokens"] + full["image_eval_tokens"]
+    bars = error_bars(full["per_sequence"], seed=0)
+    for name in ("kl", "image_kl", "text_kl"):
+        assert bars[f"{name}_ci_low"] <= full[f"{name}_mean"] <= bars[f"{name}_ci_high"], name
+    ev._set_enabled(ev.eligible)
     try:
-        other = ev._image_logprobs(0)
+        visual_on = [
+            n
+            for n, m in ev.model.named_modules()
+            if "visual" in n and n.endswith("_quantizer") and m.is_enabled
+        ]
     finally:
-        ev.images = images
-    assert not torch.allclose(other, ev._image_reference[0])  # ... changes the answer
+        ev._set_enabled(())
+    assert visual_on == [] and any("visual" in n for n, _ in ev.model.named_modules())
+
+
+def test_another_image_changes_the_answer_logits(evaluator):
+    ev = evaluator
+    batch = ev.eval_batches[0]
+    other = {**batch.inputs, "pixel_values": batch.inputs["pixel_values"].flip(0)}
+    answer = batch.positions[0]
+    same, changed = ev._hidden(batch), ev._hidden(replace(batch, inputs=other))
+    assert not torch.allclose(same[0, answer], changed[0, answer], atol=1e-4)
+    text_row = batch.positions[1]  # a text row of the same batch does not see the image
+    assert torch.allclose(same[1, text_row], changed[1, text_row])
+
+
+def _alone(s: TokenSet) -> list[TokenSet]:
+    """Each row of ``s`` as a set of its own, cut to its real tokens: no padding anywhere."""
+    out = []
+    for i in range(s.tokens.shape[0]):
+        first = 0
+        for r in range(s.tokens.shape[1]):
+            n = int(s.attention[i, r].sum())
+            image = bool(s.image_rows[i, r])
+            patches = int(s.grids[i][first].prod()) if image else 0
+            start = int(sum(g.prod() for g in s.grids[i][:first]))
+            out.append(
+                replace(
+                    s,
+                    tokens=s.tokens[i : i + 1, r : r + 1, :n],
+                    attention=s.attention[i : i + 1, r : r + 1, :n],
+                    targets=s.targets[i : i + 1, r : r + 1, :n],
+                    image_rows=s.image_rows[i : i + 1, r : r + 1],
+                    pixels=(s.pixels[i][start : start + patches],),
+                    grids=(s.grids[i][first : first + int(image)],),
+                )
+            )
+            first += int(image)
+    return out
+
+
+@torch.no_grad()
+def test_padded_mixed_batches_measure_what_rows_alone_measure(evaluator, data):
+    ev = evaluator
+    plan = ev.eligible
+    batched = ev.evaluate(plan)
+    sums = torch.zeros(2, 4, dtype=torch.float64)
+    counts = [0, 0]
+    for row in _alone(data.eval):
+        (b,) = batches(row, "cpu")
+        ref = ev._hidden(b)
+        ev._set_enabled(plan)
+        try:
+            q = ev._hidden(b)
+        finally:
+            ev._set_enabled(())
+        one = torch.zeros(1, 4, dtype=torch.float64)
+        accumulate_metrics(one, ref, q, b, ev.head)
+        sums[int(b.image_rows[0])] += one[0]
+        counts = [a + c for a, c in zip(counts, b.counts(), strict=True)]
+    image = summarize(sums[1].tolist(), counts[1])
+    text = summarize(sums[0].tolist(), counts[0])
+    assert counts[1] == batched["image_eval_tokens"] and counts[0] == batched["text_eval_tokens"]
+    per = batched["per_sequence"]
+    assert len(per["image_kl"]) == 2 and sum(per["image_tokens"]) == counts[1]
+    for name, alone in (("image", image), ("text", text)):
+        for k in ("kl_mean", "nll_delta", "top1_agreement"):
+            assert batched[f"{name}_{k}"] == pytest.approx(alone[k], rel=1e-3, abs=1e-6), (name, k)

@@ -1,0 +1,85 @@
+"""How image+text rows mix into the three sets: evenly spread, disjoint, masked. No model: numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from orchestrator.config import DataConfig
+from orchestrator.data import DataError, ImageSamples, build_datasets, byte_tokenizer, image_places
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass(frozen=True)
+class FakeSample:
+    ids: np.ndarray
+    answer_start: int
+    pixels: np.ndarray
+    grid: np.ndarray
+    image_sha: str
+
+
+def _samples(n: int) -> list[FakeSample]:
+    """Record i: 5 + i % 3 prompt tokens of value 300 + i, then 3 answer tokens, 4 patches."""
+    out = []
+    for i in range(n):
+        ids = np.array([300 + i] * (5 + i % 3) + [7, 8, 9], dtype=np.int64)
+        pixels = np.full((4, 6), float(i), dtype=np.float32)
+        out.append(FakeSample(ids, len(ids) - 3, pixels, np.array([1, 2, 2]), f"sha{i}"))
+    return out
+
+
+def _cfg(tmp_path, **kw) -> DataConfig:
+    f = tmp_path / "text.txt"
+    f.write_text("".join(chr(97 + i % 26) for i in range(4000)))
+    base = dict(source=str(f), seq_len=16, batch_size=4, calib_batches=1, score_batches=2)
+    return DataConfig(**{**base, "eval_batches": 2, **kw})
+
+
+@pytest.mark.parametrize("rows,fraction,want", [(4, 0.5, 2), (8, 0.25, 2), (4, 1.0, 4), (4, 0, 0)])
+def test_image_places_are_evenly_spread(rows, fraction, want):
+    placed = image_places(rows, fraction)
+    assert placed.sum() == want
+    if 0 < want < rows:
+        gaps = np.diff(np.flatnonzero(placed))
+        assert gaps.max() - gaps.min() <= 1
+
+
+def test_mixed_sets_take_records_front_and_back_and_mask_padding(tmp_path):
+    cfg = _cfg(tmp_path)
+    images = ImageSamples(_samples(12), 0.5, "records.jsonl", 0, "settings")
+    data = build_datasets(cfg, 512, byte_tokenizer(512), 0, images)
+    firsts = {
+        s.name: [int(s.tokens[b, r, 0]) for b, r in zip(*np.nonzero(s.image_rows), strict=True)]
+        for s in (data.calib, data.score, data.eval)
+    }
+    assert firsts == {
+        "calib": [300, 301],
+        "score": [302, 303, 304, 305],
+        "eval": [308, 309, 310, 311],  # from the back: never calibrated or scored on
+    }
+    ev = data.eval
+    assert ev.image_rows.tolist() == [[True, False, True, False]] * 2
+    row = ev.tokens[0, 0]
+    n = int(ev.attention[0, 0].sum())
+    assert row[n - 3 : n].tolist() == [7, 8, 9] and not row[n:].any()  # answer, then padding
+    assert np.flatnonzero(ev.targets[0, 0]).tolist() == [n - 3, n - 2, n - 1]
+    assert ev.targets[0, 1].sum() == 15 and ev.attention[0, 1].all()  # a text window
+    assert [p[:, 0].tolist() for p in ev.pixels] == [[8.0] * 4 + [9.0] * 4, [10.0] * 4 + [11.0] * 4]
+    assert ev.image_shas == ("sha8", "sha9", "sha10", "sha11")
+
+
+def test_text_only_sets_keep_their_shape_and_hash(tmp_path):
+    cfg = _cfg(tmp_path)
+    data = build_datasets(cfg, 512, byte_tokenizer(512), 0)
+    assert data.eval.image_rows is None and data.eval.tokens.shape == (2, 4, 16)
+    assert data.calib.tokens[0, 0].tolist() == list(range(97, 113))
+
+
+def test_too_few_records_names_the_knob(tmp_path):
+    images = ImageSamples(_samples(9), 0.5, "records.jsonl", 0, "settings")
+    with pytest.raises(DataError, match="data.image_fraction=0.5: 'records.jsonl' holds 9"):
+        build_datasets(_cfg(tmp_path), 512, byte_tokenizer(512), 0, images)
