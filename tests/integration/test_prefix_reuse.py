@@ -14,11 +14,9 @@ import torch
 
 from orchestrator.config import DataConfig, load_config
 from orchestrator.data import (
-    TokenSet,
     build_datasets,
     hf_tokenizer,
     read_text,
-    synthetic_image_prompts,
 )
 from orchestrator.planning import make_plan
 from orchestrator.profiles import load_model, resolve_source
@@ -123,14 +121,30 @@ def _family(kind):
 
 
 def _image_batch(model):
-    """One image+text prompt as the model's inputs (the vision tower runs in the full forward)."""
-    text = TokenSet("t", np.random.default_rng(0).integers(6, 512, (1, 1, 32)), "synthetic")
-    img = synthetic_image_prompts(1, text, model.config.vision_config, (2, 4, 5), seed=0)
-    ids = torch.as_tensor(img.input_ids)
+    """One image+text prompt as the model's inputs (the vision tower runs in the full forward):
+    8 text tokens, a seeded random 56x56 image (4x4 patches of 14 px, merged 2x2 into 4 image
+    tokens) and 16 answer tokens. Hand-built patches are fine here: the test compares two ways of
+    running the same inputs, not what a processor makes of a photograph."""
+    vision = model.config.vision_config
+    merge = int(getattr(vision, "spatial_merge_size", 2))
+    grid = (1, 2 * merge, 2 * merge)
+    patches = grid[0] * grid[1] * grid[2]
+    patch_dim = (
+        int(getattr(vision, "in_channels", 3))
+        * int(getattr(vision, "temporal_patch_size", 2))
+        * int(getattr(vision, "patch_size", 14)) ** 2
+    )
+    rng = np.random.default_rng(0)
+    text = rng.integers(6, 512, 24)
+    image = [IDS["vision_start_token_id"]] + [IDS["image_token_id"]] * (patches // merge**2)
+    image += [IDS["vision_end_token_id"]]
+    ids = torch.as_tensor(np.concatenate([text[:8], image, text[8:]])[None], dtype=torch.long)
     return {
         "input_ids": ids,
-        "pixel_values": torch.as_tensor(img.pixel_values[0]),
-        "image_grid_thw": torch.tensor([img.grid_thw]),
+        "pixel_values": torch.as_tensor(
+            rng.standard_normal((patches, patch_dim)), dtype=torch.float32
+        ),
+        "image_grid_thw": torch.tensor([grid]),
         "mm_token_type_ids": (ids == IDS["image_token_id"]).int(),
     }
 
