@@ -132,12 +132,18 @@ class ReuseCounts(logging.Handler):
 
 
 def run_variant(model: Any, profile: Any, data: Any, setup: Any, device: str) -> dict[str, Any]:
+    import torch
+
     from orchestrator.scoring import run_auto_quantize, state_to_json
     from orchestrator.trial import sync
 
     timer, counts = PhaseTimer(), ReuseCounts()
     logging.getLogger("orchestrator.scoring_forward").addHandler(counts)
+    cuda = device.startswith("cuda")
     sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     t0, c0 = time.perf_counter(), time.process_time()
     state = state_to_json(run_auto_quantize(model, profile, data, setup, device))
     sync(device)
@@ -145,7 +151,10 @@ def run_variant(model: Any, profile: Any, data: Any, setup: Any, device: str) ->
     timer.close()
     logging.getLogger("orchestrator.scoring_forward").removeHandler(counts)
     scores = {k: v["scores"] for k, v in state["candidate_stats"].items()}
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
     return {
+        "peak_allocated_gib": peak / 2**30 if cuda else None,
+        "peak_above_start_gib": (peak - base) / 2**30 if cuda else None,
         "total_s": wall,
         "total_cpu_s": cpu,
         "phases_s": {**timer.wall, "other": wall - sum(timer.wall.values())},
@@ -203,6 +212,9 @@ def main() -> None:
     for n in groups:
         per_block[int(n.split(".layers.")[1].split(".")[0])] += 1
     full, reuse = runs["full"], runs["reuse"]
+    # What the reuse path keeps per batch: one block input per decoder block (scoring_forward).
+    dtype_bytes = next(pristine.parameters()).element_size()
+    block_inputs = args.batch_size * args.seq_len * int(text.hidden_size) * dtype_bytes * layers
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {
@@ -213,6 +225,7 @@ def main() -> None:
             "load_avg_1m_at_start": load_start,
             "load_avg_1m_at_end": _load_avg(),
         },
+        "versions": _versions(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": {"source": args.preset or "random", "layers": layers, "groups": len(groups)},
         "scores_bitwise_equal": full["scores"] == reuse["scores"],
@@ -221,11 +234,19 @@ def main() -> None:
         "ratio_total_cpu": full["total_cpu_s"] / reuse["total_cpu_s"],
         "ratio_scoring_cpu": full["phases_cpu_s"]["scoring"] / reuse["phases_cpu_s"]["scoring"],
         "ideal_ratio_scoring": ideal_ratio(layers, per_block),
+        "recorded_block_inputs_gib": block_inputs / 2**30,
         "runs": {k: {x: v for x, v in r.items() if x != "scores"} for k, r in runs.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=2))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ("torch", "transformers", "nvidia-modelopt")
+    return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
 def _load_avg() -> float | None:
