@@ -185,3 +185,21 @@ def test_sigterm_releases_the_folder(tmp_path):
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     (record,) = _records(out).values()
     assert record["pid"] == proc.pid and record["released"]
+
+
+def test_export_reads_a_running_sweeps_folder_says_so_and_writes_nothing_there(tmp_path, capsys):
+    from orchestrator import export
+
+    out = tmp_path / "out"
+    handlers, level = logging.root.handlers[:], logging.root.level  # export sets up logging
+    with acquire(out):  # this process stands in for the running sweep
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        try:
+            code = export.main(["--output", str(out), "--scheme", "x", "--dest", str(tmp_path)])
+        finally:
+            logging.root.handlers, logging.root.level = handlers, level
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    captured = capsys.readouterr()
+    assert f"--output {out} is in use by the sweep started " in captured.out
+    assert "exporting the schemes.yaml it holds now" in captured.out
+    assert code == 2 and "no schemes.yaml" in captured.err  # this folder never got that far
