@@ -141,7 +141,7 @@ def _owner_records(out: Path) -> list[tuple[str, int, str, bool]]:
 
 
 def test_a_second_driver_on_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
-    grid = [*SMALL, "--set", "search.effective_bits=[8,12,15]", "--set", "search.max_concurrent=1"]
+    grid = [*SMALL, "--set", "search.effective_bits=[8,12,14]", "--set", "search.max_concurrent=1"]
     out = tmp_path / "out"
     first = start_sweep(out, *grid)  # returns once a trial has reported: sweep.json exists
     # frozen (not killed) while the others look: it is alive for certain, and writes nothing
