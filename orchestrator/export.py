@@ -12,6 +12,8 @@ plan, the sweep, the MLflow run and the library versions; the scheme's MLflow ru
 ``export.<format>`` with the folder. :mod:`orchestrator.export_check` then checks the files as
 each loader will read them; only a folder that passes is renamed into place, so a failed export
 leaves nothing behind.
+Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
+allowed; it uses the ``schemes.yaml`` there at that moment, and the log says so.
 
 ``transformers`` has no loader for the ModelOpt format (it silently drops the scales);
 :func:`load_exported` loads that folder and puts the FP8 weights and their scales back through
@@ -36,6 +38,7 @@ from orchestrator.config import ConfigError, SweepConfig, read_yaml
 from orchestrator.export_check import check_export
 from orchestrator.formats import finish_modelopt, write_compressed_tensors
 from orchestrator.outputs import read_sweep_json
+from orchestrator.ownership import in_use_line, live_owner
 
 log = logging.getLogger(__name__)
 FP8_MAX = 448.0
@@ -240,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     if args.check is not None:
         return _report(args.check, check_export(args.check))
+    owner = live_owner(args.output.resolve())
+    if owner is not None:  # export only reads --output, so it may; say what it reads
+        advice = "exporting the schemes.yaml it holds now, which the sweep may still replace"
+        log.warning("%s", in_use_line(args.output.resolve(), owner, advice))
     try:
         output = args.output.resolve()
         names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]

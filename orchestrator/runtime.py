@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import PROJECT_ROOT
+from orchestrator.ownership import process_stat
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -115,12 +116,12 @@ def process_age() -> float | None:
 
     A process that was ``exec``-ed into (a shell's last command) counts from the shell's start.
     """
+    stat = process_stat()
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return float(Path("/proc/uptime").read_text().split()[0]) - started
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+    return None if stat is None else uptime - stat[1] / os.sysconf("SC_CLK_TCK")
 
 
 def default_tracking_uri(output: Path) -> str:

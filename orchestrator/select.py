@@ -4,8 +4,11 @@ Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``c
 rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
 comparisons reuse the controls the sweep measured; a scheme that moved to another share (a new
 ``--catalog`` or ``--max-kl``) reads ``not measured`` against them until the sweep is run again. ``--max-kl`` and ``--catalog`` override
-the sweep's selection settings. Exit 0, 2 (bad input) or 3 (a name no measured point can carry;
-then nothing is rewritten).
+the sweep's selection settings. It takes the folder like a sweep driver does (``ownership.py``):
+while the folder's sweep runs, its driver owns those files, and select exits 2 naming it and
+rewrites nothing; while select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad
+input, or the sweep is running) or 3 (a name no measured point can carry; then nothing is
+rewritten).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from orchestrator.outputs import (
     read_sweep_json,
     summary_lines,
 )
+from orchestrator.ownership import OutputInUse, acquire, check_free
+
+IN_USE_ADVICE = "run select when it has finished, or stop it"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     output = args.output.resolve()
     try:
+        check_free(output, IN_USE_ADVICE)
         sweep = read_sweep_json(output)
         if sweep is None or not (output / "trials.parquet").exists():
             raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
@@ -43,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = load_catalog(args.catalog or cfg.selection.catalog)
         if args.max_kl is not None and not args.max_kl > 0:
             raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
-    except ConfigError as e:
+        owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
+    except (ConfigError, OutputInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     header = {
@@ -53,16 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parent_run_id": sweep.get("parent_run_id"),
     }
     max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
-    done = finalize(
-        output,
-        load_results(output),
-        read_score_tables(output),
-        catalog,
-        max_kl,
-        header,
-        SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
-        replace_on_error=False,
-    )
+    with owned:
+        done = finalize(
+            output,
+            load_results(output),
+            read_score_tables(output),
+            catalog,
+            max_kl,
+            header,
+            SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
+            replace_on_error=False,
+        )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return 3

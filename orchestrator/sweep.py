@@ -10,6 +10,8 @@ Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), rep
 Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
 point holds its FP8 share; the message names the budget to add); 1 anything else.
 Running the same command on the same ``--output`` resumes: finished trials are not run again.
+One driver per ``--output`` (``ownership.py``): while it runs, a second one exits 2 naming it; one
+that died is taken over.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import ownership
 from orchestrator.config import (
     PROJECT_ROOT,
     Catalog,
@@ -132,13 +135,18 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
                 "use gpus=auto or run on a GPU machine"
             )
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
+    ownership.check_free(output)  # first: a running sweep's folder is in use, whatever it holds
     previous = read_sweep_json(output)
     if previous is not None and previous.get("config_hash") != written.config_hash():
         raise ConfigError(
             f"--output {output} holds sweep {previous.get('name')!r} with config hash "
             f"{previous.get('config_hash')}, not {written.config_hash()}; use another --output"
         )
-    if output.exists() and previous is None and any(output.iterdir()):
+    if (
+        output.exists()
+        and previous is None
+        and any(p.name != ownership.OWNER_DIR for p in output.iterdir())
+    ):
         raise ConfigError(
             f"--output {output} is not empty and holds no sweep; use another --output"
         )
@@ -580,16 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         inp = check_inputs(args)
-    except (ConfigError, DataError) as e:
+        owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
+    except (ConfigError, DataError, ownership.OutputInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        return run(inp)
-    except KeyboardInterrupt:
-        return EXIT_ERROR
-    except Exception:
-        log.exception("sweep failed")
-        return EXIT_ERROR
+    with owned:
+        try:
+            return run(inp)
+        except KeyboardInterrupt:
+            return EXIT_ERROR
+        except Exception:
+            log.exception("sweep failed")
+            return EXIT_ERROR
 
 
 if __name__ == "__main__":

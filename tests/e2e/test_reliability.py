@@ -3,6 +3,7 @@ Each test is one small sweep; docs/reliability.md lists what each one proves."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -16,9 +17,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from orchestrator.ownership import OWNER_DIR
 from tests.conftest import ROOT
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
-from tests.e2e.test_sweep import sweep
+from tests.e2e.test_sweep import run_module, start_sweep, sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +118,9 @@ def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
     before = {r.info.run_id: r.info.end_time for r in _children(out, "FINISHED")}
     proc = sweep(out, *grid)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # its owner record was left behind; the pid is gone, so the rerun took over at once
+    assert f"took over --output {out} from the sweep started " in proc.stdout
+    assert f"pid {driver.pid}: pid {driver.pid} is gone" in proc.stdout
     after = _children(out)
     assert all(r.info.status == "FINISHED" for r in after)
     assert len({r.data.tags["point_key"] for r in after}) == len(after)  # no duplicate runs
@@ -127,6 +132,42 @@ def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
     assert _strip_run_ids((out / "schemes.yaml").read_text()) == _strip_run_ids(
         (clean / "schemes.yaml").read_text()
     )
+
+
+def _owner_records(out: Path) -> list[tuple[str, int, str, bool]]:
+    """(generation, pid, token, released) of each record; the heartbeat is left out: it ticks."""
+    docs = [(p.stem, json.loads(p.read_text())) for p in (out / OWNER_DIR).glob("*.json")]
+    return sorted((g, d["pid"], d["token"], d["released"]) for g, d in docs)
+
+
+def test_a_second_driver_on_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
+    grid = [*SMALL, "--set", "search.effective_bits=[8,12,14]", "--set", "search.max_concurrent=1"]
+    out = tmp_path / "out"
+    first = start_sweep(out, *grid)  # returns once a trial has reported: sweep.json exists
+    # frozen (not killed) while the others look: it is alive for certain, and writes nothing
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        files = {f: (out / f).read_bytes() for f in ("sweep.json", "config.yaml")}
+        owners = _owner_records(out)
+        second = sweep(out, *grid)
+        select = run_module("orchestrator.select", "--output", str(out))
+        assert {f: (out / f).read_bytes() for f in files} == files
+        assert _owner_records(out) == owners == [("00000001", first.pid, owners[0][2], False)]
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        log, _ = first.communicate(timeout=600)
+    assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]
+    (line,) = second.stderr.splitlines()
+    assert line.startswith(f"error: --output {out} is in use by the sweep started ")
+    assert line.endswith(f"pid {first.pid}; wait for it, stop it, or use another --output")
+    assert "Ray" not in second.stdout and "resuming" not in second.stdout
+    assert select.returncode == 2 and f"pid {first.pid}; run select when" in select.stderr
+    assert first.returncode == 0, log[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(list((out / "ray_results" / "tune").glob("trainable_*"))) == len(trials) == 3
+    runs = _children(out)
+    assert len({r.data.tags["point_key"] for r in runs}) == len(runs) == len(trials)
+    assert [o[1:] for o in _owner_records(out)] == [(first.pid, owners[0][2], True)]
 
 
 def _write_one_trial(uri: str, exp_id: str, parent: str, i: int, start) -> str:
