@@ -38,6 +38,10 @@ RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI "Overview" (traces) page; this
+# kind opens it on the runs table.
+KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def retry(
@@ -71,23 +75,45 @@ class TrackingTarget:
     parent_run_id: str
 
 
-def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
+def ensure_experiment(uri: str, name: str, artifact_root: Path, description: str) -> str:
     """The experiment's id, created on first use; local stores keep artifacts beside the output."""
     client = MlflowClient(uri)
     exp = retry(lambda: client.get_experiment_by_name(name), "get experiment")
     if exp is not None:
-        return str(exp.experiment_id)
-    location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
-    return str(
-        retry(
-            lambda: client.create_experiment(name, artifact_location=location), "create experiment"
+        exp_id = str(exp.experiment_id)
+    else:
+        location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
+        exp_id = str(
+            retry(
+                lambda: client.create_experiment(name, artifact_location=location),
+                "create experiment",
+            )
         )
-    )
+    describe_experiment(uri, exp_id, description)
+    return exp_id
+
+
+def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
+    """The kind that opens the UI on the runs table, and the description shown above them."""
+    client = MlflowClient(uri)
+    for k, v in {**KIND_TAGS, NOTE_TAG: description}.items():
+        retry(lambda k=k, v=v: client.set_experiment_tag(experiment_id, k, v), f"tag {k}")
 
 
 def run_experiment(uri: str, run_id: str) -> str:
     """The experiment an existing run lives in (children must share it to nest in the UI)."""
     return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
+
+
+def ui_hint(target: TrackingTarget) -> str:
+    """Where the sweep opens in MLflow's UI: the command for a local store, or the page."""
+    page = f"#/experiments/{target.experiment_id}/runs"
+    if _is_local_store(target.uri):
+        return (
+            f"mlflow ui --backend-store-uri {target.uri} --host 127.0.0.1, "
+            f"then open http://127.0.0.1:5000/{page}"
+        )
+    return f"{target.uri.rstrip('/')}/{page}"
 
 
 def start_parent(
@@ -278,6 +304,14 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client = MlflowClient(uri)
     for k, v in tags.items():
         retry(lambda k=k, v=v: client.set_tag(run_id, k, v), f"tag {k}")
+
+
+def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
+    """The run a published scheme came from, findable by name in the runs table too."""
+    client = MlflowClient(uri)
+    name = retry(lambda: client.get_run(run_id), "get run").info.run_name or ""
+    if not name.startswith(scheme):
+        retry(lambda: client.update_run(run_id, name=f"{scheme} ({name})"), "name scheme run")
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:

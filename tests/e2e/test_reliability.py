@@ -145,7 +145,7 @@ def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
     from orchestrator import runtime, tracking
 
     uri = runtime.default_tracking_uri(tmp_path)
-    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art")
+    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art", "concurrency test")
     parent = tracking.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
     ctx = mp.get_context("spawn")
     with ctx.Manager() as m:
