@@ -305,7 +305,24 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
         **{f"data_hash.{k}": v for k, v in data.hashes().items()},
     }
     parent = tracking.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
-    return tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
+    target = tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
+    tracking.share_view(target, KEY_COLUMNS, ("metrics", "achieved_bits"))
+    return target
+
+
+# What the runs table shows beside each trial's name (the point, the plan's size, its quality)
+KEY_COLUMNS = (
+    ("params", "method"),
+    ("params", "strategy"),
+    ("params", "control"),
+    ("params", "effective_bits"),
+    ("params", "coverage"),
+    ("metrics", "achieved_bits"),
+    ("metrics", "fp8_fraction"),
+    ("metrics", "kl_mean"),
+    ("metrics", "top1_agreement"),
+    ("tags", "scheme_name"),
+)
 
 
 def describe(inp: Inputs, parent: bool) -> str:
@@ -325,7 +342,7 @@ def describe(inp: Inputs, parent: bool) -> str:
     where = f"Outputs (schemes.yaml, trials.parquet, pareto.png, logs/): `{inp.output}`"
     if parent:
         return f"{what}\n\n{where}"
-    return f"One parent run per sweep, its trials nested under it. Latest: {what}\n\n{where}"
+    return f"{what} One parent run per sweep, its trials nested under it.\n\n{where}"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

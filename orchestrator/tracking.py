@@ -13,6 +13,7 @@ backfills finished trials from Ray Tune's results at the end and reports what it
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -39,9 +40,11 @@ PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
-# MLflow 3's UI opens an experiment of unknown kind on its GenAI "Overview" (traces) page; this
-# kind opens it on the runs table.
+# The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles the runs table by it.
 KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# A runs-table view (columns, sort, expanded rows) kept in an experiment tag; the UI opens it for
+# ``?viewStateShareKey=<key>``, as it does for the views its "share" button saves.
+VIEW_TAG = "mlflow.sharedViewState."
 
 
 def retry(
@@ -105,9 +108,34 @@ def run_experiment(uri: str, run_id: str) -> str:
     return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
 
 
+def share_view(
+    target: TrackingTarget, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]
+) -> None:
+    """The sweep's runs table as the UI link of :func:`ui_hint` opens it: its key columns
+    (``("metrics", "kl_mean")``, ...) beside the run names, sorted by ``order_by``, the parent run
+    expanded. Without it the table shows one collapsed parent and no metric or parameter column.
+    """
+    state = {
+        "selectedColumns": [f"{kind}.`{name}`" for kind, name in columns],
+        "orderByKey": f"{order_by[0]}.`{order_by[1]}`",
+        "orderByAsc": False,
+        "runsExpanded": {target.parent_run_id: True},
+    }
+    client = MlflowClient(target.uri)
+    key = VIEW_TAG + _view_key(target)
+    retry(lambda: client.set_experiment_tag(target.experiment_id, key, json.dumps(state)), "view")
+
+
+def _view_key(target: TrackingTarget) -> str:
+    return f"sweep-{target.parent_run_id}"
+
+
 def ui_hint(target: TrackingTarget) -> str:
     """Where the sweep opens in MLflow's UI: the command for a local store, or the page."""
-    page = f"#/experiments/{target.experiment_id}/runs"
+    page = (
+        f"#/experiments/{target.experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={_view_key(target)}"
+    )
     if _is_local_store(target.uri):
         return (
             f"mlflow ui --backend-store-uri {target.uri} --host 127.0.0.1, "
