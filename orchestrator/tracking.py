@@ -40,7 +40,7 @@ PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
-# The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles the runs table by it.
+# The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles their runs by it.
 KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # A runs-table view (columns, sort, expanded rows) kept in an experiment tag; the UI opens it for
 # ``?viewStateShareKey=<key>``, as it does for the views its "share" button saves.
