@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +72,17 @@ def shutdown() -> None:
 def _worker_actor() -> type:
     """The Ray actor class around :class:`orchestrator.worker.Worker` (torch is imported here only,
     not in the driver's or the trials' imports of this module)."""
+    from orchestrator.runtime import route_worker_output
     from orchestrator.worker import Worker
 
     class GpuWorker(Worker):
+        def __init__(
+            self, model: ModelConfig, threads: int, log_file: str | None, label: str
+        ) -> None:
+            # before ModelOpt is imported: its prints and progress bars go to the worker's file
+            route_worker_output(log_file, label, verbose=log_file is None)
+            super().__init__(model, threads)
+
         def where(self) -> dict[str, Any]:
             return {**_here(), **self.startup}
 
@@ -92,18 +101,20 @@ class _Dispatcher:
 
     An async actor: a trial's call waits here until a worker is free. The worker is returned in
     ``finally``, so a trial process that dies mid-call cannot keep one, and a worker that dies
-    (Ray restarts it) fails only the trial it was running.
+    (Ray restarts it) fails only the trial it was running. It knows the workers by name, not by
+    handle: handles in the constructor's arguments are references that a restart after the
+    driver let them go could not resolve (Ray warns about exactly that, ray#53727).
     """
 
-    def __init__(self, workers: Sequence[Any]) -> None:
-        self.workers = list(workers)
+    def __init__(self, worker_names: Sequence[str]) -> None:
+        self.worker_names = list(worker_names)
         self.free: asyncio.Queue | None = None
 
     async def evaluate(self, data: list[Any], *args: Any) -> Any:
         if self.free is None:
             self.free = asyncio.Queue()
-            for w in self.workers:
-                self.free.put_nowait(w)
+            for name in self.worker_names:
+                self.free.put_nowait(ray.get_actor(name))
         w = await self.free.get()
         try:
             return await w.evaluate_here.remote(data[0], *args)
@@ -121,27 +132,39 @@ class WorkerPool:
     prepared: list[Any] = field(default_factory=list)  # refs: each worker's evaluator build
 
     @classmethod
-    def start(cls, model: ModelConfig, count: int, gpus: bool, threads: int) -> WorkerPool:
+    def start(
+        cls, model: ModelConfig, count: int, gpus: bool, threads: int, log_dir: Path | None
+    ) -> WorkerPool:
         """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
 
         Workers reserve a GPU each (no CPUs: the trials reserve those) and are placed node by node
         (:func:`worker_nodes`). Ray restarts a worker that dies: a GPU worker wherever a GPU is free
         if its node is gone; a CPU worker, which reserves nothing, only on its own node (Ray would
-        otherwise put every one of them on the driver's node).
+        otherwise put every one of them on the driver's node). Worker ``i`` writes what libraries
+        print to ``log_dir/worker-<i>.log`` (the output folder, which every node sees; a restarted
+        worker appends), and only the sweep's records to the console; ``log_dir`` None leaves
+        everything on the console (``--verbose``).
         """
         actor = ray.remote(_worker_actor())
         nodes = worker_nodes(count, gpus)
         log.info("%d worker(s), placed on node(s) %s", count, [n[:8] for n in nodes])
+        names = [f"fp8-sweep-worker-{uuid.uuid4().hex[:12]}" for _ in nodes]
         workers = [
             actor.options(
+                name=name,
                 num_gpus=1 if gpus else 0,
                 num_cpus=0,
                 max_restarts=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=gpus),
-            ).remote(model, threads)
-            for node in nodes
+            ).remote(
+                model,
+                threads,
+                None if log_dir is None else str(log_dir / f"worker-{i}.log"),
+                f"worker {i}",
+            )
+            for i, (node, name) in enumerate(zip(nodes, names, strict=True))
         ]
-        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(workers)
+        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(names)
         return cls(workers, dispatcher, [w.where.remote() for w in workers])
 
     def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:

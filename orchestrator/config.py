@@ -92,8 +92,12 @@ class ScoringConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    effective_bits: list[float] = Field(min_length=1)  # over eligible LM weights: 16 - 8 x share
-    coverage: list[float] = Field(min_length=1)  # share of decoder blocks allowed to hold FP8
+    effective_bits: list[float] = Field(  # over eligible LM weights: 16 - 8 x FP8 share
+        min_length=1, description="a list of bits per eligible LM weight in [8, 16], e.g. [8, 12]"
+    )
+    coverage: list[float] = Field(  # share of decoder blocks allowed to hold FP8
+        min_length=1, description="a list of shares in (0, 1], e.g. [0.5, 1.0]"
+    )
     # scored plan strategies: solve (the scores choose among all allowed blocks), ends_bf16:N
     # (first and last N blocks BF16, the scores choose the rest), mlp_only (attention BF16)
     strategies: list[str] = Field(default_factory=lambda: ["solve"], min_length=1)
@@ -186,7 +190,10 @@ class SweepConfig(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     scoring: ScoringConfig = ScoringConfig()
-    search: SearchConfig
+    search: SearchConfig = Field(
+        description="a section with effective_bits and coverage lists, e.g. "
+        "{effective_bits: [8, 12], coverage: [1.0]}"
+    )
     selection: SelectionConfig = SelectionConfig()
     tracking: TrackingConfig = TrackingConfig()
     controls: ControlConfig = ControlConfig()
@@ -221,17 +228,53 @@ class SweepConfig(_Strict):
         return self.tracking.experiment or self.name
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    """One line: each problem's field, its value and what is allowed there.
+
+    A missing field has no value of its own (pydantic's ``input`` is the enclosing mapping), so it
+    reads ``search.coverage: required (<what the field takes>)``; an unknown key lists the keys
+    its section takes.
+    """
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-            continue
-        msg = e["msg"].removeprefix("Value error, ")
-        # a check across fields has no location; its message names the fields and values itself
-        parts.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
+            section = _section_at(schema, e["loc"][:-1])
+            known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
+            parts.append(f"unknown key '{loc}'{known}")
+        elif e["type"] == "missing":
+            parts.append(f"{loc}: required ({_takes(schema, e['loc'])})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            # a check across fields has no location; its message names the fields and values
+            parts.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(parts)
+
+
+def _section_at(schema: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``loc`` (list indices step into the items)."""
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        model = field.annotation
+        while getattr(model, "__origin__", None) is list:
+            model = model.__args__[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _takes(schema: type[BaseModel], loc: Sequence[Any]) -> str:
+    section = _section_at(schema, loc[:-1])
+    field = section.model_fields.get(str(loc[-1])) if section else None
+    if field is None:
+        return "see the shipped configs in search_spaces/"
+    if field.description:
+        return field.description
+    ann = field.annotation
+    return f"a {getattr(ann, '__name__', None) or str(ann).replace('typing.', '')}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -295,7 +338,7 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Swee
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path))) from None
+        raise ConfigError(_format_errors(e, str(path), SweepConfig)) from None
 
 
 # --- scheme catalog -------------------------------------------------------------------------------
@@ -304,7 +347,7 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Swee
 class ShareBand(_Strict):
     """What a name promises: an FP8 share of the eligible LM weights, give or take ``tolerance``."""
 
-    nominal: float = Field(gt=0.0, le=1.0)
+    nominal: float = Field(gt=0.0, le=1.0, description="a share of eligible LM weights in (0, 1]")
     tolerance: float = Field(0.05, ge=0.0, le=0.5)
 
     def contains(self, share: float) -> bool:
@@ -315,26 +358,34 @@ class ShareBand(_Strict):
 
 
 class SchemeKnobs(_Strict):
-    effective_bits: float = Field(ge=8.0, le=16.0)
+    effective_bits: float = Field(ge=8.0, le=16.0, description="bits per weight in [8, 16]")
     method: Method = "kl_div"
-    num_score_steps: int = Field(ge=1)
-    num_calib_steps: int = Field(ge=1)
+    num_score_steps: int = Field(ge=1, description="an integer >= 1")
+    num_calib_steps: int = Field(ge=1, description="an integer >= 1")
     fp8_recipe: Recipe = "FP8_DEFAULT_CFG"
 
 
 class CatalogScheme(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
-    role: Literal["conservative", "balanced", "aggressive"]
-    description: str
-    fp8_share: ShareBand  # what the name promises; a pick outside it is never published
-    knobs: SchemeKnobs  # the knobs a user would pass to AutoQuantize for this scheme
-    coverage_rule: str
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="lowercase letters, digits and _")
+    role: Literal["conservative", "balanced", "aggressive"] = Field(
+        description="conservative, balanced or aggressive"
+    )
+    description: str = Field(description="a sentence on what the scheme is for")
+    # what the name promises; a pick outside it is never published
+    fp8_share: ShareBand = Field(description="a band {nominal: share, tolerance: share}")
+    # the knobs a user would pass to AutoQuantize for this scheme
+    knobs: SchemeKnobs = Field(
+        description="a mapping with effective_bits, num_score_steps, num_calib_steps"
+    )
+    coverage_rule: str = Field(description="a sentence on which blocks may hold FP8")
     post_filters: list[str] = Field(default_factory=list)
 
 
 class Catalog(_Strict):
-    version: int = Field(ge=1)
-    schemes: list[CatalogScheme] = Field(min_length=3, max_length=3)
+    version: int = Field(ge=1, description="an integer >= 1, bumped when a name changes meaning")
+    schemes: list[CatalogScheme] = Field(
+        min_length=3, max_length=3, description="a list of three schemes, one per role"
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> Catalog:
@@ -354,4 +405,4 @@ def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
     try:
         return Catalog.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path))) from None
+        raise ConfigError(_format_errors(e, str(path), Catalog)) from None

@@ -71,6 +71,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///<output>/mlflow.db)")
     p.add_argument("--address", help="existing Ray cluster to join (default: start a local one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what Ray, Tune, ModelOpt and transformers print (default: in <output>/logs/)",
+    )
     return p.parse_args(argv)
 
 
@@ -83,6 +88,7 @@ class Inputs:
     address: str | None
     catalog: Catalog  # read before Ray starts: nothing is read from the package afterwards
     profile: str
+    verbose: bool = False  # libraries' output on the console instead of in logs/
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
@@ -158,7 +164,9 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
         or default_tracking_uri(output)
     )
-    return Inputs(cfg, written.config_hash(), output, uri, args.address, catalog, profile)
+    return Inputs(
+        cfg, written.config_hash(), output, uri, args.address, catalog, profile, args.verbose
+    )
 
 
 def _check_model(cfg: SweepConfig) -> str:
@@ -293,18 +301,56 @@ def start_tracking(inp: Inputs, data: DataSets) -> Any:
         tracking.run_experiment(inp.tracking_uri, existing)
         if existing
         else tracking.ensure_experiment(
-            inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts"
+            inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts", describe(inp, False)
         )
     )
     flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
     tags = {
+        tracking.NOTE_TAG: describe(inp, True),
         "config_hash": inp.config_hash,
         "kind": "sweep",
         **run_tags(),
         **{f"data_hash.{k}": v for k, v in data.hashes().items()},
     }
     parent = tracking.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
-    return tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
+    target = tracking.TrackingTarget(inp.tracking_uri, exp_id, parent)
+    tracking.share_view(target, KEY_COLUMNS, ("metrics", "achieved_bits"))
+    return target
+
+
+# What the runs table shows beside each trial's name (the point, the plan's size, its quality)
+KEY_COLUMNS = (
+    ("params", "method"),
+    ("params", "strategy"),
+    ("params", "control"),
+    ("params", "effective_bits"),
+    ("params", "coverage"),
+    ("metrics", "achieved_bits"),
+    ("metrics", "fp8_fraction"),
+    ("metrics", "kl_mean"),
+    ("metrics", "top1_agreement"),
+    ("tags", "scheme_name"),
+)
+
+
+def describe(inp: Inputs, parent: bool) -> str:
+    """The description MLflow's UI shows for the sweep's parent run, or for its experiment."""
+    cfg = inp.cfg
+    what = (
+        f"FP8 mixed-precision sweep `{cfg.name}` of `{cfg.model.source}`: ModelOpt AutoQuantize "
+        f"scores ({', '.join(cfg.scoring.methods)}), then one child run per distinct FP8 plan "
+        f"over effective bits {cfg.search.effective_bits} x coverage {cfg.search.coverage}"
+        + (
+            ", then naive controls at each published scheme's FP8 share"
+            if cfg.controls.enabled
+            else ""
+        )
+        + ". The three published schemes are the child runs tagged `scheme_name`."
+    )
+    where = f"Outputs (schemes.yaml, trials.parquet, pareto.png, logs/): `{inp.output}`"
+    if parent:
+        return f"{what}\n\n{where}"
+    return f"{what} One parent run per sweep, its trials nested under it.\n\n{where}"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -339,7 +385,12 @@ def prepare(inp: Inputs) -> tuple[DataSets, Any]:
 
 def run(inp: Inputs) -> int:
     from orchestrator import cluster
-    from orchestrator.runtime import export_package_path, process_age, seed_everything
+    from orchestrator.runtime import (
+        divert_output,
+        export_package_path,
+        process_age,
+        seed_everything,
+    )
 
     cfg = inp.cfg
     seed_everything(cfg.seed)
@@ -358,13 +409,17 @@ def run(inp: Inputs) -> int:
     # running Tune driver (ray#52343).
     export_package_path()
     os.chdir(inp.output)
+    logs = None if inp.verbose else inp.output / "logs"
+    restore = divert_output(logs / "driver.log") if logs else (lambda: None)
     side = ThreadPoolExecutor(max_workers=1)
     prepared = side.submit(prepare, inp)  # data and tracking while Ray and the workers start
     try:
         cluster.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
         # the workers import ModelOpt and load the model while the driver prepares the rest
         workers, gpus = cluster.worker_count(cfg.search.max_concurrent)
-        pool = cluster.WorkerPool.start(cfg.model, workers, gpus, int(cfg.search.cpus_per_trial))
+        pool = cluster.WorkerPool.start(
+            cfg.model, workers, gpus, int(cfg.search.cpus_per_trial), logs
+        )
         data, target = prepared.result()
         data_ref = cluster.put(data)
         tables = score_all(inp, pool, data_ref, data)
@@ -377,6 +432,7 @@ def run(inp: Inputs) -> int:
     finally:
         side.shutdown(wait=True)
         cluster.shutdown()
+        restore()
     return conclude(inp, target, tables, results, data)
 
 
@@ -402,6 +458,7 @@ def trial_context(
         fault_dir=str(inp.output / "faults"),
         reference_cache_bytes=reference_cache_bytes,
         seed=inp.cfg.seed,
+        verbose=inp.verbose,
     )
 
 
@@ -483,6 +540,7 @@ def conclude(
     )
     problems = settled.problems + _publish(inp, target, tables, results, done)
     print_summary(results, done, inp.output)
+    print_where(inp, target)
     if problems:
         write_json(inp.output / "unlogged.json", {"problems": problems})
         print(
@@ -562,6 +620,7 @@ def _publish(
                 tags, metrics = scheme_tracking(entry)
                 tracking.tag_run(target.uri, s.mlflow_run_id, tags)
                 tracking.log_metrics(target.uri, s.mlflow_run_id, metrics)
+                tracking.name_scheme_run(target.uri, s.mlflow_run_id, s.name)
         tracking.end_run(target.uri, target.parent_run_id, "FINISHED")
     except Exception as e:  # noqa: BLE001
         return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]
@@ -581,24 +640,35 @@ def print_summary(results: Sequence[TrialResult], done: Finalized, output: Path)
         print(line)
 
 
+def print_where(inp: Inputs, target: Any) -> None:
+    """Where to look next: the MLflow UI on the sweep's experiment, and the libraries' logs."""
+    from orchestrator.tracking import ui_hint
+
+    print(f"\nMLflow: {ui_hint(target)}")
+    if not inp.verbose:
+        print(f"logs of Ray, Tune, ModelOpt and transformers: {inp.output / 'logs'}/")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.runtime import setup_logging
+    from orchestrator.runtime import ray_environment, setup_logging
 
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     try:
         inp = check_inputs(args)
         owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
     except (ConfigError, DataError, ownership.OutputInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    ray_environment(inp.address, inp.verbose)
     with owned:
         try:
             return run(inp)
         except KeyboardInterrupt:
             return EXIT_ERROR
         except Exception:
-            log.exception("sweep failed")
+            where = "" if inp.verbose else f" (libraries' output: {inp.output / 'logs'}/)"
+            log.exception("sweep failed%s", where)
             return EXIT_ERROR
 
 

@@ -13,6 +13,7 @@ backfills finished trials from Ray Tune's results at the end and reports what it
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -38,6 +39,12 @@ RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 PARENT_TAG = "mlflow.parentRunId"
 POINT_TAG = "point_key"
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
+# The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles their runs by it.
+KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# A runs-table view (columns, sort, expanded rows) kept in an experiment tag; the UI opens it for
+# ``?viewStateShareKey=<key>``, as it does for the views its "share" button saves.
+VIEW_TAG = "mlflow.sharedViewState."
 
 
 def retry(
@@ -71,23 +78,70 @@ class TrackingTarget:
     parent_run_id: str
 
 
-def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
+def ensure_experiment(uri: str, name: str, artifact_root: Path, description: str) -> str:
     """The experiment's id, created on first use; local stores keep artifacts beside the output."""
     client = MlflowClient(uri)
     exp = retry(lambda: client.get_experiment_by_name(name), "get experiment")
     if exp is not None:
-        return str(exp.experiment_id)
-    location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
-    return str(
-        retry(
-            lambda: client.create_experiment(name, artifact_location=location), "create experiment"
+        exp_id = str(exp.experiment_id)
+    else:
+        location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
+        exp_id = str(
+            retry(
+                lambda: client.create_experiment(name, artifact_location=location),
+                "create experiment",
+            )
         )
-    )
+    describe_experiment(uri, exp_id, description)
+    return exp_id
+
+
+def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
+    """The kind that opens the UI on the runs table, and the description shown above them."""
+    client = MlflowClient(uri)
+    for k, v in {**KIND_TAGS, NOTE_TAG: description}.items():
+        retry(lambda k=k, v=v: client.set_experiment_tag(experiment_id, k, v), f"tag {k}")
 
 
 def run_experiment(uri: str, run_id: str) -> str:
     """The experiment an existing run lives in (children must share it to nest in the UI)."""
     return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
+
+
+def share_view(
+    target: TrackingTarget, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]
+) -> None:
+    """The sweep's runs table as the UI link of :func:`ui_hint` opens it: its key columns
+    (``("metrics", "kl_mean")``, ...) beside the run names, sorted by ``order_by``, the parent run
+    expanded. Without it the table shows one collapsed parent and no metric or parameter column.
+    """
+    state = {
+        "selectedColumns": [f"{kind}.`{name}`" for kind, name in columns],
+        "orderByKey": f"{order_by[0]}.`{order_by[1]}`",
+        "orderByAsc": False,
+        "runsExpanded": {target.parent_run_id: True},
+    }
+    client = MlflowClient(target.uri)
+    key = VIEW_TAG + _view_key(target)
+    retry(lambda: client.set_experiment_tag(target.experiment_id, key, json.dumps(state)), "view")
+
+
+def _view_key(target: TrackingTarget) -> str:
+    return f"sweep-{target.parent_run_id}"
+
+
+def ui_hint(target: TrackingTarget) -> str:
+    """Where the sweep opens in MLflow's UI: the command for a local store, or the page."""
+    page = (
+        f"#/experiments/{target.experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={_view_key(target)}"
+    )
+    if _is_local_store(target.uri):
+        return (
+            f"mlflow ui --backend-store-uri {target.uri} --host 127.0.0.1, "
+            f"then open http://127.0.0.1:5000/{page}"
+        )
+    return f"{target.uri.rstrip('/')}/{page}"
 
 
 def start_parent(
@@ -278,6 +332,14 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client = MlflowClient(uri)
     for k, v in tags.items():
         retry(lambda k=k, v=v: client.set_tag(run_id, k, v), f"tag {k}")
+
+
+def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
+    """The run a published scheme came from, findable by name in the runs table too."""
+    client = MlflowClient(uri)
+    name = retry(lambda: client.get_run(run_id), "get run").info.run_name or ""
+    if not name.startswith(scheme):
+        retry(lambda: client.update_run(run_id, name=f"{scheme} ({name})"), "name scheme run")
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:

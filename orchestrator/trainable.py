@@ -66,6 +66,7 @@ class TrialContext:
     fault_dir: str
     reference_cache_bytes: int
     seed: int  # the sweep's: with the plan hash it seeds each trial's bootstrap
+    verbose: bool = False  # every library's output on the console, not only the sweep's records
 
 
 def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: str) -> str | None:
@@ -149,6 +150,9 @@ def _report_with_checkpoint(result: dict[str, Any]) -> None:
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One point: plan it, measure it (or reuse what is stored), log the child run, report."""
     from orchestrator import tracking
+    from orchestrator.runtime import route_worker_output
+
+    route_worker_output(None, "trial", ctx.verbose)  # the driver keeps the rest in its log file
 
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # restored after the driver died between report and bookkeeping

@@ -77,6 +77,9 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
     failed_hashes = {by_bits[b]["plan_hash"] for b in (10, 13, 15)}
     assert not failed_hashes & {s["plan_hash"] for s in schemes}
     assert "3 failed" in proc.stdout
+    # a failure's cause is on the console, not only in logs/ (which hold Tune's tracebacks)
+    assert "injected fault at effective_bits=15" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def _strip_run_ids(text: str) -> dict:
@@ -186,7 +189,7 @@ def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
     from orchestrator import runtime, tracking
 
     uri = runtime.default_tracking_uri(tmp_path)
-    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art")
+    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art", "concurrency test")
     parent = tracking.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
     ctx = mp.get_context("spawn")
     with ctx.Manager() as m:

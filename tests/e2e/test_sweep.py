@@ -4,6 +4,7 @@ MLflow store; then resume, selection, export. One sweep per module keeps CI well
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,10 +74,43 @@ def start_sweep(output: Path, *extra: str, env: dict[str, str] | None = None) ->
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The README's demo command as a new user runs it: RAY_AUTH_MODE unset, a fresh home."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    proc = sweep(out)
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--output", str(out)],
+        cwd=ROOT,
+        env={**env, "HOME": str(home), "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return out, proc, home
+
+
+# what Ray, Tune, ModelOpt, transformers and torch print, seen on the console before 2026-12
+NOISE = (
+    "core_worker.cc",  # the _Dispatcher constructor-arguments error line
+    "_Dispatcher",
+    "Configuration for experiment",  # Tune's boxed table
+    "TensorBoard",
+    "View detailed results",
+    "Checkpoint successfully created",
+    "auto_quantize scores",  # ModelOpt's tqdm bars
+    "Evaluating hparams",
+    "Inserted",
+    "UserWarning",  # gradient checkpointing, non-writable NumPy arrays
+    "rope_type",  # transformers
+    "repeated",  # Ray's deduplication
+    "pid=",  # Ray's forwarded-line prefix
+    "Traceback",  # the trial actors' SIGTERM at shutdown
+    "SystemExit",
+    "Started a local Ray instance",
+    "Token authentication",
+    "mlflow.store",
+)
 
 
 def _runs(out: Path):
@@ -89,7 +123,7 @@ def _runs(out: Path):
 
 
 def test_demo_sweep_outputs(demo):
-    out, proc = demo
+    out, proc, _ = demo
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     names = [s["name"] for s in doc["schemes"]]
     assert names == ["fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"]
@@ -119,12 +153,68 @@ def test_demo_sweep_outputs(demo):
     assert "prefix reuse kl_div/FP8_DEFAULT_CFG" in proc.stdout
 
 
+def test_the_console_holds_only_the_sweeps_own_lines_and_the_rest_is_in_logs(demo):
+    out, proc, home = demo
+    assert proc.stderr == ""
+    for noise in NOISE:
+        assert noise not in proc.stdout, noise
+    assert "ETA" in proc.stdout and "trial(s) finished" in proc.stdout
+    assert "orchestrator.profiles [worker 1]: loaded" in proc.stdout  # a worker's own record
+    assert f"logs of Ray, Tune, ModelOpt and transformers: {out / 'logs'}/" in proc.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    logs = out / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["driver.log", "worker-0.log", "worker-1.log"]
+    driver = (logs / "driver.log").read_text()
+    assert "Started a local Ray instance" in driver and "Checkpoint successfully created" in driver
+    assert "ETA" in driver  # the sweep's own records too, in order with the rest
+    for w in ("worker-0.log", "worker-1.log"):
+        text = (logs / w).read_text()
+        assert "Inserted" in text and "Calibrating" in text  # ModelOpt's prints and bars
+    # the local Ray instance had its own token: nothing that turns token auth on later
+    assert not (home / ".ray").exists()
+
+
+def test_mlflow_opens_on_the_sweep_with_its_key_columns_and_description(demo):
+    """What the UI reads: experiment tags (kind, description, the shared runs-table view),
+    the parent's description, run names."""
+    import json
+
+    out, proc, _ = demo
+    client, parents, children = _runs(out)
+    exp = client.get_experiment(parents[0].info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI Overview
+    assert "demo-tiny" in exp.tags["mlflow.note.content"]
+    note = parents[0].data.tags["mlflow.note.content"]
+    assert "FP8 mixed-precision sweep `demo-tiny`" in note and str(out) in note
+    key = f"sweep-{parents[0].info.run_id}"
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])
+    assert view["runsExpanded"] == {parents[0].info.run_id: True}
+    have = {
+        *(f"metrics.`{k}`" for c in children for k in c.data.metrics),
+        *(f"params.`{k}`" for c in children for k in c.data.params),
+        *(f"tags.`{k}`" for c in children for k in c.data.tags),
+    }
+    assert set(view["selectedColumns"]) <= have  # every column shows a value the runs have
+    for col in ("effective_bits", "coverage", "method", "fp8_fraction", "kl_mean", "top1"):
+        assert any(col in c for c in view["selectedColumns"]), col
+    assert f"viewStateShareKey={key}" in proc.stdout
+    names = {c.info.run_name for c in children}
+    point = re.compile(r"(kl_div|gradient)-b[\d.]+-c[\d.]+(-[\w:]+)?|control-[\w:]+-b[\d.]+")
+    assert all(point.fullmatch(n.split(" (")[-1].rstrip(")")) for n in names), names
+    schemes = {
+        c.data.tags["scheme_name"]: c.info.run_name
+        for c in children
+        if "scheme_name" in c.data.tags
+    }
+    assert all(name.startswith(f"{s} (") for s, name in schemes.items()) and len(schemes) == 3
+
+
 CONTROLS = {"random:0", "random:1", "random:2", "inverse", "ends_fixed:1", "attn_bf16"}
 
 
 def test_every_scheme_is_compared_with_every_control_at_its_own_share(demo):
     """Controls measured at each published scheme's exact share, compared on the same tokens."""
-    out, _ = demo
+    out, *_ = demo
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     for s in doc["schemes"]:
         rows = {r["control"]: r for r in s["controls"]}
@@ -145,7 +235,7 @@ def test_published_schemes_beat_random_and_lose_to_no_control(demo):
     """The product's claim, with its uncertainty: on the trained reference model top25 and top50
     are better than random choice (the paired 95% interval of the KL ratio excludes 1), and no
     published scheme is worse than any control at its share."""
-    out, _ = demo
+    out, *_ = demo
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     for s in doc["schemes"]:
         if s["name"] != "fp8_autoquant_full":
@@ -157,7 +247,7 @@ def test_published_schemes_beat_random_and_lose_to_no_control(demo):
 def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     import pyarrow.parquet as pq
 
-    out, _ = demo
+    out, *_ = demo
     client, parents, children = _runs(out)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
@@ -215,7 +305,7 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
 
 
 def test_rerun_on_the_same_output_resumes_without_new_trials(demo):
-    out, _ = demo
+    out, *_ = demo
     _, _, before = _runs(out)
     schemes_before = (out / "schemes.yaml").read_text()
     trial_dirs = sorted(p.name for p in (out / "ray_results").glob("tune*/trainable_*"))
@@ -231,7 +321,7 @@ def test_rerun_on_the_same_output_resumes_without_new_trials(demo):
 
 
 def test_select_reruns_selection_from_the_files(demo):
-    out, _ = demo
+    out, *_ = demo
     before = (out / "schemes.yaml").read_text()
     proc = run_module("orchestrator.select", "--output", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -248,7 +338,7 @@ def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_
     from orchestrator.sweep import build_data
     from orchestrator.trial import quantize_plan
 
-    out, _ = demo
+    out, *_ = demo
     dest = export_scheme(out, "fp8_autoquant_top50", tmp_path / "ckpt", device="cpu")
     quant = yaml.safe_load((dest / "hf_quant_config.json").read_text())["quantization"]
     assert quant["quant_algo"] == "FP8"

@@ -54,6 +54,49 @@ def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, override, nee
     assert "<root>" not in msg and "'search': {" not in msg  # never the whole document
 
 
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (
+            {"search": {"effective_bits": [12]}},
+            "search.coverage: required (a list of shares in (0, 1], e.g. [0.5, 1.0])",
+        ),
+        (
+            {"search": {"coverage": [1.0]}},
+            "search.effective_bits: required (a list of bits per eligible LM weight in [8, 16]",
+        ),
+        ({"name": "x"}, "search: required (a section with effective_bits and coverage lists"),
+    ],
+)
+def test_a_missing_field_says_what_it_takes_not_the_mapping_around_it(tmp_path, body, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, body))
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+    assert "Field required" not in msg and "{'" not in msg  # no parent mapping as the value
+
+
+def test_an_unknown_key_lists_the_keys_of_its_section(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, BASE), ["model.sorce=x"])
+    assert "unknown key 'model.sorce' (allowed: source, revision, dtype, trust_remote_code)" in str(
+        e.value
+    )
+
+
+def test_a_missing_catalog_field_names_the_scheme_and_what_it_takes(tmp_path):
+    doc = yaml.safe_load(Path(load_catalog.__defaults__[0]).read_text())
+    del doc["schemes"][1]["knobs"]["num_score_steps"]
+    del doc["schemes"][0]["role"]
+    p = tmp_path / "cat.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(p)
+    msg = str(e.value)
+    assert "schemes.0.role: required (conservative, balanced or aggressive)" in msg
+    assert "schemes.1.knobs.num_score_steps: required (an integer >= 1)" in msg
+
+
 def test_all_problems_are_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_cfg(tmp_path, BASE), ["search.coverage=[2]", "search.effective_bits=[4]"])

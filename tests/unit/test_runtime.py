@@ -20,3 +20,69 @@ def test_checkout_root_goes_on_pythonpath_for_local_ray_workers(monkeypatch) -> 
 
     parts = os.environ["PYTHONPATH"].split(os.pathsep)
     assert parts == [str(PROJECT_ROOT.resolve()), "/somewhere/else"]
+
+
+_DIVERT = """
+import logging, os, sys, warnings
+from pathlib import Path
+from orchestrator.runtime import divert_output, setup_logging
+setup_logging()
+restore = divert_output(Path(sys.argv[1]))
+logging.getLogger("orchestrator.sweep").info("ours")
+logging.getLogger("ray.tune").warning("theirs")
+warnings.warn("a library warning")
+print("forwarded worker line")  # Ray prints forwarded worker stdout to sys.stdout
+os.write(1, b"C++ on fd 1\\n")
+os.write(2, b"C++ on fd 2\\n")
+print("python stderr", file=sys.stderr)
+restore()
+print("summary")
+"""
+
+
+def test_diverted_output_keeps_the_sweeps_lines_on_the_console_and_the_rest_in_the_file(
+    tmp_path,
+) -> None:
+    import subprocess
+    import sys
+
+    log = tmp_path / "logs" / "driver.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIVERT, str(log)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    console = proc.stdout.splitlines()
+    assert [ln.split(": ", 1)[-1] for ln in console] == ["ours", "forwarded worker line", "summary"]
+    assert proc.stderr == ""
+    text = log.read_text()
+    for line in ("ours", "theirs", "a library warning", "C++ on fd 1", "C++ on fd 2"):
+        assert line in text, line
+    assert "python stderr" in text and "summary" not in text
+
+
+_ROUTE = """
+import logging, os, sys
+from orchestrator.runtime import route_worker_output
+route_worker_output(sys.argv[1], "worker 3")
+route_worker_output(sys.argv[1], "worker 3")  # once per process
+logging.getLogger("orchestrator.scoring").info("scored a shard")
+logging.getLogger("modelopt").warning("theirs")
+print("Inserted 153 quantizers")
+os.write(2, b"bar 1/2\\n")
+"""
+
+
+def test_a_worker_sends_only_its_sweep_records_to_stdout_and_the_rest_to_its_file(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "worker-3.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROUTE, str(log)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("INFO orchestrator.scoring [worker 3]: scored a shard\n")
+    assert len(proc.stdout.splitlines()) == 1 and proc.stderr == ""
+    text = log.read_text()
+    for line in ("scored a shard", "theirs", "Inserted 153 quantizers", "bar 1/2"):
+        assert line in text, line
