@@ -37,6 +37,7 @@ from orchestrator.config import (
 )
 from orchestrator.data import DataError, DataSets, check_source
 from orchestrator.images import image_source
+from orchestrator.memory import WorkerNeed
 from orchestrator.outputs import (
     Finalized,
     SweepFacts,
@@ -80,6 +81,7 @@ class Inputs:
     address: str | None
     catalog: Catalog  # read before Ray starts: nothing is read from the package afterwards
     profile: str
+    need: WorkerNeed  # the memory plan: what one worker needs (orchestrator/memory.py)
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
@@ -122,15 +124,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     profile = _check_model(cfg)
     if image_source(cfg.data) is not None:
         _image_samples(cfg)  # reads and encodes every record: a bad one fails here
-    if cfg.search.gpus == "required" and not args.address:
-        from orchestrator.runtime import local_gpu_count
-
-        n, why = local_gpu_count()
-        if n == 0:
-            raise ConfigError(
-                f"search.gpus='required' but this machine has none ({why}); "
-                "use gpus=auto or run on a GPU machine"
-            )
+    need = plan_memory(cfg, args.address)
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
     previous = read_sweep_json(output)
     if previous is not None and previous.get("config_hash") != written.config_hash():
@@ -150,7 +144,16 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
         or default_tracking_uri(output)
     )
-    return Inputs(cfg, written.config_hash(), output, uri, args.address, catalog, profile)
+    return Inputs(cfg, written.config_hash(), output, uri, args.address, catalog, profile, need)
+
+
+def plan_memory(cfg: SweepConfig, address: str | None) -> WorkerNeed:
+    """Print the memory plan; a model that fits no worker here is refused (``capacity``)."""
+    from orchestrator import capacity
+    from orchestrator.profiles import model_facts
+
+    facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    return capacity.plan(cfg, facts, address)
 
 
 def _check_model(cfg: SweepConfig) -> str:
@@ -355,8 +358,11 @@ def run(inp: Inputs) -> int:
     try:
         cluster.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
         # the workers import ModelOpt and load the model while the driver prepares the rest
-        workers, gpus = cluster.worker_count(cfg.search.max_concurrent)
-        pool = cluster.WorkerPool.start(cfg.model, workers, gpus, int(cfg.search.cpus_per_trial))
+        slots = cluster.plan_workers(
+            inp.need, cfg.search.gpus_per_worker, cfg.search.max_concurrent, local=not inp.address
+        )
+        workers = len(slots)
+        pool = cluster.WorkerPool.start(cfg.model, slots, int(cfg.search.cpus_per_trial))
         data, target = prepared.result()
         data_ref = cluster.put(data)
         tables = score_all(inp, pool, data_ref, data)
@@ -585,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return run(inp)
+    except ConfigError as e:  # no node of the cluster can hold a worker (known once Ray is up)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception:
