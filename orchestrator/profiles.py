@@ -16,7 +16,6 @@ import importlib.util
 import logging
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -351,7 +350,6 @@ def _facts_of(doc: dict[str, Any]) -> ModelFacts:
     )
 
 
-@lru_cache(maxsize=8)  # the driver asks several times; a hub id costs a request each
 def model_facts(
     source: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> ModelFacts:

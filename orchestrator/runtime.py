@@ -94,12 +94,13 @@ def _smi_capabilities() -> list[tuple[int, int]] | None:
 
 
 def local_gpu_memory_gib() -> list[float]:
-    """Total memory (GiB) of each visible GPU here, from ``nvidia-smi`` (torch where it is absent).
+    """Total memory (GiB) of each visible GPU here, from ``nvidia-smi``; empty without GPUs.
 
-    Empty without GPUs; ``CUDA_VISIBLE_DEVICES`` counts, as in :func:`local_gpu_count`.
+    ``CUDA_VISIBLE_DEVICES`` counts, as in :func:`local_gpu_count`. Torch answers only where a
+    driver is present but ``nvidia-smi`` is not: a CPU machine's input checks import no torch.
     """
-    n, _ = local_gpu_count()
-    if n == 0:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
         return []
     try:
         out = subprocess.run(
@@ -111,10 +112,15 @@ def local_gpu_memory_gib() -> list[float]:
         ).stdout
         mib = [float(line) for line in out.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError, ValueError):
+        if not Path("/dev/nvidiactl").exists():
+            return []
         import torch
 
+        n = torch.cuda.device_count()
         mib = [torch.cuda.get_device_properties(i).total_memory / 2**20 for i in range(n)]
-    return [m / 1024 for m in mib[:n]]
+    if visible is not None:
+        mib = mib[: len([v for v in visible.split(",") if v.strip()])]
+    return [m / 1024 for m in mib]
 
 
 def host_memory_gib() -> float:

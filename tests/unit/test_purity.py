@@ -6,7 +6,17 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.unit
-PURE = ["records", "config", "planning", "selection", "tables", "outputs", "select", "export_check"]
+PURE = [
+    "records",
+    "config",
+    "planning",
+    "selection",
+    "tables",
+    "outputs",
+    "select",
+    "export_check",
+    "memory",
+]
 
 
 @pytest.mark.parametrize("module", PURE)
