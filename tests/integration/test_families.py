@@ -20,7 +20,7 @@ from torch import nn
 
 from orchestrator.config import SweepConfig, load_catalog
 from orchestrator.export import export_scheme
-from orchestrator.outputs import finalize
+from orchestrator.outputs import SweepFacts, finalize
 from orchestrator.planning import make_plan
 from orchestrator.profiles import load_model
 from orchestrator.records import TrialResult
@@ -58,7 +58,9 @@ def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_d
     assert linear == eligible | {n for n in linear if profile.is_excluded(n)}
     assert "lm_head" in linear - eligible
 
-    setup = ScoringSetup(str(src), None, profile.name, tiny_data.score.hash, "kl_div", RECIPE, 1, 1)
+    setup = ScoringSetup(
+        str(src), None, profile.name, tiny_data.score.hash, "gradient", RECIPE, 1, 1
+    )
     table = score(model, profile, tiny_data.score, setup, tmp_path / "cache")
     assert {m for g in table.groups for m in g.modules} == eligible
 
@@ -76,7 +78,7 @@ def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_d
         results.append(
             TrialResult(
                 plan.plan_hash,
-                "kl_div",
+                "gradient",
                 RECIPE,
                 bits,
                 1.0,
@@ -87,7 +89,16 @@ def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_d
             )
         )
     out = tmp_path / "out"
-    done = finalize(out, results, {"kl_div|FP8_DEFAULT_CFG": table}, load_catalog(), None, {})
+    cfg = SweepConfig.model_validate(
+        {
+            "model": {"source": str(src)},
+            "search": {"effective_bits": list(BITS), "coverage": [1.0]},
+            "controls": {"enabled": False},
+        }
+    )
+    facts = SweepFacts.of(cfg, tiny_data.hashes())
+    tables = {"gradient|FP8_DEFAULT_CFG": table}
+    done = finalize(out, results, tables, load_catalog(), None, {}, facts)
     assert done.error is None, done.error
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     assert len(doc["schemes"]) == 3
@@ -95,9 +106,6 @@ def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_d
         modules = json.loads((out / s["modules"]).read_text())["fp8_modules"]
         assert modules and set(modules) <= eligible
 
-    cfg = SweepConfig.model_validate(
-        {"model": {"source": str(src)}, "search": {"effective_bits": [8], "coverage": [1.0]}}
-    )
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     dest = export_scheme(out, "fp8_autoquant_top50", tmp_path / "ckpt", device="cpu")
     quant = json.loads((dest / "hf_quant_config.json").read_text())["quantization"]
