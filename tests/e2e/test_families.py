@@ -17,13 +17,13 @@ from tests.integration.test_families import DECODER_LINEAR, enabled_quantizers
 
 pytestmark = pytest.mark.e2e
 
-# the smallest sweep that still publishes three schemes: one method, one coverage, 7 budgets
+# the smallest sweep that still publishes three schemes: one method, one coverage, 4 budgets
 SMALLEST = [
     *("--set", "data.source=synthetic", "--set", "data.seq_len=32", "--set", "data.batch_size=2"),
     *("--set", "data.calib_batches=1", "--set", "data.score_batches=1"),
     *("--set", "scoring.methods=[gradient]", "--set", "scoring.num_calib_steps=1"),
     *("--set", "scoring.num_score_steps=1", "--set", "search.coverage=[1.0]"),
-    *("--set", "search.effective_bits=[8,10,11,12,13,14,15]", "--set", "controls.enabled=false"),
+    *("--set", "search.effective_bits=[8,11,12,14]", "--set", "controls.enabled=false"),
     *("--set", "search.strategies=[solve]"),
     *("--set", "search.max_concurrent=1"),
 ]
