@@ -1,9 +1,11 @@
-"""The GPU workers on Ray: connecting, one long-lived worker per GPU, its dispatcher, scoring.
+"""The GPU workers on Ray: connecting, long-lived workers of one or more GPUs, dispatcher, scoring.
 
-* One long-lived worker per GPU (``WorkerPool``; ``search.max_concurrent`` CPU workers without
-  GPUs), created as soon as Ray is up: each imports ModelOpt and loads the model once, scores the
+* Long-lived workers (``WorkerPool``), placed by the memory plan (:func:`plan_workers`): each
+  reserves ``search.gpus_per_worker`` GPUs of one node (``auto``: the fewest that hold the model)
+  and spreads the model over them; ``search.max_concurrent`` CPU workers without GPUs. They are
+  created as soon as Ray is up: each imports ModelOpt and loads the model once, scores the
   shards it is given, then keeps a calibrated model resident for the trials
-  (``orchestrator.worker``). A process per GPU pays start-up once, not once for scoring and again
+  (``orchestrator.worker``). A process per worker pays start-up once, not once for scoring and again
   for trials, and the trials' calibration happens before the first trial needs it.
 * Scoring: ``scoring.shards`` per (method, FP8 recipe) setup, sent to the workers in turn, each
   scoring its share of the batches; the driver adds them up and caches the table on the (shared)
@@ -28,7 +30,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator.config import ModelConfig
+from orchestrator.config import ConfigError, ModelConfig
+from orchestrator.memory import Slot, WorkerNeed
 from orchestrator.records import ScoreTable
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,6 @@ def put(obj: Any) -> Any:
     return ray.put(obj)
 
 
-def cluster_gpus() -> int:
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
@@ -77,11 +76,11 @@ def _worker_actor() -> type:
 
     class GpuWorker(Worker):
         def __init__(
-            self, model: ModelConfig, threads: int, log_file: str | None, label: str
+            self, model: ModelConfig, threads: int, gpus: int, log_file: str | None, label: str
         ) -> None:
             # before ModelOpt is imported: its prints and progress bars go to the worker's file
             route_worker_output(log_file, label, verbose=log_file is None)
-            super().__init__(model, threads)
+            super().__init__(model, threads, gpus)
 
         def where(self) -> dict[str, Any]:
             return {**_here(), **self.startup}
@@ -124,7 +123,7 @@ class _Dispatcher:
 
 @dataclass
 class WorkerPool:
-    """One long-lived worker per GPU (or ``count`` CPU workers), started as soon as Ray is up."""
+    """Long-lived workers of one or more GPUs each (or CPU workers), started once Ray is up."""
 
     workers: list[Any]
     dispatcher: Any
@@ -133,36 +132,41 @@ class WorkerPool:
 
     @classmethod
     def start(
-        cls, model: ModelConfig, count: int, gpus: bool, threads: int, log_dir: Path | None
+        cls, model: ModelConfig, slots: Sequence[Slot], threads: int, log_dir: Path | None
     ) -> WorkerPool:
         """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
 
-        Workers reserve a GPU each (no CPUs: the trials reserve those) and are placed node by node
-        (:func:`worker_nodes`). Ray restarts a worker that dies: a GPU worker wherever a GPU is free
-        if its node is gone; a CPU worker, which reserves nothing, only on its own node (Ray would
-        otherwise put every one of them on the driver's node). Worker ``i`` writes what libraries
-        print to ``log_dir/worker-<i>.log`` (the output folder, which every node sees; a restarted
-        worker appends), and only the sweep's records to the console; ``log_dir`` None leaves
-        everything on the console (``--verbose``).
+        A worker reserves its slot's GPUs on its slot's node (no CPUs: the trials reserve those)
+        and spreads the model over them when there are several. Ray restarts a worker that dies: a
+        GPU worker wherever its GPUs are free if its node is gone; a CPU worker, which reserves
+        nothing, only on its own node (Ray would otherwise put every one of them on the driver's
+        node). Worker ``i`` writes what libraries print to ``log_dir/worker-<i>.log`` (the output
+        folder, which every node sees; a restarted worker appends), and only the sweep's records
+        to the console; ``log_dir`` None leaves everything on the console (``--verbose``).
         """
         actor = ray.remote(_worker_actor())
-        nodes = worker_nodes(count, gpus)
-        log.info("%d worker(s), placed on node(s) %s", count, [n[:8] for n in nodes])
-        names = [f"fp8-sweep-worker-{uuid.uuid4().hex[:12]}" for _ in nodes]
+        log.info(
+            "%d worker(s), placed on node(s) %s, GPUs each %s",
+            len(slots),
+            [s.node[:8] for s in slots],
+            [s.gpus for s in slots],
+        )
+        names = [f"fp8-sweep-worker-{uuid.uuid4().hex[:12]}" for _ in slots]
         workers = [
             actor.options(
                 name=name,
-                num_gpus=1 if gpus else 0,
+                num_gpus=s.gpus,
                 num_cpus=0,
                 max_restarts=-1,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=gpus),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(s.node, soft=s.gpus > 0),
             ).remote(
                 model,
                 threads,
+                max(1, s.gpus),
                 None if log_dir is None else str(log_dir / f"worker-{i}.log"),
                 f"worker {i}",
             )
-            for i, (node, name) in enumerate(zip(nodes, names, strict=True))
+            for i, (s, name) in enumerate(zip(slots, names, strict=True))
         ]
         dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(names)
         return cls(workers, dispatcher, [w.where.remote() for w in workers])
@@ -196,20 +200,72 @@ class WorkerPool:
         return out
 
 
-def worker_nodes(count: int, gpus: bool) -> list[str]:
-    """The node of each worker: one slot per GPU of each node, or the nodes in turn without GPUs.
+def _alive_nodes() -> list[dict[str, Any]]:
+    return sorted(
+        (n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", "")
+    )
+
+
+def cpu_nodes(count: int) -> list[str]:
+    """The node of each CPU worker: the nodes with CPUs in turn (any alive node if none lists any).
 
     Ray's own spreading does not separate actors that reserve nothing, so the driver places them.
     """
-    alive = sorted(
-        (n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", "")
-    )
-    slots = (
-        [n["NodeID"] for n in alive for _ in range(int(n["Resources"].get("GPU", 0)))]
-        if gpus
-        else [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0]
-    ) or [n["NodeID"] for n in alive]
+    alive = _alive_nodes()
+    slots = [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0] or [
+        n["NodeID"] for n in alive
+    ]
     return [slots[i % len(slots)] for i in range(count)]
+
+
+def plan_workers(
+    need: WorkerNeed, gpus_per_worker: int | str, max_concurrent: int | None, local: bool
+) -> list[Slot]:
+    """The workers' slots on the cluster's GPU nodes (``memory.place``), or CPU workers.
+
+    Each GPU node's memory per GPU comes from ``nvidia-smi`` on that node (a zero-resource task
+    pinned there; this machine's answer on a local run); the smallest GPU of a node counts. A node
+    that cannot hold a worker gets none and the log says why; none at all is bad input (exit 2).
+    Without GPUs anywhere: ``max_concurrent`` CPU workers (default 1), spread over the nodes.
+    """
+    from orchestrator.memory import Node, place
+
+    gpu_nodes = [n for n in _alive_nodes() if n["Resources"].get("GPU", 0) >= 1]
+    if not gpu_nodes:
+        return [Slot(node, 0) for node in cpu_nodes(max_concurrent or 1)]
+    memory = _gpu_memory(gpu_nodes, local)
+    for n in gpu_nodes:
+        if not memory[n["NodeID"]]:
+            log.warning("memory plan: node %s: nvidia-smi gave no memory; no worker", n["NodeID"])
+    nodes = [
+        Node(n["NodeManagerAddress"], int(n["Resources"]["GPU"]), memory[n["NodeID"]])
+        for n in gpu_nodes
+        if memory[n["NodeID"]]
+    ]
+    placement = place(need.worker_gib, nodes, gpus_per_worker, max_concurrent)
+    for line in placement.lines:
+        log.info("memory plan: %s", line)
+    if not placement.workers:
+        raise ConfigError(f"{need.describe()}; no node can hold a worker: {placement.lines}")
+    by_address = {n["NodeManagerAddress"]: n["NodeID"] for n in gpu_nodes}
+    return [Slot(by_address[s.node], s.gpus) for s in placement.workers]
+
+
+def _gpu_memory(nodes: Sequence[dict[str, Any]], local: bool) -> dict[str, float]:
+    """GiB per GPU of each node (its smallest GPU; 0 when the node cannot say)."""
+    from orchestrator.runtime import local_gpu_memory_gib
+
+    if local:
+        here = local_gpu_memory_gib()
+        return {n["NodeID"]: min(here, default=0.0) for n in nodes}
+    probe = ray.remote(num_cpus=0)(local_gpu_memory_gib)
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in nodes
+    ]
+    return {n["NodeID"]: min(ray.get(r), default=0.0) for n, r in zip(nodes, refs, strict=True)}
 
 
 def _get_or_empty(ref: Any) -> dict[str, Any]:
@@ -217,14 +273,6 @@ def _get_or_empty(ref: Any) -> dict[str, Any]:
         return dict(ray.get(ref))
     except ray.exceptions.RayError:
         return {}
-
-
-def worker_count(max_concurrent: int | None) -> tuple[int, bool]:
-    """(workers, on GPUs): one per GPU, or ``max_concurrent`` (default 1) without GPUs."""
-    gpus = cluster_gpus()
-    if gpus:
-        return min(max_concurrent or gpus, gpus), True
-    return max_concurrent or 1, False
 
 
 # --- scoring --------------------------------------------------------------------------------------

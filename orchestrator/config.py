@@ -108,6 +108,16 @@ class SearchConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
     reference_cache_gib: float = Field(8.0, ge=0)  # device GiB for BF16 hidden states; 0: recompute
+    # GPUs of one node each worker reserves and spreads the model over; auto: the fewest that hold
+    # it (orchestrator/memory.py). Workers per node = its GPUs // this.
+    gpus_per_worker: int | Literal["auto"] = "auto"
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus_per_worker(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"is {v}; use a positive integer or auto")
+        return v
 
     @field_validator("effective_bits")
     @classmethod

@@ -196,17 +196,14 @@ def load_exported(path: Path, device: str = "cpu") -> Any:
     import modelopt.torch.quantization as mtq
     import torch
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig
 
+    from orchestrator.profiles import loader_class
     from orchestrator.trial import fp8_quant_config, module_quantizers
 
     scheme = json.loads((path / "scheme.json").read_text())
     config = AutoConfig.from_pretrained(path)
-    cls = (
-        Qwen2_5_VLForConditionalGeneration
-        if config.model_type == "qwen2_5_vl"
-        else AutoModelForCausalLM
-    )
+    cls = loader_class(config.model_type)
     model = cls.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):

@@ -78,7 +78,14 @@ def bf16_linears(folder: Path) -> list[str]:
 
 def finish_modelopt(folder: Path, name: str) -> None:
     """Exact exclude names in ``config.json`` and ``hf_quant_config.json``; the loading README."""
-    exclude = ["lm_head", "model.embed_tokens", "visual*", *bf16_linears(folder)]
+    # a text-only family (Qwen2, Qwen3) has no vision tower to name
+    vision = any(k.startswith(("visual.", "model.visual.")) for k in read_tensors(folder))
+    exclude = [
+        "lm_head",
+        "model.embed_tokens",
+        *(["visual*"] if vision else []),
+        *bf16_linears(folder),
+    ]
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"]["ignore"] = exclude
     _write_json(folder / "config.json", config)

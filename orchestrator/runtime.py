@@ -218,6 +218,41 @@ def _smi_capabilities() -> list[tuple[int, int]] | None:
         return None
 
 
+def local_gpu_memory_gib() -> list[float]:
+    """Total memory (GiB) of each visible GPU here, from ``nvidia-smi``; empty without GPUs.
+
+    ``CUDA_VISIBLE_DEVICES`` counts, as in :func:`local_gpu_count`. Torch answers only where a
+    driver is present but ``nvidia-smi`` is not: a CPU machine's input checks import no torch.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        mib = [float(line) for line in out.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        if not Path("/dev/nvidiactl").exists():
+            return []
+        import torch
+
+        n = torch.cuda.device_count()
+        mib = [torch.cuda.get_device_properties(i).total_memory / 2**20 for i in range(n)]
+    if visible is not None:
+        mib = mib[: len([v for v in visible.split(",") if v.strip()])]
+    return [m / 1024 for m in mib]
+
+
+def host_memory_gib() -> float:
+    """This machine's physical memory (GiB): what CPU workers share."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def export_package_path() -> None:
     """Put this package's root on ``PYTHONPATH`` so local Ray workers import it from a checkout.
 

@@ -40,6 +40,7 @@ from orchestrator.config import (
 )
 from orchestrator.data import DataError, DataSets, check_source
 from orchestrator.images import image_source
+from orchestrator.memory import WorkerNeed
 from orchestrator.outputs import (
     Finalized,
     SweepFacts,
@@ -88,6 +89,7 @@ class Inputs:
     address: str | None
     catalog: Catalog  # read before Ray starts: nothing is read from the package afterwards
     profile: str
+    need: WorkerNeed  # the memory plan: what one worker needs (orchestrator/memory.py)
     verbose: bool = False  # libraries' output on the console instead of in logs/
 
 
@@ -131,15 +133,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     profile = _check_model(cfg)
     if image_source(cfg.data) is not None:
         _image_samples(cfg)  # reads and encodes every record: a bad one fails here
-    if cfg.search.gpus == "required" and not args.address:
-        from orchestrator.runtime import local_gpu_count
-
-        n, why = local_gpu_count()
-        if n == 0:
-            raise ConfigError(
-                f"search.gpus='required' but this machine has none ({why}); "
-                "use gpus=auto or run on a GPU machine"
-            )
+    need = plan_memory(cfg, args.address)
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
     ownership.check_free(output)  # first: a running sweep's folder is in use, whatever it holds
     previous = read_sweep_json(output)
@@ -165,8 +159,17 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         or default_tracking_uri(output)
     )
     return Inputs(
-        cfg, written.config_hash(), output, uri, args.address, catalog, profile, args.verbose
+        cfg, written.config_hash(), output, uri, args.address, catalog, profile, need, args.verbose
     )
+
+
+def plan_memory(cfg: SweepConfig, address: str | None) -> WorkerNeed:
+    """Print the memory plan; a model that fits no worker here is refused (``capacity``)."""
+    from orchestrator import capacity
+    from orchestrator.profiles import model_facts
+
+    facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    return capacity.plan(cfg, facts, address)
 
 
 def _check_model(cfg: SweepConfig) -> str:
@@ -416,10 +419,11 @@ def run(inp: Inputs) -> int:
     try:
         cluster.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
         # the workers import ModelOpt and load the model while the driver prepares the rest
-        workers, gpus = cluster.worker_count(cfg.search.max_concurrent)
-        pool = cluster.WorkerPool.start(
-            cfg.model, workers, gpus, int(cfg.search.cpus_per_trial), logs
+        slots = cluster.plan_workers(
+            inp.need, cfg.search.gpus_per_worker, cfg.search.max_concurrent, local=not inp.address
         )
+        workers = len(slots)
+        pool = cluster.WorkerPool.start(cfg.model, slots, int(cfg.search.cpus_per_trial), logs)
         data, target = prepared.result()
         data_ref = cluster.put(data)
         tables = score_all(inp, pool, data_ref, data)
@@ -664,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with owned:
         try:
             return run(inp)
+        except ConfigError as e:  # no node of the cluster can hold a worker (known once Ray is up)
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             return EXIT_ERROR
         except Exception:

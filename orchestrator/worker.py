@@ -1,6 +1,7 @@
-"""One GPU's long-lived worker: ModelOpt imported and the model loaded once, then scoring and trials.
+"""A long-lived worker: ModelOpt imported and the model loaded once, then scoring and trials.
 
-A sweep keeps one :class:`Worker` per GPU (``cluster`` wraps it in a Ray actor) for its whole life:
+A sweep keeps one :class:`Worker` per slot of one or more GPUs (``cluster`` wraps it in a Ray actor,
+which reserves them; a model on several is spread over them, ``profiles.spread``) for its life:
 
 1. start-up (when the actor is created, while the driver still prepares data and tracking):
    import ModelOpt, load the BF16 model;
@@ -44,11 +45,12 @@ COPY_HEADROOM = 4
 class Worker:
     """Scores shards and measures plans on one device, keeping one calibrated model resident."""
 
-    def __init__(self, model: ModelConfig, threads: int = 0) -> None:
+    def __init__(self, model: ModelConfig, threads: int = 0, gpus: int = 1) -> None:
         if not logging.getLogger().handlers:  # a bare Ray worker process: Ray forwards its stdout
             setup_logging()  # to the driver, so scoring's progress lines reach the sweep's log
         self.model_cfg = model
         self.device = default_device()
+        self.gpus = gpus if self.device.startswith("cuda") else 1  # > 1: the model is spread
         if threads > 0 and self.device == "cpu":
             torch.set_num_threads(threads)
         self._pristine: nn.Module | None = None
@@ -68,7 +70,9 @@ class Worker:
 
     def _load(self) -> tuple[nn.Module, ModelProfile]:
         m = self.model_cfg
-        net, profile = load_model(m.source, self.device, m.dtype, m.revision, m.trust_remote_code)
+        net, profile = load_model(
+            m.source, self.device, m.dtype, m.revision, m.trust_remote_code, self.gpus
+        )
         sync(self.device)
         return net, profile
 
@@ -87,7 +91,12 @@ class Worker:
         return net, self._profile
 
     def _copy_fits(self) -> bool:
-        """Room for a second copy and AutoQuantize's working memory: 4x the model's bytes free."""
+        """Room for a second copy and AutoQuantize's working memory: 4x the model's bytes free.
+
+        A model spread over several GPUs is never copied: its worker was sized to hold one.
+        """
+        if self.gpus > 1:
+            return False
         if not self.device.startswith("cuda") or self._pristine is None:
             return True
         size = sum(p.numel() * p.element_size() for p in self._pristine.parameters())

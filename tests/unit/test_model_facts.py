@@ -49,8 +49,10 @@ def test_a_saved_model_gives_the_same_facts_as_transformers(tmp_path):
 
 
 def test_input_checks_on_a_local_model_import_no_heavy_framework(tmp_path):
-    doc = {"model_type": "qwen2_5_vl", "text_config": TEXT, "vision_config": {"depth": 2}}
-    (tmp_path / "config.json").write_text(json.dumps(doc))
+    """A complete config.json (as save_pretrained writes it) also gives the memory plan's size."""
+    from orchestrator.profiles import resolve_config
+
+    resolve_config("tiny-qwen2.5-vl").save_pretrained(tmp_path)
     code = (
         "import sys; from orchestrator import sweep; "
         f"a = sweep.parse_args(['--output', {str(tmp_path / 'out')!r}, "
@@ -59,7 +61,7 @@ def test_input_checks_on_a_local_model_import_no_heavy_framework(tmp_path):
         "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "qwen2.5 []"
+    assert out.stdout.strip() == "qwen2.5-vl []"
 
 
 def test_relative_sqlite_uris_become_absolute(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ PURE = [
     "select",
     "export_check",
     "ownership",
+    "memory",
 ]
 
 
