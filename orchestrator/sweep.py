@@ -398,14 +398,16 @@ def run(inp: Inputs) -> int:
     cfg = inp.cfg
     seed_everything(cfg.seed)
     inp.output.mkdir(parents=True, exist_ok=True)
-    log.info(
-        "resolved config %s (inputs checked %.1fs after the process started):\n%s",
-        inp.config_hash,
-        process_age() or float("nan"),
-        cfg.model_dump_json(indent=1),
-    )
     write_text(
         inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    log.info(
+        "resolved config %s in %s (model %s; %s scores; inputs checked %.1fs after start)",
+        inp.config_hash,
+        inp.output / "config.yaml",
+        cfg.model.source,
+        " + ".join(cfg.scoring.methods),
+        process_age() or float("nan"),
     )
     # Nothing below reads the working directory (paths and the tracking URI are absolute); leaving
     # it for the output folder also sidesteps Ray Jobs replacing the job's working_dir copy under a

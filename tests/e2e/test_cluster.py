@@ -218,7 +218,10 @@ def test_tracking_server_receives_everything_over_http(mlflow_server, tmp_path):
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert len(children) == 5 and all(r.info.status == "FINISHED" for r in children)
     assert all("kl_mean" in r.data.metrics for r in children)
-    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} == {"plan.json"}
+    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} == {
+        "plan.json",
+        "per_sequence.json",
+    }
     assert "schemes.yaml" in {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     local = yaml.safe_load((out / "schemes.yaml").read_text())
     assert local["parent_run_id"] == parent[0].info.run_id
