@@ -383,7 +383,7 @@ def test_export_all_as_compressed_tensors_checks_and_tags_each_scheme(demo, tmp_
 
     from orchestrator.export import main
 
-    out, _ = demo
+    out, *_ = demo
     dest = tmp_path / "ct"
     assert (
         main(["--output", str(out), "--all", "--format", "compressed-tensors", "--dest", str(dest)])
