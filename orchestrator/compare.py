@@ -5,7 +5,9 @@ A control's plan is re-derived here from the score table (planning is pure), so 
 re-run on an old sweep and find the same measurements by plan hash. The random controls are also
 pooled: per sequence, the mean KL over the seeds, which is the comparison a user means by "better
 than random choice". Verdicts come from the paired ratio (scheme KL / control KL) and its 95%
-bootstrap interval (``orchestrator.stats``). Pure module: numpy only.
+bootstrap interval (``orchestrator.stats``), on the selection objective's tokens (every target,
+or the image answers alone: ``orchestrator.objectives``); each row names its objective. Pure
+module: numpy only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.objectives import KL_MEAN, Objective
 from orchestrator.planning import control_plan, plan_point
 from orchestrator.points import table_key
 from orchestrator.records import NamedScheme, ScoreTable, TrialResult, stable_hash
@@ -57,16 +60,17 @@ def compare_scheme(
     measured: Mapping[str, TrialResult],
     specs: Sequence[str],
     seed: int,
+    objective: Objective = KL_MEAN,
 ) -> list[dict[str, Any]]:
     """One row per control (and one for the pooled random ones): its share, KL with CI, the ratio
     of the scheme's KL to it with CI, and a verdict (``better`` / ``indistinguishable`` /
     ``worse``; ``same plan``, ``not measured`` or ``cannot reach this share`` otherwise)."""
     table = tables[table_key(scheme.method, scheme.fp8_recipe)]
     mine = measured.get(scheme.plan_hash)
-    if mine is None:
+    sums = objective.per_sequence(mine.per_sequence) if mine is not None else None
+    if sums is None:
         return [{"control": s, "verdict": "not measured"} for s in specs]
-    kl = np.asarray(mine.per_sequence["kl"], dtype=float)
-    tokens = np.asarray(mine.per_sequence["tokens"], dtype=float)
+    kl, tokens = (np.asarray(x, dtype=float) for x in sums)
     rows: list[dict[str, Any]] = []
     randoms: list[np.ndarray] = []
     for spec in specs:
@@ -74,22 +78,28 @@ def compare_scheme(
         if plan is None:
             rows.append({"control": spec, "verdict": "cannot reach this share"})
             continue
-        base = {"control": spec, "plan_hash": plan.plan_hash, "fp8_fraction": plan.fp8_fraction}
+        base = {
+            "control": spec,
+            "objective": objective.metric,
+            "plan_hash": plan.plan_hash,
+            "fp8_fraction": plan.fp8_fraction,
+        }
         if plan.plan_hash == scheme.plan_hash:
             rows.append({**base, "verdict": "same plan"})
             continue
         other = measured.get(plan.plan_hash)
-        if other is None or len(other.per_sequence["kl"]) != len(kl):
+        their_sums = objective.per_sequence(other.per_sequence) if other is not None else None
+        if their_sums is None or len(their_sums[0]) != len(kl):
             rows.append({**base, "verdict": "not measured"})
             continue
-        theirs = np.asarray(other.per_sequence["kl"], dtype=float)
+        theirs = np.asarray(their_sums[0], dtype=float)
         if spec.startswith(RANDOM + ":"):
             randoms.append(theirs)
         row = _row(base, theirs, tokens, _seed(seed, plan.plan_hash))
         rows.append(_paired(row, kl, theirs, _seed(seed, scheme.plan_hash, spec)))
     if len(randoms) > 1:
         pooled = np.mean(randoms, axis=0)
-        base = {"control": RANDOM, "seeds": len(randoms)}
+        base = {"control": RANDOM, "objective": objective.metric, "seeds": len(randoms)}
         row = _row(base, pooled, tokens, _seed(seed, RANDOM))
         rows.append(_paired(row, kl, pooled, _seed(seed, scheme.plan_hash, RANDOM)))
     return rows
@@ -100,10 +110,13 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def score_kl_correlation(
-    results: Sequence[TrialResult], tables: Mapping[str, ScoreTable]
+    results: Sequence[TrialResult],
+    tables: Mapping[str, ScoreTable],
+    objective: Objective = KL_MEAN,
 ) -> dict[str, float]:
-    """Per scoring method, Spearman's rho between a plan's summed score and its measured KL over
-    the sweep's scored plans: near 1 when the scores' additivity held on this model."""
+    """Per scoring method, Spearman's rho between a plan's summed score and its measured KL (the
+    selection objective's) over the sweep's scored plans: near 1 when the scores' additivity held
+    on this model."""
     one_recipe = len({t.method for t in tables.values()}) == len(tables)
     out = {}
     for key, table in sorted(tables.items()):
@@ -113,7 +126,9 @@ def score_kl_correlation(
                 if r.fp8_recipe != table.fp8_recipe:
                     continue
                 plan = plan_point(table, {**_point(r)})
-                pairs.setdefault(r.plan_hash, (plan.score_sum, r.metrics["kl_mean"]))
+                kl = objective.value(r.metrics)
+                if np.isfinite(kl):
+                    pairs.setdefault(r.plan_hash, (plan.score_sum, kl))
         if pairs:
             xs, ys = zip(*pairs.values(), strict=True)
             out[table.method if one_recipe else key] = spearman(xs, ys)

@@ -58,6 +58,10 @@ class DataConfig(_Strict):
     # share of each set's rows that are image+text; default: 1 when data.source is image+text,
     # else 0.5 with image_source. More = calibration and scores closer to image chats, fewer text
     image_fraction: float | None = Field(None, ge=0, le=1)
+    # the same for the evaluation set alone; default: image_fraction. 0 beside image_fraction>0,
+    # or >0 beside image_fraction=0 (text-only calibration judged on image answers), lets two
+    # sweeps that calibrate differently be measured on one evaluation set
+    eval_image_fraction: float | None = Field(None, ge=0, le=1)
     image_field: str = "image"  # column/key: an image path relative to the file, or its bytes
     prompt_field: str = "prompt"  # column/key: the user's question about the image
     answer_field: str = "answer"  # column/key: the answer; only its tokens are scored
@@ -148,7 +152,10 @@ class SearchConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    max_kl: float | None = Field(None, gt=0)  # points above this mean KL are not eligible
+    # the KL the front is built on: over every target token (text windows and image answers), or
+    # over the answer tokens of image+text evaluation rows only (needs such rows)
+    objective: Literal["kl_mean", "image_kl_mean"] = "kl_mean"
+    max_kl: float | None = Field(None, gt=0)  # points above this (objective's) KL are not eligible
     catalog: str = str(DEFAULT_CATALOG)
 
 

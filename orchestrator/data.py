@@ -172,13 +172,20 @@ def _take(windows: np.ndarray, start: int, batches: int, batch_size: int) -> np.
 
 @dataclass(frozen=True)
 class ImageSamples:
-    """Encoded image+text records and how they mix into the sets (``fraction`` of the rows)."""
+    """Encoded image+text records and how they mix into the sets: ``fraction`` of the rows of
+    calibration and scoring, ``eval_fraction`` (default: the same) of the evaluation's."""
 
     samples: Sequence[Sample]
     fraction: float
     source: str
     pad_id: int
     settings: str
+    eval_fraction: float | None = None
+
+    def fraction_of(self, name: str) -> float:
+        if name == "eval" and self.eval_fraction is not None:
+            return self.eval_fraction
+        return self.fraction
 
 
 def build_datasets(
@@ -200,8 +207,8 @@ def build_datasets(
         rng = np.random.default_rng(seed)
         sets = {k: rng.integers(0, vocab_size, size=(n, *shape)) for k, n in counts.items()}
         return DataSets(*(TokenSet(k, v, "synthetic") for k, v in sets.items()))
-    fraction = images.fraction if images is not None else 0.0
-    placed = {k: image_places(n * cfg.batch_size, fraction) for k, n in counts.items()}
+    fraction = {k: images.fraction_of(k) if images else 0.0 for k in counts}
+    placed = {k: image_places(n * cfg.batch_size, fraction[k]) for k, n in counts.items()}
     need = {k: int((~v).sum()) for k, v in placed.items()}
     text = _text_rows(cfg, tokenize, need) if any(need.values()) else {}
     if images is None:
@@ -212,8 +219,14 @@ def build_datasets(
     samples = list(images.samples)
     front = got["calib"] + got["score"]
     if len(samples) < front + got["eval"]:
+        knob = (
+            f"data.image_fraction={fraction['calib']:g}"
+            if fraction["eval"] == fraction["calib"]
+            else f"data.image_fraction={fraction['calib']:g}, eval_image_fraction="
+            f"{fraction['eval']:g}"
+        )
         raise DataError(
-            f"data.image_fraction={fraction:g}: {images.source!r} holds {len(samples)} image+text "
+            f"{knob}: {images.source!r} holds {len(samples)} image+text "
             f"records, the sets need {front + got['eval']} (calibration {got['calib']}, scoring "
             f"{got['score']}, evaluation {got['eval']}); use more records, fewer batches or a "
             "lower image_fraction"

@@ -329,20 +329,35 @@ def image_fraction(cfg: DataConfig) -> float:
     return 1.0 if cfg.image_source is None else 0.5
 
 
+def eval_image_fraction(cfg: DataConfig) -> float:
+    """The evaluation set's share of image+text rows: data.eval_image_fraction, else the same as
+    calibration and scoring."""
+    return image_fraction(cfg) if cfg.eval_image_fraction is None else cfg.eval_image_fraction
+
+
 def check_mix(cfg: DataConfig) -> None:
     """The mix the knobs ask for has the sources it needs (no files read but the first record)."""
     source = image_source(cfg)
     if source is None:
+        for knob in ("image_fraction", "eval_image_fraction"):
+            value = getattr(cfg, knob)
+            if value:
+                raise DataError(
+                    f"data.{knob}={value:g}: there are no image+text records to mix in "
+                    f"(data.source={cfg.source!r} is text, data.image_source is unset); set "
+                    "data.image_source, or leave the knob unset"
+                )
         return
-    fraction = image_fraction(cfg)
+    fraction = min(image_fraction(cfg), eval_image_fraction(cfg))
     if cfg.image_source is not None and is_image_source(cfg.source, cfg):
         raise DataError(
             f"data.image_source={cfg.image_source!r}: data.source={cfg.source!r} holds images "
             "too; put text in data.source, or leave data.image_source unset"
         )
     if cfg.image_source is None and fraction < 1:
+        knob = "image_fraction" if image_fraction(cfg) < 1 else "eval_image_fraction"
         raise DataError(
-            f"data.image_fraction={fraction:g}: data.source={cfg.source!r} is image+text and no "
+            f"data.{knob}={fraction:g}: data.source={cfg.source!r} is image+text and no "
             "text source is given; use 1, or put text in data.source and the records in "
             "data.image_source"
         )
@@ -373,4 +388,11 @@ def image_samples(
         raise DataError(f"data.image_source={source!r}: holds no records")
     encoder = load_encoder(model_source, revision, trust, config)
     samples = encode_all(records, encoder, cfg.seq_len)
-    return ImageSamples(samples, image_fraction(cfg), source, encoder.pad_id, encoder.settings)
+    return ImageSamples(
+        samples,
+        image_fraction(cfg),
+        source,
+        encoder.pad_id,
+        encoder.settings,
+        eval_image_fraction(cfg),
+    )

@@ -20,6 +20,7 @@ import yaml
 
 from orchestrator.compare import compare_scheme, measured_by_plan, score_kl_correlation, verdicts
 from orchestrator.config import Catalog, CatalogScheme, SweepConfig
+from orchestrator.objectives import KL_MEAN, Objective
 from orchestrator.planning import plan_point
 from orchestrator.plots import pareto_png, sensitivity_png
 from orchestrator.points import table_key
@@ -27,7 +28,7 @@ from orchestrator.records import NamedScheme, Plan, ScoreTable, TrialResult
 from orchestrator.selection import Selection, SelectionError, select
 from orchestrator.tables import read_scores, read_trials, write_scores, write_trials
 
-QUALITY_METRICS = (
+_PER_MODALITY = (
     "kl_mean",
     "kl_ci_low",
     "kl_ci_high",
@@ -35,11 +36,17 @@ QUALITY_METRICS = (
     "top1_ci_low",
     "top1_ci_high",
     "nll_delta",
+    "eval_tokens",
+    "eval_sequences",
+)
+# overall, then the text rows' and the image answers' where the evaluation set has both
+QUALITY_METRICS = (
+    *_PER_MODALITY,
     "nll",
     "nll_ref",
     "ppl",
     "ppl_ref",
-    "eval_sequences",
+    *(f"{m}_{k}" for m in ("text", "image") for k in _PER_MODALITY),
 )
 
 
@@ -185,7 +192,7 @@ def _entry(
     }
 
 
-def _point_summary(r: TrialResult | None) -> dict[str, Any] | None:
+def _point_summary(r: TrialResult | None, objective: Objective) -> dict[str, Any] | None:
     if r is None:
         return None
     return {
@@ -193,6 +200,7 @@ def _point_summary(r: TrialResult | None) -> dict[str, Any] | None:
         "fp8_fraction": round(r.fp8_fraction, 6),
         "achieved_effective_bits": round(r.achieved_bits, 6),
         "kl_mean": r.metrics["kl_mean"],
+        **({objective.metric: objective.value(r.metrics)} if objective.prefix else {}),
         "method": r.method,
         "strategy": r.strategy,
         "coverage": r.coverage,
@@ -208,21 +216,23 @@ def finalize(
     header: Mapping[str, Any],
     facts: SweepFacts,
     replace_on_error: bool = True,
+    objective: Objective = KL_MEAN,
 ) -> Finalized:
     """trials.parquet, selection, the paired comparisons, schemes.yaml, plans/, pareto.png,
-    sensitivity.png; an unmet selection says why.
+    sensitivity.png, all on the selection ``objective``; an unmet selection says why.
 
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
     """
     sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
-    correlation = score_kl_correlation(results, tables)
+    correlation = score_kl_correlation(results, tables, objective)
     try:
-        sel = select(results, catalog, max_kl)
+        sel = select(results, catalog, max_kl, objective)
     except SelectionError as e:
         if replace_on_error:
             write_trials(results, output / "trials.parquet")
-            pareto_png(results, (), (), output / "pareto.png", f"{header.get('sweep')}: {e}"[:120])
+            title = f"{header.get('sweep')}: {e}"[:120]
+            pareto_png(results, (), (), output / "pareto.png", title, objective)
             (output / "schemes.yaml").unlink(missing_ok=True)
         return Finalized(None, str(e), (), correlation)
     write_trials(results, output / "trials.parquet")
@@ -232,20 +242,23 @@ def finalize(
         plan = plan_for(s, tables)
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
-        rows = compare_scheme(s, tables, measured, facts.controls, facts.seed)
+        rows = compare_scheme(s, tables, measured, facts.controls, facts.seed, objective)
         spec = next(c for c in catalog.schemes if c.name == s.name)
         entries.append(_entry(s, plan, plan_path, rows, facts, spec))
     doc = {
         **header,
         "catalog_version": catalog.version,
-        "knee": _point_summary(sel.knee),
+        "objective": objective.metric,
+        "knee": _point_summary(sel.knee, objective),
         "score_kl_spearman": correlation,
         "front": list(sel.front),
         "notes": list(sel.notes),
         "schemes": entries,
     }
     write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
-    pareto_png(results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")))
+    pareto_png(
+        results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
+    )
     return Finalized(sel, None, tuple(entries), correlation)
 
 
@@ -258,18 +271,22 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
     verdict against every control measured at its share, the knee, the score-KL correlation."""
     if done.selection is None:
         return []
+    obj = done.selection.objective
+    top1 = f"{obj.prefix}top1_agreement"
     lines = [
         "",
-        f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {'KL [95% CI]':<30}{'top-1':>8}  picked from",
+        f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {obj.label + ' [95% CI]':<30}{'top-1':>8}  "
+        "picked from",
     ]
     for s, e in zip(done.selection.schemes, done.entries, strict=True):
         m = s.metrics
-        kl = f"{m['kl_mean']:.3g}"
-        if "kl_ci_low" in m:
-            kl += f" {_ci((m['kl_ci_low'], m['kl_ci_high']))}"
+        kl = f"{obj.value(m):.3g}"
+        ci = obj.ci(m)
+        if ci is not None:
+            kl += f" {_ci(ci)}"
         lines.append(
             f"{s.name:<22}{s.fp8_fraction:>7.1%}{s.achieved_bits:>7.2f}  {kl:<30}"
-            f"{m.get('top1_agreement', float('nan')):>8.4f}  {s.method} {s.strategy} "
+            f"{m.get(top1, float('nan')):>8.4f}  {s.method} {s.strategy} "
             f"c={s.coverage:g}"
         )
         for row in e["controls"]:
@@ -290,7 +307,7 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
     if k is not None:
         lines.append(
             f"knee of the front: {k.fp8_fraction:.1%} FP8, {k.achieved_bits:.2f} bits, "
-            f"KL {k.metrics['kl_mean']:.3g} ({k.method} {k.strategy} c={k.coverage:g})"
+            f"{obj.label} {obj.value(k.metrics):.3g} ({k.method} {k.strategy} c={k.coverage:g})"
         )
     if done.correlation:
         rho = ", ".join(f"{m} {v:.2f}" for m, v in done.correlation.items())

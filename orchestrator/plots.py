@@ -1,5 +1,6 @@
 """pareto.png (every trial with its error bar, the front, the three schemes and the controls
-measured at their shares) and sensitivity.png (the scores as decoder block x group kind)."""
+measured at their shares, on the selection objective's KL) and sensitivity.png (the scores as
+decoder block x group kind)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.objectives import KL_MEAN, Objective
 from orchestrator.records import KINDS, NamedScheme, ScoreTable, TrialResult
 
 _CONTROL_MARKERS = {"random": "x", "inverse": "v", "ends_fixed": "^", "attn_bf16": "d"}
@@ -28,12 +30,11 @@ def pareto_png(
     schemes: Sequence[NamedScheme],
     path: Path,
     title: str,
+    objective: Objective = KL_MEAN,
 ) -> None:
     plt = _pyplot()
     done = [
-        r
-        for r in results
-        if r.status == "FINISHED" and math.isfinite(r.metrics.get("kl_mean", math.nan))
+        r for r in results if r.status == "FINISHED" and math.isfinite(objective.value(r.metrics))
     ]
     ok = [r for r in done if r.kind == "trial"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -42,32 +43,36 @@ def pareto_png(
             ax,
             [r for r in ok if r.method == method],
             f"trials ({method} scores)",
+            objective,
             marker=marker,
             c="0.6",
             ms=4,
         )
     for name, marker in _CONTROL_MARKERS.items():
         pts = [r for r in done if r.kind == "control" and r.control.split(":")[0] == name]
-        _scatter(ax, pts, f"control: {name}", marker=marker, c="tab:orange", ms=5, alpha=0.8)
+        _scatter(
+            ax, pts, f"control: {name}", objective, marker=marker, c="tab:orange", ms=5, alpha=0.8
+        )
     by_hash = {r.plan_hash: r for r in ok}
     f = sorted((by_hash[h] for h in front if h in by_hash), key=lambda r: r.achieved_bits)
     if f:
         ax.plot(
             [r.achieved_bits for r in f],
-            [max(r.metrics["kl_mean"], 1e-12) for r in f],
+            [max(objective.value(r.metrics), 1e-12) for r in f],
             "-",
             c="tab:blue",
             lw=1.5,
             label="Pareto front",
         )
     for s in schemes:
-        y = max(s.metrics["kl_mean"], 1e-12)
+        y = max(objective.value(s.metrics), 1e-12)
         ax.scatter([s.achieved_bits], [y], c="tab:red", s=60, zorder=3)
         ax.annotate(
             s.name, (s.achieved_bits, y), textcoords="offset points", xytext=(6, 6), fontsize=8
         )
     ax.set_xlabel("effective bits over eligible LM weights (lower = smaller)")
-    ax.set_ylabel("mean KL(BF16 || quantized) per token, 95% CI")
+    where = "image answer token" if objective.prefix else "token"
+    ax.set_ylabel(f"mean KL(BF16 || quantized) per {where}, 95% CI")
     ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -78,13 +83,16 @@ def pareto_png(
     plt.close(fig)
 
 
-def _scatter(ax: Any, points: Sequence[TrialResult], label: str, **style: Any) -> None:
+def _scatter(
+    ax: Any, points: Sequence[TrialResult], label: str, objective: Objective, **style: Any
+) -> None:
     """Points with their bootstrap interval as a vertical bar (where the trial has one)."""
     if not points:
         return
-    ys = [max(r.metrics["kl_mean"], 1e-12) for r in points]
-    low = [y - max(r.metrics.get("kl_ci_low", y), 1e-12) for r, y in zip(points, ys, strict=True)]
-    high = [max(r.metrics.get("kl_ci_high", y), y) - y for r, y in zip(points, ys, strict=True)]
+    ys = [max(objective.value(r.metrics), 1e-12) for r in points]
+    cis = [objective.ci(r.metrics) or (y, y) for r, y in zip(points, ys, strict=True)]
+    low = [y - max(lo, 1e-12) for (lo, _), y in zip(cis, ys, strict=True)]
+    high = [max(hi, y) - y for (_, hi), y in zip(cis, ys, strict=True)]
     ax.errorbar(
         [r.achieved_bits for r in points],
         ys,

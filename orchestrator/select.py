@@ -1,14 +1,14 @@
-"""``python -m orchestrator.select --output DIR``: re-run selection on a finished sweep, no GPU needed.
+"""``python -m orchestrator.select --output DIR``: re-run selection on a finished sweep, no GPU.
 
 Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
 rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
 comparisons reuse the controls the sweep measured; a scheme that moved to another share (a new
-``--catalog`` or ``--max-kl``) reads ``not measured`` against them until the sweep is run again. ``--max-kl`` and ``--catalog`` override
-the sweep's selection settings. It takes the folder like a sweep driver does (``ownership.py``):
-while the folder's sweep runs, its driver owns those files, and select exits 2 naming it and
-rewrites nothing; while select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad
-input, or the sweep is running) or 3 (a name no measured point can carry; then nothing is
-rewritten).
+``--catalog``, ``--max-kl`` or ``--objective``) reads ``not measured`` against them until the sweep
+is run again. ``--max-kl``, ``--catalog`` and ``--objective`` override the sweep's selection
+settings. It takes the folder like a sweep driver does (``ownership.py``): while the folder's
+sweep runs, its driver owns those files, and select exits 2 naming it and rewrites nothing; while
+select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad input, or the sweep is
+running) or 3 (a name no measured point can carry; then nothing is rewritten).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig, load_catalog, read_yaml
+from orchestrator.objectives import OBJECTIVES, Objective
 from orchestrator.outputs import (
     SweepFacts,
     finalize,
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
     p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL (overrides config)")
     p.add_argument("--catalog", type=Path, default=None, help="scheme catalog (overrides config)")
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="the KL to select on: over all target tokens, or image answers (overrides config)",
+    )
     args = p.parse_args(argv)
     output = args.output.resolve()
     try:
@@ -50,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = load_catalog(args.catalog or cfg.selection.catalog)
         if args.max_kl is not None and not args.max_kl > 0:
             raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
+        objective = Objective(args.objective or cfg.selection.objective)
+        results = load_results(output)
+        if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in results):
+            raise ConfigError(
+                f"--objective={objective.metric}: this sweep's evaluation set has no image+text "
+                "rows (data.eval_image_fraction); use kl_mean"
+            )
         owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
     except (ConfigError, OutputInUse) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -64,13 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with owned:
         done = finalize(
             output,
-            load_results(output),
+            results,
             read_score_tables(output),
             catalog,
             max_kl,
             header,
             SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
             replace_on_error=False,
+            objective=objective,
         )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)

@@ -39,8 +39,9 @@ from orchestrator.config import (
     load_config,
 )
 from orchestrator.data import DataError, DataSets, check_source
-from orchestrator.images import image_source
+from orchestrator.images import eval_image_fraction, image_source
 from orchestrator.memory import WorkerNeed
+from orchestrator.objectives import Objective
 from orchestrator.outputs import (
     Finalized,
     SweepFacts,
@@ -207,6 +208,14 @@ def _check_sources(cfg: SweepConfig) -> None:
     from orchestrator.images import check_mix
 
     check_mix(cfg.data)
+    if cfg.selection.objective == "image_kl_mean" and (
+        image_source(cfg.data) is None or eval_image_fraction(cfg.data) == 0
+    ):
+        raise ConfigError(
+            "selection.objective='image_kl_mean': the evaluation set has no image+text rows; "
+            "set data.image_source (or an image+text data.source) with data.eval_image_fraction "
+            "> 0, or use kl_mean"
+        )
     if image_source(cfg.data) != cfg.data.source:
         check_source(cfg.data.source, "data.source", cfg.data.text_field)
     if cfg.data.eval_source:
@@ -495,10 +504,12 @@ def run_rounds(
         cfg.search.searcher,
         cfg.search.num_samples,
         cfg.seed,
+        cfg.selection.objective,
     )
     results = tuner.run_trials(ctx, points, space, settings, workers)
+    objective = Objective(cfg.selection.objective)
     try:
-        schemes = select(results, inp.catalog, cfg.selection.max_kl).schemes
+        schemes = select(results, inp.catalog, cfg.selection.max_kl, objective).schemes
     except SelectionError:
         return results  # conclude reports why; there is nothing to compare with
     measured = {r.plan_hash for r in results if r.status == "FINISHED"}
@@ -543,6 +554,7 @@ def conclude(
         cfg.selection.max_kl,
         header,
         SweepFacts.of(cfg, data.hashes()),
+        objective=Objective(cfg.selection.objective),
     )
     problems = settled.problems + _publish(inp, target, tables, results, done)
     print_summary(results, done, inp.output)

@@ -40,8 +40,6 @@ if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("achieved_bits", "kl_mean")
-
 
 def bootstrap_seed(seed: int, plan_hash: str) -> int:
     """A trial's bootstrap seed: from the sweep seed and its plan, never from trial order."""

@@ -19,7 +19,7 @@ from ray import tune
 from orchestrator.planning import plan_point
 from orchestrator.points import table_key
 from orchestrator.records import ScoreTable, TrialResult
-from orchestrator.trainable import OBJECTIVES, TrialContext, point_of, trainable
+from orchestrator.trainable import TrialContext, point_of, trainable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class TuneSettings:
     searcher: str
     num_samples: int
     seed: int
+    objective: str = "kl_mean"  # what Optuna minimises beside the achieved bits
 
 
 def _searcher(
@@ -95,7 +96,7 @@ def _searcher(
     }
     seeds = [{k: point_of(p)[k] for k in param_space} for p in points]  # Optuna's dimensions only
     algo = OptunaSearch(
-        metric=list(OBJECTIVES),
+        metric=["achieved_bits", settings.objective],
         mode=["min", "min"],
         points_to_evaluate=seeds,
         seed=settings.seed,

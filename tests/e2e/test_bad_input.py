@@ -36,6 +36,15 @@ pytestmark = pytest.mark.e2e
         ),
         (["--set", "search.strategies=[ends_bf16:1]"], "lacks 'solve'"),
         (["--set", "search.strategies=[solve,oracle]"], "'oracle' is not one of solve"),
+        (["--set", "selection.objective=ppl"], "selection.objective='ppl': Input should be"),
+        (
+            ["--set", "selection.objective=image_kl_mean"],
+            "selection.objective='image_kl_mean': the evaluation set has no image+text rows",
+        ),
+        (
+            ["--set", "data.eval_image_fraction=0.5"],
+            "data.eval_image_fraction=0.5: there are no image+text records to mix in",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):

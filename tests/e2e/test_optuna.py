@@ -1,4 +1,5 @@
-"""The adaptive searcher: OptunaSearch on two objectives, seeded with the grid."""
+"""The adaptive searcher: OptunaSearch on two objectives (bits and the image answers' KL), seeded
+with the grid."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.e2e.test_sweep import sweep
 
@@ -31,6 +33,8 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
         "controls.enabled=false",
         "--set",
         "search.strategies=[solve]",  # 3 x 2 seeding points
+        "--set",
+        "selection.objective=image_kl_mean",  # what Optuna minimises beside the bits
         "--config",
         "search_spaces/demo_multimodal.yaml",  # image+text rows mixed with text
     )
@@ -40,5 +44,6 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
     assert len(rows) == seeds + 3  # the de-duplicated seeding grid, then 3 sampled points
     assert all(r["status"] == "FINISHED" and math.isfinite(r["kl_mean"]) for r in rows)
     assert all(math.isfinite(r["image_kl_mean"]) for r in rows)  # image rows went through
+    assert yaml.safe_load((out / "schemes.yaml").read_text())["objective"] == "image_kl_mean"
     sampled = {round(r["effective_bits"], 6) for r in rows} - {8.0, 12.0, 14.0}
     assert sampled and all(8 <= b <= 14 for b in sampled)

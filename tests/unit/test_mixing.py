@@ -83,3 +83,18 @@ def test_too_few_records_names_the_knob(tmp_path):
     images = ImageSamples(_samples(9), 0.5, "records.jsonl", 0, "settings")
     with pytest.raises(DataError, match="data.image_fraction=0.5: 'records.jsonl' holds 9"):
         build_datasets(_cfg(tmp_path), 512, byte_tokenizer(512), 0, images)
+
+
+def test_evaluation_takes_its_own_fraction_and_the_same_records_either_way(tmp_path):
+    """Text-only calibration (fraction 0) and image+text calibration, judged on one evaluation
+    set: the eval_fraction alone decides the evaluation rows, so two such sweeps can be paired."""
+    cfg = _cfg(tmp_path)
+    text_calib = ImageSamples(_samples(14), 0.0, "records.jsonl", 0, "settings", 1.0)
+    mixed_calib = ImageSamples(_samples(14), 0.5, "records.jsonl", 0, "settings", 1.0)
+    a = build_datasets(cfg, 512, byte_tokenizer(512), 0, text_calib)
+    b = build_datasets(cfg, 512, byte_tokenizer(512), 0, mixed_calib)
+    assert not a.calib.image_rows.any() and not a.score.image_rows.any()
+    assert b.calib.image_rows.sum() == 2 and b.score.image_rows.sum() == 4
+    assert a.eval.image_rows.all() and a.eval.hash == b.eval.hash
+    assert a.calib.hash != b.calib.hash
+    assert a.eval.image_shas == tuple(f"sha{i}" for i in range(6, 14))  # the last 8, from the back

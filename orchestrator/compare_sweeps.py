@@ -1,0 +1,156 @@
+"""``python -m orchestrator.compare_sweeps A B``: two finished sweeps' schemes, name by name.
+
+Two sweeps that differ in how they calibrate and score (text only vs image+text, other records,
+other step counts) but were evaluated on the same evaluation set can be compared paired: for each
+scheme name, each sweep's KL on the chosen objective's tokens with its 95% bootstrap interval, and
+the ratio B / A with its paired interval and a verdict (``better``: B's scheme has less KL). A
+name bound to the same modules in both still differs when calibration did (other ranges), so it
+is compared like any other (``same_modules`` says so). The evaluation sets must be the same tokens, images and processor settings (``sweep.json``'s eval data
+hash); otherwise the command exits 2 and says so. Reads only the two folders; no Ray, no MLflow.
+Exit 0, or 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config import ConfigError
+from orchestrator.objectives import OBJECTIVES, Objective
+from orchestrator.outputs import load_results, read_sweep_json
+from orchestrator.records import TrialResult, stable_hash
+from orchestrator.stats import paired_ratio_ci, ratio_ci, verdict
+
+
+def _seed(*parts: str) -> int:
+    return int(stable_hash(list(parts)), 16) % (2**32)
+
+
+def _side(r: TrialResult, objective: Objective, seed: int) -> dict[str, Any]:
+    sums = objective.per_sequence(r.per_sequence)
+    assert sums is not None
+    ci = ratio_ci(*sums, seed)
+    return {
+        "plan_hash": r.plan_hash,
+        "fp8_fraction": r.fp8_fraction,
+        "method": r.method,
+        "strategy": r.strategy,
+        objective.metric: ci.estimate,
+        "ci": [ci.low, ci.high],
+    }
+
+
+def compare_named(
+    a: Mapping[str, TrialResult], b: Mapping[str, TrialResult], objective: Objective
+) -> list[dict[str, Any]]:
+    """Per scheme name both sweeps published: each side's KL with CI, and B / A paired. A name
+    whose trial lacks the objective's per-sequence sums reads ``not measured``."""
+    rows = []
+    for name in [n for n in a if n in b]:
+        ra, rb = a[name], b[name]
+        sa, sb = objective.per_sequence(ra.per_sequence), objective.per_sequence(rb.per_sequence)
+        if sa is None or sb is None or len(sa[0]) != len(sb[0]):
+            rows.append({"scheme": name, "verdict": "not measured"})
+            continue
+        row = {
+            "scheme": name,
+            "objective": objective.metric,
+            "a": _side(ra, objective, _seed(name, ra.plan_hash)),
+            "b": _side(rb, objective, _seed(name, rb.plan_hash)),
+            "same_modules": ra.plan_hash == rb.plan_hash,
+        }
+        ratio = paired_ratio_ci(sb[0], sa[0], _seed(name, ra.plan_hash, rb.plan_hash))
+        rows.append(
+            {
+                **row,
+                "ratio": ratio.estimate,
+                "ratio_ci": [ratio.low, ratio.high],
+                "verdict": verdict(ratio),
+            }
+        )
+    return rows
+
+
+def _published(output: Path, field: str) -> tuple[dict[str, Any], dict[str, TrialResult]]:
+    """(sweep.json, scheme name -> its measured trial) of a finished sweep folder."""
+    sweep = read_sweep_json(output)
+    if sweep is None or not (output / "schemes.yaml").exists():
+        raise ConfigError(f"{field}={output}: no finished sweep (sweep.json, schemes.yaml)")
+    doc = yaml.safe_load((output / "schemes.yaml").read_text())
+    by_plan = {r.plan_hash: r for r in load_results(output) if r.status == "FINISHED"}
+    named = {
+        s["name"]: by_plan[s["plan_hash"]] for s in doc["schemes"] if s["plan_hash"] in by_plan
+    }
+    return sweep, named
+
+
+def check_same_evaluation(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    ha, hb = (s.get("data_hashes", {}).get("eval") for s in (a, b))
+    if ha is None or ha != hb:
+        raise ConfigError(
+            f"B: evaluated on set {hb}, A on {ha}; a paired comparison needs one evaluation set "
+            "(the same data.eval_batches, batch_size, seq_len, eval_image_fraction and records)"
+        )
+
+
+def _ci(v: Sequence[float]) -> str:
+    return f"[{v[0]:.3g}, {v[1]:.3g}]"
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]], objective: Objective) -> list[str]:
+    kl = objective.label + " [95% CI]"
+    lines = [f"{'scheme':<22}{'A: FP8':>7}  {kl:<32}{'B: FP8':>7}  {kl:<32}B / A [95% CI]"]
+    for r in rows:
+        if "a" not in r:
+            lines.append(f"{r['scheme']:<22}{r['verdict']}")
+            continue
+        a, b = r["a"], r["b"]
+        cells = [f"{x[objective.metric]:.3g} {_ci(x['ci'])}" for x in (a, b)]
+        same = " (same modules)" if r["same_modules"] else ""
+        lines.append(
+            f"{r['scheme']:<22}{a['fp8_fraction']:>7.1%}  {cells[0]:<32}"
+            f"{b['fp8_fraction']:>7.1%}  {cells[1]:<32}"
+            f"{r['ratio']:.3g} {_ci(r['ratio_ci'])} {r['verdict']}{same}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.compare_sweeps", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("a", type=Path, help="a finished sweep's output folder (the baseline)")
+    p.add_argument("b", type=Path, help="another, evaluated on the same set")
+    p.add_argument("--objective", choices=OBJECTIVES, default="kl_mean", help="the KL compared")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = p.parse_args(argv)
+    objective = Objective(args.objective)
+    try:
+        sweep_a, a = _published(args.a.resolve(), "A")
+        sweep_b, b = _published(args.b.resolve(), "B")
+        check_same_evaluation(sweep_a, sweep_b)
+        if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in a.values()):
+            raise ConfigError(
+                f"--objective={objective.metric}: the evaluation set has no image+text rows "
+                "(data.eval_image_fraction); use kl_mean"
+            )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = compare_named(a, b, objective)
+    print(f"A: {args.a} ({sweep_a.get('name')})\nB: {args.b} ({sweep_b.get('name')})")
+    for line in table_lines(rows, objective):
+        print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

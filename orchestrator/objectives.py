@@ -1,0 +1,51 @@
+"""What selection minimises beside the bits, and where each part of a trial's record holds it.
+
+``kl_mean`` is the mean KL over every target token of the evaluation set: text windows and the
+answer tokens of image+text rows weigh the same per token, so text dominates a mixed set (a
+window has ~10x the targets of an answer). ``image_kl_mean`` is the mean over the answer tokens of
+image+text rows only: the choice for a model deployed on image chats. Each objective names its
+mean, its bootstrap interval and its per-sequence sums, so the front, the knee, the paired
+comparisons, the plots and the summary all read the same numbers. Pure module: stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OBJECTIVES = ("kl_mean", "image_kl_mean")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "kl_mean"
+
+    def __post_init__(self) -> None:
+        if self.metric not in OBJECTIVES:
+            raise ValueError(f"objective {self.metric!r}: use one of {', '.join(OBJECTIVES)}")
+
+    @property
+    def prefix(self) -> str:
+        """The metrics' and per-sequence sums' prefix: "" (all targets) or "image_"."""
+        return self.metric.removesuffix("kl_mean")
+
+    @property
+    def label(self) -> str:
+        return "KL on image answers" if self.prefix else "KL"
+
+    def value(self, metrics: Mapping[str, Any]) -> float:
+        return float(metrics.get(self.metric, math.nan))
+
+    def ci(self, metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+        low, high = f"{self.prefix}kl_ci_low", f"{self.prefix}kl_ci_high"
+        return (float(metrics[low]), float(metrics[high])) if low in metrics else None
+
+    def per_sequence(self, sums: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+        """(summed KL, target tokens) per sequence of this objective's rows; None if not kept."""
+        kl, tokens = sums.get(f"{self.prefix}kl"), sums.get(f"{self.prefix}tokens")
+        return (list(kl), list(tokens)) if kl and tokens else None
+
+
+KL_MEAN = Objective()  # the default: every target token
