@@ -5,9 +5,9 @@ other step counts) but were evaluated on the same evaluation set can be compared
 scheme name, each sweep's KL on the chosen objective's tokens with its 95% bootstrap interval, and
 the ratio B / A with its paired interval and a verdict (``better``: B's scheme has less KL). A
 name bound to the same modules in both still differs when calibration did (other ranges), so it
-is compared like any other (``same_modules`` says so). The evaluation sets must be the same tokens, images and processor settings (``sweep.json``'s eval data
-hash); otherwise the command exits 2 and says so. Reads only the two folders; no Ray, no MLflow.
-Exit 0, or 2 on bad input.
+is compared like any other (``same_modules`` says so). The evaluation sets must be the same
+tokens, images and processor settings (``sweep.json``'s eval data hash); otherwise the command
+exits 2 and says so. Reads only the two folders; no Ray, no MLflow. Exit 0, or 2 on bad input.
 """
 
 from __future__ import annotations

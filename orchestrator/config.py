@@ -1,8 +1,10 @@
-"""The sweep config and the scheme catalog: YAML plus ``key=value`` overrides, validated in one place.
+"""The sweep config and the scheme catalog: YAML plus ``key=value`` overrides, validated in one
+place.
 
 Every schema is strict (``extra="forbid"``) so a misspelt key fails when the file loads, not an hour
-into scoring. All problems are collected and raised once as a :class:`ConfigError` whose message is a
-single line naming each field, the bad value and what is allowed. Pure module: no torch, ray, mlflow.
+into scoring. All problems are collected and raised once as a :class:`ConfigError` whose message is
+a single line naming each field, the bad value and what is allowed. Pure module: no torch, ray,
+mlflow.
 """
 
 from __future__ import annotations

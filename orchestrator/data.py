@@ -1,11 +1,12 @@
 """Calibration, scoring and evaluation token sets, each with fixed content and a content hash.
 
 Sources: deterministic synthetic tokens (``synthetic``), a local ``.txt``/``.jsonl``/``.parquet``
-file, or a Hugging Face dataset (``hf:<name>[:<config>[:<split>]]``) when the network allows. Text is
-cut into windows of ``seq_len`` tokens; the three sets take disjoint windows (calibration, then
-scoring from the front, evaluation from the back, or from ``eval_source`` when given), so a scheme is
-never judged on the text it was calibrated or scored on. Each set's hash (sha256 of its tokens) goes
-into the score-cache key and into the tracking tags. Arrays are numpy; torch stays in the GPU stages.
+file, or a Hugging Face dataset (``hf:<name>[:<config>[:<split>]]``) when the network allows. Text
+is cut into windows of ``seq_len`` tokens; the three sets take disjoint windows (calibration, then
+scoring from the front, evaluation from the back, or from ``eval_source`` when given), so a scheme
+is never judged on the text it was calibrated or scored on. Each set's hash (sha256 of its tokens)
+goes into the score-cache key and into the tracking tags. Arrays are numpy; torch stays in the GPU
+stages.
 
 Image+text records (encoded by ``images.py``) mix in as rows of their own, right-padded to
 ``seq_len``, split the same way (calibration and scoring from the front of the records, evaluation
@@ -112,7 +113,8 @@ def hf_tokenizer(source: str, revision: str | None, trust_remote_code: bool) -> 
 
 
 def check_source(source: str, field: str, text_field: str = "text") -> None:
-    """Fail early, with one line, on a file that is missing, empty, unreadable or of an unknown type."""
+    """Fail early, with one line, on a file that is missing, empty, unreadable or of an unknown
+    type."""
     if source == "synthetic" or source.startswith("hf:"):
         return
     path = Path(source).expanduser()

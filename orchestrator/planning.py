@@ -1,4 +1,5 @@
-"""From a score table and one point of the space (effective bits, coverage) to the exact FP8 module set.
+"""From a score table and one point of the space (effective bits, coverage) to the exact FP8 module
+set.
 
 Budget. With FP8 and BF16 as the only formats, effective bits b over the eligible LM weights fix the
 FP8 share: b = 16 - 8 * share, so share = (16 - b) / 8. Which groups make up that share is the
@@ -240,7 +241,8 @@ def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
 
 
 def control_plan(table: ScoreTable, spec: str, effective_bits: float) -> Plan | None:
-    """A control at the FP8 share of ``effective_bits`` (coverage 1.0); None if it cannot get there."""
+    """A control at the FP8 share of ``effective_bits`` (coverage 1.0); None if it cannot get
+    there."""
     need = _need(table, effective_bits)
     chosen = _closest_fill(control_order(table, spec), need)
     if chosen is None:

@@ -24,7 +24,8 @@ def stable_hash(payload: Any, length: int = 16) -> str:
 
 @dataclass(frozen=True)
 class ScoreGroup:
-    """One AutoQuantize decision: modules that must share a format (q/k/v, gate/up) and their score."""
+    """One AutoQuantize decision: modules that must share a format (q/k/v, gate/up) and their
+    score."""
 
     name: str
     modules: tuple[str, ...]
@@ -36,7 +37,8 @@ class ScoreGroup:
 
 @dataclass(frozen=True)
 class ScoreTable:
-    """Per-group FP8 sensitivity of one model under one scoring setup, plus what is needed to re-solve."""
+    """Per-group FP8 sensitivity of one model under one scoring setup, plus what is needed to
+    re-solve."""
 
     key: str
     method: str
@@ -144,7 +146,8 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class NamedScheme:
-    """A published scheme: a catalog name bound to one finished trial, with the reason it was chosen."""
+    """A published scheme: a catalog name bound to one finished trial, with the reason it was
+    chosen."""
 
     name: str
     role: str

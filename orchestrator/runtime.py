@@ -288,7 +288,8 @@ def default_tracking_uri(output: Path) -> str:
 
 
 def absolute_uri(uri: str) -> str:
-    """A relative ``sqlite:///name.db`` made absolute: the sweep and its trials run in other folders."""
+    """A relative ``sqlite:///name.db`` made absolute: the sweep and its trials run in other
+    folders."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
         return prefix + str(Path(uri[len(prefix) :]).resolve())

@@ -1,7 +1,7 @@
 """``python -m orchestrator.sweep``: score once, one trial per distinct plan, name three schemes,
 then measure the controls at their shares and compare.
 
-    python -m orchestrator.sweep                                   # offline demo (tiny preset, CPU ok)
+    python -m orchestrator.sweep                                # offline demo (tiny preset, CPU ok)
     python -m orchestrator.sweep --config search_spaces/qwen2_5_vl_3b_fp8.yaml --output runs/3b
     python -m orchestrator.sweep --address ray://head:10001 --tracking-uri http://mlflow:5000 ...
     python -m orchestrator.sweep --set search.coverage=[0.5,1.0] --set seed=7

@@ -1,5 +1,6 @@
 """The demo sweep end to end: a real local Ray instance (pinned to 127.0.0.2) and a real sqlite
-MLflow store; then resume, selection, export. One sweep per module keeps CI well inside its limit."""
+MLflow store; then resume, selection, export. One sweep per module keeps CI well inside its
+limit."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ PURE = [
     "export_check",
     "ownership",
     "memory",
+    "objectives",
+    "compare_sweeps",
 ]
 
 
@@ -24,7 +26,8 @@ PURE = [
 def test_pure_module_imports_no_heavy_framework(module):
     code = (
         f"import sys, orchestrator.{module}; "
-        "bad = [m for m in ('torch', 'ray', 'mlflow', 'transformers', 'modelopt') if m in sys.modules]; "
+        "bad = [m for m in ('torch', 'ray', 'mlflow', 'transformers', 'modelopt') "
+        "if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
