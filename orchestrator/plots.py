@@ -72,7 +72,7 @@ def pareto_png(
         )
     ax.set_xlabel("effective bits over eligible LM weights (lower = smaller)")
     where = "image answer token" if objective.prefix else "token"
-    ax.set_ylabel(f"mean KL(BF16 || quantized) per {where}, 95% CI")
+    ax.set_ylabel(f"mean KL(BF16 || quantized)\nper {where}, 95% CI")
     ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
