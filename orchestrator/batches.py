@@ -5,7 +5,8 @@ attention mask (padding is masked out, and Qwen2.5-VL's rotary positions skip it
 ``pixel_values`` and ``image_grid_thw`` (the vision tower runs in BF16 inside the same forward
 pass), and ``targets``: the tokens that count in a loss or metric, so padding and prompt tokens
 never do. Right padding keeps each row's real tokens at the same positions as when it runs alone,
-so a padded batch gives each row the outputs it would get by itself.
+so a padded batch gives each row the outputs it would get by itself. Calibration runs no padding
+position at all (:func:`calibration_batches`), so the FP8 ranges come from real tokens only.
 """
 
 from __future__ import annotations
@@ -63,6 +64,70 @@ def batches(tokens: TokenSet, device: str, per_forward: int = 1) -> list[Batch]:
         image_rows = tuple(bool(x) for x in tokens.image_rows[part].reshape(-1))
         out.append(Batch(inputs, torch.as_tensor(targets, device=device), positions, image_rows))
     return out
+
+
+def calibration_batches(tokens: TokenSet, device: str, per_forward: int = 1) -> list[Batch]:
+    """The calibration forwards of a set: :func:`batches`, with no padding position anywhere.
+
+    ModelOpt's ``max`` calibration keeps the largest magnitude each quantizer sees, so its ranges
+    depend only on the set of activations that pass: splitting or stacking rows changes nothing,
+    but a padded row would add its padding positions' activations (pad-token embeddings attending
+    to real tokens) to the ranges. A text-only set has no padding and is exactly :func:`batches`
+    (the same calibration, bit for bit); in a set with image+text rows each batch's unpadded rows
+    stay stacked and each padded row runs alone, cut to its real tokens (see :func:`unpadded`).
+    """
+    return [part for b in batches(tokens, device, per_forward) for part in unpadded(b)]
+
+
+def unpadded(batch: Batch) -> list[Batch]:
+    """``batch`` as forwards without padding: its unpadded rows stacked, each padded row alone.
+
+    A padded row runs cut to its real tokens (the leading ones: padding is on the right) with its
+    own image: a batch's ``pixel_values`` are its image rows' patches in row order, one image per
+    image row (as ``data`` builds them), each of ``prod(grid)`` patch rows.
+    """
+    mask = batch.inputs.get("attention_mask")
+    if mask is None:
+        return [batch]
+    seq = mask.shape[1]
+    lengths = mask.sum(1)
+    if bool((lengths == seq).all()):
+        return [batch]
+    if not torch.equal(mask.bool(), torch.arange(seq, device=mask.device) < lengths[:, None]):
+        raise ValueError("calibration batches need right-padded rows")
+    grids = batch.inputs.get("image_grid_thw")
+    patches = [int(g.prod()) for g in grids] if grids is not None else []
+    if len(patches) != sum(batch.image_rows):
+        raise ValueError("each image row must hold exactly one image")
+    ends = np.cumsum([0, *patches]).tolist()
+    images = iter(range(len(patches)))
+    own = [next(images) if img else None for img in batch.image_rows]  # each row's image
+    pixels = [None if i is None else slice(ends[i], ends[i + 1]) for i in own]
+    n = lengths.tolist()
+    full = [r for r in range(len(n)) if n[r] == seq]
+    parts = [_rows(batch, full, seq, own, pixels)] if full else []
+    return parts + [_rows(batch, [r], n[r], own, pixels) for r in range(len(n)) if n[r] < seq]
+
+
+def _rows(
+    batch: Batch, rows: list[int], length: int, own: list[int | None], pixels: list[slice | None]
+) -> Batch:
+    """The batch's ``rows``, their first ``length`` positions, with their images' patches."""
+    idx = torch.tensor(rows, device=batch.input_ids.device)
+    inputs = {k: batch.inputs[k][idx, :length] for k in ("input_ids", "attention_mask")}
+    images = [r for r in rows if own[r] is not None]
+    if images:
+        inputs["pixel_values"] = torch.cat(
+            [batch.inputs["pixel_values"][pixels[r]] for r in images]
+        )
+        inputs["image_grid_thw"] = batch.inputs["image_grid_thw"][[own[r] for r in images]]
+    assert batch.targets is not None
+    return Batch(
+        inputs,
+        batch.targets[idx, :length],
+        tuple(batch.positions[r] for r in rows),
+        tuple(batch.image_rows[r] for r in rows),
+    )
 
 
 def _span(next_is_target: np.ndarray) -> slice:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.batches import Batch, target_ids, target_logits
+from orchestrator.batches import Batch, target_ids, target_logits, unpadded
 from orchestrator.batches import batches as make_batches
 from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile, lm_param_count, model_param_count
@@ -107,10 +107,13 @@ def _on_targets(step: ForwardStep) -> ForwardStep:
 
 
 class PhasedBatches:
-    """A data loader for one shard: calibration batches on its first pass, score batches after.
+    """AutoQuantize's data loader: calibration batches on its first pass, score batches after.
 
-    ``mtq.auto_quantize`` reads its loader from the start once to calibrate (``num_calib_steps``)
-    and once to score (``num_score_steps``). A shard must calibrate exactly like the unsharded run,
+    ``mtq.auto_quantize`` (0.47) reads its loader from the start once to calibrate (the first
+    ``num_calib_steps`` batches, one pass for the one FP8 format) and once to score (the first
+    ``num_score_steps``). The calibration pass gets the first score batches without their padding
+    (:func:`~orchestrator.batches.unpadded`; a text-only set's are the score batches themselves),
+    with ``num_calib_steps`` their count. A shard must calibrate exactly like the unsharded run,
     so that its per-batch scores are the unsharded run's, and score only its own batches;
     ``tests/integration/test_scoring.py`` checks that the shards' sums equal one unsharded run.
     """
@@ -186,16 +189,15 @@ def run_auto_quantize(
     Scoring asks for 16 bits (no budget) and re-solves every budget later in ``planning``; a lower
     ``effective_bits`` is the plain one-run-per-budget use of ModelOpt that the benchmark times.
     ``score_indices`` scores only those batches (one shard), after calibrating on the same
-    ``num_calib_steps`` first batches as an unsharded run.
+    ``num_calib_steps`` first batches as an unsharded run, without their padding.
     """
     import modelopt.torch.quantization as mtq
 
-    batches: Any = make_batches(data, device)
+    batches = make_batches(data, device)
+    calib = [part for b in batches[: setup.num_calib_steps] for part in unpadded(b)]
     score_steps = setup.num_score_steps
     if score_indices is not None:
-        batches = PhasedBatches(
-            batches[: setup.num_calib_steps], [batches[i] for i in score_indices]
-        )
+        batches = [batches[i] for i in score_indices]
         score_steps = len(score_indices)
     excluded = list(profile.never_quantize)
     extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
@@ -208,10 +210,10 @@ def run_auto_quantize(
             model,
             constraints={**budget, "cost": {"excluded_module_name_patterns": excluded}},
             quantization_formats=[setup.fp8_recipe],
-            data_loader=batches,
+            data_loader=PhasedBatches(calib, batches),
             forward_step=_on_targets(step),
             disabled_layers=excluded,
-            num_calib_steps=setup.num_calib_steps,
+            num_calib_steps=len(calib),
             num_score_steps=score_steps,
             method=setup.method,
             verbose=False,

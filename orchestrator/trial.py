@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from orchestrator.batches import Batch, batches
+from orchestrator.batches import Batch, batches, calibration_batches
 from orchestrator.data import TokenSet
 from orchestrator.profiles import ModelProfile
 
@@ -114,11 +114,12 @@ def quantize_plan(
 ) -> nn.Module:
     """Insert FP8 quantizers on ``modules`` only and calibrate them (in place).
 
-    ``timings`` receives ``calibration_seconds``, the forward passes alone.
+    The calibration forwards hold no padding (:func:`calibration_batches`). ``timings`` receives
+    ``calibration_seconds``, the forward passes alone.
     """
     import modelopt.torch.quantization as mtq
 
-    calib_batches = batches(calib, device, per_forward)
+    calib_batches = calibration_batches(calib, device, per_forward)
 
     def forward_loop(m: nn.Module) -> None:  # the decoder alone: lm_head is never quantized
         t0 = time.perf_counter()

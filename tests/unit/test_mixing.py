@@ -1,12 +1,15 @@
-"""How image+text rows mix into the three sets: evenly spread, disjoint, masked. No model: numpy."""
+"""How image+text rows mix into the three sets: evenly spread, disjoint, masked, and calibrated
+without padding. No model: numpy arrays and the tensors of the batches."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
+import torch
 
+from orchestrator.batches import batches, calibration_batches
 from orchestrator.config import DataConfig
 from orchestrator.data import DataError, ImageSamples, build_datasets, byte_tokenizer, image_places
 
@@ -98,3 +101,52 @@ def test_evaluation_takes_its_own_fraction_and_the_same_records_either_way(tmp_p
     assert a.eval.image_rows.all() and a.eval.hash == b.eval.hash
     assert a.calib.hash != b.calib.hash
     assert a.eval.image_shas == tuple(f"sha{i}" for i in range(6, 14))  # the last 8, from the back
+
+
+def _rows_of(parts) -> list[tuple]:
+    """Each row of the forwards: its tokens, targets and its image's patches (or None)."""
+    out = []
+    for b in parts:
+        grids = b.inputs.get("image_grid_thw", torch.zeros(0, 3, dtype=torch.long))
+        ends = np.cumsum([0, *(int(g.prod()) for g in grids)])
+        images = iter(range(len(grids)))
+        for r, img in enumerate(b.image_rows):
+            px = None
+            if img:
+                i = next(images)
+                px = b.inputs["pixel_values"][ends[i] : ends[i + 1]].numpy().tobytes()
+            real = b.inputs["attention_mask"][r].bool()
+            out.append(
+                (tuple(b.input_ids[r][real].tolist()), tuple(b.targets[r][real].tolist()), px)
+            )
+    return sorted(out, key=repr)
+
+
+def test_calibration_forwards_hold_every_real_token_and_no_padding(tmp_path):
+    samples = _samples(12)
+    long = np.array([400] * 13 + [7, 8, 9], dtype=np.int64)  # exactly seq_len: no padding
+    samples[0] = FakeSample(long, 13, np.full((8, 6), 0.0, np.float32), np.array([1, 2, 4]), "s0")
+    samples[2] = replace(samples[0], image_sha="s2")
+    images = ImageSamples(samples, 0.5, "records.jsonl", 0, "settings")
+    data = build_datasets(_cfg(tmp_path), 512, byte_tokenizer(512), 0, images)
+    for s, per_forward in ((data.calib, 1), (data.score, 2), (data.score, 1)):
+        parts = calibration_batches(s, "cpu", per_forward)
+        assert all(bool(b.inputs["attention_mask"].all()) for b in parts)
+        assert _rows_of(parts) == _rows_of(batches(s, "cpu", per_forward))
+        stacked = [b for b in parts if len(b.image_rows) > 1]
+        assert len(stacked) == len(s.tokens) // per_forward  # unpadded rows stay together
+        assert all(b.input_ids.shape[1] == 16 for b in stacked)
+        alone = [b for b in parts if len(b.image_rows) == 1]
+        assert len(alone) == int((~s.attention.all(-1)).sum())
+        assert all(b.image_rows == (True,) and b.input_ids.shape[1] < 16 for b in alone)
+        for b in parts:
+            assert b.input_ids[:, 1:][b.targets[:, 1:]].numel() == sum(b.counts())
+    (full, _) = calibration_batches(data.calib, "cpu")  # record 0 fills its row: stacked, 8 patches
+    assert full.image_rows == (True, False, False) and full.inputs["pixel_values"].shape[0] == 8
+
+
+def test_text_only_calibration_forwards_are_the_batches(tmp_path):
+    data = build_datasets(_cfg(tmp_path), 512, byte_tokenizer(512), 0)
+    ours, plain = calibration_batches(data.score, "cpu", 2), batches(data.score, "cpu", 2)
+    assert [b.inputs.keys() for b in ours] == [b.inputs.keys() for b in plain] == [{"input_ids"}]
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(ours, plain, strict=True))
