@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.batches import batches
+from orchestrator.batches import batches, calibration_batches
 from orchestrator.config import load_config
 from orchestrator.data import TokenSet
 from orchestrator.profiles import load_model
 from orchestrator.sweep import absolute_paths, build_data
 from orchestrator.trainable import error_bars
-from orchestrator.trial import Evaluator, accumulate_metrics, summarize
+from orchestrator.trial import (
+    Evaluator,
+    accumulate_metrics,
+    fp8_quant_config,
+    lm_parts,
+    summarize,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +165,49 @@ def test_padded_mixed_batches_measure_what_rows_alone_measure(evaluator, data):
     for name, alone in (("image", image), ("text", text)):
         for k in ("kl_mean", "nll_delta", "top1_agreement"):
             assert batched[f"{name}_{k}"] == pytest.approx(alone[k], rel=1e-3, abs=1e-6), (name, k)
+
+
+def _input_amax(model, modules) -> dict[str, torch.Tensor]:
+    return {n: model.get_submodule(n).input_quantizer.amax.clone() for n in modules}
+
+
+def _model(loud_token: int | None = None):
+    """The preset and its eligible modules; ``loud_token``'s embedding row scaled by 100."""
+    model, profile = load_model("wikitext-qwen2.5-vl")
+    if loud_token is not None:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[loud_token] *= 100
+    return model, [m.name for m in profile.eligible_modules(model)]
+
+
+def _calibrated_on(forwards, loud_token: int | None = None) -> dict[str, torch.Tensor]:
+    """Input ranges of every eligible module, max-calibrated on ``forwards`` (model inputs)."""
+    import modelopt.torch.quantization as mtq
+
+    model, eligible = _model(loud_token)
+
+    def loop(m):
+        with torch.no_grad():
+            for inputs in forwards:
+                lm_parts(m)[0](**inputs, use_cache=False)
+
+    names = {n for n, _ in model.named_modules()}
+    mtq.quantize(model, fp8_quant_config("FP8_DEFAULT_CFG", eligible, names), forward_loop=loop)
+    return _input_amax(model, eligible)
+
+
+def test_calibration_ranges_come_from_real_tokens_only(evaluator, data):
+    """The resident evaluator was calibrated by ``quantize_plan`` on the padded calibration set."""
+    calib = data.calib
+    assert calib.image_rows.any() and not calib.attention.all()  # padded image rows
+    assert all(b.inputs["attention_mask"].all() for b in calibration_batches(calib, "cpu"))
+    ours = _input_amax(evaluator.model, evaluator.eligible)
+    alone = _calibrated_on([batches(row, "cpu")[0].inputs for row in _alone(calib)])
+    assert all(torch.equal(ours[n], alone[n]) for n in ours)  # each row alone, trimmed
+    # On this preset's random weights the padding positions' inputs stay below the real tokens'
+    # maxima, so padding would not move a range here. A pad token that stands out (its embedding
+    # x 100; no real token has its id, so our ranges stay as they are) shows what padding does.
+    (pad,) = np.unique(calib.tokens[~calib.attention])
+    assert pad not in calib.tokens[calib.attention]
+    padded = _calibrated_on([b.inputs for b in batches(calib, "cpu")], int(pad))
+    assert any(not torch.equal(padded[n], ours[n]) for n in ours)
