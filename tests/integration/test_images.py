@@ -33,10 +33,10 @@ SETTINGS = [
     "data.seq_len=160",
     "data.batch_size=4",
     "data.calib_batches=1",
-    "data.score_batches=1",
+    "data.score_batches=2",
     "data.eval_batches=1",
     "scoring.num_calib_steps=1",
-    "scoring.num_score_steps=1",
+    "scoring.num_score_steps=2",
 ]
 
 
@@ -211,3 +211,23 @@ def test_calibration_ranges_come_from_real_tokens_only(evaluator, data):
     assert pad not in calib.tokens[calib.attention]
     padded = _calibrated_on([b.inputs for b in batches(calib, "cpu")], int(pad))
     assert any(not torch.equal(padded[n], ours[n]) for n in ours)
+
+
+def test_mixed_set_scores_and_its_shards_add_up_to_the_whole(data, tmp_path):
+    """AutoQuantize calibrates on the first score batch without its padding, in every shard."""
+    from orchestrator.scoring import ScoringSetup, merge_shards, score, score_shard, shard_indices
+
+    s = data.score
+    assert s.image_rows.any() and not s.attention.all()  # padded image rows
+    model, profile = load_model("wikitext-qwen2.5-vl")
+    args = ("wikitext-qwen2.5-vl", None, profile.name, s.hash, "gradient", "FP8_DEFAULT_CFG", 1, 2)
+    whole = score(model, profile, s, ScoringSetup(*args), tmp_path)
+    parts = [
+        score_shard(*load_model("wikitext-qwen2.5-vl"), s, ScoringSetup(*args), idx)
+        for idx in shard_indices(2, 2)
+    ]
+    merged, _ = merge_shards(parts)
+    assert [g.name for g in merged.groups] == [g.name for g in whole.groups]
+    scores = [g.score for g in whole.groups]
+    assert all(x > 0 for x in scores)
+    assert [g.score for g in merged.groups] == pytest.approx(scores, rel=1e-4, abs=1e-12)
