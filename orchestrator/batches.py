@@ -102,25 +102,24 @@ def unpadded(batch: Batch) -> list[Batch]:
     ends = np.cumsum([0, *patches]).tolist()
     images = iter(range(len(patches)))
     own = [next(images) if img else None for img in batch.image_rows]  # each row's image
-    pixels = [None if i is None else slice(ends[i], ends[i + 1]) for i in own]
     n = lengths.tolist()
     full = [r for r in range(len(n)) if n[r] == seq]
-    parts = [_rows(batch, full, seq, own, pixels)] if full else []
-    return parts + [_rows(batch, [r], n[r], own, pixels) for r in range(len(n)) if n[r] < seq]
+    parts = [_rows(batch, full, seq, own, ends)] if full else []
+    return parts + [_rows(batch, [r], n[r], own, ends) for r in range(len(n)) if n[r] < seq]
 
 
 def _rows(
-    batch: Batch, rows: list[int], length: int, own: list[int | None], pixels: list[slice | None]
+    batch: Batch, rows: list[int], length: int, own: list[int | None], ends: list[int]
 ) -> Batch:
-    """The batch's ``rows``, their first ``length`` positions, with their images' patches."""
+    """The batch's ``rows``, their first ``length`` positions, with their images' patches
+    (image ``i`` is ``pixel_values[ends[i]:ends[i + 1]]``)."""
     idx = torch.tensor(rows, device=batch.input_ids.device)
     inputs = {k: batch.inputs[k][idx, :length] for k in ("input_ids", "attention_mask")}
-    images = [r for r in rows if own[r] is not None]
+    images = [i for i in (own[r] for r in rows) if i is not None]
     if images:
-        inputs["pixel_values"] = torch.cat(
-            [batch.inputs["pixel_values"][pixels[r]] for r in images]
-        )
-        inputs["image_grid_thw"] = batch.inputs["image_grid_thw"][[own[r] for r in images]]
+        pixels = batch.inputs["pixel_values"]
+        inputs["pixel_values"] = torch.cat([pixels[ends[i] : ends[i + 1]] for i in images])
+        inputs["image_grid_thw"] = batch.inputs["image_grid_thw"][images]
     assert batch.targets is not None
     return Batch(
         inputs,
