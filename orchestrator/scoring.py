@@ -1,16 +1,18 @@
 """AutoQuantize sensitivity scoring, run once per setup and cached by a content hash.
 
-One ``mtq.auto_quantize`` call with FP8 as the only format ranks every eligible group of the language
-model. The vision tower and ``lm_head`` are kept out of the search (``disabled_layers``) *and* out of
-the cost (``excluded_module_name_patterns``); otherwise their weights would join the effective-bits
-denominator and every budget would mean something else. The result is a :class:`ScoreTable` saved as
-Parquet with ModelOpt's search state (JSON) in its metadata, under a key that hashes the model,
-profile, data, method, steps, FP8 recipe and library versions: a second request with the same key
-reads the file and never rescores; a truncated file or one holding another key is recomputed.
+One ``mtq.auto_quantize`` call with FP8 as the only format ranks every eligible group of the
+language model. The vision tower and ``lm_head`` are kept out of the search (``disabled_layers``)
+*and* out of the cost (``excluded_module_name_patterns``); otherwise their weights would join the
+effective-bits denominator and every budget would mean something else. The result is a
+:class:`ScoreTable` saved as Parquet with ModelOpt's search state (JSON) in its metadata, under a
+key that hashes the model, profile, data, method, steps, FP8 recipe and library versions: a second
+request with the same key reads the file and never rescores; a truncated file or one holding another
+key is recomputed.
 
 The sweep scores a setup in one or more shards (:func:`score_shard`, one per GPU): every shard
-calibrates on the same batches and scores its own share, and :func:`merge_shards` adds the
-per-batch sums up; :func:`score` is the same search in one piece, with its cache.
+calibrates on the same batches (without their padding) and scores its own share, and
+:func:`merge_shards` adds the per-batch sums up; :func:`score` is the same search in one piece, with
+its cache.
 """
 
 from __future__ import annotations

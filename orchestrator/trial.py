@@ -1,11 +1,11 @@
 """Apply a plan with ModelOpt, calibrate, and measure it against the BF16 model on held-out tokens.
 
 A worker keeps one :class:`Evaluator` resident: the model is loaded once, FP8 quantizers go onto
-*every* eligible module and are calibrated once with ModelOpt's ``max`` algorithm, and each plan then
-only enables its own modules' quantizers and disables the rest. With ``max`` calibration the ranges
-come from unquantized activations, so this gives the same ranges (and the same KL) as quantizing and
-calibrating each plan afresh; ``tests/integration/test_trial.py`` guards that claim, and
-:func:`quantize_plan` is the fresh path it compares against (export uses it too).
+*every* eligible module and are calibrated once with ModelOpt's ``max`` algorithm, and each plan
+then only enables its own modules' quantizers and disables the rest. With ``max`` calibration the
+ranges come from unquantized activations, so this gives the same ranges (and the same KL) as
+quantizing and calibrating each plan afresh; ``tests/integration/test_trial.py`` guards that claim,
+and :func:`quantize_plan` is the fresh path it compares against (export uses it too).
 
 Metrics, per next-token position of the evaluation set: mean KL(BF16 || quantized), top-1 agreement,
 NLL of both models and its delta. ``lm_head`` is never quantized, so the BF16 reference is fully
