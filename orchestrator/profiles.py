@@ -405,7 +405,10 @@ def load_model(
     if source in PRESETS:
         torch.manual_seed(PRESET_SEED)
         config.architectures = [cls.__name__]
-        model = cls._from_config(config, dtype=torch_dtype)
+        # random weights are drawn where the model will run: on one GPU in seconds, where a Ray
+        # worker's single CPU thread would take hours for the 32B (a spread model starts on CPU)
+        with torch.device(device if gpus == 1 else "cpu"):
+            model = cls._from_config(config, dtype=torch_dtype)
     else:
         where = resolve_source(source)
         where = str(Path(where).expanduser()) if is_local_path(where) else where
