@@ -495,6 +495,7 @@ def run_rounds(
         "coverage": cfg.search.coverage,
         "method": cfg.scoring.methods,
         "fp8_recipe": cfg.scoring.fp8_recipes,
+        "strategy": cfg.search.strategies,
     }
     settings = tuner.TuneSettings(
         inp.output / "ray_results",

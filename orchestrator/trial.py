@@ -309,14 +309,19 @@ def accumulate_metrics(
 
 
 def peak_memory(device: str) -> dict[str, float]:
-    """Peak GPU memory (allocated and reserved, GiB) since the last call, which resets it."""
+    """Peak GPU memory (allocated and reserved, GiB) since the last call, which resets it: of the
+    fullest of this process's visible GPUs, which are the worker's own (a model spread over
+    several fills each to its share; the memory plan is per GPU), and their sum."""
     if not device.startswith("cuda"):
         return {}
-    out = {
-        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-        "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
-    }
-    torch.cuda.reset_peak_memory_stats(device)
+    gpus = range(torch.cuda.device_count())
+    allocated = [torch.cuda.max_memory_allocated(g) / 2**30 for g in gpus]
+    reserved = [torch.cuda.max_memory_reserved(g) / 2**30 for g in gpus]
+    for g in gpus:
+        torch.cuda.reset_peak_memory_stats(g)
+    out = {"peak_gpu_gib": max(allocated), "peak_gpu_reserved_gib": max(reserved)}
+    if len(allocated) > 1:
+        out["peak_gpu_gib_all"] = sum(allocated)
     return out
 
 

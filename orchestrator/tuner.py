@@ -93,6 +93,7 @@ def _searcher(
         "coverage": tune.choice(list(space["coverage"])),
         "method": tune.choice(list(space["method"])),
         "fp8_recipe": tune.choice(list(space["fp8_recipe"])),
+        "strategy": tune.choice(list(space["strategy"])),
     }
     seeds = [{k: point_of(p)[k] for k in param_space} for p in points]  # Optuna's dimensions only
     algo = OptunaSearch(

@@ -32,7 +32,7 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
         "--set",
         "controls.enabled=false",
         "--set",
-        "search.strategies=[solve]",  # 3 x 2 seeding points
+        "search.strategies=[solve,mlp_only]",  # 3 x 2 x 2 seeding points
         "--set",
         "selection.objective=image_kl_mean",  # what Optuna minimises beside the bits
         "--config",
@@ -40,10 +40,11 @@ def test_optuna_searcher_runs_the_seed_grid_then_samples(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pq.read_table(out / "trials.parquet").to_pylist()
-    seeds = int(re.search(r"6 grid point\(s\) -> (\d+) distinct plan", proc.stdout).group(1))
+    seeds = int(re.search(r"12 grid point\(s\) -> (\d+) distinct plan", proc.stdout).group(1))
     assert len(rows) == seeds + 3  # the de-duplicated seeding grid, then 3 sampled points
     assert all(r["status"] == "FINISHED" and math.isfinite(r["kl_mean"]) for r in rows)
     assert all(math.isfinite(r["image_kl_mean"]) for r in rows)  # image rows went through
     assert yaml.safe_load((out / "schemes.yaml").read_text())["objective"] == "image_kl_mean"
     sampled = {round(r["effective_bits"], 6) for r in rows} - {8.0, 12.0, 14.0}
     assert sampled and all(8 <= b <= 14 for b in sampled)
+    assert {r["strategy"] for r in rows} == {"solve", "mlp_only"}  # a dimension Optuna searches
