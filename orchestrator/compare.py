@@ -109,6 +109,23 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return {str(r["control"]): str(r["verdict"]) for r in rows}
 
 
+def _score_kl_pairs(
+    results: Sequence[TrialResult], table: ScoreTable, objective: Objective
+) -> dict[str, tuple[float, float, float]]:
+    """Per distinct scored plan of this setup: (summed score, measured KL, effective bits asked)."""
+    pairs: dict[str, tuple[float, float, float]] = {}
+    for r in results:
+        if r.kind != "trial" or r.status != "FINISHED" or r.method != table.method:
+            continue
+        if r.fp8_recipe != table.fp8_recipe:
+            continue
+        kl = objective.value(r.metrics)
+        if np.isfinite(kl):
+            plan = plan_point(table, _point(r))
+            pairs.setdefault(r.plan_hash, (plan.score_sum, kl, round(r.effective_bits, 6)))
+    return pairs
+
+
 def score_kl_correlation(
     results: Sequence[TrialResult],
     tables: Mapping[str, ScoreTable],
@@ -116,22 +133,49 @@ def score_kl_correlation(
 ) -> dict[str, float]:
     """Per scoring method, Spearman's rho between a plan's summed score and its measured KL (the
     selection objective's) over the sweep's scored plans: near 1 when the scores' additivity held
-    on this model."""
+    on this model. Across shares it is dominated by the share itself (more FP8, more of both)."""
+    out = {}
+    for name, pairs in _by_setup(results, tables, objective).items():
+        xs, ys, _ = zip(*pairs.values(), strict=True)
+        out[name] = spearman(xs, ys)
+    return out
+
+
+def score_kl_within_share(
+    results: Sequence[TrialResult],
+    tables: Mapping[str, ScoreTable],
+    objective: Objective = KL_MEAN,
+) -> dict[str, float]:
+    """Per scoring method, Spearman's rho between summed score and measured KL among the plans
+    asked for one budget (effective bits; the strategies and coverages that spend it differently),
+    averaged over the budgets with at least 3 such plans, weighted by their count: whether the
+    scores rank the choices a user actually has at a share. Methods with none are left out."""
+    out = {}
+    for name, pairs in _by_setup(results, tables, objective).items():
+        budgets: dict[float, list[tuple[float, float]]] = {}
+        for score, kl, bits in pairs.values():
+            budgets.setdefault(bits, []).append((score, kl))
+        rhos = []
+        for group in budgets.values():
+            rho = spearman(*zip(*group, strict=True)) if len(group) >= 3 else float("nan")
+            if np.isfinite(rho):
+                rhos.append((rho, len(group)))
+        if rhos:
+            out[name] = float(sum(r * n for r, n in rhos) / sum(n for _, n in rhos))
+    return out
+
+
+def _by_setup(
+    results: Sequence[TrialResult], tables: Mapping[str, ScoreTable], objective: Objective
+) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """The pairs of each scoring setup that has any, named by method (by "method|recipe" when a
+    method was scored with several recipes)."""
     one_recipe = len({t.method for t in tables.values()}) == len(tables)
     out = {}
     for key, table in sorted(tables.items()):
-        pairs: dict[str, tuple[float, float]] = {}
-        for r in results:
-            if r.kind == "trial" and r.status == "FINISHED" and r.method == table.method:
-                if r.fp8_recipe != table.fp8_recipe:
-                    continue
-                plan = plan_point(table, {**_point(r)})
-                kl = objective.value(r.metrics)
-                if np.isfinite(kl):
-                    pairs.setdefault(r.plan_hash, (plan.score_sum, kl))
+        pairs = _score_kl_pairs(results, table, objective)
         if pairs:
-            xs, ys = zip(*pairs.values(), strict=True)
-            out[table.method if one_recipe else key] = spearman(xs, ys)
+            out[table.method if one_recipe else key] = pairs
     return out
 
 

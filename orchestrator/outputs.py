@@ -18,7 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from orchestrator.compare import compare_scheme, measured_by_plan, score_kl_correlation, verdicts
+from orchestrator.compare import (
+    compare_scheme,
+    measured_by_plan,
+    score_kl_correlation,
+    score_kl_within_share,
+    verdicts,
+)
 from orchestrator.config import Catalog, CatalogScheme, SweepConfig
 from orchestrator.objectives import KL_MEAN, Objective
 from orchestrator.planning import plan_point
@@ -138,6 +144,7 @@ class Finalized:
     error: str | None
     entries: tuple[dict[str, Any], ...] = ()  # schemes.yaml's scheme entries
     correlation: Mapping[str, float] = field(default_factory=dict)  # Spearman per method
+    within_share: Mapping[str, float] = field(default_factory=dict)  # the same per budget
 
 
 def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
@@ -226,6 +233,7 @@ def finalize(
     """
     sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
     correlation = score_kl_correlation(results, tables, objective)
+    within = score_kl_within_share(results, tables, objective)
     try:
         sel = select(results, catalog, max_kl, objective)
     except SelectionError as e:
@@ -234,7 +242,7 @@ def finalize(
             title = f"{header.get('sweep')}: {e}"[:120]
             pareto_png(results, (), (), output / "pareto.png", title, objective)
             (output / "schemes.yaml").unlink(missing_ok=True)
-        return Finalized(None, str(e), (), correlation)
+        return Finalized(None, str(e), (), correlation, within)
     write_trials(results, output / "trials.parquet")
     measured = measured_by_plan(results)
     entries = []
@@ -251,6 +259,7 @@ def finalize(
         "objective": objective.metric,
         "knee": _point_summary(sel.knee, objective),
         "score_kl_spearman": correlation,
+        "score_kl_spearman_within_share": within,
         "front": list(sel.front),
         "notes": list(sel.notes),
         "schemes": entries,
@@ -259,7 +268,7 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation)
+    return Finalized(sel, None, tuple(entries), correlation, within)
 
 
 def _ci(v: Sequence[float]) -> str:
@@ -311,6 +320,10 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
         )
     if done.correlation:
         rho = ", ".join(f"{m} {v:.2f}" for m, v in done.correlation.items())
+        if done.within_share:
+            rho += "; among the plans of one budget: " + ", ".join(
+                f"{m} {v:.2f}" for m, v in done.within_share.items()
+            )
         lines.append(f"summed score vs measured KL over the sweep's plans (Spearman): {rho}")
     lines += [f"note: {n}" for n in done.selection.notes]
     lines.append(f"schemes: {output / 'schemes.yaml'} (plots: pareto.png, sensitivity.png)")

@@ -630,6 +630,7 @@ def _publish(
                     for t in tables
                 },
                 **{f"score_kl_spearman.{k}": v for k, v in done.correlation.items()},
+                **{f"score_kl_spearman_within_share.{k}": v for k, v in done.within_share.items()},
             },
         )
         for s, entry in zip(

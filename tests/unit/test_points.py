@@ -2,7 +2,12 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.compare import compare_scheme, measured_by_plan, score_kl_correlation
+from orchestrator.compare import (
+    compare_scheme,
+    measured_by_plan,
+    score_kl_correlation,
+    score_kl_within_share,
+)
 from orchestrator.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
 from orchestrator.planning import control_plan, make_plan
 from orchestrator.points import control_points, grid_points, unreachable_names
@@ -114,3 +119,30 @@ def test_score_kl_correlation_per_method():
         plan = make_plan(t, bits, 1.0)
         rs.append(replace(result(plan.plan_hash, bits, plan.score_sum * 1e-3), coverage=1.0))
     assert score_kl_correlation(rs, {"kl_div|FP8_DEFAULT_CFG": t}) == {"kl_div": pytest.approx(1.0)}
+
+
+def _plans_at_one_share(t, bits=14):
+    """Distinct plans that spend one budget by other coverages and strategies."""
+    out = {}
+    for coverage in (0.5, 0.75, 1.0):
+        for strategy in ("solve", "ends_bf16:1", "mlp_only"):
+            plan = make_plan(t, bits, coverage, strategy)
+            out.setdefault(plan.plan_hash, (plan, coverage, strategy))
+    return list(out.values())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_score_kl_correlation_within_one_share(sign):
+    t = _table()
+    plans = sorted(_plans_at_one_share(t), key=lambda x: x[0].score_sum)
+    assert len(plans) >= 3
+    rs = [  # KL in the order of the summed scores (sign 1) or against it (-1)
+        replace(
+            result(p.plan_hash, 14, 10.0 + sign * i, frac=p.fp8_fraction), coverage=c, strategy=s
+        )
+        for i, (p, c, s) in enumerate(plans)
+    ]
+    rs += [result(make_plan(t, 12, 1.0).plan_hash, 12, 5.0)]  # a budget with one plan: no rho
+    got = score_kl_within_share(rs, {"kl_div|FP8_DEFAULT_CFG": t})
+    assert got == {"kl_div": pytest.approx(sign)}
+    assert score_kl_within_share(rs[:2], {"kl_div|FP8_DEFAULT_CFG": t}) == {}  # under 3 plans
