@@ -20,7 +20,7 @@ import numpy as np
 from orchestrator.objectives import KL_MEAN, Objective
 from orchestrator.planning import control_plan, plan_point
 from orchestrator.points import table_key
-from orchestrator.records import NamedScheme, ScoreTable, TrialResult, stable_hash
+from orchestrator.records import NamedScheme, ScoreTable, TrialResult, stable_seed
 from orchestrator.stats import paired_ratio_ci, ratio_ci, spearman, verdict
 
 RANDOM = "random"  # the pooled random controls' name
@@ -33,10 +33,6 @@ def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
         if r.status == "FINISHED" and r.per_sequence.get("kl"):
             out.setdefault(r.plan_hash, r)
     return out
-
-
-def _seed(seed: int, *parts: str) -> int:
-    return int(stable_hash([seed, *parts]), 16) % (2**32)
 
 
 def _row(base: Mapping[str, Any], kl: np.ndarray, tokens: np.ndarray, seed: int) -> dict:
@@ -95,13 +91,13 @@ def compare_scheme(
         theirs = np.asarray(their_sums[0], dtype=float)
         if spec.startswith(RANDOM + ":"):
             randoms.append(theirs)
-        row = _row(base, theirs, tokens, _seed(seed, plan.plan_hash))
-        rows.append(_paired(row, kl, theirs, _seed(seed, scheme.plan_hash, spec)))
+        row = _row(base, theirs, tokens, stable_seed(seed, plan.plan_hash))
+        rows.append(_paired(row, kl, theirs, stable_seed(seed, scheme.plan_hash, spec)))
     if len(randoms) > 1:
         pooled = np.mean(randoms, axis=0)
         base = {"control": RANDOM, "objective": objective.metric, "seeds": len(randoms)}
-        row = _row(base, pooled, tokens, _seed(seed, RANDOM))
-        rows.append(_paired(row, kl, pooled, _seed(seed, scheme.plan_hash, RANDOM)))
+        row = _row(base, pooled, tokens, stable_seed(seed, RANDOM))
+        rows.append(_paired(row, kl, pooled, stable_seed(seed, scheme.plan_hash, RANDOM)))
     return rows
 
 

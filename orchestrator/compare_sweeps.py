@@ -24,12 +24,8 @@ import yaml
 from orchestrator.config import ConfigError
 from orchestrator.objectives import OBJECTIVES, Objective
 from orchestrator.outputs import load_results, read_sweep_json
-from orchestrator.records import TrialResult, stable_hash
+from orchestrator.records import TrialResult, stable_seed
 from orchestrator.stats import paired_ratio_ci, ratio_ci, verdict
-
-
-def _seed(*parts: str) -> int:
-    return int(stable_hash(list(parts)), 16) % (2**32)
 
 
 def _side(r: TrialResult, objective: Objective, seed: int) -> dict[str, Any]:
@@ -61,11 +57,11 @@ def compare_named(
         row = {
             "scheme": name,
             "objective": objective.metric,
-            "a": _side(ra, objective, _seed(name, ra.plan_hash)),
-            "b": _side(rb, objective, _seed(name, rb.plan_hash)),
+            "a": _side(ra, objective, stable_seed(name, ra.plan_hash)),
+            "b": _side(rb, objective, stable_seed(name, rb.plan_hash)),
             "same_modules": ra.plan_hash == rb.plan_hash,
         }
-        ratio = paired_ratio_ci(sb[0], sa[0], _seed(name, ra.plan_hash, rb.plan_hash))
+        ratio = paired_ratio_ci(sb[0], sa[0], stable_seed(name, ra.plan_hash, rb.plan_hash))
         rows.append(
             {
                 **row,

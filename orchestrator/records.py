@@ -22,6 +22,11 @@ def stable_hash(payload: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def stable_seed(*parts: Any) -> int:
+    """A 32-bit random seed from content (a sweep seed, plan hashes, names), never from order."""
+    return int(stable_hash(list(parts)), 16) % (2**32)
+
+
 @dataclass(frozen=True)
 class ScoreGroup:
     """One AutoQuantize decision: modules that must share a format (q/k/v, gate/up) and their

@@ -32,7 +32,7 @@ from ray import tune
 from orchestrator.config import FaultConfig
 from orchestrator.planning import plan_point
 from orchestrator.points import POINT_KEYS, table_key
-from orchestrator.records import Plan, ScoreTable, stable_hash
+from orchestrator.records import Plan, ScoreTable, stable_seed
 from orchestrator.stats import ratio_ci
 
 if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 def bootstrap_seed(seed: int, plan_hash: str) -> int:
     """A trial's bootstrap seed: from the sweep seed and its plan, never from trial order."""
-    return int(stable_hash([seed, plan_hash]), 16) % (2**32)
+    return stable_seed(seed, plan_hash)
 
 
 class NonFiniteMetric(RuntimeError):
