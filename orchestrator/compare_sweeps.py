@@ -21,11 +21,12 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import ConfigError
-from orchestrator.objectives import OBJECTIVES, Objective
-from orchestrator.outputs import load_results, read_sweep_json
-from orchestrator.records import TrialResult, stable_seed
-from orchestrator.stats import paired_ratio_ci, ratio_ci, verdict
+from orchestrator.core.config import ConfigError
+from orchestrator.core.objectives import OBJECTIVES, Objective
+from orchestrator.core.records import TrialResult, stable_seed
+from orchestrator.core.stats import paired_ratio_ci, ratio_ci, verdict
+from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs.tables import load_results
 
 
 def _side(r: TrialResult, objective: Objective, seed: int) -> dict[str, Any]:

@@ -5,9 +5,9 @@ rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. T
 comparisons reuse the controls the sweep measured; a scheme that moved to another share (a new
 ``--catalog``, ``--max-kl`` or ``--objective``) reads ``not measured`` against them until the sweep
 is run again. ``--max-kl``, ``--catalog`` and ``--objective`` override the sweep's selection
-settings. It takes the folder like a sweep driver does (``ownership.py``): while the folder's
-sweep runs, its driver owns those files, and select exits 2 naming it and rewrites nothing; while
-select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad input, or the sweep is
+settings. It takes the folder like a sweep driver does (``outputs/ownership.py``): while the
+folder's sweep runs, its driver owns those files, and select exits 2 naming it and rewrites nothing;
+while select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad input, or the sweep is
 running) or 3 (a name no measured point can carry; then nothing is rewritten).
 """
 
@@ -18,17 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.config import ConfigError, SweepConfig, load_catalog, read_yaml
-from orchestrator.objectives import OBJECTIVES, Objective
-from orchestrator.outputs import (
-    SweepFacts,
-    finalize,
-    load_results,
-    read_score_tables,
-    read_sweep_json,
-    summary_lines,
-)
-from orchestrator.ownership import OutputInUse, acquire, check_free
+from orchestrator.core.config import ConfigError, SweepConfig, load_catalog, read_yaml
+from orchestrator.core.objectives import OBJECTIVES, Objective
+from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs.ownership import OutputInUse, acquire, check_free
+from orchestrator.outputs.publish import SweepFacts, finalize
+from orchestrator.outputs.summary import summary_lines
+from orchestrator.outputs.tables import load_results, read_score_tables
 
 IN_USE_ADVICE = "run select when it has finished, or stop it"
 

@@ -134,11 +134,11 @@ class ReuseCounts(logging.Handler):
 def run_variant(model: Any, profile: Any, data: Any, setup: Any, device: str) -> dict[str, Any]:
     import torch
 
-    from orchestrator.scoring import run_auto_quantize, state_to_json
-    from orchestrator.trial import sync
+    from orchestrator.model.device import sync
+    from orchestrator.model.scoring import run_auto_quantize, state_to_json
 
     timer, counts = PhaseTimer(), ReuseCounts()
-    logging.getLogger("orchestrator.scoring_forward").addHandler(counts)
+    logging.getLogger("orchestrator.model.scoring_forward").addHandler(counts)
     cuda = device.startswith("cuda")
     sync(device)
     if cuda:
@@ -149,7 +149,7 @@ def run_variant(model: Any, profile: Any, data: Any, setup: Any, device: str) ->
     sync(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     timer.close()
-    logging.getLogger("orchestrator.scoring_forward").removeHandler(counts)
+    logging.getLogger("orchestrator.model.scoring_forward").removeHandler(counts)
     scores = {k: v["scores"] for k, v in state["candidate_stats"].items()}
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     return {
@@ -177,10 +177,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
-    from orchestrator.config import DataConfig
-    from orchestrator.data import build_datasets
-    from orchestrator.profiles import load_model, text_config
-    from orchestrator.scoring import ScoringSetup
+    from orchestrator.core.config import DataConfig
+    from orchestrator.model.data import build_datasets
+    from orchestrator.model.loading import load_model, text_config
+    from orchestrator.model.scoring import ScoringSetup
 
     if args.threads:
         torch.set_num_threads(args.threads)

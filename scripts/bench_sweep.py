@@ -177,8 +177,8 @@ def device_facts() -> dict[str, Any]:
 
 def load_setup(args: argparse.Namespace, budget: int) -> tuple[Any, Any]:
     """(config, data) exactly as the sweep builds them."""
-    from orchestrator.config import load_config
-    from orchestrator.sweep import build_data
+    from orchestrator.core.config import load_config
+    from orchestrator.model.datasets import build_data
 
     cfg = load_config(CONFIG, sweep_sets(args, budget))
     return cfg, build_data(cfg)
@@ -225,7 +225,7 @@ def cmd_model(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from orchestrator.profiles import PRESET_SEED, PRESETS
+    from orchestrator.model.presets import PRESET_SEED, PRESETS
 
     preset = "tiny-qwen2.5-vl" if args.smoke else PRESET
     config = PRESETS[preset]()
@@ -261,7 +261,7 @@ def _bf16_bytes(model: Any) -> int:
 
 def _forwards(fn: Any, batches: list[Any], head: Any = None) -> None:
     """``fn`` over every batch; with ``head``, logits too, one slice of rows at a time."""
-    from orchestrator.trial import _METRIC_ROWS
+    from orchestrator.model.worker import _METRIC_ROWS
 
     for b in batches:
         out = fn(**b.inputs, use_cache=False)[0]
@@ -301,24 +301,24 @@ def _probe_plans(model: Any, profile: Any) -> dict[str, list[str]]:
 
 
 def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator import trial
-    from orchestrator.batches import batches as make_batches
-    from orchestrator.profiles import load_model
+    from orchestrator.model import device, quantize, worker
+    from orchestrator.model.batches import batches as make_batches
+    from orchestrator.model.loading import load_model
 
     cfg, data = load_setup(args, 8)
-    dev = trial.default_device()
+    dev = device.default_device()
     src = cfg.model.source
     out: dict[str, Any] = {"device": device_facts(), "versions": library_versions()}
     t0 = time.perf_counter()
     import modelopt.torch.quantization  # noqa: F401
 
     out["modelopt_import_seconds"] = time.perf_counter() - t0
-    trial.peak_memory(dev)
+    device.peak_memory(dev)
     (model, profile), load_s = timed(load_model, src, dev)
     out["model_load_seconds"] = load_s
     out["bf16_model_bytes"] = _bf16_bytes(model)
-    body, head = trial.lm_parts(model)
-    stack = trial.stack_size(data.eval)
+    body, head = quantize.lm_parts(model)
+    stack = worker.stack_size(data.eval)
     out["bf16"] = {
         "model_x1": _forward_rate(model, make_batches(data.eval, dev, 1)),
         f"decoder_x{stack}_sliced_head": _forward_rate(
@@ -326,8 +326,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     plans = _probe_plans(model, profile)
-    trial.peak_memory(dev)
-    ev = trial.Evaluator(
+    device.peak_memory(dev)
+    ev = worker.Evaluator(
         model,
         profile,
         data.calib,
@@ -342,7 +342,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
         "reference_seconds": ev.reference_seconds,
         "reference_cached": ev._reference is not None,
         "batches_per_forward": min(stack, len(data.eval.tokens)),
-        **trial.peak_memory(dev),
+        **device.peak_memory(dev),
     }
     evals: dict[str, Any] = {}
     for name in ("none", "full", "half", "quarter", "full"):
@@ -373,11 +373,11 @@ def _fake_quant_variants(ev: Any, full: list[str], data: Any, dev: str) -> dict[
     weight quantizers off (what folding leaves), and with weights folded."""
     import modelopt.torch.quantization as mtq
 
-    from orchestrator import trial
-    from orchestrator.batches import batches as make_batches
+    from orchestrator.model import device, worker
+    from orchestrator.model.batches import batches as make_batches
 
     out: dict[str, Any] = {}
-    stack = trial.stack_size(data.eval)
+    stack = worker.stack_size(data.eval)
     stacked = make_batches(data.eval, dev, stack)
     ev._set_enabled(full)
     try:
@@ -399,7 +399,7 @@ def _fake_quant_variants(ev: Any, full: list[str], data: Any, dev: str) -> dict[
             **rate,
             "fold_seconds": fold_s,
             "unfold_seconds": time.perf_counter() - t1,
-            **trial.peak_memory(dev),
+            **device.peak_memory(dev),
         }
     finally:
         ev._set_enabled(())
@@ -415,8 +415,8 @@ def _recalibrate(
 
     import torch
 
-    from orchestrator import trial
-    from orchestrator.profiles import load_model
+    from orchestrator.model import quantize, worker
+    from orchestrator.model.loading import load_model
 
     out: dict[str, Any] = {}
     for name in ("quarter", "full"):
@@ -424,16 +424,16 @@ def _recalibrate(
         (fresh, _), load_s = timed(load_model, src, dev)
         timings: dict[str, float] = {}
         fresh, quant_s = timed(
-            trial.quantize_plan,
+            quantize.quantize_plan,
             fresh,
             RECIPE,
             plans[name],
             data.calib,
             dev,
-            trial.stack_size(data.calib),
+            worker.stack_size(data.calib),
             timings,
         )
-        body, head = trial.lm_parts(fresh)
+        body, head = quantize.lm_parts(fresh)
         t0 = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64, device=dev)
         count = 0
@@ -441,14 +441,14 @@ def _recalibrate(
             for i, batch in enumerate(ev.eval_batches):
                 q = body(**batch.inputs, use_cache=False)[0]
                 part = sums.new_zeros(len(batch.positions), 4)  # one row per sequence
-                trial.accumulate_metrics(part, ev._reference[i], q, batch, head)
+                worker.accumulate_metrics(part, ev._reference[i], q, batch, head)
                 sums += part.sum(dim=0)
                 count += sum(batch.counts())
         kl = sums[0].item() / count
         eval_s = time.perf_counter() - t0
-        resident = trial.module_quantizers(ev.model, plans[name])
+        resident = quantize.module_quantizers(ev.model, plans[name])
         amax_diff = 0.0
-        for mod, qs in trial.module_quantizers(fresh, plans[name]).items():
+        for mod, qs in quantize.module_quantizers(fresh, plans[name]).items():
             for a, b in zip(qs, resident[mod], strict=True):
                 amax_diff = max(amax_diff, (a.amax.float() - b.amax.float()).abs().max().item())
         out[name] = {
@@ -477,13 +477,13 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     import torch
 
-    from orchestrator import trial
-    from orchestrator.batches import batches as make_batches
-    from orchestrator.profiles import load_model
-    from orchestrator.scoring import ScoringSetup, run_auto_quantize
+    from orchestrator.model import device, quantize, worker
+    from orchestrator.model.batches import batches as make_batches
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.scoring import ScoringSetup, run_auto_quantize
 
     cfg, data = load_setup(args, args.budget)
-    dev = trial.default_device()
+    dev = device.default_device()
     import modelopt.torch.quantization  # noqa: F401
 
     t_import = time.perf_counter() - t_start
@@ -492,10 +492,10 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
         from modelopt.torch.quantization import extensions
 
         _, kernel_s = timed(extensions.get_cuda_ext_fp8, raise_if_failed=True)
-    trial.peak_memory(dev)
+    device.peak_memory(dev)
     (model, profile), load_s = timed(load_model, cfg.model.source, dev)
-    batches = make_batches(data.eval, dev, trial.stack_size(data.eval))
-    body, head = trial.lm_parts(model)
+    batches = make_batches(data.eval, dev, worker.stack_size(data.eval))
+    body, head = quantize.lm_parts(model)
     with torch.no_grad():
         refs, ref_s = timed(lambda: [body(**b.inputs, use_cache=False)[0] for b in batches])
     setup = ScoringSetup(
@@ -515,7 +515,7 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         for b, r in zip(batches, refs, strict=True):
             part = sums.new_zeros(len(b.positions), 4)  # one row per sequence
-            trial.accumulate_metrics(part, r, body(**b.inputs, use_cache=False)[0], b, head)
+            worker.accumulate_metrics(part, r, body(**b.inputs, use_cache=False)[0], b, head)
             sums += part.sum(dim=0)
             count += sum(b.counts())
     kl = sums[0].item() / count
@@ -539,7 +539,7 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
             "evaluation": eval_s,
             "in_process": time.perf_counter() - t_start,
         },
-        **trial.peak_memory(dev),
+        **device.peak_memory(dev),
     }
 
 
@@ -588,7 +588,7 @@ def _run_sweep(
     rc, wall, text = run_logged(cmd, log, child_env(args, gpus), cwd=Path(args.src))
     if rc not in (0, 3):  # 3: the sweep ran but selection could not name all three schemes
         raise RuntimeError(f"sweep {name} failed (exit {rc}); see {log}:\n{text[-3000:]}")
-    from orchestrator.config import load_config
+    from orchestrator.core.config import load_config
 
     d = load_config(CONFIG, sets).data
     data = {
@@ -644,7 +644,7 @@ def _log_phases(text: str) -> dict[str, float]:
 def _sweep_facts(dest: Path, text: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from orchestrator.outputs import read_score_tables
+    from orchestrator.outputs.tables import read_score_tables
 
     cols = pq.read_table(dest / "trials.parquet").to_pydict()
     keys = [

@@ -3,18 +3,20 @@
     python scripts/diag_actor.py --work /tmp/fp8bench --out /tmp/diag.json [--smoke]
 
 Needs the model saved by ``scripts/bench_sweep.py run --stages kernel,model`` under ``--work``.
-The same resident ``orchestrator.trial.Evaluator`` (one per process) measures the same plan in
-several settings; each measurement records wall time, the CPU time of the calling thread and of the
-whole process, the calling thread's voluntary / involuntary context switches, and the CPU each of
-the process's threads used during the evaluation (from ``/proc/self/task``), so a slow evaluation
-shows whether the evaluating thread itself did more work, waited (GIL, locks), or was preempted.
+The same resident ``orchestrator.model.worker.Evaluator`` (one per process) measures the same plan
+in several settings; each measurement records wall time, the CPU time of the calling thread and
+of the whole process, the calling thread's voluntary / involuntary context switches, and the CPU
+each of the process's threads used during the evaluation (from ``/proc/self/task``), so a slow
+evaluation shows whether the evaluating thread itself did more work, waited (GIL, locks), or was
+preempted.
 
 Parts (``--parts``, comma-separated): ``plain`` (as is, with one intra-op thread, with a Python
 thread polling a queue beside it, with one spinning beside it); ``threads`` (the warm main thread,
 then fresh threads, one of them under cProfile); ``actor`` (a plain Ray actor with one GPU);
 ``tune`` (a Ray Tune function trainable with reused actors, several trials, each measuring before
 and after an intermediate ``tune.report``); ``tune_pinned`` (the same, every measurement on
-``orchestrator.trial.on_model_thread``). Results of the H100 runs: docs/benchmarks.md, item 7.
+``orchestrator.model.device.on_model_thread``). Results of the H100 runs: docs/benchmarks.md,
+item 7.
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ def evaluator(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """This process's resident Evaluator (built on first use, kept across Tune trials)."""
     from bench_sweep import load_setup
 
-    from orchestrator.profiles import load_model
-    from orchestrator.trial import Evaluator, default_device
+    from orchestrator.model.device import default_device
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.worker import Evaluator
 
     if "ev" not in _RESIDENT:
         cfg, data = load_setup(args, 8)
@@ -198,7 +201,7 @@ def actor(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
-    from orchestrator.trial import on_model_thread
+    from orchestrator.model.device import on_model_thread
 
     a = argparse.Namespace(**config["args"])
     pinned = config.get("pinned", False)

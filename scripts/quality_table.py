@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.outputs import load_results
+from orchestrator.outputs.tables import load_results
 
 
 def _kl(m: dict) -> str:

@@ -35,10 +35,10 @@ CPU (a code-path check in a few minutes; the model it writes is barely trained):
     python -m scripts.train_reference --out /tmp/ref-cpu --steps 20 --batch-size 4 --eval-every 10
 
 Perplexity is per BPE token over non-overlapping windows (each window's first token is not
-predicted), the way ``orchestrator/data.py`` cuts text, so it is not comparable with word-level
-WikiText-2 figures. Seeds fix the tokenizer, the initial weights and the batch order; GPU kernels
-are not bitwise deterministic, so a rerun on another card lands close to, not exactly on, the
-recorded numbers, which is why the test checks the shipped weights and not a retrained model.
+predicted), the way ``orchestrator/model/data.py`` cuts text, so it is not comparable with
+word-level WikiText-2 figures. Seeds fix the tokenizer, the initial weights and the batch order; GPU
+kernels are not bitwise deterministic, so a rerun on another card lands close to, not exactly on,
+the recorded numbers, which is why the test checks the shipped weights and not a retrained model.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def reuse_tokenizer(folder: Path) -> tuple[Any, dict[str, bytes]]:
 
 
 def encode(tok: Any, text: str) -> torch.Tensor:
-    """The whole text in one call, as orchestrator/data.py tokenizes a data source."""
+    """The whole text in one call, as orchestrator/model/data.py tokenizes a data source."""
     return torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 

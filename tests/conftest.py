@@ -28,8 +28,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    from orchestrator.config import SweepConfig
-    from orchestrator.data import build_datasets
+    from orchestrator.core.config import SweepConfig
+    from orchestrator.model.data import build_datasets
 
     cfg = SweepConfig.model_validate({"search": {"effective_bits": [8], "coverage": [1.0]}})
     return build_datasets(cfg.data, 512, None, seed=0)
@@ -38,8 +38,8 @@ def tiny_data():
 @pytest.fixture(scope="session")
 def score_tables(tmp_path_factory, tiny_data):
     """Both scoring methods on the tiny preset, scored once per session."""
-    from orchestrator.profiles import load_model
-    from orchestrator.scoring import ScoringSetup, score
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.scoring import ScoringSetup, score
 
     cache = tmp_path_factory.mktemp("scores")
     out = {}

@@ -74,7 +74,7 @@ def test_output_holding_a_different_sweep_is_refused(tmp_path):
 
 
 def test_catalog_with_duplicate_names(tmp_path):
-    from orchestrator.config import DEFAULT_CATALOG
+    from orchestrator.core.config import DEFAULT_CATALOG
 
     doc = yaml.safe_load(DEFAULT_CATALOG.read_text())
     doc["schemes"][2]["name"] = "fp8_autoquant_top25"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.outputs import read_score_tables
+from orchestrator.outputs.tables import read_score_tables
 from tests.conftest import HEAD_IP, ROOT, WORKER_IP, free_port
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import start_sweep, sweep

@@ -30,7 +30,7 @@ SMALLEST = [
 
 
 def test_qwen2_vl_sweeps_and_exports_end_to_end(tmp_path):
-    from orchestrator.export import load_exported
+    from orchestrator.export.checkpoint import load_exported
 
     src = save_tiny("qwen2_vl", tmp_path / "qwen2-vl")
     out = tmp_path / "out"
@@ -96,7 +96,7 @@ def test_an_unsupported_family_is_refused_with_the_supported_list(tmp_path):
 
 def test_the_72b_plan_is_printed_and_refused_on_a_cpu_machine(tmp_path):
     """From config.json alone (no weights): 73.4 B parameters; no CPU worker fits this host."""
-    from orchestrator.profiles import resolve_config
+    from orchestrator.model.loading import resolve_config
 
     resolve_config("qwen2.5-vl-72b-random").save_pretrained(tmp_path / "72b")
     out = tmp_path / "out"

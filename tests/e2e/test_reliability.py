@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.ownership import OWNER_DIR
+from orchestrator.outputs.ownership import OWNER_DIR
 from tests.conftest import ROOT
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import run_module, start_sweep, sweep
@@ -174,23 +174,23 @@ def test_a_second_driver_on_a_running_sweep_is_refused_and_changes_nothing(tmp_p
 
 
 def _write_one_trial(uri: str, exp_id: str, parent: str, i: int, start) -> str:
-    from orchestrator import tracking
+    from orchestrator.tracking import client
 
     start.wait()
-    target = tracking.TrackingTarget(uri, exp_id, parent)
-    run_id, _ = tracking.start_child(target, f"p{i}", f"t{i}", {"i": i}, {"kind": "trial"})
-    tracking.finish_child(
+    target = client.TrackingTarget(uri, exp_id, parent)
+    run_id, _ = client.start_child(target, f"p{i}", f"t{i}", {"i": i}, {"kind": "trial"})
+    client.finish_child(
         target, run_id, {"kl_mean": i / 10, "top1_agreement": 1.0}, {"plan.json": {"i": i}}
     )
     return run_id
 
 
 def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
-    from orchestrator import runtime, tracking
+    from orchestrator.tracking import client, uri
 
-    uri = runtime.default_tracking_uri(tmp_path)
-    exp = tracking.ensure_experiment(uri, "concurrency", tmp_path / "art", "concurrency test")
-    parent = tracking.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
+    uri = uri.default_tracking_uri(tmp_path)
+    exp = client.ensure_experiment(uri, "concurrency", tmp_path / "art", "concurrency test")
+    parent = client.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
     ctx = mp.get_context("spawn")
     with ctx.Manager() as m:
         start = m.Event()
@@ -201,7 +201,7 @@ def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
             time.sleep(2.0)
             start.set()
             ids = [j.get(timeout=180) for j in jobs]
-    runs = tracking.children(tracking.TrackingTarget(uri, exp, parent))
+    runs = client.children(client.TrackingTarget(uri, exp, parent))
     assert sorted(r.info.run_id for r in runs) == sorted(ids)
     assert all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.metrics["kl_mean"] for r in runs) == [i / 10 for i in range(8)]

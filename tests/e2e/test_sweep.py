@@ -162,7 +162,7 @@ def test_the_console_holds_only_the_sweeps_own_lines_and_the_rest_is_in_logs(dem
     for noise in NOISE:
         assert noise not in proc.stdout, noise
     assert "ETA" in proc.stdout and "trial(s) finished" in proc.stdout
-    assert "orchestrator.profiles [worker 1]: loaded" in proc.stdout  # a worker's own record
+    assert "orchestrator.model.loading [worker 1]: loaded" in proc.stdout  # a worker's own record
     assert f"logs of Ray, Tune, ModelOpt and transformers: {out / 'logs'}/" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     logs = out / "logs"
@@ -335,11 +335,11 @@ def test_select_reruns_selection_from_the_files(demo):
 
 
 def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_path):
-    from orchestrator.config import SweepConfig, read_yaml
-    from orchestrator.export import export_scheme, load_exported
-    from orchestrator.profiles import load_model
-    from orchestrator.sweep import build_data
-    from orchestrator.trial import quantize_plan
+    from orchestrator.core.config import SweepConfig, read_yaml
+    from orchestrator.export.checkpoint import export_scheme, load_exported
+    from orchestrator.model.datasets import build_data
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.quantize import quantize_plan
 
     out, *_ = demo
     dest = export_scheme(out, "fp8_autoquant_top50", tmp_path / "ckpt", device="cpu")
@@ -384,7 +384,7 @@ def test_export_all_as_compressed_tensors_checks_and_tags_each_scheme(demo, tmp_
     """`--all`: three folders that pass `--check`, each traceable to its sweep and MLflow run."""
     import json
 
-    from orchestrator.export import main
+    from orchestrator.export.__main__ import main
 
     out, *_ = demo
     dest = tmp_path / "ct"

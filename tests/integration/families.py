@@ -72,7 +72,7 @@ def save_tiny(model_type: str, folder: Path, seed: int = 0) -> Path:
     """A seeded random model of the family, saved as a checkpoint folder."""
     import torch
 
-    from orchestrator.profiles import loader_class
+    from orchestrator.model.families import loader_class
 
     torch.manual_seed(seed)
     loader_class(model_type)(tiny_config(model_type)).save_pretrained(folder)

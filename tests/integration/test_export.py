@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.config import SweepConfig
-from orchestrator.export import export_scheme, load_exported, main
-from orchestrator.export_check import check_export, read_tensors
-from orchestrator.profiles import load_model, model_param_count
-from orchestrator.sweep import build_data
-from orchestrator.trial import quantize_plan
+from orchestrator.core.config import SweepConfig
+from orchestrator.export.__main__ import main
+from orchestrator.export.check import check_export, read_tensors
+from orchestrator.export.checkpoint import export_scheme, load_exported
+from orchestrator.model.datasets import build_data
+from orchestrator.model.loading import load_model, model_param_count
+from orchestrator.model.quantize import quantize_plan
 
 pytestmark = pytest.mark.integration
 PRESETS = ["tiny-qwen2.5-vl", "wikitext-qwen2.5-vl"]

@@ -18,14 +18,14 @@ import pytest
 import yaml
 from torch import nn
 
-from orchestrator.config import SweepConfig, load_catalog
-from orchestrator.export import export_scheme
-from orchestrator.outputs import SweepFacts, finalize
-from orchestrator.planning import make_plan
-from orchestrator.profiles import load_model
-from orchestrator.records import TrialResult
-from orchestrator.scoring import ScoringSetup, score
-from orchestrator.trial import Evaluator
+from orchestrator.core.config import SweepConfig, load_catalog
+from orchestrator.core.planning import make_plan
+from orchestrator.core.records import TrialResult
+from orchestrator.export.checkpoint import export_scheme
+from orchestrator.model.loading import load_model
+from orchestrator.model.scoring import ScoringSetup, score
+from orchestrator.model.worker import Evaluator
+from orchestrator.outputs.publish import SweepFacts, finalize
 from tests.integration.families import save_tiny
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def enabled_quantizers(model: nn.Module) -> set[str]:
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "qwen2", "qwen3"])
 def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_data):
     if model_type == "qwen2_5_vl":
-        from orchestrator.profiles import load_model as build
+        from orchestrator.model.loading import load_model as build
 
         src = tmp_path / "model"
         build("tiny-qwen2.5-vl")[0].save_pretrained(src)

@@ -20,12 +20,12 @@ PRESET = "qwen2.5-vl-3b-random"  # 7 GB: balanced over two GPUs, every block on 
 
 @needs_two
 def test_a_two_gpu_worker_spreads_the_model_and_measures_like_one_gpu():
-    from orchestrator.config import ModelConfig, SweepConfig
-    from orchestrator.data import build_datasets
-    from orchestrator.planning import make_plan
-    from orchestrator.records import ScoreTable
-    from orchestrator.scoring import ScoringSetup
-    from orchestrator.worker import Worker
+    from orchestrator.core.config import ModelConfig, SweepConfig
+    from orchestrator.core.planning import make_plan
+    from orchestrator.core.records import ScoreTable
+    from orchestrator.model.data import build_datasets
+    from orchestrator.model.scoring import ScoringSetup
+    from orchestrator.model.worker import Worker
 
     cfg = SweepConfig.model_validate(
         {

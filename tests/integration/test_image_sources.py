@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.config import DataConfig
-from orchestrator.data import DataError
-from orchestrator.images import (
+from orchestrator.core.config import DataConfig
+from orchestrator.model.data import DataError
+from orchestrator.model.images import (
     CAPTION_PROMPT,
     image_fraction,
     image_source,

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.batches import batches, calibration_batches
-from orchestrator.config import load_config
-from orchestrator.data import TokenSet
-from orchestrator.profiles import load_model
-from orchestrator.sweep import absolute_paths, build_data
-from orchestrator.trainable import error_bars
-from orchestrator.trial import (
-    Evaluator,
-    accumulate_metrics,
-    fp8_quant_config,
-    lm_parts,
-    summarize,
-)
+from orchestrator.checks import absolute_paths
+from orchestrator.core.config import load_config
+from orchestrator.model.batches import batches, calibration_batches
+from orchestrator.model.data import TokenSet
+from orchestrator.model.datasets import build_data
+from orchestrator.model.loading import load_model
+from orchestrator.model.quantize import fp8_quant_config, lm_parts
+from orchestrator.model.worker import Evaluator, accumulate_metrics, summarize
+from orchestrator.search.trial import error_bars
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +211,13 @@ def test_calibration_ranges_come_from_real_tokens_only(evaluator, data):
 
 def test_mixed_set_scores_and_its_shards_add_up_to_the_whole(data, tmp_path):
     """AutoQuantize calibrates on the first score batch without its padding, in every shard."""
-    from orchestrator.scoring import ScoringSetup, merge_shards, score, score_shard, shard_indices
+    from orchestrator.model.scoring import (
+        ScoringSetup,
+        merge_shards,
+        score,
+        score_shard,
+        shard_indices,
+    )
 
     s = data.score
     assert s.image_rows.any() and not s.attention.all()  # padded image rows

@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import DataConfig, load_config
-from orchestrator.data import (
-    build_datasets,
-    hf_tokenizer,
-    read_text,
-)
-from orchestrator.planning import make_plan
-from orchestrator.profiles import load_model, resolve_source
-from orchestrator.scoring import ScoringSetup, score
-from orchestrator.scoring_forward import PrefixReuse, find_decoder, full_forward
+from orchestrator.core.config import DataConfig, load_config
+from orchestrator.core.planning import make_plan
+from orchestrator.model.data import build_datasets, hf_tokenizer, read_text
+from orchestrator.model.loading import load_model, resolve_source
+from orchestrator.model.scoring import ScoringSetup, score
+from orchestrator.model.scoring_forward import PrefixReuse, find_decoder, full_forward
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -61,7 +57,7 @@ def test_reference_preset_scores_and_plans_equal_full_forwards(tmp_path, caplog)
     for reuse in (True, False):
         model, profile = load_model(name)
         setup = ScoringSetup(name, None, profile.name, data.hash, "kl_div", "FP8_DEFAULT_CFG", 1, 1)
-        with caplog.at_level(logging.INFO, logger="orchestrator.scoring_forward"):
+        with caplog.at_level(logging.INFO, logger="orchestrator.model.scoring_forward"):
             tables[reuse] = score(
                 model, profile, data, replace(setup, reuse_prefix=reuse), tmp_path / str(reuse)
             )
@@ -180,7 +176,7 @@ def test_replay_from_each_block_gives_the_full_forward_logits(kind, inputs):
 def test_a_batch_over_the_budget_runs_in_full(monkeypatch):
     import modelopt.torch.quantization as mtq
 
-    from orchestrator import scoring_forward
+    from orchestrator.model import scoring_forward
 
     monkeypatch.setattr(scoring_forward, "PREFIX_BUDGET_BYTES", 1024)
     model = _family("qwen2").eval()
@@ -198,7 +194,7 @@ def test_a_batch_over_the_budget_runs_in_full(monkeypatch):
 
 
 def test_reuse_is_off_with_reuse_prefix_false_and_for_gradient():
-    from orchestrator.scoring_forward import scoring_step
+    from orchestrator.model.scoring_forward import scoring_step
 
     model = _family("qwen2")
     for method, reuse in (("kl_div", False), ("gradient", True)):

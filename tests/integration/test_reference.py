@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.config import SweepConfig
-from orchestrator.data import hf_tokenizer, read_text
-from orchestrator.profiles import SHIPPED_PRESETS, load_model, resolve_config, resolve_source
+from orchestrator.core.config import SweepConfig
+from orchestrator.model.data import hf_tokenizer, read_text
+from orchestrator.model.loading import load_model, resolve_config, resolve_source
+from orchestrator.model.presets import SHIPPED_PRESETS
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,7 @@ def test_tokenizer_round_trips_a_test_line(offline):
 
 
 def test_build_data_reads_text_with_the_preset_tokenizer(offline, tokenize, test_ids):
-    from orchestrator.sweep import build_data
+    from orchestrator.model.datasets import build_data
 
     cfg = SweepConfig.model_validate(
         {

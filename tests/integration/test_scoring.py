@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 
-from orchestrator.planning import make_plan
-from orchestrator.scoring import cache_path, load_cached, score, state_from_json
-from orchestrator.tables import read_search_state
+from orchestrator.core.planning import make_plan
+from orchestrator.model.scoring import cache_path, load_cached, score, state_from_json
+from orchestrator.outputs.tables import read_search_state
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_second_request_with_the_same_key_does_not_rescore(score_tables, tiny_da
 
 
 def test_corrupt_or_foreign_cache_is_recomputed(score_tables, tiny_data, tmp_path):
-    from orchestrator.profiles import load_model
+    from orchestrator.model.loading import load_model
 
     table, setup, cache = score_tables["kl_div"]
     path = cache_path(tmp_path, setup.key())
@@ -95,8 +95,8 @@ def test_exact_solver_is_never_worse_than_modelopt_on_raw_gradient_scores(score_
 @pytest.mark.parametrize("method", ["gradient", "kl_div"])
 def test_score_shards_add_up_to_one_unsharded_run(score_tables, tiny_data, method):
     """Each shard calibrates on the same batches and scores its own; the sums are the scores."""
-    from orchestrator.profiles import load_model
-    from orchestrator.scoring import merge_shards, score_shard, shard_indices
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.scoring import merge_shards, score_shard, shard_indices
 
     table, setup, _ = score_tables[method]
     pieces = shard_indices(setup.num_score_steps, 2)
@@ -119,7 +119,7 @@ def test_score_shards_add_up_to_one_unsharded_run(score_tables, tiny_data, metho
 
 
 def test_shard_indices_cover_every_score_batch_once():
-    from orchestrator.scoring import shard_indices
+    from orchestrator.model.scoring import shard_indices
 
     assert shard_indices(10, 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert shard_indices(2, 8) == [[0], [1]]  # never an empty shard

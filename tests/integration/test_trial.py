@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from orchestrator.planning import make_plan
-from orchestrator.profiles import load_model
-from orchestrator.trial import Evaluator, module_quantizers, quantize_plan
+from orchestrator.core.planning import make_plan
+from orchestrator.model.loading import load_model
+from orchestrator.model.quantize import module_quantizers, quantize_plan
+from orchestrator.model.worker import Evaluator
 
 pytestmark = pytest.mark.integration
 RECIPE = "FP8_DEFAULT_CFG"

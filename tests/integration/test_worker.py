@@ -1,4 +1,5 @@
-"""The long-lived worker (``orchestrator.worker``): scoring on copies, then one resident model.
+"""The long-lived worker (``orchestrator.model.worker``): scoring on copies, then one resident
+model.
 
 Real ModelOpt on the tiny Qwen2.5-VL, CPU. The worker scores on a copy of the model it loaded and
 later quantizes that same model for its trials, so scoring must leave it untouched: its scores and
@@ -9,12 +10,11 @@ import threading
 
 import pytest
 
-from orchestrator.config import ModelConfig
-from orchestrator.planning import make_plan
-from orchestrator.profiles import load_model
-from orchestrator.records import ScoreTable
-from orchestrator.trial import Evaluator
-from orchestrator.worker import Worker
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.planning import make_plan
+from orchestrator.core.records import ScoreTable
+from orchestrator.model.loading import load_model
+from orchestrator.model.worker import Evaluator, Worker
 
 pytestmark = pytest.mark.integration
 RECIPE = "FP8_DEFAULT_CFG"

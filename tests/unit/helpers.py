@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.records import ScoreGroup, ScoreTable, TrialResult
+from orchestrator.core.records import ScoreGroup, ScoreTable, TrialResult
 
 SIZES = {"qkv": 8, "o": 4, "gate_up": 16, "down": 8}  # per block: 36 units
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import ConfigError, load_catalog, load_config, parse_overrides
+from orchestrator.core.config import ConfigError, load_catalog, load_config, parse_overrides
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.export_check import LOADERS, check_export, is_skipped, read_tensors
-from orchestrator.formats import ALWAYS_IGNORED
+from orchestrator.export.check import LOADERS, check_export, is_skipped, read_tensors
+from orchestrator.export.formats import ALWAYS_IGNORED
 
 pytestmark = pytest.mark.unit
 H = 4  # hidden size of the hand-made model
@@ -246,7 +246,7 @@ def test_vllm_reads_either_spelling_of_an_ignore_entry():
 
 
 def test_check_command_exits_1_with_the_reasons(tmp_path, capsys):
-    from orchestrator.export import main
+    from orchestrator.export.__main__ import main
 
     folder = make_export(
         tmp_path / "x", "modelopt", MIXED, drop=["model.layers.0.mlp.up_proj.input_scale"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.profiles import (
+from orchestrator.model.families import (
     FAMILIES,
     UnsupportedModel,
     family_for,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.memory import (
+from orchestrator.core.memory import (
     USABLE_FRACTION,
     Node,
     Slot,
@@ -105,7 +105,7 @@ PUBLISHED = {  # Qwen2.5-VL model cards: 8.29 B, 33.5 B, 73.4 B
 def _on_meta(config):
     import torch
 
-    from orchestrator.profiles import loader_class
+    from orchestrator.model.families import loader_class
 
     with torch.device("meta"):
         return loader_class(config.model_type)._from_config(config)
@@ -113,7 +113,8 @@ def _on_meta(config):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_presets_have_the_published_size_and_eligible_layers(name):
-    from orchestrator.profiles import model_facts, profile_for, resolve_config
+    from orchestrator.model.families import profile_for
+    from orchestrator.model.loading import model_facts, resolve_config
 
     size, layers, hidden, kv_heads, inter = PUBLISHED[name]
     config = resolve_config(name)
@@ -134,7 +135,8 @@ def test_the_count_from_config_json_equals_the_module_tree(model_type, tmp_path)
     """Each family at its library defaults (full size) and tiny, read back from config.json."""
     from transformers import AutoConfig
 
-    from orchestrator.profiles import FAMILIES, model_facts
+    from orchestrator.model.families import FAMILIES
+    from orchestrator.model.loading import model_facts
     from tests.integration.families import tiny_config
 
     family = FAMILIES[model_type]
@@ -150,7 +152,7 @@ def _tiny_or_none(make, model_type):
     try:
         return make(model_type)
     except KeyError:  # qwen2_5_vl's tiny model is the preset
-        from orchestrator.profiles import resolve_config
+        from orchestrator.model.loading import resolve_config
 
         return resolve_config("tiny-qwen2.5-vl")
 
@@ -160,8 +162,8 @@ def test_the_search_space_headers_state_the_plan_the_code_prints(size):
     """Each big sibling's sweep states its worker's need in its header; it must be the code's."""
     import re
 
-    from orchestrator.config import SEARCH_SPACES, load_config
-    from orchestrator.profiles import model_facts
+    from orchestrator.core.config import SEARCH_SPACES, load_config
+    from orchestrator.model.loading import model_facts
 
     path = SEARCH_SPACES / f"qwen2_5_vl_{size}_fp8.yaml"
     cfg = load_config(path)

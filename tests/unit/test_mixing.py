@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.batches import batches, calibration_batches
-from orchestrator.config import DataConfig
-from orchestrator.data import DataError, ImageSamples, build_datasets, byte_tokenizer, image_places
+from orchestrator.core.config import DataConfig
+from orchestrator.model.batches import batches, calibration_batches
+from orchestrator.model.data import (
+    DataError,
+    ImageSamples,
+    build_datasets,
+    byte_tokenizer,
+    image_places,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,7 @@ TEXT = {"vocab_size": 512, "max_position_embeddings": 2048, "hidden_size": 64}
     ],
 )
 def test_facts_come_from_either_config_layout(tmp_path, doc):
-    from orchestrator.profiles import model_facts
+    from orchestrator.model.loading import model_facts
 
     (tmp_path / "config.json").write_text(json.dumps(doc))
     facts = model_facts(str(tmp_path))
@@ -37,7 +37,7 @@ def test_facts_come_from_either_config_layout(tmp_path, doc):
 
 
 def test_a_saved_model_gives_the_same_facts_as_transformers(tmp_path):
-    from orchestrator.profiles import model_facts, resolve_config, text_config
+    from orchestrator.model.loading import model_facts, resolve_config, text_config
 
     resolve_config("tiny-qwen2.5-vl").save_pretrained(tmp_path)
     facts = model_facts(str(tmp_path))
@@ -50,7 +50,7 @@ def test_a_saved_model_gives_the_same_facts_as_transformers(tmp_path):
 
 def test_input_checks_on_a_local_model_import_no_heavy_framework(tmp_path):
     """A complete config.json (as save_pretrained writes it) also gives the memory plan's size."""
-    from orchestrator.profiles import resolve_config
+    from orchestrator.model.loading import resolve_config
 
     resolve_config("tiny-qwen2.5-vl").save_pretrained(tmp_path)
     code = (
@@ -65,7 +65,7 @@ def test_input_checks_on_a_local_model_import_no_heavy_framework(tmp_path):
 
 
 def test_relative_sqlite_uris_become_absolute(tmp_path, monkeypatch):
-    from orchestrator.runtime import absolute_uri
+    from orchestrator.tracking.uri import absolute_uri
 
     monkeypatch.chdir(tmp_path)
     assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -74,7 +74,7 @@ def test_relative_sqlite_uris_become_absolute(tmp_path, monkeypatch):
 
 
 def test_hidden_gpus_are_counted_as_none(monkeypatch):
-    from orchestrator.runtime import local_gpu_count
+    from orchestrator.runtime.host import local_gpu_count
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert local_gpu_count() == (0, "CUDA_VISIBLE_DEVICES hides every GPU")

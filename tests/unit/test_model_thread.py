@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from orchestrator.trial import on_model_thread
+from orchestrator.model.device import on_model_thread
 
 pytestmark = pytest.mark.unit
 

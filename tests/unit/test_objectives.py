@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.compare import compare_scheme, measured_by_plan
 from orchestrator.compare_sweeps import compare_named, table_lines
-from orchestrator.config import load_catalog
-from orchestrator.objectives import Objective
-from orchestrator.planning import control_plan
-from orchestrator.selection import select
+from orchestrator.core.config import load_catalog
+from orchestrator.core.objectives import Objective
+from orchestrator.core.planning import control_plan
+from orchestrator.core.selection import select
+from orchestrator.core.verdicts import compare_scheme, measured_by_plan
 
 from .helpers import result
 from .test_points import _scheme, _table

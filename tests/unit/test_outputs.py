@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.tables import read_trials, write_trials
+from orchestrator.outputs.tables import read_trials, write_trials
 
 from .helpers import result
 

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ownership
-from orchestrator.ownership import OWNER_DIR, STALE_AFTER_SECONDS, OutputInUse, Owner, acquire
+from orchestrator.outputs import ownership
+from orchestrator.outputs.ownership import (
+    OWNER_DIR,
+    STALE_AFTER_SECONDS,
+    OutputInUse,
+    Owner,
+    acquire,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +88,7 @@ def test_a_live_owner_on_another_host_is_refused_and_nothing_is_written(tmp_path
 def test_a_stale_heartbeat_from_another_host_is_taken_over(tmp_path, caplog):
     out = tmp_path / "out"
     _fake(out, 3, heartbeat=time.time() - STALE_AFTER_SECONDS - 5)
-    with caplog.at_level(logging.WARNING, "orchestrator.ownership"), acquire(out):
+    with caplog.at_level(logging.WARNING, "orchestrator.outputs.ownership"), acquire(out):
         assert sorted(_records(out)) == [4]  # the owner removes older generations
         assert _records(out)[4]["pid"] == os.getpid()
     (line,) = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
@@ -101,7 +107,7 @@ def test_a_dead_pid_on_this_host_is_taken_over_at_once(tmp_path, caplog):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     _fake(out, 1, **_here(pid=gone.pid))  # heartbeat fresh: the pid alone decides
-    with caplog.at_level(logging.WARNING, "orchestrator.ownership"), acquire(out):
+    with caplog.at_level(logging.WARNING, "orchestrator.outputs.ownership"), acquire(out):
         pass
     (line,) = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
     assert f"pid {gone.pid} is gone" in line
@@ -111,7 +117,7 @@ def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path, caplog):
     out = tmp_path / "out"
     _, start = ownership.process_stat()
     _fake(out, 1, **_here(pid=os.getpid(), pid_start=start - 1))
-    with caplog.at_level(logging.WARNING, "orchestrator.ownership"), acquire(out):
+    with caplog.at_level(logging.WARNING, "orchestrator.outputs.ownership"), acquire(out):
         pass
     assert any("now belongs to another process" in r.getMessage() for r in caplog.records)
     _fake(out, 5, **_here(pid=os.getppid(), pid_start=ownership.process_stat(os.getppid())[1]))
@@ -173,7 +179,8 @@ def test_the_heartbeat_is_refreshed_and_a_takeover_stops_the_old_owner(tmp_path)
 def test_sigterm_releases_the_folder(tmp_path):
     out = tmp_path / "out"
     code = (
-        "import sys, time; from pathlib import Path; from orchestrator.ownership import acquire\n"
+        "import sys, time; from pathlib import Path\n"
+        "from orchestrator.outputs.ownership import acquire\n"
         "with acquire(Path(sys.argv[1])):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -188,14 +195,14 @@ def test_sigterm_releases_the_folder(tmp_path):
 
 
 def test_export_reads_a_running_sweeps_folder_says_so_and_writes_nothing_there(tmp_path, capsys):
-    from orchestrator import export
+    from orchestrator.export import __main__ as export_cli
 
     out = tmp_path / "out"
     handlers, level = logging.root.handlers[:], logging.root.level  # export sets up logging
     with acquire(out):  # this process stands in for the running sweep
         before = sorted(p.relative_to(out) for p in out.rglob("*"))
         try:
-            code = export.main(["--output", str(out), "--scheme", "x", "--dest", str(tmp_path)])
+            code = export_cli.main(["--output", str(out), "--scheme", "x", "--dest", str(tmp_path)])
         finally:
             logging.root.handlers, logging.root.level = handlers, level
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from orchestrator.planning import allowed_blocks, fp8_share_for_bits, make_plan
-from orchestrator.records import plan_hash
+from orchestrator.core.planning import allowed_blocks, fp8_share_for_bits, make_plan
+from orchestrator.core.records import plan_hash
 
 from .helpers import SIZES, table
 
@@ -137,7 +137,7 @@ def test_strategies_are_scored_solves_within_their_rules():
 
 
 def test_controls_sit_at_the_share_asked_and_never_read_scores_but_inverse():
-    from orchestrator.planning import control_order, control_plan
+    from orchestrator.core.planning import control_order, control_plan
 
     rng = random.Random(5)
     t = table({(b, k): rng.random() for b in range(4) for k in SIZES}, method="kl_div")

@@ -2,16 +2,16 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.compare import (
+from orchestrator.core.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
+from orchestrator.core.planning import control_plan, make_plan
+from orchestrator.core.points import control_points, grid_points, unreachable_names
+from orchestrator.core.records import NamedScheme
+from orchestrator.core.verdicts import (
     compare_scheme,
     measured_by_plan,
     score_kl_correlation,
     score_kl_within_share,
 )
-from orchestrator.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
-from orchestrator.planning import control_plan, make_plan
-from orchestrator.points import control_points, grid_points, unreachable_names
-from orchestrator.records import NamedScheme
 
 from .helpers import SIZES, result, table
 

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.unit
 
 def test_checkout_root_goes_on_pythonpath_for_local_ray_workers(monkeypatch) -> None:
     """Workers inherit the environment, not sys.path, and the driver leaves the checkout."""
-    from orchestrator.config import PROJECT_ROOT
-    from orchestrator.runtime import export_package_path
+    from orchestrator.core.config import PROJECT_ROOT
+    from orchestrator.search.ray_env import export_package_path
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     export_package_path()
@@ -25,7 +25,7 @@ def test_checkout_root_goes_on_pythonpath_for_local_ray_workers(monkeypatch) -> 
 _DIVERT = """
 import logging, os, sys, warnings
 from pathlib import Path
-from orchestrator.runtime import divert_output, setup_logging
+from orchestrator.runtime.logs import divert_output, setup_logging
 setup_logging()
 restore = divert_output(Path(sys.argv[1]))
 logging.getLogger("orchestrator.sweep").info("ours")
@@ -62,10 +62,10 @@ def test_diverted_output_keeps_the_sweeps_lines_on_the_console_and_the_rest_in_t
 
 _ROUTE = """
 import logging, os, sys
-from orchestrator.runtime import route_worker_output
+from orchestrator.runtime.logs import route_worker_output
 route_worker_output(sys.argv[1], "worker 3")
 route_worker_output(sys.argv[1], "worker 3")  # once per process
-logging.getLogger("orchestrator.scoring").info("scored a shard")
+logging.getLogger("orchestrator.model.scoring").info("scored a shard")
 logging.getLogger("modelopt").warning("theirs")
 print("Inserted 153 quantizers")
 os.write(2, b"bar 1/2\\n")
@@ -81,7 +81,7 @@ def test_a_worker_sends_only_its_sweep_records_to_stdout_and_the_rest_to_its_fil
         [sys.executable, "-c", _ROUTE, str(log)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.endswith("INFO orchestrator.scoring [worker 3]: scored a shard\n")
+    assert proc.stdout.endswith("INFO orchestrator.model.scoring [worker 3]: scored a shard\n")
     assert len(proc.stdout.splitlines()) == 1 and proc.stderr == ""
     text = log.read_text()
     for line in ("scored a shard", "theirs", "Inserted 153 quantizers", "bar 1/2"):

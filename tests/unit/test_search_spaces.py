@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import SEARCH_SPACES, load_catalog, load_config
+from orchestrator.core.config import SEARCH_SPACES, load_catalog, load_config
 
 pytestmark = pytest.mark.unit
 SWEEPS = sorted(p for p in SEARCH_SPACES.glob("*.yaml") if p.name != "schemes.yaml")
@@ -37,6 +37,6 @@ def test_catalog_names_say_what_they_hold():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_sweep_can_reach_every_name(path: Path):
-    from orchestrator.points import unreachable_names
+    from orchestrator.core.points import unreachable_names
 
     assert unreachable_names(load_config(path).search, load_catalog()) == []

@@ -4,8 +4,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from orchestrator.config import load_catalog
-from orchestrator.selection import SelectionError, knee, pareto_front, select
+from orchestrator.core.config import load_catalog
+from orchestrator.core.selection import SelectionError, knee, pareto_front, select
 
 from .helpers import result
 

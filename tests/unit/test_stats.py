@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.stats import Interval, paired_ratio_ci, ratio_ci, spearman, verdict
+from orchestrator.core.stats import Interval, paired_ratio_ci, ratio_ci, spearman, verdict
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,433 @@
+"""The sweep config and the scheme catalog: YAML plus ``key=value`` overrides, validated in one
+place.
+
+Every schema is strict (``extra="forbid"``) so a misspelt key fails when the file loads, not an hour
+into scoring. All problems are collected and raised once as a :class:`ConfigError` whose message is
+a single line naming each field, the bad value and what is allowed. Pure module: no torch, ray,
+mlflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.core.planning import STRATEGIES, parse_spec
+from orchestrator.core.records import stable_hash
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+SEARCH_SPACES = PROJECT_ROOT / "search_spaces"
+
+
+DEMO_CONFIG = SEARCH_SPACES / "demo_tiny.yaml"
+
+
+DEFAULT_CATALOG = SEARCH_SPACES / "schemes.yaml"
+
+
+Method = Literal["gradient", "kl_div"]
+
+
+Recipe = Literal["FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG"]
+
+
+class ConfigError(ValueError):
+    """Bad input; the message is one line and says what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelConfig(_Strict):
+    source: str = Field("tiny-qwen2.5-vl", min_length=1)  # preset name, local folder or hub id
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Strict):
+    # synthetic | .txt/.jsonl/.parquet path | hf:<name>[:<config>[:<split>]]
+    source: str = "synthetic"
+    eval_source: str | None = None  # a separate held-out file for evaluation
+    text_field: str = "text"  # column/key holding text in JSONL and Parquet files
+    seq_len: int = Field(64, ge=8, le=32768)
+    batch_size: int = Field(2, ge=1, le=1024)
+    calib_batches: int = Field(2, ge=1)  # more = steadier amax, slower calibration
+    score_batches: int = Field(2, ge=1)  # scoring batches for AutoQuantize
+    eval_batches: int = Field(2, ge=1)  # same ids for every trial
+    # image+text records (a .jsonl/.parquet file, a folder with captions.tsv, or hf:<name>) mixed
+    # into data.source's text; data.source may itself be such a file (then every row is image+text)
+    image_source: str | None = None
+    # share of each set's rows that are image+text; default: 1 when data.source is image+text,
+    # else 0.5 with image_source. More = calibration and scores closer to image chats, fewer text
+    image_fraction: float | None = Field(None, ge=0, le=1)
+    # the same for the evaluation set alone; default: image_fraction. 0 beside image_fraction>0,
+    # or >0 beside image_fraction=0 (text-only calibration judged on image answers), lets two
+    # sweeps that calibrate differently be measured on one evaluation set
+    eval_image_fraction: float | None = Field(None, ge=0, le=1)
+    image_field: str = "image"  # column/key: an image path relative to the file, or its bytes
+    prompt_field: str = "prompt"  # column/key: the user's question about the image
+    answer_field: str = "answer"  # column/key: the answer; only its tokens are scored
+
+
+class ScoringConfig(_Strict):
+    methods: list[Method] = Field(default_factory=lambda: ["gradient"], min_length=1)
+    fp8_recipes: list[Recipe] = Field(default_factory=lambda: ["FP8_DEFAULT_CFG"], min_length=1)
+    num_calib_steps: int = Field(2, ge=1)
+    num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
+    # Score batches split into this many shards per setup, handed to the workers in turn (each
+    # calibrates the same way and scores its share; the sums are the scores). auto: one per worker,
+    # i.e. per GPU (search.max_concurrent workers without GPUs).
+    shards: int | Literal["auto"] = "auto"
+    # kl_div: each quantized forward starts at its group's block from the recorded unquantized
+    # inputs; ~2x faster, the same scores bit for bit (docs/SCHEMES.md); false: full forwards.
+    reuse_prefix: bool = True
+
+    @field_validator("shards")
+    @classmethod
+    def _shards(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"is {v}; use a positive integer or auto")
+        return v
+
+    @field_validator("methods", "fp8_recipes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates {v}; list each value once")
+        return v
+
+
+class SearchConfig(_Strict):
+    effective_bits: list[float] = Field(  # over eligible LM weights: 16 - 8 x FP8 share
+        min_length=1, description="a list of bits per eligible LM weight in [8, 16], e.g. [8, 12]"
+    )
+    coverage: list[float] = Field(  # share of decoder blocks allowed to hold FP8
+        min_length=1, description="a list of shares in (0, 1], e.g. [0.5, 1.0]"
+    )
+    # scored plan strategies: solve (the scores choose among all allowed blocks), ends_bf16:N
+    # (first and last N blocks BF16, the scores choose the rest), mlp_only (attention BF16)
+    strategies: list[str] = Field(default_factory=lambda: ["solve"], min_length=1)
+    searcher: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(16, ge=1)  # optuna only: trials after the seeding grid
+    max_failures: int = Field(2, ge=0)  # retries per trial before it is recorded FAILED
+    max_concurrent: int | None = Field(None, ge=1)  # default: number of GPUs, or 1 on CPU
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
+    reference_cache_gib: float = Field(8.0, ge=0)  # device GiB for BF16 hidden states; 0: recompute
+    # GPUs of one node each worker reserves and spreads the model over; auto: the fewest that hold
+    # it (orchestrator/memory.py). Workers per node = its GPUs // this.
+    gpus_per_worker: int | Literal["auto"] = "auto"
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus_per_worker(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"is {v}; use a positive integer or auto")
+        return v
+
+    @field_validator("effective_bits")
+    @classmethod
+    def _bits(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and 8.0 <= x <= 16.0):
+                raise ValueError(f"value {x} is outside [8, 16] (bits per eligible LM weight)")
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            parse_spec(spec, STRATEGIES)
+        if "solve" not in v:
+            raise ValueError(f"{v} lacks 'solve', the one strategy that can reach every share")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates {v}; list each value once")
+        return v
+
+    @field_validator("coverage")
+    @classmethod
+    def _coverage(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and 0.0 < x <= 1.0):
+                raise ValueError(f"value {x} is outside (0, 1] (share of decoder blocks)")
+        return v
+
+
+class SelectionConfig(_Strict):
+    # the KL the front is built on: over every target token (text windows and image answers), or
+    # over the answer tokens of image+text evaluation rows only (needs such rows)
+    objective: Literal["kl_mean", "image_kl_mean"] = "kl_mean"
+    max_kl: float | None = Field(None, gt=0)  # points above this (objective's) KL are not eligible
+    catalog: str = str(DEFAULT_CATALOG)
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = None  # default: the sweep name
+
+
+class ControlConfig(_Strict):
+    """What a person would do without the scores, measured at each published scheme's exact FP8
+    share and compared with it on the same tokens; never published."""
+
+    enabled: bool = True
+    random_seeds: int = Field(3, ge=0, le=32)  # random group orders, one control each
+    inverse: bool = True  # most sensitive first: the floor any ranking must clear
+    ends_fixed: list[int] = Field(default_factory=lambda: [1])  # first/last N blocks BF16
+    attn_bf16: bool = True  # attention BF16, the MLP quantized in block order
+
+    @field_validator("ends_fixed")
+    @classmethod
+    def _ends(cls, v: list[int]) -> list[int]:
+        for n in v:
+            if n < 1:
+                raise ValueError(f"value {n} is not a block count >= 1")
+        return v
+
+    def specs(self) -> list[str]:
+        if not self.enabled:
+            return []
+        out = [f"random:{s}" for s in range(self.random_seeds)]
+        out += ["inverse"] if self.inverse else []
+        out += [f"ends_fixed:{n}" for n in self.ends_fixed]
+        return out + (["attn_bf16"] if self.attn_bf16 else [])
+
+
+class FaultConfig(_Strict):
+    """Fault injection for the reliability tests only; empty in every shipped config."""
+
+    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises, every attempt
+    nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
+    kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
+    kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
+    kill_worker_once_on_bits: list[float] = Field(default_factory=list)  # GPU worker dies, once
+    sleep_seconds: float = Field(0.0, ge=0)  # every trial sleeps this long (slow-trial tests)
+
+
+class SweepConfig(_Strict):
+    name: str = Field("fp8-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    search: SearchConfig = Field(
+        description="a section with effective_bits and coverage lists, e.g. "
+        "{effective_bits: [8, 12], coverage: [1.0]}"
+    )
+    selection: SelectionConfig = SelectionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    controls: ControlConfig = ControlConfig()
+    fault: FaultConfig = FaultConfig()
+
+    @model_validator(mode="after")
+    def _steps_fit_data(self) -> SweepConfig:
+        if self.scoring.num_score_steps > self.data.score_batches:
+            raise ValueError(
+                f"scoring.num_score_steps={self.scoring.num_score_steps} exceeds "
+                f"data.score_batches={self.data.score_batches}; raise score_batches or lower it"
+            )
+        shards = self.scoring.shards
+        if isinstance(shards, int) and shards > self.scoring.num_score_steps:
+            raise ValueError(
+                f"scoring.shards={shards} exceeds scoring.num_score_steps="
+                f"{self.scoring.num_score_steps}; every shard needs a score batch"
+            )
+        if self.scoring.num_calib_steps > self.data.score_batches:
+            raise ValueError(
+                f"scoring.num_calib_steps={self.scoring.num_calib_steps} exceeds "
+                f"data.score_batches={self.data.score_batches}; raise score_batches or lower it"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Identity of the experiment: what decides results, not where they are tracked."""
+        return stable_hash(self.model_dump(mode="json", exclude={"tracking"}))
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    """One line: each problem's field, its value and what is allowed there.
+
+    A missing field has no value of its own (pydantic's ``input`` is the enclosing mapping), so it
+    reads ``search.coverage: required (<what the field takes>)``; an unknown key lists the keys
+    its section takes.
+    """
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = _section_at(schema, e["loc"][:-1])
+            known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
+            parts.append(f"unknown key '{loc}'{known}")
+        elif e["type"] == "missing":
+            parts.append(f"{loc}: required ({_takes(schema, e['loc'])})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            # a check across fields has no location; its message names the fields and values
+            parts.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def _section_at(schema: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``loc`` (list indices step into the items)."""
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        model = field.annotation
+        while getattr(model, "__origin__", None) is list:
+            model = model.__args__[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _takes(schema: type[BaseModel], loc: Sequence[Any]) -> str:
+    section = _section_at(schema, loc[:-1])
+    field = section.model_fields.get(str(loc[-1])) if section else None
+    if field is None:
+        return "see the shipped configs in search_spaces/"
+    if field.description:
+        return field.description
+    ann = field.annotation
+    return f"a {getattr(ann, '__name__', None) or str(ann).replace('typing.', '')}"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key.sub=value`` pairs to a nested dict; values are YAML scalars or lists."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not k for k in key.split(".")):
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. search.coverage=[0.5,1.0]")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"--set {pair!r}: value is not valid YAML ({e.__class__.__name__})"
+            ) from None
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> SweepConfig:
+    """YAML first, then overrides (the command line wins); validated as one unit."""
+    path = path or DEMO_CONFIG
+    raw = _merge(read_yaml(path), parse_overrides(overrides))
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path), SweepConfig)) from None
+
+
+class ShareBand(_Strict):
+    """What a name promises: an FP8 share of the eligible LM weights, give or take ``tolerance``."""
+
+    nominal: float = Field(gt=0.0, le=1.0, description="a share of eligible LM weights in (0, 1]")
+    tolerance: float = Field(0.05, ge=0.0, le=0.5)
+
+    def contains(self, share: float) -> bool:
+        return abs(share - self.nominal) <= self.tolerance + 1e-9
+
+    def __str__(self) -> str:
+        return f"{self.nominal:.0%} +- {self.tolerance:.0%} FP8"
+
+
+class SchemeKnobs(_Strict):
+    effective_bits: float = Field(ge=8.0, le=16.0, description="bits per weight in [8, 16]")
+    method: Method = "kl_div"
+    num_score_steps: int = Field(ge=1, description="an integer >= 1")
+    num_calib_steps: int = Field(ge=1, description="an integer >= 1")
+    fp8_recipe: Recipe = "FP8_DEFAULT_CFG"
+
+
+class CatalogScheme(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="lowercase letters, digits and _")
+    role: Literal["conservative", "balanced", "aggressive"] = Field(
+        description="conservative, balanced or aggressive"
+    )
+    description: str = Field(description="a sentence on what the scheme is for")
+    # what the name promises; a pick outside it is never published
+    fp8_share: ShareBand = Field(description="a band {nominal: share, tolerance: share}")
+    # the knobs a user would pass to AutoQuantize for this scheme
+    knobs: SchemeKnobs = Field(
+        description="a mapping with effective_bits, num_score_steps, num_calib_steps"
+    )
+    coverage_rule: str = Field(description="a sentence on which blocks may hold FP8")
+    post_filters: list[str] = Field(default_factory=list)
+
+
+class Catalog(_Strict):
+    version: int = Field(ge=1, description="an integer >= 1, bumped when a name changes meaning")
+    schemes: list[CatalogScheme] = Field(
+        min_length=3, max_length=3, description="a list of three schemes, one per role"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Catalog:
+        names = [s.name for s in self.schemes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate scheme names {dupes}; each name must appear once")
+        roles = sorted(s.role for s in self.schemes)
+        if roles != ["aggressive", "balanced", "conservative"]:
+            raise ValueError(f"roles {roles} must be conservative, balanced, aggressive once each")
+        return self
+
+
+def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        return Catalog.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path), Catalog)) from None

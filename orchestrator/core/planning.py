@@ -1,0 +1,270 @@
+"""From a score table and one point of the space (effective bits, coverage) to the exact FP8 module
+set.
+
+Budget. With FP8 and BF16 as the only formats, effective bits b over the eligible LM weights fix the
+FP8 share: b = 16 - 8 * share, so share = (16 - b) / 8. Which groups make up that share is the
+AutoQuantize solve, reproduced here without ModelOpt so that a new budget costs microseconds:
+
+* ``gradient`` scores: ModelOpt solves an integer program, minimum summed score with the quantized
+  weight size under the budget. That is a 0/1 knapsack; we solve it exactly by dynamic programming
+  over weight sizes divided by their greatest common divisor (Qwen layer shapes give a few thousand
+  units for 3B), which yields the same optimum as ModelOpt's solver.
+* ``kl_div`` scores: ModelOpt lowers a threshold until the budget holds, i.e. it takes groups in
+  ascending score order. We take the same prefix.
+
+Coverage c in (0, 1] is the second, independent axis: only the ceil(c * blocks) least sensitive
+decoder blocks (summed group score, ties on block index) may hold FP8; everything else stays BF16.
+When the allowed blocks hold fewer weights than the budget asks for, the plan takes all of them and
+says ``budget_met=False``; the sweep's de-duplication then folds such points onto one trial.
+
+Strategy is the third axis, and what a heuristic does well becomes a candidate of the solve rather
+than its rival: ``ends_bf16:N`` keeps the first and last N blocks BF16 and lets the scores choose
+among the rest, ``mlp_only`` keeps attention BF16 and lets them choose among the MLP groups. The
+selector compares every strategy, method and coverage at each share.
+
+Controls are what a person does without the scores (a seeded random order, the first and last
+blocks or the attention kept BF16 with the rest taken in block order) and, as a floor, the scores
+read backwards. They are planned only at a published scheme's exact FP8 share, for a paired
+comparison, and are never published.
+
+Ties break on group name, so a plan is a pure function of its inputs on every host. Pure module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from orchestrator.core.records import Plan, ScoreGroup, ScoreTable, plan_hash
+
+BF16_BYTES = 2
+
+
+FP8_BYTES = 1
+
+
+def fp8_share_for_bits(effective_bits: float) -> float:
+    """Share of eligible LM weights that must be FP8 to reach ``effective_bits``."""
+    if not 8.0 <= effective_bits <= 16.0:
+        raise ValueError(f"effective_bits={effective_bits} is outside [8, 16]")
+    return (16.0 - effective_bits) / 8.0
+
+
+def allowed_blocks(
+    table: ScoreTable, coverage: float, among: Collection[int] | None = None
+) -> tuple[int, ...]:
+    """The ceil(coverage * blocks) least sensitive blocks (summed group score), taken ``among``
+    the blocks a strategy permits; ties break on block index."""
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage={coverage} is outside (0, 1]")
+    block_score: dict[int, float] = {}
+    for g in table.groups:
+        block_score[g.block] = block_score.get(g.block, 0.0) + g.score
+    n_allowed = max(1, math.ceil(coverage * len(block_score) - 1e-9))
+    permitted = [b for b in block_score if among is None or b in among]
+    ranked = sorted(permitted, key=lambda b: (block_score[b], b))
+    return tuple(sorted(ranked[:n_allowed]))
+
+
+def _threshold_select(groups: Sequence[ScoreGroup], need: int) -> list[ScoreGroup]:
+    """Least sensitive first until the FP8 weights reach ``need`` (ModelOpt's kl_div solve)."""
+    chosen: list[ScoreGroup] = []
+    covered = 0
+    for g in sorted(groups, key=lambda g: (g.score, g.name)):
+        if covered >= need:
+            break
+        chosen.append(g)
+        covered += g.params
+    return chosen
+
+
+def _knapsack_select(groups: Sequence[ScoreGroup], need: int) -> list[ScoreGroup]:
+    """Minimum summed score whose weights cover ``need`` exactly (ModelOpt's gradient solve).
+
+    f[j] = least score that covers at least j units; each group either joins or not. Units are
+    parameter counts divided by their gcd, and capped at the need, so the table stays small.
+    """
+    if need <= 0:
+        return []
+    items = sorted(groups, key=lambda g: (g.score, g.name))
+    unit = reduce(math.gcd, (g.params for g in items))
+    cap = -(-need // unit)
+    f = np.full(cap + 1, np.inf)
+    f[0] = 0.0
+    take = np.zeros((len(items), cap + 1), dtype=bool)
+    idx = np.arange(cap + 1)
+    for i, g in enumerate(items):
+        w = g.params // unit
+        prev = f[np.maximum(idx - w, 0)] + g.score
+        better = prev < f
+        take[i] = better
+        f = np.where(better, prev, f)
+    chosen: list[ScoreGroup] = []
+    j = cap
+    for i in range(len(items) - 1, -1, -1):
+        if take[i, j]:
+            chosen.append(items[i])
+            j = max(j - items[i].params // unit, 0)
+    return chosen
+
+
+SOLVERS = {"gradient": _knapsack_select, "kl_div": _threshold_select}
+
+
+STRATEGIES = ("solve", "ends_bf16", "mlp_only")
+
+
+MLP_KINDS = ("gate_up", "down")
+
+
+def parse_spec(spec: str, allowed: Sequence[str]) -> tuple[str, int]:
+    """``"ends_bf16:2"`` -> ("ends_bf16", 2); the kind must be one of ``allowed``."""
+    kind, _, arg = spec.partition(":")
+    if kind not in allowed or (arg and not arg.isdigit()):
+        raise ValueError(
+            f"{spec!r} is not one of {', '.join(allowed)} (with ':N' where it takes one)"
+        )
+    return kind, int(arg or 0)
+
+
+def _end_blocks(blocks: Sequence[int], n: int) -> set[int]:
+    """The first and last ``n`` decoder blocks."""
+    ordered = sorted(blocks)
+    return set(ordered[:n]) | set(ordered[len(ordered) - n :]) if n else set()
+
+
+def _need(table: ScoreTable, effective_bits: float) -> int:
+    """FP8 parameters a budget asks for; a hair below the exact product so that b=12 over 4 equal
+    blocks asks for exactly 2 of them, and a share written as bits round-trips to its count."""
+    share = fp8_share_for_bits(effective_bits)
+    total = table.eligible_params
+    return max(0, math.ceil(share * total - 1e-9 * total))
+
+
+def make_plan(
+    table: ScoreTable, effective_bits: float, coverage: float, strategy: str = "solve"
+) -> Plan:
+    """Resolve one point of the space to the exact FP8 module set, deterministically.
+
+    The strategy narrows what the scores may choose from: ``solve`` lets them pick among every
+    allowed block; ``ends_bf16:N`` keeps the first and last N blocks BF16 first; ``mlp_only``
+    keeps attention BF16. Within what is left, the method's own solve picks the groups.
+    """
+    kind, n = parse_spec(strategy, STRATEGIES)
+    every_block = sorted({g.block for g in table.groups})
+    kept = _end_blocks(every_block, n) if kind == "ends_bf16" else set()
+    blocks = allowed_blocks(table, coverage, [b for b in every_block if b not in kept])
+    candidates = [
+        g
+        for g in table.groups
+        if g.block in set(blocks) and (kind != "mlp_only" or g.kind in MLP_KINDS)
+    ]
+    need = _need(table, effective_bits)
+    available = sum(g.params for g in candidates)
+    if need >= available:
+        chosen = list(candidates) if need > 0 else []
+    else:
+        chosen = SOLVERS[table.method](candidates, need)
+    return _plan_from_groups(table, chosen, effective_bits, coverage, blocks, need, strategy)
+
+
+def _plan_from_groups(
+    table: ScoreTable,
+    chosen: Sequence[ScoreGroup],
+    effective_bits: float,
+    coverage: float,
+    blocks: tuple[int, ...],
+    need: int,
+    strategy: str,
+) -> Plan:
+    modules = tuple(sorted(m for g in chosen for m in g.modules))
+    fp8_params = sum(g.params for g in chosen)
+    total = table.eligible_params
+    fraction = fp8_params / total if total else 0.0
+    return Plan(
+        plan_hash=plan_hash(modules, table.fp8_recipe),
+        fp8_recipe=table.fp8_recipe,
+        fp8_modules=modules,
+        fp8_groups=tuple(sorted(g.name for g in chosen)),
+        target_bits=float(effective_bits),
+        coverage=float(coverage),
+        achieved_bits=16.0 - 8.0 * fraction,
+        fp8_fraction=fraction,
+        budget_met=fp8_params >= need,
+        allowed_blocks=blocks,
+        lm_bytes=table.lm_params * BF16_BYTES - fp8_params * (BF16_BYTES - FP8_BYTES),
+        model_bytes=table.model_params * BF16_BYTES - fp8_params * (BF16_BYTES - FP8_BYTES),
+        score_sum=float(sum(g.score for g in chosen)),
+        strategy=strategy,
+    )
+
+
+CONTROLS = ("random", "inverse", "ends_fixed", "attn_bf16")
+
+
+_KIND_ORDER = {k: i for i, k in enumerate(("qkv", "o", "gate_up", "down"))}
+
+
+def _closest_fill(order: Sequence[ScoreGroup], need: int) -> list[ScoreGroup] | None:
+    """The prefix of ``order`` whose size is nearest ``need`` (the larger on a tie), so a control
+    holds as nearly as it can the FP8 share of the scheme it is compared with; None when the whole
+    order cannot reach ``need``."""
+    if sum(g.params for g in order) < need:
+        return None
+    covered = 0
+    for i, g in enumerate(order):
+        if covered + g.params >= need:
+            over = covered + g.params - need
+            return list(order[: i + 1]) if over <= need - covered else list(order[:i])
+        covered += g.params
+    return list(order)
+
+
+def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
+    """The order in which a control takes groups into FP8:
+
+    * ``random:S``: a seeded random order (seed S);
+    * ``inverse``: most sensitive first, the scores read backwards (a sanity floor);
+    * ``ends_fixed:N``: the first and last N blocks kept BF16, the rest in block order, no scores;
+    * ``attn_bf16``: attention kept BF16, the MLP in block order, no scores.
+    """
+    kind, n = parse_spec(spec, CONTROLS)
+    fixed = sorted(table.groups, key=lambda g: (g.block, _KIND_ORDER.get(g.kind, 9), g.name))
+    if kind == "random":
+        order = sorted(table.groups, key=lambda g: g.name)
+        np.random.default_rng(n).shuffle(order)  # type: ignore[arg-type]
+        return order
+    if kind == "inverse":
+        return sorted(table.groups, key=lambda g: (-g.score, g.name))
+    if kind == "ends_fixed":
+        kept = _end_blocks(sorted({g.block for g in table.groups}), n)
+        return [g for g in fixed if g.block not in kept]
+    return [g for g in fixed if g.kind in MLP_KINDS]
+
+
+def control_plan(table: ScoreTable, spec: str, effective_bits: float) -> Plan | None:
+    """A control at the FP8 share of ``effective_bits`` (coverage 1.0); None if it cannot get
+    there."""
+    need = _need(table, effective_bits)
+    chosen = _closest_fill(control_order(table, spec), need)
+    if chosen is None:
+        return None
+    blocks = tuple(sorted({g.block for g in table.groups}))
+    return _plan_from_groups(table, chosen, effective_bits, 1.0, blocks, need, "control")
+
+
+def plan_point(table: ScoreTable, point: Mapping[str, Any]) -> Plan:
+    """The plan of a sweep point: a scored strategy, or a control ("random:2", "inverse")."""
+    spec = str(point.get("control") or "")
+    if not spec:
+        return make_plan(
+            table, point["effective_bits"], point["coverage"], point.get("strategy") or "solve"
+        )
+    plan = control_plan(table, spec, point["effective_bits"])
+    if plan is None:
+        raise ValueError(f"control {spec!r} cannot reach {point['effective_bits']:g} bits")
+    return plan

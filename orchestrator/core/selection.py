@@ -1,0 +1,211 @@
+"""Name three schemes from finished trials by the FP8 share each name promises; report the knee.
+
+Objectives, both minimised: achieved effective bits (compression) and mean KL to BF16 (quality
+loss): over all target tokens (``kl_mean``, the default) or over image answers only
+(``image_kl_mean``; ``orchestrator.core.objectives``). Only finished scored trials with finite
+metrics and at least one FP8 module count (controls never do); points above the quality cap
+(``max_kl``, on the same KL) are dropped before the front is built. Every
+scored strategy, method and coverage competes on one front, so the point published at a share is
+the best plan the sweep measured there, whichever way it was made.
+
+A catalog name promises an FP8 share (``fp8_share``: nominal +- tolerance of the eligible LM
+weights). Per name:
+
+1. the front point whose share is nearest the nominal share, within the tolerance (lower KL, then
+   the plan hash, breaks ties);
+2. with no front point inside, the least-KL feasible point inside (the rationale says so);
+3. with none, :class:`SelectionError` names the budget to add (the sweep exits 3).
+
+Roles (conservative, balanced, aggressive) are descriptions of the names. The knee of the front,
+the point farthest from the line joining its two extremes on the front normalised to [0, 1] per
+axis, is reported beside the schemes so a user sees where the curve bends. Pure module: numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.core.config import Catalog, CatalogScheme
+from orchestrator.core.objectives import KL_MEAN, Objective
+from orchestrator.core.records import NamedScheme, TrialResult
+
+
+class SelectionError(RuntimeError):
+    """No feasible trial, or a catalog name no measured point can honestly carry."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    schemes: tuple[NamedScheme, ...]
+    front: tuple[str, ...]  # plan hashes on the front, fewest bits first
+    notes: tuple[str, ...]
+    knee: TrialResult | None = None  # where the front bends (None with fewer than 3 points)
+    objective: Objective = KL_MEAN  # the KL the front and the picks were made on
+
+
+def _sort_key(r: TrialResult, obj: Objective) -> tuple[float, float, str]:
+    return (obj.value(r.metrics), r.achieved_bits, r.plan_hash)
+
+
+def feasible(
+    results: Sequence[TrialResult], max_kl: float | None, obj: Objective = KL_MEAN
+) -> list[TrialResult]:
+    """Finished trials with finite metrics, some FP8, and KL within the cap."""
+    out = []
+    for r in results:
+        if r.status != "FINISHED" or r.kind != "trial" or r.fp8_fraction <= 0:
+            continue
+        kl = obj.value(r.metrics)
+        if not (math.isfinite(kl) and math.isfinite(r.achieved_bits)):
+            continue
+        if max_kl is not None and kl > max_kl:
+            continue
+        out.append(r)
+    return out
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Indices of non-dominated rows of an (n, 2) array, both columns minimised."""
+    n = len(points)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        le = np.all(points <= points[i], axis=1)
+        lt = np.any(points < points[i], axis=1)
+        if np.any(le & lt):
+            keep[i] = False
+    return np.flatnonzero(keep)
+
+
+def _unique_plans(results: Sequence[TrialResult], obj: Objective) -> list[TrialResult]:
+    best: dict[str, TrialResult] = {}
+    for r in sorted(results, key=lambda r: _sort_key(r, obj)):
+        best.setdefault(r.plan_hash, r)
+    return sorted(best.values(), key=lambda r: (r.achieved_bits, *_sort_key(r, obj)))
+
+
+def _normalise(front: Sequence[TrialResult], obj: Objective) -> np.ndarray:
+    xy = np.array([[r.achieved_bits, obj.value(r.metrics)] for r in front], dtype=float)
+    lo, span = xy.min(axis=0), np.ptp(xy, axis=0)
+    return (xy - lo) / np.where(span > 0, span, 1.0)
+
+
+def knee(front: Sequence[TrialResult], obj: Objective = KL_MEAN) -> TrialResult | None:
+    """The front point farthest from the line joining fewest bits and least KL (normalised axes);
+    None when the front has fewer than three points, where no bend can be told."""
+    if len(front) < 3:
+        return None
+    keys = [_sort_key(r, obj) for r in front]
+    fewest = min(range(len(front)), key=lambda i: (front[i].achieved_bits, keys[i]))
+    least = min(range(len(front)), key=lambda i: keys[i])
+    xy = _normalise(front, obj)
+    a, c = xy[fewest], xy[least]
+    line = c - a
+    norm = float(np.hypot(*line))
+    if norm == 0:
+        return None
+    dist = np.abs(line[0] * (xy[:, 1] - a[1]) - line[1] * (xy[:, 0] - a[0])) / norm
+    return front[min(range(len(front)), key=lambda i: (-round(float(dist[i]), 12), keys[i]))]
+
+
+def missing_budget(scheme: CatalogScheme) -> str:
+    """The grid point that would give a name its share."""
+    return f"effective_bits={16 - 8 * scheme.fp8_share.nominal:g} with coverage >= " + (
+        f"{max(scheme.fp8_share.nominal - scheme.fp8_share.tolerance, 0.0):g}"
+    )
+
+
+def bind(
+    scheme: CatalogScheme,
+    front: Sequence[TrialResult],
+    pool: Sequence[TrialResult],
+    obj: Objective = KL_MEAN,
+) -> tuple[TrialResult, str]:
+    """The point a name is published on, and how it was chosen (for the rationale)."""
+    band = scheme.fp8_share
+    nearest = sorted(
+        (r for r in front if band.contains(r.fp8_fraction)),
+        key=lambda r: (abs(r.fp8_fraction - band.nominal), *_sort_key(r, obj)),
+    )
+    if nearest:
+        return nearest[0], f"the front point nearest {band.nominal:.0%} FP8"
+    inside = sorted(
+        (r for r in pool if band.contains(r.fp8_fraction)), key=lambda r: _sort_key(r, obj)
+    )
+    if inside:
+        return inside[0], (
+            f"no front point has {band}; this is the least-{obj.label} measured point that "
+            "does (dominated on the front)"
+        )
+    raise SelectionError(
+        f"no feasible trial has {band} for '{scheme.name}'; add {missing_budget(scheme)} to the "
+        "grid, or relax selection.max_kl"
+    )
+
+
+def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) -> str:
+    m = r.metrics
+    chosen_on = f" (chosen on {obj.label}: {obj.value(m):.3g})" if obj.prefix else ""
+    return (
+        f"{scheme.name} ({scheme.role}): {how}{chosen_on}. {r.fp8_fraction:.1%} of eligible LM "
+        f"weights in FP8 ({r.achieved_bits:.2f} effective bits, asked {r.effective_bits:g}, "
+        f"coverage {r.coverage:g}, strategy {r.strategy}, {r.method} scores); KL "
+        f"{m['kl_mean']:.3g}, top-1 agreement {m.get('top1_agreement', math.nan):.4f}."
+    )
+
+
+def front_of(
+    results: Sequence[TrialResult], max_kl: float | None, obj: Objective = KL_MEAN
+) -> tuple[list, list]:
+    """(pool of distinct feasible plans, its Pareto front fewest bits first)."""
+    pool = _unique_plans(feasible(results, max_kl, obj), obj)
+    xy = np.array([[r.achieved_bits, obj.value(r.metrics)] for r in pool], dtype=float)
+    idx = pareto_front(xy) if len(pool) else np.array([], dtype=int)
+    return pool, [pool[i] for i in sorted(idx, key=lambda i: (xy[i, 0], xy[i, 1]))]
+
+
+def select(
+    results: Sequence[TrialResult],
+    catalog: Catalog,
+    max_kl: float | None = None,
+    objective: Objective = KL_MEAN,
+) -> Selection:
+    pool, front = front_of(results, max_kl, objective)
+    if not pool:
+        raise SelectionError(
+            f"no feasible trial: every trial failed, had no FP8 module, had no finite "
+            f"{objective.metric}, or exceeded max_kl"
+        )
+    schemes = []
+    for s in catalog.schemes:
+        r, how = bind(s, front, pool, objective)
+        schemes.append(
+            NamedScheme(
+                name=s.name,
+                role=s.role,
+                plan_hash=r.plan_hash,
+                method=r.method,
+                fp8_recipe=r.fp8_recipe,
+                effective_bits=r.effective_bits,
+                coverage=r.coverage,
+                achieved_bits=r.achieved_bits,
+                fp8_fraction=r.fp8_fraction,
+                metrics=dict(r.metrics),
+                mlflow_run_id=r.mlflow_run_id,
+                rationale=_rationale(r, s, how, objective),
+                strategy=r.strategy,
+            )
+        )
+    notes = []
+    if len({s.plan_hash for s in schemes}) < len(schemes):
+        notes.append("two names share one plan: their share bands overlap on this front")
+    return Selection(
+        tuple(schemes),
+        tuple(r.plan_hash for r in front),
+        tuple(notes),
+        knee(front, objective),
+        objective,
+    )

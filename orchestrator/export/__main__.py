@@ -1,0 +1,93 @@
+"""``python -m orchestrator.export``: write published schemes as checkpoints that load where used.
+
+    python -m orchestrator.export --output runs/demo-tiny --scheme fp8_autoquant_top50 --dest ckpt/
+    python -m orchestrator.export --output runs/demo --all --dest ct --format compressed-tensors
+    python -m orchestrator.export --check ckpt/          # exit 1 with the reasons if it fails
+
+Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.core.config import ConfigError
+from orchestrator.export.check import check_export
+from orchestrator.export.checkpoint import (
+    FORMATS,
+    ExportCheckError,
+    check_dest,
+    export_scheme,
+    find_scheme,
+    scheme_names,
+)
+from orchestrator.outputs.ownership import in_use_line, live_owner
+
+log = logging.getLogger(__name__)
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every folder written (or checked) passes the check, 1 when one fails, 2 on bad
+    input."""
+    from orchestrator.runtime.logs import setup_logging
+
+    args = _parse(argv)
+    setup_logging()
+    if args.check is not None:
+        return _report(args.check, check_export(args.check))
+    owner = live_owner(args.output.resolve())
+    if owner is not None:  # export only reads --output, so it may; say what it reads
+        advice = "exporting the schemes.yaml it holds now, which the sweep may still replace"
+        log.warning("%s", in_use_line(args.output.resolve(), owner, advice))
+    try:
+        output = args.output.resolve()
+        names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
+        dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
+        for name, dest in dests.items():  # every destination checked before the first model loads
+            export_scheme(output, name, dest, args.format)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportCheckError as e:
+        return _report(args.dest, e.problems)
+    return 0
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--output", type=Path, help="a finished sweep's output folder")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--scheme", help="a name from its schemes.yaml")
+    which.add_argument("--all", action="store_true", help="every scheme, each to DEST/<name>")
+    p.add_argument("--dest", type=Path, help="folder for the checkpoint")
+    p.add_argument("--format", choices=FORMATS, default="modelopt", help="checkpoint layout")
+    p.add_argument("--check", type=Path, metavar="DIR", help="only check an exported folder")
+    args = p.parse_args(argv)
+    if args.check is None:
+        missing = [f"--{k}" for k in ("output", "dest") if getattr(args, k) is None]
+        if not (args.scheme or args.all):
+            missing.append("--scheme or --all")
+        if missing:
+            p.error(f"missing {', '.join(missing)} (or use --check DIR)")
+    elif not args.check.is_dir():
+        p.error(f"--check {args.check}: not a folder")
+    return args
+
+
+def _report(folder: Path, problems: Sequence[str]) -> int:
+    for line in problems:
+        print(f"check failed: {line}", file=sys.stderr)
+    if not problems:
+        log.info("%s passes the export check", folder)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

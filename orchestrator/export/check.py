@@ -1,0 +1,369 @@
+"""Does an exported folder load as planned where it is deployed? A check over the saved files alone.
+
+``python -m orchestrator.export --check DIR`` (and every export, before the folder is renamed into
+place) reads the safetensors headers, ``config.json``, ``hf_quant_config.json`` and the export's
+``scheme.json``; it imports no torch, so it runs anywhere in milliseconds and reads no tensor data.
+
+A loader decides per module whether it is FP8 from the exclude/ignore list, not from the tensors,
+so the list is checked the way each target loader reads it, with its own Qwen2.5-VL module names:
+
+- **transformers 5 + compressed-tensors** names modules ``model.language_model.layers.N…``,
+  ``model.visual…``, ``lm_head`` and matches an ignore entry by equality or, for ``re:…``, by
+  ``re.match``; a hub-spelling entry (``model.layers.N…``) matches nothing there.
+- **vLLM compressed-tensors** maps checkpoint names and ignore entries with Qwen2.5-VL's
+  ``hf_to_vllm_mapper`` (``model.language_model.`` and ``model.`` → ``language_model.model.``,
+  ``model.visual.`` → ``visual.``, ``lm_head.`` → ``language_model.lm_head.``), fuses q/k/v into
+  ``qkv_proj`` and gate/up into ``gate_up_proj``, and refuses a fused layer whose shards disagree.
+- **vLLM modelopt** splits a trailing ``x*`` into ``x`` and ``x.*``, maps as above, then skips a
+  layer on an exact (fused-shard) match, on a *substring* match, or on an ``fnmatch``. The
+  substring rule is why an entry ``model.layers.1*`` also skips ``layers.10``…``19``: ModelOpt's
+  own globs are only safe below 11 blocks, so the export writes exact names.
+
+For every loader the set of Linear layers it would build as FP8 must equal the FP8 weights in the
+files and the plan's ``fp8_modules``; every entry must select something; fused groups agree; no
+vision, embedding or ``lm_head`` weight is FP8; each FP8 weight has its weight and input scales in
+the format's shape and dtype; and the tensor bytes equal the plan's ``model_bytes`` plus at most
+the scales. Problems are returned as sentences, one per finding; an empty list means it passed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FP8 = "F8_E4M3"
+
+
+DTYPE_BYTES = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
+
+
+SCALES = ("weight_scale", "input_scale")
+
+
+# where each format keeps a per-tensor scale: ModelOpt writes scalars in float32; compressed-tensors
+# allocates shape (1,) in the checkpoint's dtype (float32 scales break bf16 matmuls in
+# transformers < 5.23 on CPU: "self and mat2 must have the same dtype")
+SCALE_LAYOUT = {"modelopt": ((), "F32"), "compressed-tensors": ((1,), "BF16")}
+
+
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+_SHARD_TO_FUSED = {s: f for f, shards in FUSED.items() for s in shards}
+
+
+_VLLM_PREFIXES = (  # Qwen2.5-VL's hf_to_vllm_mapper, in its order
+    ("model.language_model.", "language_model.model."),
+    ("model.visual.", "visual."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.", "language_model.model."),
+)
+
+
+_NEVER_FP8 = re.compile(r"(^|\.)(visual|lm_head|embed_tokens)(\.|$)")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def read_tensors(folder: Path) -> dict[str, Tensor]:
+    """Name → dtype/shape/bytes of every tensor in the folder's safetensors files (headers only)."""
+    out: dict[str, Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        for name, t in header.items():
+            start, end = t["data_offsets"]
+            out[name] = Tensor(t["dtype"], tuple(t["shape"]), end - start)
+    return out
+
+
+def transformers_name(name: str) -> str:
+    """transformers 5's Qwen2.5-VL module name for a checkpoint name in either spelling."""
+    if name.startswith(("model.language_model.", "model.visual.")):
+        return name
+    if name.startswith("visual."):
+        return "model." + name
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model.") :]
+    return name
+
+
+def vllm_name(name: str) -> str:
+    """vLLM's name for a checkpoint name or list entry (its WeightsMapper: each rule, in order)."""
+    for old, new in _VLLM_PREFIXES:
+        if name.startswith(old):
+            name = new + name[len(old) :]
+    return name
+
+
+def fused_name(name: str) -> str:
+    head, _, proj = name.rpartition(".")
+    return f"{head}.{_SHARD_TO_FUSED[proj]}" if proj in _SHARD_TO_FUSED else name
+
+
+def _shards(layer: str) -> list[str]:
+    head, _, proj = layer.rpartition(".")
+    return [f"{head}.{s}" for s in FUSED[proj]] if proj in FUSED else [layer]
+
+
+def _ct_match(name: str, entry: str) -> bool:
+    return re.match(entry[3:], name) is not None if entry.startswith("re:") else name == entry
+
+
+def _modelopt_entries(entries: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for e in entries:
+        out += [e[:-1], e[:-1] + ".*"] if len(e) >= 2 and e[-1] == "*" and e[-2] != "." else [e]
+    return [vllm_name(e) for e in out]
+
+
+def _modelopt_entry_skips(layer: str, entry: str) -> bool:
+    """vLLM modelopt's rules after the exact match: a substring of the layer name, or a glob."""
+    return (
+        (entry != layer and entry in layer)
+        or (layer.startswith("language_model.") and entry in layer.removeprefix("language_model."))
+        or fnmatch.fnmatchcase(layer, entry)
+    )
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How one runtime names modules and decides that a layer stays unquantized."""
+
+    name: str
+    module_name: Callable[[str], str]
+    fuses: bool
+    entries: Callable[[Sequence[str]], list[str]]
+    entry_matches: Callable[[str, str], bool]  # (module or shard name, mapped entry)
+    modelopt_rules: bool = False
+
+
+LOADERS = {
+    "compressed-tensors": (
+        Loader("transformers", transformers_name, False, list, _ct_match),
+        Loader(
+            "vLLM compressed-tensors",
+            vllm_name,
+            True,
+            lambda es: [vllm_name(e) for e in es],
+            _ct_match,
+        ),
+    ),
+    "modelopt": (
+        Loader("vLLM modelopt", vllm_name, True, _modelopt_entries, _ct_match, modelopt_rules=True),
+    ),
+}
+
+
+class FusedSplit(ValueError):
+    """A loader refuses a fused layer whose shards are not all listed or all unlisted."""
+
+
+def is_skipped(loader: Loader, layer: str, entries: Sequence[str]) -> bool:
+    """Whether ``loader`` keeps ``layer`` (its own, fused, name) unquantized under ``entries``."""
+    shards = _shards(layer) if loader.fuses and layer not in entries else [layer]
+    flags = {any(loader.entry_matches(s, e) for e in entries) for s in shards}
+    if len(flags) > 1:
+        raise FusedSplit(f"{layer}: some but not all of {', '.join(shards)} are listed")
+    if flags == {True}:
+        return True
+    if loader.modelopt_rules:
+        return any(_modelopt_entry_skips(layer, e) for e in entries)
+    return False
+
+
+def _fmt(config: Mapping[str, Any]) -> str | None:
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    return {"modelopt": "modelopt", "compressed-tensors": "compressed-tensors"}.get(method)
+
+
+def _entries(folder: Path, fmt: str, config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    qc = config["quantization_config"]
+    if fmt == "compressed-tensors":
+        return list(qc.get("ignore") or []), []
+    problems = []
+    exclude = list(qc.get("ignore") or [])
+    hf = folder / "hf_quant_config.json"
+    if not hf.is_file():
+        problems.append("hf_quant_config.json is missing (vLLM's modelopt loader reads it)")
+    else:
+        listed = json.loads(hf.read_text())["quantization"].get("exclude_modules") or []
+        if sorted(listed) != sorted(exclude):
+            problems.append("hf_quant_config.json exclude_modules differ from config.json ignore")
+        exclude = list(listed)
+    return exclude, problems
+
+
+def check_export(folder: Path) -> list[str]:
+    """Every reason this exported folder would not load as its plan says; empty when it passes."""
+    folder = Path(folder)
+    for need in ("config.json", "scheme.json"):
+        if not (folder / need).is_file():
+            return [f"{folder}: no {need}; not an export of this project"]
+    config = json.loads((folder / "config.json").read_text())
+    scheme = json.loads((folder / "scheme.json").read_text())
+    fmt = _fmt(config)
+    if fmt is None:
+        return [
+            "config.json quantization_config.quant_method is neither modelopt nor "
+            "compressed-tensors"
+        ]
+    tensors = read_tensors(folder)
+    if not tensors:
+        return [f"{folder}: no safetensors files"]
+    entries, problems = _entries(folder, fmt, config)
+    if fmt == "compressed-tensors":
+        problems += _ct_config_problems(config["quantization_config"])
+    fp8 = sorted(k[: -len(".weight")] for k, t in tensors.items() if t.dtype == FP8)
+    problems += _never_fp8_problems(fp8)
+    problems += _fused_group_problems(tensors)
+    problems += _scale_problems(tensors, fp8, fmt)
+    planned = {transformers_name(m) for m in scheme.get("fp8_modules", [])}
+    if planned != {transformers_name(m) for m in fp8}:
+        extra = sorted({transformers_name(m) for m in fp8} - planned)
+        missing = sorted(planned - {transformers_name(m) for m in fp8})
+        problems.append(
+            f"FP8 weights differ from the plan: not planned {extra[:3]}, not FP8 {missing[:3]}"
+        )
+    for loader in LOADERS[fmt]:
+        problems += _loader_problems(loader, tensors, entries, planned)
+    problems += _bytes_problems(tensors, scheme)
+    return problems
+
+
+def _ct_config_problems(qc: Mapping[str, Any]) -> list[str]:
+    out = []
+    if qc.get("format") != "float-quantized":
+        out.append(f"quantization_config.format={qc.get('format')!r}; expected 'float-quantized'")
+    groups = qc.get("config_groups") or {}
+    if not groups:
+        out.append("quantization_config.config_groups is empty")
+    for gname, g in groups.items():
+        for part in ("weights", "input_activations"):
+            a = g.get(part) or {}
+            want = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False}
+            got = {k: a.get(k) for k in want}
+            if got != want:
+                out.append(f"config_groups.{gname}.{part} is {got}; expected {want}")
+    return out
+
+
+def _never_fp8_problems(fp8: Iterable[str]) -> list[str]:
+    return [
+        f"{m}: vision, embedding and lm_head weights stay BF16 but this one is FP8"
+        for m in fp8
+        if _NEVER_FP8.search(m)
+    ]
+
+
+def _fused_group_problems(tensors: Mapping[str, Tensor]) -> list[str]:
+    groups: dict[str, set[str]] = {}
+    for k, t in tensors.items():
+        if k.endswith(".weight") and len(t.shape) == 2:
+            m = k[: -len(".weight")]
+            if fused_name(m) != m:
+                groups.setdefault(fused_name(m), set()).add(t.dtype)
+    return [
+        f"{g}: fused shards mix {' and '.join(sorted(d))}; loaders need all FP8 or all BF16"
+        for g, d in sorted(groups.items())
+        if len(d) > 1 and FP8 in d
+    ]
+
+
+def _scale_problems(tensors: Mapping[str, Tensor], fp8: Sequence[str], fmt: str) -> list[str]:
+    shape, dtype = SCALE_LAYOUT[fmt]
+    out = []
+    for m in fp8:
+        for s in SCALES:
+            t = tensors.get(f"{m}.{s}")
+            if t is None:
+                out.append(f"{m}: FP8 weight without {s}")
+            elif (t.shape, t.dtype) != (shape, dtype):
+                out.append(
+                    f"{m}.{s}: shape {list(t.shape)} {t.dtype}; {fmt} expects {list(shape)} {dtype}"
+                )
+    fp8_set = set(fp8)
+    out += [
+        f"{k}: a scale without an FP8 weight"
+        for k in sorted(tensors)
+        if k.rsplit(".", 1)[-1] in SCALES and k.rsplit(".", 1)[0] not in fp8_set
+    ]
+    return out
+
+
+def _linear_modules(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Checkpoint names of the Linear layers; ``lm_head`` also when tied to the embeddings."""
+    names = {
+        k[: -len(".weight")]
+        for k, t in tensors.items()
+        if k.endswith(".weight") and len(t.shape) == 2 and "embed_tokens" not in k
+    }
+    return sorted(names | {"lm_head"})
+
+
+def _module(loader: Loader, checkpoint_module: str) -> str:
+    """The loader's name for a module (mapped with its ``.weight`` suffix, as loaders map keys)."""
+    return loader.module_name(checkpoint_module + ".weight")[: -len(".weight")]
+
+
+def _layer(loader: Loader, checkpoint_module: str) -> str:
+    name = _module(loader, checkpoint_module)
+    return fused_name(name) if loader.fuses else name
+
+
+def _loader_problems(
+    loader: Loader, tensors: Mapping[str, Tensor], raw: Sequence[str], planned: set[str]
+) -> list[str]:
+    entries = loader.entries(raw)
+    linear = _linear_modules(tensors)
+    layers = sorted({_layer(loader, m) for m in linear})
+    out, quantized = [], set()
+    for layer in layers:
+        try:
+            if not is_skipped(loader, layer, entries):
+                quantized.add(layer)
+        except FusedSplit as e:
+            out.append(f"{loader.name}: {e}")
+    expected = {_layer(loader, m) for m in planned}
+    for layer in sorted(quantized - expected):
+        out.append(f"{loader.name}: would build {layer} as FP8 but the plan keeps it BF16")
+    for layer in sorted(expected - quantized):
+        out.append(f"{loader.name}: would skip {layer} but the plan puts it in FP8")
+    universe = [_module(loader, k[: -len(".weight")]) for k in tensors if k.endswith(".weight")]
+    universe.append(_module(loader, "lm_head"))
+    for entry in raw:
+        mapped = loader.entries([entry])  # a modelopt ``x*`` becomes two entries
+        if not any(
+            loader.entry_matches(u, e) or (loader.modelopt_rules and _modelopt_entry_skips(u, e))
+            for u in universe
+            for e in mapped
+        ):
+            out.append(f"{loader.name}: ignore entry {entry!r} matches no module")
+    return out
+
+
+def _bytes_problems(tensors: Mapping[str, Tensor], scheme: Mapping[str, Any]) -> list[str]:
+    want = scheme.get("model_bytes")
+    if want is None:
+        return ["scheme.json has no model_bytes to compare the files with"]
+    scale_bytes = sum(t.nbytes for k, t in tensors.items() if k.rsplit(".", 1)[-1] in SCALES)
+    total = sum(t.nbytes for t in tensors.values())
+    if not want <= total <= want + scale_bytes:
+        return [
+            f"tensor bytes {total} differ from the plan's model_bytes {want} by more than "
+            f"the {scale_bytes} bytes of scales"
+        ]
+    return []

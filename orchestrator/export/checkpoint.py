@@ -1,0 +1,223 @@
+"""A published scheme as a checkpoint that loads where it is used.
+
+The scheme's module list (``plans/<hash>.json``) is applied to a fresh BF16 model with ModelOpt,
+calibrated on the sweep's own calibration tokens and exported with ModelOpt's unified HF exporter;
+:mod:`orchestrator.export.formats` finishes that folder as ``--format modelopt`` (vLLM,
+TensorRT-LLM) or rewrites it as ``compressed-tensors`` (vLLM and plain transformers).
+``scheme.json`` records the plan, the sweep, the MLflow run and the library versions; the
+scheme's MLflow run is tagged ``export.<format>`` with the folder.
+:mod:`orchestrator.export.check` then checks the files as each loader will read them; only a
+folder that passes is renamed into place, so a failed export leaves nothing behind.
+Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
+allowed; it uses the ``schemes.yaml`` there at that moment, and the log says so.
+
+``transformers`` has no loader for the ModelOpt format (it silently drops the scales);
+:func:`load_exported` loads that folder and puts the FP8 weights and their scales back through
+ModelOpt's fake quantization, which is how the tests compare it with the in-memory model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.core.config import ConfigError, SweepConfig, read_yaml
+from orchestrator.export.check import check_export
+from orchestrator.export.formats import finish_modelopt, write_compressed_tensors
+from orchestrator.outputs.files import read_sweep_json
+from orchestrator.runtime.host import library_versions
+
+log = logging.getLogger(__name__)
+
+
+
+FP8_MAX = 448.0
+
+
+FORMATS = ("modelopt", "compressed-tensors")
+
+
+EXPORT_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "compressed-tensors", "safetensors")
+
+
+def _schemes_doc(output: Path) -> dict[str, Any]:
+    path = output / "schemes.yaml"
+    if not path.exists():
+        raise ConfigError(f"--output {output}: no schemes.yaml (run the sweep or select first)")
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def scheme_names(output: Path) -> list[str]:
+    return [s["name"] for s in _schemes_doc(output)["schemes"]]
+
+
+def find_scheme(output: Path, name: str) -> dict[str, Any]:
+    doc = _schemes_doc(output)
+    path = output / "schemes.yaml"
+    names = [s["name"] for s in doc["schemes"]]
+    if name not in names:
+        raise ConfigError(f"--scheme {name!r}: not in {path}; choose one of {', '.join(names)}")
+    return next(s for s in doc["schemes"] if s["name"] == name)
+
+
+def export_scheme(
+    output: Path, name: str, dest: Path, fmt: str = "modelopt", device: str | None = None
+) -> Path:
+    """Quantize and calibrate the scheme's plan afresh, write it as ``fmt``, check, publish."""
+    scheme = find_scheme(output, name)
+    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+    plan = json.loads((output / scheme["modules"]).read_text())
+    dest = check_dest(dest)
+    model = _calibrated_model(cfg, plan, device)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_format(model, fmt, tmp, name)
+        _write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
+        problems = check_export(tmp)
+        if problems:
+            raise ExportCheckError(problems)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        dest.rmdir()
+    tmp.rename(dest)
+    log.info("exported %s as %s (%d FP8 modules) to %s", name, fmt, len(plan["fp8_modules"]), dest)
+    tag_run(output, scheme, dest, fmt)
+    return dest
+
+
+def check_dest(dest: Path) -> Path:
+    dest = dest.resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"--dest {dest}: folder exists and is not empty")
+    return dest
+
+
+class ExportCheckError(RuntimeError):
+    """The written folder would not load as planned; nothing was published."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def _calibrated_model(cfg: SweepConfig, plan: dict[str, Any], device: str | None) -> Any:
+    from orchestrator.model.datasets import build_data
+    from orchestrator.model.device import default_device
+    from orchestrator.model.loading import load_model
+    from orchestrator.model.quantize import quantize_plan
+
+    device = device or default_device()
+    model, _ = load_model(
+        cfg.model.source, device, "bfloat16", cfg.model.revision, cfg.model.trust_remote_code
+    )
+    return quantize_plan(
+        model, plan["fp8_recipe"], plan["fp8_modules"], build_data(cfg).calib, device
+    )
+
+
+def write_format(model: Any, fmt: str, folder: Path, name: str) -> None:
+    """ModelOpt's unified HF export, finished as ``modelopt`` or rewritten as compressed-tensors."""
+    import torch
+    from modelopt.torch.export import export_hf_checkpoint
+
+    modelopt = folder if fmt == "modelopt" else folder.with_name(f"{folder.name}.modelopt")
+    shutil.rmtree(modelopt, ignore_errors=True)
+    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=modelopt)
+    if fmt == "modelopt":
+        finish_modelopt(modelopt, name)
+        return
+    try:
+        write_compressed_tensors(modelopt, folder)
+    finally:
+        shutil.rmtree(modelopt, ignore_errors=True)
+
+
+def provenance(
+    output: Path, scheme: Mapping[str, Any], plan: Mapping[str, Any], fmt: str
+) -> dict[str, Any]:
+    """``scheme.json``: the catalog entry, its modules, and where and with what it was made."""
+    header = {k: v for k, v in _schemes_doc(output).items() if k != "schemes"}
+    return {
+        **scheme,
+        "fp8_modules": plan["fp8_modules"],
+        "export": {
+            "format": fmt,
+            "scheme": scheme["name"],
+            "plan_hash": scheme["plan_hash"],
+            "sweep": header.get("sweep"),
+            "config_hash": header.get("config_hash"),
+            "parent_run_id": header.get("parent_run_id"),
+            "mlflow_run_id": scheme.get("mlflow_run_id"),
+            "sweep_output": str(output),
+            "library_versions": library_versions(EXPORT_LIBRARIES),
+        },
+    }
+
+
+def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> None:
+    """Tag the scheme's MLflow run ``export.<format>`` = the folder; warn, never fail, if not."""
+    sweep = read_sweep_json(output) or {}
+    run_id, uri = scheme.get("mlflow_run_id"), sweep.get("tracking_uri")
+    if not run_id or not uri:
+        log.warning("%s: no MLflow run or tracking URI recorded; run not tagged", scheme["name"])
+        return
+    from orchestrator.tracking import client
+
+    try:
+        client.tag_run(uri, run_id, {f"export.{fmt}": str(dest)})
+    except Exception as e:  # the checkpoint is published either way; say what is missing
+        log.warning("could not tag MLflow run %s with the export: %s", run_id, e)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def load_exported(path: Path, device: str = "cpu") -> Any:
+    """Load a ModelOpt export with transformers and restore its FP8 layers as fake-quant modules."""
+    import modelopt.torch.quantization as mtq
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from orchestrator.model.families import loader_class
+    from orchestrator.model.quantize import fp8_quant_config, module_quantizers
+
+    scheme = json.loads((path / "scheme.json").read_text())
+    config = AutoConfig.from_pretrained(path)
+    cls = loader_class(config.model_type)
+    model = cls.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            tensors.update({k: fh.get_tensor(k) for k in fh.keys()})
+    modules = scheme["fp8_modules"]
+    model = mtq.quantize(model, fp8_quant_config(scheme["fp8_recipe"], modules), forward_loop=None)
+    named = dict(model.named_modules())
+    for name, (wq, iq) in module_quantizers(model, modules).items():
+        key = _checkpoint_key(name, tensors)
+        w = tensors[f"{key}.weight"].float() * tensors[f"{key}.weight_scale"].float()
+        with torch.no_grad():
+            named[name].weight.copy_(w.to(named[name].weight.dtype))
+        wq.amax = (tensors[f"{key}.weight_scale"].float() * FP8_MAX).to(device)
+        iq.amax = (tensors[f"{key}.input_scale"].float() * FP8_MAX).to(device)
+    return model
+
+
+def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
+    """The exporter writes the original checkpoint layout (``model.layers.N``) for Qwen2.5-VL."""
+    candidates = [module_name, module_name.replace("model.language_model.", "model.")]
+    for c in candidates:
+        if f"{c}.weight_scale" in tensors:
+            return c
+    raise KeyError(f"no FP8 weight for {module_name} in the checkpoint")
+

@@ -1,0 +1,195 @@
+"""Model families and their profiles: which class loads each, which modules may go to FP8.
+
+One table, :data:`FAMILIES`, says for every supported ``model_type`` which transformers class loads
+it, which modules are never quantized and how its parameters are counted; the loader, the profile
+and the driver's input check all read it, so they cannot disagree. Only the decoder's Linear layers
+are eligible (q/k/v/o in attention, gate/up/down in the MLP). Never eligible: the vision tower
+(``model.visual``: its blocks, its merger, and Qwen3-VL's deepstack mergers, which all live under
+it), ``lm_head`` and the embeddings. The tower stays BF16 by product decision; Qwen2.5-VL-3B ties
+``lm_head`` to the embeddings. Scoring, trials and export all read these rules from here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
+    from torch import nn
+
+
+
+_ELIGIBLE = re.compile(
+    r"^(?P<prefix>.*?)layers\.(?P<block>\d+)\."
+    r"(?:self_attn\.(?P<attn>q_proj|k_proj|v_proj|o_proj)|mlp\.(?P<mlp>gate_proj|up_proj|down_proj))$"
+)
+
+
+_KIND = {
+    "q_proj": "qkv",
+    "k_proj": "qkv",
+    "v_proj": "qkv",
+    "o_proj": "o",
+    "gate_proj": "gate_up",
+    "up_proj": "gate_up",
+    "down_proj": "down",
+}
+
+
+TEXT_NEVER = ("*lm_head*", "*embed_tokens*")
+
+
+VISION_NEVER = ("*visual*", *TEXT_NEVER)  # model.visual holds blocks, merger, deepstack mergers
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported ``model_type``: its loader class, profile and parameter count."""
+
+    model_type: str
+    label: str  # what the README and the supported list say
+    profile: str  # the profile's name (part of the score cache key)
+    loader: str  # the transformers class that builds and loads it
+    never_quantize: tuple[str, ...]
+    qk_norm: bool  # Qwen3 blocks: q/k RMSNorms, no q/k/v biases (parameter count)
+    vision: str | None  # the vision tower's kind (parameter count); None: a text model
+
+
+FAMILIES = {
+    f.model_type: f
+    for f in (
+        Family(
+            "qwen2_vl",
+            "Qwen2-VL",
+            "qwen2-vl",
+            "Qwen2VLForConditionalGeneration",
+            VISION_NEVER,
+            False,
+            "qwen2_vl",
+        ),
+        Family(
+            "qwen2_5_vl",
+            "Qwen2.5-VL",
+            "qwen2.5-vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            VISION_NEVER,
+            False,
+            "qwen2_5_vl",
+        ),
+        Family(
+            "qwen3_vl",
+            "Qwen3-VL",
+            "qwen3-vl",
+            "Qwen3VLForConditionalGeneration",
+            VISION_NEVER,
+            True,
+            "qwen3_vl",
+        ),
+        Family("qwen2", "Qwen2 / Qwen2.5", "qwen2", "Qwen2ForCausalLM", TEXT_NEVER, False, None),
+        Family("qwen3", "Qwen3", "qwen3", "Qwen3ForCausalLM", TEXT_NEVER, True, None),
+    )
+}
+
+
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+
+class UnsupportedModel(ValueError):
+    """The model's type is not a supported family, or the installed transformers lacks it."""
+
+
+def supported_list() -> str:
+    return ", ".join(f"{t} ({f.label})" for t, f in FAMILIES.items())
+
+
+def family_for(model_type: str) -> Family:
+    """The family of ``model_type``, once the installed transformers is known to have it.
+
+    The check looks for ``transformers/models/<model_type>/`` without importing transformers (the
+    driver's input checks import neither torch nor transformers).
+    """
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UnsupportedModel(
+            f"model_type {model_type!r} is not supported; supported: {supported_list()}"
+        )
+    missing = transformers_lacks(model_type)
+    if missing:
+        raise UnsupportedModel(f"model_type {model_type!r} ({family.label}): {missing}")
+    return family
+
+
+def transformers_lacks(model_type: str, root: Path | None = None) -> str:
+    """Why the installed transformers cannot build ``model_type`` ('' when it can)."""
+    if root is None:
+        spec = importlib.util.find_spec("transformers")
+        if spec is None or spec.origin is None:
+            return "transformers is not installed (pip install -e '.[gpu]')"
+        root = Path(spec.origin).parent
+    if not (root / "models" / model_type).is_dir():
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            have = version("transformers")
+        except PackageNotFoundError:
+            have = "?"
+        return f"the installed transformers {have} has no {model_type} models; upgrade it (<5.15)"
+    return ""
+
+
+def loader_class(model_type: str) -> Any:
+    """The transformers class that builds and loads this family (from the table)."""
+    import transformers
+
+    return getattr(transformers, family_for(model_type).loader)
+
+
+@dataclass(frozen=True)
+class EligibleModule:
+    name: str
+    block: int
+    kind: str
+    group: str  # modules sharing a group share a format (AutoQuantize fuses q/k/v and gate/up)
+    params: int
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    never_quantize: tuple[str, ...]
+
+    def is_excluded(self, module_name: str) -> bool:
+        return any(fnmatch.fnmatch(module_name, p) for p in self.never_quantize)
+
+    def classify(self, module_name: str) -> tuple[int, str, str] | None:
+        """(block, kind, group) for an eligible module name, else None."""
+        if self.is_excluded(module_name):
+            return None
+        m = _ELIGIBLE.match(module_name)
+        if not m:
+            return None
+        kind = _KIND[m["attn"] or m["mlp"]]
+        block = int(m["block"])
+        return block, kind, f"{m['prefix']}layers.{block}.{kind}"
+
+    def eligible_modules(self, model: nn.Module) -> list[EligibleModule]:
+        from torch import nn
+
+        out = []
+        for name, mod in model.named_modules():
+            if not isinstance(mod, nn.Linear):
+                continue
+            hit = self.classify(name)
+            if hit:
+                block, kind, group = hit
+                out.append(EligibleModule(name, block, kind, group, mod.weight.numel()))
+        return out
+
+
+def profile_for(model_type: str) -> ModelProfile:
+    family = family_for(model_type)
+    return ModelProfile(family.profile, family.never_quantize)

@@ -1,0 +1,190 @@
+"""The one loader: a preset, a local folder or a hub id resolved to its config, its facts read
+without torch (for the driver's checks and the memory plan), then the model built or loaded in
+its dtype on its device, and spread over a worker's GPUs when it has several."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
+    import torch
+    from torch import nn
+from orchestrator.model.families import FAMILIES, ModelProfile, loader_class, profile_for
+from orchestrator.model.presets import PRESET_SEED, PRESETS, SHIPPED_PRESETS
+
+log = logging.getLogger(__name__)
+
+
+
+def is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+def resolve_source(source: str) -> str:
+    """The folder behind a shipped preset's name; any other source unchanged."""
+    return str(SHIPPED_PRESETS[source]) if source in SHIPPED_PRESETS else source
+
+
+def resolve_config(
+    source: str, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The HF config behind ``source`` (preset, local folder or hub id), without loading weights."""
+    if source in PRESETS:
+        return PRESETS[source]()
+    source = resolve_source(source)
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    if is_local_path(source) and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.source={source!r}: no config.json in that folder")
+    return AutoConfig.from_pretrained(
+        str(path) if is_local_path(source) else source,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver checks and plans with, read from ``config.json`` alone."""
+
+    model_type: str
+    vocab_size: int
+    max_position_embeddings: int
+    has_vision: bool
+    params: int  # every parameter, counted from the dimensions (0 for an unsupported type)
+    num_layers: int
+    hidden_size: int
+
+
+def _facts_of(doc: dict[str, Any]) -> ModelFacts:
+    from orchestrator.core.memory import param_count, text_of
+
+    text = text_of(doc)
+    family = FAMILIES.get(str(doc["model_type"]))
+    return ModelFacts(
+        str(doc["model_type"]),
+        int(text["vocab_size"]),
+        int(text["max_position_embeddings"]),
+        doc.get("vision_config") is not None,
+        param_count(doc, family.qk_norm, family.vision) if family else 0,
+        int(text["num_hidden_layers"]) if family else 0,
+        int(text["hidden_size"]) if family else 0,
+    )
+
+
+def model_facts(
+    source: str, revision: str | None = None, trust_remote_code: bool = False
+) -> ModelFacts:
+    """The model's type, vocabulary, context length, vision tower, size and depth.
+
+    A local folder's ``config.json`` is read as JSON when it names these fields (top level or
+    ``text_config``): the driver then imports neither torch nor transformers, which costs seconds
+    before anything starts. Presets, hub ids and configs that leave a field to its default go
+    through :func:`resolve_config`.
+    """
+    import json
+
+    folder = Path(resolve_source(source)).expanduser()
+    if source not in PRESETS and is_local_path(str(folder)) and (folder / "config.json").is_file():
+        try:
+            return _facts_of(json.loads((folder / "config.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not plain enough: let transformers read it (and say what is wrong)
+    return _facts_of(resolve_config(source, revision, trust_remote_code).to_dict())
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    """bf16 on GPU; fp32 on CPU unless bf16 is asked for (CPU bf16 matmuls are slow and noisy)."""
+    import torch
+
+    if requested == "bfloat16":
+        return torch.bfloat16
+    if requested == "float32":
+        return torch.float32
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_model(
+    source: str,
+    device: str = "cpu",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gpus: int = 1,
+) -> tuple[nn.Module, ModelProfile]:
+    """Load any supported family by preset name, local folder or hub id, in eval mode.
+
+    The class comes from :data:`FAMILIES`. With ``gpus`` > 1 (a worker that reserved several GPUs)
+    the model is spread over this process's visible GPUs, balanced, whole decoder and vision blocks
+    on one GPU each (:func:`spread`); inputs go to the first GPU, where the embeddings are.
+    """
+    import torch
+
+    torch_dtype = pick_dtype(dtype, device)
+    config = resolve_config(source, revision, trust_remote_code)
+    profile = profile_for(config.model_type)
+    cls = loader_class(config.model_type)
+    if source in PRESETS:
+        torch.manual_seed(PRESET_SEED)
+        config.architectures = [cls.__name__]
+        # random weights are drawn where the model will run: on one GPU in seconds, where a Ray
+        # worker's single CPU thread would take hours for the 32B (a spread model starts on CPU)
+        with torch.device(device if gpus == 1 else "cpu"):
+            model = cls._from_config(config, dtype=torch_dtype)
+    else:
+        where = resolve_source(source)
+        where = str(Path(where).expanduser()) if is_local_path(where) else where
+        model = cls.from_pretrained(
+            where, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code
+        )
+    model = spread(model, gpus) if gpus > 1 else model.to(device)
+    log.info(
+        "loaded %s (%s) on %s as %s",
+        source,
+        config.model_type,
+        f"{gpus} GPUs" if gpus > 1 else device,
+        torch_dtype,
+    )
+    return model.eval(), profile
+
+
+def spread(model: nn.Module, gpus: int) -> nn.Module:
+    """The model across ``gpus`` visible GPUs with accelerate: a balanced ``max_memory`` per GPU,
+    no decoder or vision block split between two (the family's ``_no_split_modules``)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    keep = list(getattr(model, "_no_split_modules", None) or [])
+    budget = get_balanced_memory(
+        model, max_memory=None, no_split_module_classes=keep, low_zero=False
+    )
+    budget = {k: v for k, v in budget.items() if k != "cpu" and int(k) < gpus}
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=keep)
+    off = sorted({str(d) for d in device_map.values() if not isinstance(d, int)})
+    if off:
+        raise RuntimeError(f"the model does not fit {gpus} GPUs: parts placed on {off}")
+    return dispatch_model(model, device_map=device_map)
+
+
+def text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+def lm_param_count(model: nn.Module) -> int:
+    """Parameters of the language model (everything outside the vision tower, tied weights once)."""
+    seen: set[int] = set()
+    total = 0
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if "visual" in name or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def model_param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,401 @@
+"""What one worker process does with its model: load it once, score shards, measure plans.
+
+A sweep keeps one :class:`Worker` per slot of one or more GPUs (``search.pool`` wraps it in a Ray
+actor, which reserves them; a model on several is spread over them, ``loading.spread``) for its
+life:
+
+1. start-up (when the actor is created, while the driver still prepares data and tracking):
+   import ModelOpt, load the BF16 model;
+2. the scoring shards given to it, each on a copy of that model (AutoQuantize changes the model it
+   scores);
+3. :meth:`Worker.prepare`: the resident :class:`Evaluator` (quantizers on every eligible module,
+   calibrated once, the BF16 reference), built from the loaded model itself;
+4. :meth:`Worker.evaluate` for every trial sent to it: toggle the plan's quantizers, measure.
+
+So a process imports ModelOpt, loads the model and warms up CUDA once per GPU, and none of that is
+paid inside a trial. All model work runs on the process's one model thread
+(:func:`~orchestrator.model.device.on_model_thread`). No Ray here: plain torch + ModelOpt.
+
+The :class:`Evaluator`: FP8 quantizers go onto *every* eligible module and are calibrated once
+with ModelOpt's ``max`` algorithm, and each plan then only enables its own modules' quantizers and
+disables the rest. With ``max`` calibration the ranges come from unquantized activations, so this
+gives the same ranges (and the same KL) as quantizing and calibrating each plan afresh;
+``tests/integration/test_trial.py`` guards that claim, and
+:func:`~orchestrator.model.quantize.quantize_plan` is the fresh path it compares against (export
+uses it too).
+
+Metrics, per next-token position of the evaluation set: mean KL(BF16 || quantized), top-1 agreement,
+NLL of both models and its delta. ``lm_head`` is never quantized, so the BF16 reference is fully
+described by the decoder's last hidden states: those are computed once per worker and kept on the
+device (32k tokens of a 3B model: 0.13 GB, where its logits would be 9 GB) when they fit the cache
+budget, else recomputed per batch with all quantizers off. Logits of both models are formed from
+hidden states a slice of rows at a time, so no full-vocabulary batch is ever materialised.
+
+Speed on an H100 (docs/benchmarks.md): a fake-quant forward of one 4 x 1024 batch is bound by the
+host launching ~500 quantizer calls, so batches are stacked to ~32k tokens per forward pass; the
+calibration and reference passes run the decoder only.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.core.config import ModelConfig
+from orchestrator.core.records import stable_hash
+from orchestrator.model.batches import Batch, batches
+from orchestrator.model.data import DataSets, TokenSet
+from orchestrator.model.device import default_device, on_model_thread, peak_memory, sync
+from orchestrator.model.families import ModelProfile
+from orchestrator.model.loading import load_model
+from orchestrator.model.quantize import lm_parts, module_quantizers, quantize_plan
+from orchestrator.runtime.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+# Free device memory, in model sizes, needed to score on a copy: the copy plus AutoQuantize's
+# activations and gradients (23.9 GiB peak for the 7 GiB 3B model at 4 x 1024 tokens per batch).
+COPY_HEADROOM = 4
+
+
+class Worker:
+    """Scores shards and measures plans on one device, keeping one calibrated model resident."""
+
+    def __init__(self, model: ModelConfig, threads: int = 0, gpus: int = 1) -> None:
+        if not logging.getLogger().handlers:  # a bare Ray worker process: Ray forwards its stdout
+            setup_logging()  # to the driver, so scoring's progress lines reach the sweep's log
+        self.model_cfg = model
+        self.device = default_device()
+        self.gpus = gpus if self.device.startswith("cuda") else 1  # > 1: the model is spread
+        if threads > 0 and self.device == "cpu":
+            torch.set_num_threads(threads)
+        self._pristine: nn.Module | None = None
+        self._profile: ModelProfile | None = None
+        self._evaluator: Evaluator | None = None
+        self._key = ""
+        self.startup: dict[str, float] = on_model_thread(self._start)
+
+    def _start(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        import modelopt.torch.quantization  # noqa: F401  (seconds, once per process)
+
+        import_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._pristine, self._profile = self._load()
+        return {"import_seconds": import_seconds, "load_seconds": time.perf_counter() - t0}
+
+    def _load(self) -> tuple[nn.Module, ModelProfile]:
+        m = self.model_cfg
+        net, profile = load_model(
+            m.source, self.device, m.dtype, m.revision, m.trust_remote_code, self.gpus
+        )
+        sync(self.device)
+        return net, profile
+
+    def _fresh_model(self) -> tuple[nn.Module, ModelProfile]:
+        """A BF16 model nobody has quantized, for AutoQuantize to change.
+
+        A copy of the loaded model when the device has room for it next to scoring; otherwise the
+        loaded model itself (the resident evaluator then loads a clean one from disk), or a fresh
+        load once the loaded model has gone to the evaluator.
+        """
+        if self._pristine is None or self._profile is None:
+            return self._load()
+        if self._copy_fits():
+            return copy.deepcopy(self._pristine), self._profile
+        net, self._pristine = self._pristine, None
+        return net, self._profile
+
+    def _copy_fits(self) -> bool:
+        """Room for a second copy and AutoQuantize's working memory: 4x the model's bytes free.
+
+        A model spread over several GPUs is never copied: its worker was sized to hold one.
+        """
+        if self.gpus > 1:
+            return False
+        if not self.device.startswith("cuda") or self._pristine is None:
+            return True
+        size = sum(p.numel() * p.element_size() for p in self._pristine.parameters())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free >= COPY_HEADROOM * size
+
+    def score(self, data: DataSets, setup: Any, indices: Sequence[int]) -> dict[str, Any]:
+        """One scoring shard (all of a setup's score batches when unsharded): table and state."""
+        from orchestrator.model.scoring import score_shard
+
+        def run() -> dict[str, Any]:
+            net, profile = self._fresh_model()
+            try:
+                table, state = score_shard(net, profile, data.score, setup, indices, self.device)
+            finally:
+                del net
+                self._release()
+            return {"table": table.to_dict(), "state": state}
+
+        return on_model_thread(run)
+
+    def prepare(
+        self, data: DataSets, fp8_recipe: str, reference_cache_bytes: int
+    ) -> dict[str, float]:
+        """Build the resident evaluator for (data, recipe) unless it is already there.
+
+        Returns what was paid: quantizer insertion, calibration and reference seconds, and a model
+        reload when the loaded one was already quantized (zeros, with ``resident_hit`` 1, when the
+        evaluator was already resident).
+        """
+        return on_model_thread(self._prepare, data, fp8_recipe, reference_cache_bytes)
+
+    def _prepare(
+        self, data: DataSets, fp8_recipe: str, reference_cache_bytes: int
+    ) -> dict[str, float]:
+        key = stable_hash([data.hashes(), fp8_recipe, reference_cache_bytes])
+        if self._evaluator is not None and key == self._key:
+            return {
+                "setup_seconds": 0.0,
+                "calibration_seconds": 0.0,
+                "reference_seconds": 0.0,
+                "reload_seconds": 0.0,
+                "resident_hit": 1.0,
+            }
+        self._evaluator = None
+        self._release()
+        t0 = time.perf_counter()
+        if self._pristine is not None:  # the loaded model becomes the resident one
+            net, profile = self._pristine, self._profile
+            self._pristine = None
+        else:  # another recipe or data set: the resident model is quantized, load a clean one
+            net, profile = self._load()
+        reload_seconds = time.perf_counter() - t0
+        assert profile is not None
+        peak_memory(self.device)  # the trials' peak starts here, not at scoring
+        ev = Evaluator(
+            net,
+            profile,
+            data.calib,
+            data.eval,
+            fp8_recipe,
+            self.device,
+            reference_cache_bytes,
+        )
+        self._evaluator, self._key = ev, key
+        return {
+            "setup_seconds": ev.setup_seconds,
+            "calibration_seconds": ev.calibration_seconds,
+            "reference_seconds": ev.reference_seconds,
+            "reload_seconds": reload_seconds,
+            "resident_hit": 0.0,
+        }
+
+    def evaluate(
+        self,
+        data: DataSets,
+        fp8_recipe: str,
+        reference_cache_bytes: int,
+        fp8_modules: Sequence[str],
+        die: bool = False,
+    ) -> dict[str, Any]:
+        """Measure a plan on the resident model (prepared first if needed), on the model thread.
+
+        The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident).
+        ``die`` ends the process as the OOM killer would: the reliability tests' worker fault.
+        """
+        if die:
+            os._exit(137)
+
+        def run() -> dict[str, Any]:
+            paid = self._prepare(data, fp8_recipe, reference_cache_bytes)
+            assert self._evaluator is not None
+            return {**self._evaluator.evaluate(fp8_modules), **paid}
+
+        return on_model_thread(run)
+
+    def _release(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+# Tokens stacked into one forward pass: a fake-quant forward of 4 x 1024 tokens is bound by the host
+# launching ~500 quantizer calls; 32k tokens keep the GPU busy. Metrics and max-calibration ranges
+# do not depend on how batches are stacked.
+FORWARD_TOKENS = 32768
+
+
+_METRIC_ROWS = 1024  # logits rows per metric step: bounds the float32 temporaries (~0.6 GB each)
+
+
+def stack_size(tokens: TokenSet) -> int:
+    """How many of the set's batches go into one forward pass (about FORWARD_TOKENS tokens)."""
+    _, batch_size, seq_len = tokens.tokens.shape
+    return max(1, FORWARD_TOKENS // (batch_size * seq_len))
+
+
+class Evaluator:
+    """A resident, calibrated model that measures any plan by toggling quantizers."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        profile: ModelProfile,
+        calib: TokenSet,
+        eval_set: TokenSet,
+        fp8_recipe: str,
+        device: str,
+        reference_cache_bytes: int = 8 << 30,
+    ) -> None:
+        self.device = device
+        self.fp8_recipe = fp8_recipe
+        self.eligible = [m.name for m in profile.eligible_modules(model)]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.model = quantize_plan(
+            model, fp8_recipe, self.eligible, calib, device, stack_size(calib), timings
+        )
+        self.calibration_seconds = timings.get("calibration_seconds", 0.0)
+        self.setup_seconds = time.perf_counter() - t0 - self.calibration_seconds
+        self.quantizers = module_quantizers(self.model, self.eligible)
+        self.body, self.head = lm_parts(self.model)
+        self.eval_batches = batches(eval_set, device, stack_size(eval_set))
+        self._set_enabled(())
+        width = int(self.model.config.get_text_config().hidden_size)
+        itemsize = torch.finfo(next(self.model.parameters()).dtype).bits // 8
+        self._reference: list[torch.Tensor] | None = None
+        t0 = time.perf_counter()
+        if eval_set.num_tokens * width * itemsize <= reference_cache_bytes:
+            self._reference = [self._hidden(b) for b in self.eval_batches]
+        sync(device)
+        self.reference_seconds = time.perf_counter() - t0
+
+    def _set_enabled(self, modules: Iterable[str]) -> None:
+        on = set(modules)
+        unknown = on - set(self.quantizers)
+        if unknown:
+            raise KeyError(f"plan names modules that are not eligible: {sorted(unknown)[:3]}")
+        for name, qs in self.quantizers.items():
+            for q in qs:
+                q.enable() if name in on else q.disable()
+
+    @torch.no_grad()
+    def _hidden(self, batch: Batch) -> torch.Tensor:
+        return self.body(**batch.inputs, use_cache=False)[0]
+
+    def _reference_hidden(self, i: int, fp8_modules: Sequence[str]) -> torch.Tensor:
+        if self._reference is not None:
+            return self._reference[i]
+        self._set_enabled(())
+        ref = self._hidden(self.eval_batches[i])
+        self._set_enabled(fp8_modules)
+        return ref
+
+    @torch.no_grad()
+    def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, Any]:
+        """KL, top-1 agreement and NLL of the plan against the unquantized model on the target
+        tokens: overall; per modality (``text_*``, ``image_*``) when the set has image+text rows;
+        and per evaluation sequence (``per_sequence``: summed KL, agreements and target tokens of
+        each, in the evaluation set's order, and the same per modality under ``text_`` and
+        ``image_``: what error bars and paired comparisons are computed from).
+
+        Sums stay on the device until the end: one synchronisation per plan.
+        """
+        t0 = time.perf_counter()
+        rows = sum(len(b.positions) for b in self.eval_batches)
+        sums = torch.zeros(rows, 4, dtype=torch.float64, device=self.device)
+        self._set_enabled(fp8_modules)
+        try:
+            offset = 0
+            for i, batch in enumerate(self.eval_batches):
+                q = self._hidden(batch)
+                ref = self._reference_hidden(i, fp8_modules)
+                n = len(batch.positions)
+                accumulate_metrics(sums[offset : offset + n], ref, q, batch, self.head)
+                offset += n
+        finally:
+            self._set_enabled(())
+        per_seq = sums.cpu()
+        tokens = [float(p.stop - p.start) for b in self.eval_batches for p in b.positions]
+        image = [img for b in self.eval_batches for img in b.image_rows]
+        metrics: dict[str, Any] = summarize(per_seq.sum(dim=0).tolist(), sum(tokens))
+        metrics["eval_sequences"] = float(rows)
+        metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
+        metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
+        per_sequence = {
+            "kl": per_seq[:, 0].tolist(),
+            "agree": per_seq[:, 1].tolist(),
+            "tokens": tokens,
+        }
+        if any(image):
+            for name, keep in (("text", [not x for x in image]), ("image", image)):
+                if not any(keep):
+                    continue
+                part, n = (
+                    per_seq[torch.tensor(keep)],
+                    [t for t, k in zip(tokens, keep, strict=True) if k],
+                )
+                metrics.update(
+                    {
+                        f"{name}_{k}": v
+                        for k, v in summarize(part.sum(dim=0).tolist(), sum(n)).items()
+                    }
+                )
+                metrics[f"{name}_eval_sequences"] = float(len(n))
+                per_sequence.update(
+                    {f"{name}_kl": part[:, 0].tolist(), f"{name}_agree": part[:, 1].tolist()}
+                )
+                per_sequence[f"{name}_tokens"] = n
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics.update(peak_memory(self.device))
+        metrics["per_sequence"] = per_sequence
+        return metrics
+
+
+def summarize(sums: Sequence[float], count: float) -> dict[str, float]:
+    """Means per target token of (KL, agreements, NLL of the plan, NLL of BF16) sums."""
+    kl, agree, nll_q, nll_ref = sums
+    return {
+        "kl_mean": kl / count,
+        "top1_agreement": agree / count,
+        "nll": nll_q / count,
+        "nll_ref": nll_ref / count,
+        "nll_delta": (nll_q - nll_ref) / count,
+        "eval_tokens": float(count),
+    }
+
+
+def accumulate_metrics(
+    sums: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    q_hidden: torch.Tensor,
+    batch: Batch,
+    head: nn.Module,
+) -> None:
+    """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's target tokens to
+    its row of ``sums`` (one row of 4 per sequence of ``batch``).
+
+    Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
+    logits, so the float32 temporaries stay small next to the model. Only the positions that
+    predict a target count: never padding, never a prompt, never a row's last position.
+    """
+    ids = batch.input_ids
+    for b, pos in enumerate(batch.positions):
+        targets = ids[b, 1:][pos].unsqueeze(-1)
+        ref_b, q_b = ref_hidden[b, :-1][pos], q_hidden[b, :-1][pos]
+        for s in range(0, targets.shape[0], _METRIC_ROWS):
+            e = min(s + _METRIC_ROWS, targets.shape[0])
+            lr = torch.log_softmax(head(ref_b[s:e]).float(), dim=-1)
+            lq = torch.log_softmax(head(q_b[s:e]).float(), dim=-1)
+            agree = (lr.argmax(-1) == lq.argmax(-1)).sum()
+            nll_q = -lq.gather(-1, targets[s:e]).sum()
+            nll_ref = -lr.gather(-1, targets[s:e]).sum()
+            diff = torch.sub(lr, lq, out=lq)  # log p_ref - log p_q, in place of lq
+            kl = diff.mul_(lr.exp_()).sum()  # lr becomes p_ref in place
+            sums[b] += torch.stack([kl, agree, nll_q, nll_ref]).to(sums.dtype)

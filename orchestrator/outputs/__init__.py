@@ -1,0 +1,9 @@
+"""The files of ``--output``: written atomically, read back by ``select``, ``export`` and resumes.
+
+files (atomic writes, sweep.json), tables (scores.parquet, trials.parquet), plots (pareto.png,
+sensitivity.png), publish (selection's results as schemes.yaml and plans/), summary (the console's
+closing lines), ownership (one driver per folder).
+
+May import: ``orchestrator.core``, pyarrow, matplotlib, yaml. Never torch, Ray or MLflow, so a
+finished sweep is re-selected without a GPU stack (``tests/unit/test_layers.py``).
+"""

@@ -1,0 +1,313 @@
+"""The GPU workers on Ray: connecting, long-lived workers of one or more GPUs, dispatcher, scoring.
+
+* Long-lived workers (``WorkerPool``), placed by the memory plan (:func:`plan_workers`): each
+  reserves ``search.gpus_per_worker`` GPUs of one node (``auto``: the fewest that hold the model)
+  and spreads the model over them; ``search.max_concurrent`` CPU workers without GPUs. They are
+  created as soon as Ray is up: each imports ModelOpt and loads the model once, scores the
+  shards it is given, then keeps a calibrated model resident for the trials
+  (``orchestrator.model.worker``). A process per worker pays start-up once, not once for scoring
+  and again for trials, and the trials' calibration happens before the first trial needs it.
+* Scoring: ``scoring.shards`` per (method, FP8 recipe) setup, sent to the workers in turn, each
+  scoring its share of the batches; the driver adds them up and caches the table on the (shared)
+  output folder.
+* Trials (``orchestrator.search.trial``) borrow a free worker through the dispatcher, an async actor
+  that takes the worker back even if the trial's process dies.
+
+Ray is imported in ``orchestrator.search`` only (``tests/unit/test_layers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from orchestrator.core.config import ConfigError, ModelConfig
+from orchestrator.core.memory import Slot, WorkerNeed
+from orchestrator.core.records import ScoreTable
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None, node_ip: str | None = None) -> None:
+    """Join ``address`` or start a local instance; loopback-pinned when ``node_ip`` is given."""
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if node_ip:
+        kwargs["_node_ip_address"] = node_ip
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    res = ray.cluster_resources()
+    log.info(
+        "Ray: %d node(s), %g CPU, %g GPU",
+        len([n for n in ray.nodes() if n.get("Alive")]),
+        res.get("CPU", 0),
+        res.get("GPU", 0),
+    )
+
+
+def put(obj: Any) -> Any:
+    """``obj`` in the object store, once, for every worker and trial to read."""
+    return ray.put(obj)
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _worker_actor() -> type:
+    """The Ray actor class around :class:`orchestrator.model.worker.Worker` (torch is imported
+    here only, not in the driver's or the trials' imports of this module)."""
+    from orchestrator.model.worker import Worker
+    from orchestrator.runtime.logs import route_worker_output
+
+    class GpuWorker(Worker):
+        def __init__(
+            self, model: ModelConfig, threads: int, gpus: int, log_file: str | None, label: str
+        ) -> None:
+            # before ModelOpt is imported: its prints and progress bars go to the worker's file
+            route_worker_output(log_file, label, verbose=log_file is None)
+            super().__init__(model, threads, gpus)
+
+        def where(self) -> dict[str, Any]:
+            return {**_here(), **self.startup}
+
+        def evaluate_here(self, *args: Any) -> tuple[dict[str, float], dict[str, str]]:
+            return self.evaluate(*args), _here()
+
+    return GpuWorker
+
+
+def _here() -> dict[str, str]:
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+
+
+class _Dispatcher:
+    """Lends each trial a free worker and takes it back, also when the trial or the worker dies.
+
+    An async actor: a trial's call waits here until a worker is free. The worker is returned in
+    ``finally``, so a trial process that dies mid-call cannot keep one, and a worker that dies
+    (Ray restarts it) fails only the trial it was running. It knows the workers by name, not by
+    handle: handles in the constructor's arguments are references that a restart after the
+    driver let them go could not resolve (Ray warns about exactly that, ray#53727).
+    """
+
+    def __init__(self, worker_names: Sequence[str]) -> None:
+        self.worker_names = list(worker_names)
+        self.free: asyncio.Queue | None = None
+
+    async def evaluate(self, data: list[Any], *args: Any) -> Any:
+        if self.free is None:
+            self.free = asyncio.Queue()
+            for name in self.worker_names:
+                self.free.put_nowait(ray.get_actor(name))
+        w = await self.free.get()
+        try:
+            return await w.evaluate_here.remote(data[0], *args)
+        finally:
+            self.free.put_nowait(w)
+
+
+@dataclass
+class WorkerPool:
+    """Long-lived workers of one or more GPUs each (or CPU workers), started once Ray is up."""
+
+    workers: list[Any]
+    dispatcher: Any
+    startup: list[Any]  # refs: each worker's node, ModelOpt import and load seconds
+    prepared: list[Any] = field(default_factory=list)  # refs: each worker's evaluator build
+
+    @classmethod
+    def start(
+        cls, model: ModelConfig, slots: Sequence[Slot], threads: int, log_dir: Path | None
+    ) -> WorkerPool:
+        """Create the actors; each imports ModelOpt and loads the model while the driver goes on.
+
+        A worker reserves its slot's GPUs on its slot's node (no CPUs: the trials reserve those)
+        and spreads the model over them when there are several. Ray restarts a worker that dies: a
+        GPU worker wherever its GPUs are free if its node is gone; a CPU worker, which reserves
+        nothing, only on its own node (Ray would otherwise put every one of them on the driver's
+        node). Worker ``i`` writes what libraries print to ``log_dir/worker-<i>.log`` (the output
+        folder, which every node sees; a restarted worker appends), and only the sweep's records
+        to the console; ``log_dir`` None leaves everything on the console (``--verbose``).
+        """
+        actor = ray.remote(_worker_actor())
+        log.info(
+            "%d worker(s), placed on node(s) %s, GPUs each %s",
+            len(slots),
+            [s.node[:8] for s in slots],
+            [s.gpus for s in slots],
+        )
+        names = [f"fp8-sweep-worker-{uuid.uuid4().hex[:12]}" for _ in slots]
+        workers = [
+            actor.options(
+                name=name,
+                num_gpus=s.gpus,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(s.node, soft=s.gpus > 0),
+            ).remote(
+                model,
+                threads,
+                max(1, s.gpus),
+                None if log_dir is None else str(log_dir / f"worker-{i}.log"),
+                f"worker {i}",
+            )
+            for i, (s, name) in enumerate(zip(slots, names, strict=True))
+        ]
+        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(names)
+        return cls(workers, dispatcher, [w.where.remote() for w in workers])
+
+    def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:
+        """Every worker builds its resident evaluator once the work already sent to it is done."""
+        self.prepared = [
+            w.prepare.remote(data_ref, fp8_recipe, reference_cache_bytes) for w in self.workers
+        ]
+
+    def log_startup(self) -> list[dict[str, Any]]:
+        """Each worker's start-up (and evaluator build, when prepared): logged and returned."""
+        infos = [_get_or_empty(r) for r in self.startup]
+        built = [_get_or_empty(r) for r in self.prepared] or [{}] * len(infos)
+        out = []
+        for i, (info, b) in enumerate(zip(infos, built, strict=True)):
+            if not info:  # the worker died before it could say (Ray restarted it)
+                continue
+            out.append({"worker": i, **info, **b})
+            log.info(
+                "worker %d on %s: ModelOpt import %.1fs, model load %.1fs%s",
+                i,
+                info["hostname"],
+                info["import_seconds"],
+                info["load_seconds"],
+                ""
+                if not b
+                else f", quantizer insertion {b['setup_seconds']:.1f}s, calibration "
+                f"{b['calibration_seconds']:.1f}s, reference {b['reference_seconds']:.1f}s",
+            )
+        return out
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    return sorted(
+        (n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", "")
+    )
+
+
+def cpu_nodes(count: int) -> list[str]:
+    """The node of each CPU worker: the nodes with CPUs in turn (any alive node if none lists any).
+
+    Ray's own spreading does not separate actors that reserve nothing, so the driver places them.
+    """
+    alive = _alive_nodes()
+    slots = [n["NodeID"] for n in alive if n["Resources"].get("CPU", 0) > 0] or [
+        n["NodeID"] for n in alive
+    ]
+    return [slots[i % len(slots)] for i in range(count)]
+
+
+def plan_workers(
+    need: WorkerNeed, gpus_per_worker: int | str, max_concurrent: int | None, local: bool
+) -> list[Slot]:
+    """The workers' slots on the cluster's GPU nodes (``memory.place``), or CPU workers.
+
+    Each GPU node's memory per GPU comes from ``nvidia-smi`` on that node (a zero-resource task
+    pinned there; this machine's answer on a local run); the smallest GPU of a node counts. A node
+    that cannot hold a worker gets none and the log says why; none at all is bad input (exit 2).
+    Without GPUs anywhere: ``max_concurrent`` CPU workers (default 1), spread over the nodes.
+    """
+    from orchestrator.core.memory import Node, place
+
+    gpu_nodes = [n for n in _alive_nodes() if n["Resources"].get("GPU", 0) >= 1]
+    if not gpu_nodes:
+        return [Slot(node, 0) for node in cpu_nodes(max_concurrent or 1)]
+    memory = _gpu_memory(gpu_nodes, local)
+    for n in gpu_nodes:
+        if not memory[n["NodeID"]]:
+            log.warning("memory plan: node %s: nvidia-smi gave no memory; no worker", n["NodeID"])
+    nodes = [
+        Node(n["NodeManagerAddress"], int(n["Resources"]["GPU"]), memory[n["NodeID"]])
+        for n in gpu_nodes
+        if memory[n["NodeID"]]
+    ]
+    placement = place(need.worker_gib, nodes, gpus_per_worker, max_concurrent)
+    for line in placement.lines:
+        log.info("memory plan: %s", line)
+    if not placement.workers:
+        raise ConfigError(f"{need.describe()}; no node can hold a worker: {placement.lines}")
+    by_address = {n["NodeManagerAddress"]: n["NodeID"] for n in gpu_nodes}
+    return [Slot(by_address[s.node], s.gpus) for s in placement.workers]
+
+
+def _gpu_memory(nodes: Sequence[dict[str, Any]], local: bool) -> dict[str, float]:
+    """GiB per GPU of each node (its smallest GPU; 0 when the node cannot say)."""
+    from orchestrator.runtime.host import local_gpu_memory_gib
+
+    if local:
+        here = local_gpu_memory_gib()
+        return {n["NodeID"]: min(here, default=0.0) for n in nodes}
+    probe = ray.remote(num_cpus=0)(local_gpu_memory_gib)
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in nodes
+    ]
+    return {n["NodeID"]: min(ray.get(r), default=0.0) for n, r in zip(nodes, refs, strict=True)}
+
+
+def _get_or_empty(ref: Any) -> dict[str, Any]:
+    try:
+        return dict(ray.get(ref))
+    except ray.exceptions.RayError:
+        return {}
+
+
+def scoring_shards(shards: int | str, num_score_steps: int, workers: int = 1) -> int:
+    """Shards per setup: ``auto`` is one per worker (so one per GPU), at most the score steps."""
+    n = workers if shards == "auto" else int(shards)
+    return max(1, min(n, num_score_steps))
+
+
+def run_scoring(
+    pool: WorkerPool,
+    data_ref: Any,
+    setups: Sequence[Any],
+    cache_dir: Path,
+    shards: int | str = 1,
+) -> list[ScoreTable]:
+    """Every setup's shards sent to the workers at once, in turn, one after another per worker.
+
+    The driver adds each setup's shards up (``scoring.merge_shards``; one shard is the whole
+    setup) and caches the table in ``cache_dir``.
+    """
+    from orchestrator.model.scoring import merge_shards, save, shard_indices
+
+    n = len(pool.workers)
+    pending: list[list[Any]] = []
+    turn = 0
+    for s in setups:
+        refs = []
+        for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps, n)):
+            worker = pool.workers[turn % n]
+            refs.append(worker.score.options(max_task_retries=1).remote(data_ref, s, piece))
+            turn += 1
+        pending.append(refs)
+    if any(len(p) > 1 for p in pending):
+        log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
+    out = []
+    for refs in pending:
+        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in ray.get(refs)]
+        table, state = merge_shards(parts)
+        save(table, state, cache_dir)
+        out.append(table)
+    return out

@@ -1,0 +1,139 @@
+"""The sweep's Ray stages after start-up: scoring fanned out over the workers, then the two Tune
+rounds (the grid; the controls at each published scheme's exact share), each resumable."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from orchestrator.core.inputs import Inputs
+from orchestrator.core.objectives import Objective
+from orchestrator.core.points import control_points, grid_points, table_key
+from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.tracking.sweep_run import run_tags
+
+if TYPE_CHECKING:
+    from orchestrator.model.data import DataSets
+    from orchestrator.search.pool import WorkerPool
+    from orchestrator.search.trial import TrialContext
+    from orchestrator.tracking.client import TrackingTarget
+
+log = logging.getLogger(__name__)
+
+
+def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -> list[ScoreTable]:
+    """Cached tables are read here; the rest are scored by the workers, every shard at once."""
+    from orchestrator.model.scoring import ScoringSetup, load_cached
+    from orchestrator.search.pool import run_scoring
+
+    cfg = inp.cfg
+    setups = [
+        ScoringSetup(
+            cfg.model.source,
+            cfg.model.revision,
+            inp.profile,
+            data.score.hash,
+            method,
+            recipe,
+            cfg.scoring.num_calib_steps,
+            cfg.scoring.num_score_steps,
+            cfg.scoring.reuse_prefix,
+        )
+        for method in cfg.scoring.methods
+        for recipe in cfg.scoring.fp8_recipes
+    ]
+    cache = inp.output / "score_cache"
+    cached = {s: load_cached(cache, s) for s in setups}
+    missing = [s for s, t in cached.items() if t is None]
+    t0 = time.perf_counter()
+    fresh = {}
+    if missing:
+        scored = run_scoring(pool, data_ref, missing, cache, cfg.scoring.shards)
+        fresh = dict(zip(missing, scored, strict=True))
+    log.info(
+        "scores: %d cached, %d computed in %.1fs",
+        len(setups) - len(missing),
+        len(missing),
+        time.perf_counter() - t0,
+    )
+    return [cached[s] or fresh[s] for s in setups]
+
+
+def trial_context(
+    inp: Inputs,
+    pool: WorkerPool,
+    data_ref: object,
+    data: DataSets,
+    tables: Sequence[ScoreTable],
+    target: TrackingTarget,
+    reference_cache_bytes: int,
+) -> TrialContext:
+    from orchestrator.search import trial
+
+    return trial.TrialContext(
+        data=[data_ref],
+        data_hashes=data.hashes(),
+        dispatcher=pool.dispatcher,
+        tables={table_key(t.method, t.fp8_recipe): t for t in tables},
+        tracking=target,
+        run_tags=run_tags(),
+        fault=inp.cfg.fault,
+        fault_dir=str(inp.output / "faults"),
+        reference_cache_bytes=reference_cache_bytes,
+        seed=inp.cfg.seed,
+        verbose=inp.verbose,
+    )
+
+
+def run_rounds(
+    inp: Inputs, ctx: TrialContext, tables: Sequence[ScoreTable], workers: int
+) -> list[TrialResult]:
+    """Round 1, the grid; then round 2, the controls at each published scheme's exact share.
+
+    Each round is a Tune experiment of its own under the output folder, so each resumes.
+    """
+    from orchestrator.core.selection import SelectionError, select
+    from orchestrator.search import tuner
+
+    cfg = inp.cfg
+    points, total = grid_points(cfg.search, tables)
+    log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
+    space = {
+        "effective_bits": cfg.search.effective_bits,
+        "coverage": cfg.search.coverage,
+        "method": cfg.scoring.methods,
+        "fp8_recipe": cfg.scoring.fp8_recipes,
+        "strategy": cfg.search.strategies,
+    }
+    settings = tuner.TuneSettings(
+        inp.output / "ray_results",
+        "tune",
+        cfg.search.max_failures,
+        cfg.search.cpus_per_trial,
+        cfg.search.searcher,
+        cfg.search.num_samples,
+        cfg.seed,
+        cfg.selection.objective,
+    )
+    results = tuner.run_trials(ctx, points, space, settings, workers)
+    objective = Objective(cfg.selection.objective)
+    try:
+        schemes = select(results, inp.catalog, cfg.selection.max_kl, objective).schemes
+    except SelectionError:
+        return results  # conclude reports why; there is nothing to compare with
+    measured = {r.plan_hash for r in results if r.status == "FINISHED"}
+    specs = cfg.controls.specs()
+    extra = control_points(ctx.tables, schemes, specs, measured)
+    log.info(
+        "paired round: %d control(s) x %d scheme(s) -> %d plan(s) not yet measured",
+        len(specs),
+        len(schemes),
+        len(extra),
+    )
+    if not extra:
+        return results
+    grid = replace(settings, name="tune-controls", searcher="grid")
+    return results + tuner.run_trials(ctx, extra, space, grid, workers)

@@ -1,0 +1,184 @@
+"""The Ray Tune run: one trial per point, as many at once as there are workers, with progress lines.
+
+Resume: the same output folder restores the Tuner (``Tuner.can_restore``/``Tuner.restore``);
+finished trials are not run again. Grid points go to Tune as a ``grid_search`` over whole points;
+the optional Optuna searcher is seeded with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from orchestrator.core.planning import plan_point
+from orchestrator.core.points import table_key
+from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.search.trial import TrialContext, point_of, trainable
+
+log = logging.getLogger(__name__)
+
+
+class Progress(tune.Callback):
+    """A line per finished trial, with an overall count, elapsed time and ETA."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def _line(self, trial: Any, status: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / self.done * max(self.total - self.done, 0)
+        p = point_of(trial.config)
+        r = trial.last_result or {}
+        what = (
+            f"control {p['control']} at {p['effective_bits']:.2f} bits ({p['method']} share)"
+            if p["control"]
+            else f"b={p['effective_bits']:g} c={p['coverage']:g} {p['method']} {p['strategy']}"
+        )
+        bar = "#" * int(20 * self.done / max(self.total, 1))
+        log.info(
+            "[%-20s] %d/%d %s %s -> bits %.2f kl %.3g [%.3g, %.3g] top1 %.4f | %.0fs, ETA %.0fs",
+            bar,
+            self.done,
+            self.total,
+            status,
+            what,
+            r.get("achieved_bits", float("nan")),
+            r.get("kl_mean", float("nan")),
+            r.get("kl_ci_low", float("nan")),
+            r.get("kl_ci_high", float("nan")),
+            r.get("top1_agreement", float("nan")),
+            elapsed,
+            eta,
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "FAILED")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    storage_path: Path
+    name: str
+    max_failures: int
+    cpus_per_trial: float
+    searcher: str
+    num_samples: int
+    seed: int
+    objective: str = "kl_mean"  # what Optuna minimises beside the achieved bits
+
+
+def _searcher(
+    settings: TuneSettings, points: Sequence[Mapping[str, Any]], space: Mapping[str, Sequence[Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(param_space, TuneConfig kwargs) for a grid of points or Optuna seeded with them."""
+    if settings.searcher == "grid":
+        return {"point": tune.grid_search([point_of(p) for p in points])}, {}
+    from ray.tune.search.optuna import OptunaSearch
+
+    bits = space["effective_bits"]
+    param_space = {
+        "effective_bits": tune.uniform(min(bits), max(bits)),
+        "coverage": tune.choice(list(space["coverage"])),
+        "method": tune.choice(list(space["method"])),
+        "fp8_recipe": tune.choice(list(space["fp8_recipe"])),
+        "strategy": tune.choice(list(space["strategy"])),
+    }
+    seeds = [{k: point_of(p)[k] for k in param_space} for p in points]  # Optuna's dimensions only
+    algo = OptunaSearch(
+        metric=["achieved_bits", settings.objective],
+        mode=["min", "min"],
+        points_to_evaluate=seeds,
+        seed=settings.seed,
+    )
+    return param_space, {"search_alg": algo, "num_samples": len(points) + settings.num_samples}
+
+
+def run_trials(
+    ctx: TrialContext,
+    points: Sequence[Mapping[str, Any]],
+    space: Mapping[str, Sequence[Any]],
+    settings: TuneSettings,
+    workers: int,
+) -> list[TrialResult]:
+    """One Tune trial per point, ``workers`` at a time: each borrows a worker for its evaluation.
+
+    The trials themselves are light (planning, MLflow, the call): they reserve ``cpus_per_trial``
+    CPUs; the GPUs belong to the workers.
+    """
+    resources = {"cpu": settings.cpus_per_trial}
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
+    param_space, extra = _searcher(settings, points, space)
+    path = settings.storage_path / settings.name
+    total = extra.get("num_samples", len(points))
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming Tune experiment at %s", path)
+        tuner = tune.Tuner.restore(
+            str(path), trainable=fn, resume_errored=True, param_space=param_space
+        )
+    else:
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True, **extra),
+            run_config=tune.RunConfig(
+                name=settings.name,
+                storage_path=str(settings.storage_path),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                callbacks=[Progress(total)],
+                verbose=0,
+            ),
+        )
+    log.info("%d trial(s), %d at a time on %d worker(s)", total, workers, workers)
+    grid = tuner.fit()
+    return [_to_result(r, ctx.tables) for r in grid]
+
+
+def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
+    """A Tune result as a record; failed trials get their plan re-derived (planning is pure)."""
+    m = dict(r.metrics or {})
+    p = point_of(r.config)
+    plan = plan_point(tables[table_key(p["method"], p["fp8_recipe"])], p)
+    numeric = {
+        k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    status = "FAILED" if r.error is not None else "FINISHED"
+    metrics = {k: v for k, v in numeric.items() if k not in {"achieved_bits", "fp8_fraction"}}
+    err = "" if r.error is None else str(r.error).strip().splitlines()[-1][:2000]
+    return TrialResult(
+        plan_hash=plan.plan_hash,
+        method=p["method"],
+        fp8_recipe=p["fp8_recipe"],
+        effective_bits=float(p["effective_bits"]),
+        coverage=float(p["coverage"]),
+        achieved_bits=plan.achieved_bits,
+        fp8_fraction=plan.fp8_fraction,
+        status=status,
+        metrics=metrics if status == "FINISHED" else {},
+        mlflow_run_id=str(m.get("mlflow_run_id", "")),
+        error=err,
+        kind="control" if p["control"] else "trial",
+        strategy=p["strategy"] or "solve",
+        control=p["control"],
+        per_sequence=_per_sequence(m) if status == "FINISHED" else {},
+    )
+
+
+def _per_sequence(m: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """The per-sequence sums a trial reported (Tune may hand them back nested or flattened)."""
+    nested = m.get("per_sequence")
+    if not isinstance(nested, Mapping):
+        prefix = "per_sequence/"
+        nested = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
+    return {k: tuple(float(x) for x in v) for k, v in nested.items() if isinstance(v, list)}

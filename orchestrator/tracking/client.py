@@ -1,0 +1,372 @@
+"""The only ``import mlflow``: one parent run per sweep, one child run per trial, the artifacts.
+
+The driver creates the parent run *before* Ray starts. Each trial opens its own child run with
+``MlflowClient`` and the parent's id (``mlflow.parentRunId``), not through ``MLflowLoggerCallback``
+or ``setup_mlflow``, which lose artifacts or leave runs RUNNING. A child run is found again by its
+``point_key`` tag, so a retried or resumed trial reuses its run instead of adding a duplicate, and a
+trial whose point already finished reads its metrics back instead of running again.
+
+Every call to the tracking store is retried with backoff: a tracking server that goes away for a
+while costs time, not results. What still cannot be written is left to the driver, which
+backfills finished trials from Ray Tune's results at the end and reports what it could not log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.entities import RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+# MLflow's own HTTP retries back off up to minutes per call; ours (below) pace the outage instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
+
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+POINT_TAG = "point_key"
+
+
+PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
+
+
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
+
+
+# The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles their runs by it.
+KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+# A runs-table view (columns, sort, expanded rows) kept in an experiment tag; the UI opens it for
+# ``?viewStateShareKey=<key>``, as it does for the views its "share" button saves.
+VIEW_TAG = "mlflow.sharedViewState."
+
+
+def retry(
+    fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5
+) -> T:
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s)."""
+    attempts = attempts or RETRY_ATTEMPTS
+    wait = first_wait
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any store error is worth a retry
+            if i == attempts - 1:
+                raise
+            log.warning("tracking: %s failed (%s); retrying in %.1fs", what, e, wait)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """What a trial needs to write its child run; plain data, safe to ship to any node."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path, description: str) -> str:
+    """The experiment's id, created on first use; local stores keep artifacts beside the output."""
+    client = MlflowClient(uri)
+    exp = retry(lambda: client.get_experiment_by_name(name), "get experiment")
+    if exp is not None:
+        exp_id = str(exp.experiment_id)
+    else:
+        location = (artifact_root / name).resolve().as_uri() if _is_local_store(uri) else None
+        exp_id = str(
+            retry(
+                lambda: client.create_experiment(name, artifact_location=location),
+                "create experiment",
+            )
+        )
+    describe_experiment(uri, exp_id, description)
+    return exp_id
+
+
+def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
+    """The kind that opens the UI on the runs table, and the description shown above them."""
+    client = MlflowClient(uri)
+    for k, v in {**KIND_TAGS, NOTE_TAG: description}.items():
+        retry(lambda k=k, v=v: client.set_experiment_tag(experiment_id, k, v), f"tag {k}")
+
+
+def run_experiment(uri: str, run_id: str) -> str:
+    """The experiment an existing run lives in (children must share it to nest in the UI)."""
+    return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
+
+
+def share_view(
+    target: TrackingTarget, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]
+) -> None:
+    """The sweep's runs table as the UI link of :func:`ui_hint` opens it: its key columns
+    (``("metrics", "kl_mean")``, ...) beside the run names, sorted by ``order_by``, the parent run
+    expanded. Without it the table shows one collapsed parent and no metric or parameter column.
+    """
+    state = {
+        "selectedColumns": [f"{kind}.`{name}`" for kind, name in columns],
+        "orderByKey": f"{order_by[0]}.`{order_by[1]}`",
+        "orderByAsc": False,
+        "runsExpanded": {target.parent_run_id: True},
+    }
+    client = MlflowClient(target.uri)
+    key = VIEW_TAG + _view_key(target)
+    retry(lambda: client.set_experiment_tag(target.experiment_id, key, json.dumps(state)), "view")
+
+
+def _view_key(target: TrackingTarget) -> str:
+    return f"sweep-{target.parent_run_id}"
+
+
+def ui_hint(target: TrackingTarget) -> str:
+    """Where the sweep opens in MLflow's UI: the command for a local store, or the page."""
+    page = (
+        f"#/experiments/{target.experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={_view_key(target)}"
+    )
+    if _is_local_store(target.uri):
+        return (
+            f"mlflow ui --backend-store-uri {target.uri} --host 127.0.0.1, "
+            f"then open http://127.0.0.1:5000/{page}"
+        )
+    return f"{target.uri.rstrip('/')}/{page}"
+
+
+def start_parent(
+    uri: str,
+    experiment_id: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    existing_run_id: str | None = None,
+) -> str:
+    """The sweep's parent run: an existing one (resume or ``mlflow run``) or a new one."""
+    client = MlflowClient(uri)
+    if existing_run_id:
+        retry(lambda: client.update_run(existing_run_id, status="RUNNING"), "reopen parent")
+        run_id = existing_run_id
+    else:
+        run = retry(
+            lambda: client.create_run(experiment_id, run_name=run_name, tags=dict(tags)),
+            "create parent",
+        )
+        run_id = run.info.run_id
+    _log_params(client, run_id, params)
+    for k, v in tags.items():
+        retry(lambda k=k, v=v: client.set_tag(run_id, k, v), "tag parent")
+    return run_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    existing = retry(lambda: client.get_run(run_id), "get run").data.params
+    fresh = [
+        mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing
+    ]
+    for i in range(0, len(fresh), 100):
+        batch = fresh[i : i + 100]
+        retry(lambda b=batch: client.log_batch(run_id, params=b), "log params")
+
+
+def _metric_batch(metrics: Mapping[str, float]) -> list[Any]:
+    now = int(time.time() * 1000)
+    return [
+        mlflow.entities.Metric(k, float(v), now, 0)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and math.isfinite(float(v))
+    ]
+
+
+def find_child(target: TrackingTarget, point_key: str) -> Any | None:
+    client = MlflowClient(target.uri)
+    runs = retry(
+        lambda: client.search_runs(
+            [target.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{target.parent_run_id}' "
+            f"and tags.`{POINT_TAG}` = '{point_key}'",
+            max_results=5,
+        ),
+        "find child",
+    )
+    return runs[0] if runs else None
+
+
+def start_child(
+    target: TrackingTarget,
+    point_key: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> tuple[str, dict[str, float] | None]:
+    """(run id, metrics if this point already FINISHED) for one trial; never a duplicate run."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` sets it for the driver only
+    client = MlflowClient(target.uri)
+    existing = find_child(target, point_key)
+    if existing is not None and existing.info.status == "FINISHED":
+        return existing.info.run_id, dict(existing.data.metrics)
+    if existing is not None:
+        run_id = existing.info.run_id
+        retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen child")
+    else:
+        all_tags = {**tags, PARENT_TAG: target.parent_run_id, POINT_TAG: point_key}
+        run = retry(
+            lambda: client.create_run(target.experiment_id, run_name=run_name, tags=all_tags),
+            "create child",
+        )
+        run_id = run.info.run_id
+    _log_params(client, run_id, params)
+    return run_id, None
+
+
+def finish_child(
+    target: TrackingTarget,
+    run_id: str,
+    metrics: Mapping[str, float],
+    artifacts: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Metrics, artifacts and (over the start's) tags of a measured trial; the run ends FINISHED."""
+    client = MlflowClient(target.uri)
+    batch_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    retry(
+        lambda: client.log_batch(run_id, metrics=_metric_batch(metrics), tags=batch_tags),
+        "log metrics",
+    )
+    for name, payload in artifacts.items():
+        retry(lambda n=name, p=payload: client.log_dict(run_id, p, n), f"log {name}")
+    retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish child")
+
+
+def backfill_child(
+    target: TrackingTarget, point_key: str, record: Mapping[str, Any], metrics: Mapping[str, float]
+) -> str:
+    """Log a trial the store missed while it ran (found by point key, so never twice)."""
+    params = {k: record[k] for k in ("method", "fp8_recipe", "effective_bits", "coverage")}
+    run_id, stored = start_child(
+        target,
+        point_key,
+        f"b{params['effective_bits']:g}",
+        params,
+        {"plan_hash": point_key, "kind": str(record.get("kind", "trial")), "backfilled": "true"},
+    )
+    if stored is None:
+        seq = record.get("per_sequence") or {}
+        finish_child(target, run_id, metrics, {PER_SEQUENCE_ARTIFACT: dict(seq)} if seq else {})
+    return run_id
+
+
+def child_dict(target: TrackingTarget, run_id: str, name: str) -> dict[str, Any] | None:
+    """A JSON artifact of a child run (``log_dict``), or None when the run has none."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = MlflowClient(target.uri).download_artifacts(run_id, name, d)
+            return dict(json.loads(Path(path).read_text()))
+    except Exception:  # noqa: BLE001 - an older run without it, or a store without artifacts
+        return None
+
+
+def fail_child(target: TrackingTarget, run_id: str, error: str) -> None:
+    client = MlflowClient(target.uri)
+    try:
+        retry(lambda: client.set_tag(run_id, "error", error[:4900]), "tag error", attempts=3)
+        retry(lambda: client.set_terminated(run_id, "FAILED"), "fail child", attempts=3)
+    except Exception as e:  # noqa: BLE001 - the driver closes stale runs at the end
+        log.warning("could not mark child %s FAILED: %s", run_id, e)
+
+
+def children(target: TrackingTarget) -> list[Any]:
+    client = MlflowClient(target.uri)
+    return list(
+        retry(
+            lambda: client.search_runs(
+                [target.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{target.parent_run_id}'",
+                max_results=5000,
+            ),
+            "list children",
+        )
+    )
+
+
+def close_stale_children(target: TrackingTarget, reason: str) -> list[str]:
+    """Children still RUNNING after the sweep (their process was killed) become FAILED."""
+    client = MlflowClient(target.uri)
+    closed = []
+    for run in children(target):
+        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+            retry(lambda r=run: client.set_tag(r.info.run_id, "error", reason), "tag stale")
+            retry(lambda r=run: client.set_terminated(r.info.run_id, "FAILED"), "close stale")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def log_parent_outputs(
+    target: TrackingTarget, files: Sequence[Path], metrics: Mapping[str, float]
+) -> None:
+    client = MlflowClient(target.uri)
+    for f in files:
+        if f.exists():
+            retry(lambda f=f: client.log_artifact(target.parent_run_id, str(f)), f"log {f.name}")
+    if metrics:
+        retry(
+            lambda: client.log_batch(target.parent_run_id, metrics=_metric_batch(metrics)),
+            "log parent metrics",
+        )
+
+
+def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    client = MlflowClient(uri)
+    for k, v in tags.items():
+        retry(lambda k=k, v=v: client.set_tag(run_id, k, v), f"tag {k}")
+
+
+def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
+    """The run a published scheme came from, findable by name in the runs table too."""
+    client = MlflowClient(uri)
+    name = retry(lambda: client.get_run(run_id), "get run").info.run_name or ""
+    if not name.startswith(scheme):
+        retry(lambda: client.update_run(run_id, name=f"{scheme} ({name})"), "name scheme run")
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    if metrics:
+        client = MlflowClient(uri)
+        retry(lambda: client.log_batch(run_id, metrics=_metric_batch(metrics)), "log metrics")
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    retry(lambda: MlflowClient(uri).set_terminated(run_id, status), "end run")

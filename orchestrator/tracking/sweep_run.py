@@ -1,0 +1,188 @@
+"""What a sweep writes to MLflow beside its trials: the experiment and the parent run with their
+descriptions, the runs-table view, the tags every run carries; at the end, runs left RUNNING
+closed, trials the store missed logged, the parent's outputs and the three schemes' tags."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.core.inputs import Inputs
+from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs.publish import Finalized, scheme_tracking
+
+if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's environment is set
+    from orchestrator.model.data import DataSets
+    from orchestrator.tracking.client import TrackingTarget
+
+log = logging.getLogger(__name__)
+
+
+
+def run_tags() -> dict[str, str]:
+    from orchestrator.runtime.host import git_commit, library_versions
+
+    return {
+        "git_commit": git_commit(),
+        **{f"version.{k}": v for k, v in library_versions().items()},
+    }
+
+
+def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
+    from orchestrator.tracking import client
+
+    cfg = inp.cfg
+    previous = read_sweep_json(inp.output) or {}
+    existing = previous.get("parent_run_id") or os.environ.get("MLFLOW_RUN_ID")
+    exp_id = (
+        client.run_experiment(inp.tracking_uri, existing)
+        if existing
+        else client.ensure_experiment(
+            inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts", describe(inp, False)
+        )
+    )
+    flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
+    tags = {
+        client.NOTE_TAG: describe(inp, True),
+        "config_hash": inp.config_hash,
+        "kind": "sweep",
+        **run_tags(),
+        **{f"data_hash.{k}": v for k, v in data.hashes().items()},
+    }
+    parent = client.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
+    target = client.TrackingTarget(inp.tracking_uri, exp_id, parent)
+    client.share_view(target, KEY_COLUMNS, ("metrics", "achieved_bits"))
+    return target
+
+
+# What the runs table shows beside each trial's name (the point, the plan's size, its quality)
+KEY_COLUMNS = (
+    ("params", "method"),
+    ("params", "strategy"),
+    ("params", "control"),
+    ("params", "effective_bits"),
+    ("params", "coverage"),
+    ("metrics", "achieved_bits"),
+    ("metrics", "fp8_fraction"),
+    ("metrics", "kl_mean"),
+    ("metrics", "top1_agreement"),
+    ("tags", "scheme_name"),
+)
+
+
+def describe(inp: Inputs, parent: bool) -> str:
+    """The description MLflow's UI shows for the sweep's parent run, or for its experiment."""
+    cfg = inp.cfg
+    what = (
+        f"FP8 mixed-precision sweep `{cfg.name}` of `{cfg.model.source}`: ModelOpt AutoQuantize "
+        f"scores ({', '.join(cfg.scoring.methods)}), then one child run per distinct FP8 plan "
+        f"over effective bits {cfg.search.effective_bits} x coverage {cfg.search.coverage}"
+        + (
+            ", then naive controls at each published scheme's FP8 share"
+            if cfg.controls.enabled
+            else ""
+        )
+        + ". The three published schemes are the child runs tagged `scheme_name`."
+    )
+    where = f"Outputs (schemes.yaml, trials.parquet, pareto.png, logs/): `{inp.output}`"
+    if parent:
+        return f"{what}\n\n{where}"
+    return f"{what} One parent run per sweep, its trials nested under it.\n\n{where}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@dataclass
+class Settled:
+    run_ids: dict[str, str]
+    problems: list[str]
+
+
+def settle_tracking(target: TrackingTarget, results: Sequence[TrialResult]) -> Settled:
+    """Close runs left RUNNING by killed trials, log trials the store missed, find run ids."""
+    from orchestrator.tracking import client
+
+    try:
+        stale = client.close_stale_children(target, "trial process died before finishing")
+        if stale:
+            log.warning("marked %d child run(s) FAILED that were left RUNNING", len(stale))
+        for r in results:
+            if r.status == "FINISHED" and r.metrics.get("logged", 1.0) == 0.0:
+                client.backfill_child(target, r.plan_hash, r.to_dict(), dict(r.metrics))
+        children = client.children(target)
+    except Exception as e:  # noqa: BLE001 - the store is gone: say what was not logged
+        problems = [f"trial runs not settled: {e.__class__.__name__}: {e}"[:500]]
+        problems += [f"trial {r.plan_hash} ({r.status})" for r in results if not r.mlflow_run_id]
+        return Settled({}, problems)
+    by_point = {c.data.tags.get(client.POINT_TAG): c.info.run_id for c in children}
+    return Settled({k: v for k, v in by_point.items() if k}, [])
+
+
+def publish(
+    inp: Inputs,
+    target: TrackingTarget,
+    tables: Sequence[ScoreTable],
+    results: Sequence[TrialResult],
+    done: Finalized,
+) -> list[str]:
+    """Parent artifacts, scheme tags, parent status; returns what could not be written."""
+    from orchestrator.tracking import client
+
+    names = (
+        "schemes.yaml",
+        "trials.parquet",
+        "scores.parquet",
+        "pareto.png",
+        "sensitivity.png",
+        "sweep.json",
+        "config.yaml",
+    )
+    ok = [r for r in results if r.status == "FINISHED"]
+    try:
+        client.log_parent_outputs(
+            target,
+            [inp.output / f for f in names],
+            {
+                "trials_finished": len(ok),
+                "trials_failed": len(results) - len(ok),
+                **{
+                    f"scoring_seconds.{t.method}.{t.fp8_recipe}": float(t.meta.get("seconds", 0.0))
+                    for t in tables
+                },
+                **{f"score_kl_spearman.{k}": v for k, v in done.correlation.items()},
+                **{f"score_kl_spearman_within_share.{k}": v for k, v in done.within_share.items()},
+            },
+        )
+        for s, entry in zip(
+            done.selection.schemes if done.selection else (), done.entries, strict=True
+        ):
+            if s.mlflow_run_id:
+                tags, metrics = scheme_tracking(entry)
+                client.tag_run(target.uri, s.mlflow_run_id, tags)
+                client.log_metrics(target.uri, s.mlflow_run_id, metrics)
+                client.name_scheme_run(target.uri, s.mlflow_run_id, s.name)
+        client.end_run(target.uri, target.parent_run_id, "FINISHED")
+    except Exception as e:  # noqa: BLE001
+        return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]
+    return []
+
+
+def print_where(inp: Inputs, target: TrackingTarget) -> None:
+    """Where to look next: the MLflow UI on the sweep's experiment, and the libraries' logs."""
+    from orchestrator.tracking.client import ui_hint
+
+    print(f"\nMLflow: {ui_hint(target)}")
+    if not inp.verbose:
+        print(f"logs of Ray, Tune, ModelOpt and transformers: {inp.output / 'logs'}/")
