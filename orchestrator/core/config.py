@@ -42,6 +42,14 @@ class ConfigError(ValueError):
     """Bad input; the message is one line and says what is allowed."""
 
 
+class DataError(ValueError):
+    """A data source that cannot give the batches asked for; one line, names the field.
+
+    Bad input like :class:`ConfigError`, but not one: the sweep reports it as exit 2 only while
+    checking its inputs; found once the stages run, it fails the sweep (exit 1) like any error.
+    """
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 

@@ -24,16 +24,12 @@ from typing import Protocol
 
 import numpy as np
 
-from orchestrator.core.config import DataConfig
+from orchestrator.core.config import DataConfig, DataError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
 Tokenize = Callable[[str], list[int]]
-
-
-class DataError(ValueError):
-    """A data source that cannot give the batches asked for; one line, names the field."""
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.core.config import DataConfig
-from orchestrator.model.data import DataError
+from orchestrator.core.config import DataConfig, DataError
 
 CAPTIONS_FILE = "captions.tsv"
 

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.core.config import DataConfig
-from orchestrator.model.data import DataError
+from orchestrator.core.config import DataConfig, DataError
 from orchestrator.model.images import (
     CAPTION_PROMPT,
     image_fraction,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.core.config import DataConfig
+from orchestrator.core.config import DataConfig, DataError
 from orchestrator.model.batches import batches, calibration_batches
 from orchestrator.model.data import (
-    DataError,
     ImageSamples,
     build_datasets,
     byte_tokenizer,
