@@ -12,7 +12,6 @@ exits 2 and says so. Reads only the two folders; no Ray, no MLflow. Exit 0, or 2
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,12 +20,14 @@ from typing import Any
 
 import yaml
 
+from orchestrator import cli
 from orchestrator.core.config import ConfigError
 from orchestrator.core.objectives import OBJECTIVES, Objective
 from orchestrator.core.records import TrialResult, stable_seed
 from orchestrator.core.stats import paired_ratio_ci, ratio_ci, verdict
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.tables import load_results
+from orchestrator.runtime.logs import setup_logging
 
 
 def _side(r: TrialResult, objective: Objective, seed: int) -> dict[str, Any]:
@@ -118,35 +119,31 @@ def table_lines(rows: Sequence[Mapping[str, Any]], objective: Objective) -> list
     return lines
 
 
+@cli.command  # bad input: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.compare_sweeps", description=__doc__.split("\n\n")[0]
-    )
+    p = cli.Parser("orchestrator.compare_sweeps", __doc__)
     p.add_argument("a", type=Path, help="a finished sweep's output folder (the baseline)")
     p.add_argument("b", type=Path, help="another, evaluated on the same set")
     p.add_argument("--objective", choices=OBJECTIVES, default="kl_mean", help="the KL compared")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
+    setup_logging()
     objective = Objective(args.objective)
-    try:
-        sweep_a, a = _published(args.a.resolve(), "A")
-        sweep_b, b = _published(args.b.resolve(), "B")
-        check_same_evaluation(sweep_a, sweep_b)
-        if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in a.values()):
-            raise ConfigError(
-                f"--objective={objective.metric}: the evaluation set has no image+text rows "
-                "(data.eval_image_fraction); use kl_mean"
-            )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sweep_a, a = _published(args.a.resolve(), "A")
+    sweep_b, b = _published(args.b.resolve(), "B")
+    check_same_evaluation(sweep_a, sweep_b)
+    if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in a.values()):
+        raise ConfigError(
+            f"--objective={objective.metric}: the evaluation set has no image+text rows "
+            "(data.eval_image_fraction); use kl_mean"
+        )
     rows = compare_named(a, b, objective)
     print(f"A: {args.a} ({sweep_a.get('name')})\nB: {args.b} ({sweep_b.get('name')})")
     for line in table_lines(rows, objective):
         print(line)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+    return cli.ExitCode.OK
 
 
 if __name__ == "__main__":

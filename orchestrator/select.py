@@ -13,26 +13,26 @@ running) or 3 (a name no measured point can carry; then nothing is rewritten).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator import cli
 from orchestrator.core.config import ConfigError, SweepConfig, load_catalog, read_yaml
 from orchestrator.core.objectives import OBJECTIVES, Objective
 from orchestrator.outputs.files import read_sweep_json
-from orchestrator.outputs.ownership import OutputInUse, acquire, check_free
+from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import summary_lines
 from orchestrator.outputs.tables import load_results, read_score_tables
+from orchestrator.runtime.logs import setup_logging
 
 IN_USE_ADVICE = "run select when it has finished, or stop it"
 
 
+@cli.command  # bad input, the folder in use included: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.select", description=__doc__.split("\n\n")[0]
-    )
+    p = cli.Parser("orchestrator.select", __doc__)
     p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
     p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL (overrides config)")
     p.add_argument("--catalog", type=Path, default=None, help="scheme catalog (overrides config)")
@@ -43,27 +43,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the KL to select on: over all target tokens, or image answers (overrides config)",
     )
     args = p.parse_args(argv)
+    setup_logging()
     output = args.output.resolve()
-    try:
-        check_free(output, IN_USE_ADVICE)
-        sweep = read_sweep_json(output)
-        if sweep is None or not (output / "trials.parquet").exists():
-            raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
-        cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
-        catalog = load_catalog(args.catalog or cfg.selection.catalog)
-        if args.max_kl is not None and not args.max_kl > 0:
-            raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
-        objective = Objective(args.objective or cfg.selection.objective)
-        results = load_results(output)
-        if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in results):
-            raise ConfigError(
-                f"--objective={objective.metric}: this sweep's evaluation set has no image+text "
-                "rows (data.eval_image_fraction); use kl_mean"
-            )
-        owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
-    except (ConfigError, OutputInUse) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_free(output, IN_USE_ADVICE)
+    sweep = read_sweep_json(output)
+    if sweep is None or not (output / "trials.parquet").exists():
+        raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
+    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+    catalog = load_catalog(args.catalog or cfg.selection.catalog)
+    if args.max_kl is not None and not args.max_kl > 0:
+        raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
+    objective = Objective(args.objective or cfg.selection.objective)
+    results = load_results(output)
+    if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in results):
+        raise ConfigError(
+            f"--objective={objective.metric}: this sweep's evaluation set has no image+text "
+            "rows (data.eval_image_fraction); use kl_mean"
+        )
+    owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
     header = {
         "sweep": cfg.name,
         "config_hash": sweep.get("config_hash"),
@@ -85,10 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
-        return 3
+        return cli.ExitCode.NO_FRONT
     for line in summary_lines(done, output):
         print(line)
-    return 0
+    return cli.ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from orchestrator import cli
 from orchestrator.checks import check_inputs
-from orchestrator.core.config import (
-    ConfigError,
-)
+from orchestrator.core.config import ConfigError
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.points import table_key
 from orchestrator.core.records import ScoreTable, TrialResult
-from orchestrator.model.data import DataError, DataSets
+from orchestrator.model.data import DataSets
 from orchestrator.model.datasets import build_data
 from orchestrator.outputs import ownership
 from orchestrator.outputs.files import write_json, write_text
@@ -56,16 +55,9 @@ if TYPE_CHECKING:  # Ray and MLflow are imported once the environment they read 
 
 log = logging.getLogger("orchestrator.sweep")
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NO_FRONT = 0, 1, 2, 3
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0])
+    p = cli.Parser("orchestrator.sweep", __doc__)
     p.add_argument("--config", type=Path, help="sweep YAML (default: the offline demo)")
     p.add_argument("--output", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///<output>/mlflow.db)")
@@ -186,32 +178,30 @@ def conclude(
         )
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
-        return EXIT_NO_FRONT
-    return EXIT_OK
+        return cli.ExitCode.NO_FRONT
+    return cli.ExitCode.OK
 
 
+@cli.command  # bad input, wherever raised: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, check the inputs and take ``--output`` (before any Ray, MLflow or model work),
+    then run."""
     args = parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        inp = check_inputs(args)
-        owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
-    except (ConfigError, DataError, ownership.OutputInUse) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    inp = check_inputs(args)
+    owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
     ray_environment(inp.address, inp.verbose)
     with owned:
         try:
             return run(inp)
-        except ConfigError as e:  # no node of the cluster can hold a worker (known once Ray is up)
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        except ConfigError:  # no node of the cluster can hold a worker (known once Ray is up)
+            raise  # bad input, exit 2; anything else from here on (a DataError too) fails: exit 1
         except KeyboardInterrupt:
-            return EXIT_ERROR
+            return cli.ExitCode.ERROR
         except Exception:
             where = "" if inp.verbose else f" (libraries' output: {inp.output / 'logs'}/)"
             log.exception("sweep failed%s", where)
-            return EXIT_ERROR
+            return cli.ExitCode.ERROR
 
 
 if __name__ == "__main__":

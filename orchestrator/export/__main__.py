@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.core.config import ConfigError
+from orchestrator import cli
 from orchestrator.export.check import check_export
 from orchestrator.export.checkpoint import (
     FORMATS,
@@ -26,42 +26,37 @@ from orchestrator.export.checkpoint import (
     scheme_names,
 )
 from orchestrator.outputs.ownership import in_use_line, live_owner
+from orchestrator.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 
 
+@cli.command  # bad input: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when every folder written (or checked) passes the check, 1 when one fails, 2 on bad
     input."""
-    from orchestrator.runtime.logs import setup_logging
-
     args = _parse(argv)
     setup_logging()
     if args.check is not None:
         return _report(args.check, check_export(args.check))
-    owner = live_owner(args.output.resolve())
+    output = args.output.resolve()
+    owner = live_owner(output)
     if owner is not None:  # export only reads --output, so it may; say what it reads
         advice = "exporting the schemes.yaml it holds now, which the sweep may still replace"
-        log.warning("%s", in_use_line(args.output.resolve(), owner, advice))
+        log.warning("%s", in_use_line(output, owner, advice))
+    names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
+    dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
     try:
-        output = args.output.resolve()
-        names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
-        dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
         for name, dest in dests.items():  # every destination checked before the first model loads
             export_scheme(output, name, dest, args.format)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except ExportCheckError as e:
         return _report(args.dest, e.problems)
-    return 0
+    return cli.ExitCode.OK
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.export", description=__doc__.split("\n\n")[0]
-    )
+    p = cli.Parser("orchestrator.export", __doc__)
     p.add_argument("--output", type=Path, help="a finished sweep's output folder")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--scheme", help="a name from its schemes.yaml")
@@ -86,7 +81,7 @@ def _report(folder: Path, problems: Sequence[str]) -> int:
         print(f"check failed: {line}", file=sys.stderr)
     if not problems:
         log.info("%s passes the export check", folder)
-    return 1 if problems else 0
+    return cli.ExitCode.ERROR if problems else cli.ExitCode.OK
 
 
 if __name__ == "__main__":
