@@ -196,40 +196,32 @@ def test_ignore_entry_that_names_no_module_fails(tmp_path):
     )
 
 
-@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
-def test_fp8_vision_weight_fails(tmp_path, fmt):
-    shape, dtype = SCALE[fmt]
+@pytest.mark.parametrize(
+    "model_type,fmt,module,shape",
+    [
+        ("qwen2_5_vl", "modelopt", "visual.merger.mlp.0", [H, H]),
+        ("qwen2_5_vl", "compressed-tensors", "visual.merger.mlp.0", [H, H]),
+        ("qwen2_5_vl", "modelopt", "model.embed_tokens", [16, H]),
+        ("qwen2", "modelopt", "model.embed_tokens", [16, H]),
+        ("qwen3", "modelopt", "model.embed_tokens", [16, H]),
+    ],
+)
+def test_fp8_never_fp8_weight_fails(tmp_path, model_type, fmt, module, shape):
+    """The rule is the family table's, so a text family's never-FP8 parts are checked too."""
+    scale_shape, dtype = SCALE[fmt]
     folder = make_export(
         tmp_path / "x",
         fmt,
         MIXED,
-        tensors={
-            "visual.merger.mlp.0.weight": ("F8_E4M3", [H, H]),
-            "visual.merger.mlp.0.weight_scale": (dtype, shape),
-            "visual.merger.mlp.0.input_scale": (dtype, shape),
-        },
-    )
-    problems = check_export(folder)
-    assert any(p.startswith("visual.merger.mlp.0: vision, embedding and lm_head") for p in problems)
-
-
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2", "qwen3"])
-def test_fp8_embedding_fails_for_text_and_vision_families(tmp_path, model_type):
-    """The rule is the family table's: a text family's never-FP8 parts are checked too."""
-    shape, dtype = SCALE["modelopt"]
-    folder = make_export(
-        tmp_path / "x",
-        "modelopt",
-        MIXED,
         model_type=model_type,
         tensors={
-            "model.embed_tokens.weight": ("F8_E4M3", [16, H]),
-            "model.embed_tokens.weight_scale": (dtype, shape),
-            "model.embed_tokens.input_scale": (dtype, shape),
+            f"{module}.weight": ("F8_E4M3", shape),
+            f"{module}.weight_scale": (dtype, scale_shape),
+            f"{module}.input_scale": (dtype, scale_shape),
         },
     )
     problems = check_export(folder)
-    assert any(p.startswith("model.embed_tokens: vision, embedding and lm_head") for p in problems)
+    assert any(p.startswith(f"{module}: vision, embedding and lm_head") for p in problems)
 
 
 def test_a_text_family_export_names_no_vision_tower(tmp_path):
