@@ -22,6 +22,7 @@ from orchestrator.core.config import (
 )
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.memory import WorkerNeed
+from orchestrator.core.objectives import Objective, missing_rows
 from orchestrator.core.points import unreachable_names
 from orchestrator.model.data import check_source
 from orchestrator.model.datasets import encoded_images
@@ -145,14 +146,10 @@ def _check_sources(cfg: SweepConfig) -> None:
     from orchestrator.model.images import check_mix
 
     check_mix(cfg.data)
-    if cfg.selection.objective == "image_kl_mean" and (
-        image_source(cfg.data) is None or eval_image_fraction(cfg.data) == 0
-    ):
-        raise ConfigError(
-            "selection.objective='image_kl_mean': the evaluation set has no image+text rows; "
-            "set data.image_source (or an image+text data.source) with data.eval_image_fraction "
-            "> 0, or use kl_mean"
-        )
+    has_rows = image_source(cfg.data) is not None and eval_image_fraction(cfg.data) > 0
+    problem = missing_rows(Objective(cfg.selection.objective), "selection.objective", has_rows)
+    if problem:
+        raise ConfigError(problem)
     if image_source(cfg.data) != cfg.data.source:
         check_source(cfg.data.source, "data.source", cfg.data.text_field)
     if cfg.data.eval_source:

@@ -22,7 +22,7 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.core.config import ConfigError
-from orchestrator.core.objectives import OBJECTIVES, Objective
+from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
 from orchestrator.core.records import TrialResult, stable_seed
 from orchestrator.core.stats import paired_ratio_ci, ratio_ci, verdict
 from orchestrator.outputs.files import read_sweep_json
@@ -132,11 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_a, a = _published(args.a.resolve(), "A")
     sweep_b, b = _published(args.b.resolve(), "B")
     check_same_evaluation(sweep_a, sweep_b)
-    if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in a.values()):
-        raise ConfigError(
-            f"--objective={objective.metric}: the evaluation set has no image+text rows "
-            "(data.eval_image_fraction); use kl_mean"
-        )
+    has_rows = any(objective.per_sequence(r.per_sequence) for r in a.values())
+    problem = missing_rows(objective, "--objective", has_rows)
+    if problem:
+        raise ConfigError(problem)
     rows = compare_named(a, b, objective)
     print(f"A: {args.a} ({sweep_a.get('name')})\nB: {args.b} ({sweep_b.get('name')})")
     for line in table_lines(rows, objective):

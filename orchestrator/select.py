@@ -19,7 +19,7 @@ from pathlib import Path
 
 from orchestrator import cli
 from orchestrator.core.config import ConfigError, SweepConfig, load_catalog, read_yaml
-from orchestrator.core.objectives import OBJECTIVES, Objective
+from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
@@ -55,11 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
     objective = Objective(args.objective or cfg.selection.objective)
     results = load_results(output)
-    if objective.prefix and not any(objective.per_sequence(r.per_sequence) for r in results):
-        raise ConfigError(
-            f"--objective={objective.metric}: this sweep's evaluation set has no image+text "
-            "rows (data.eval_image_fraction); use kl_mean"
-        )
+    has_rows = any(objective.per_sequence(r.per_sequence) for r in results)
+    problem = missing_rows(objective, "--objective", has_rows)
+    if problem:
+        raise ConfigError(problem)
     owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
     header = {
         "sweep": cfg.name,

@@ -49,3 +49,17 @@ class Objective:
 
 
 KL_MEAN = Objective()  # the default: every target token
+
+
+def missing_rows(objective: Objective, setting: str, has_image_rows: bool) -> str | None:
+    """Why ``objective`` cannot rank an evaluation set, or None when it can: the image answers'
+    KL needs image+text evaluation rows. The driver asks from the data settings before anything
+    starts; ``select`` and ``compare_sweeps`` ask of the finished trials' per-sequence sums.
+    ``setting`` names where the objective came from (``selection.objective``, ``--objective``)."""
+    if not objective.prefix or has_image_rows:
+        return None
+    return (
+        f"{setting}={objective.metric!r}: the evaluation set has no image+text rows; use kl_mean, "
+        "or sweep with data.image_source (or an image+text data.source) and "
+        "data.eval_image_fraction > 0"
+    )

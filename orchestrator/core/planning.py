@@ -54,6 +54,15 @@ def fp8_share_for_bits(effective_bits: float) -> float:
     return (16.0 - effective_bits) / 8.0
 
 
+def bits_for_fp8_share(share: float) -> float:
+    """Effective bits over the eligible LM weights when ``share`` of them is FP8: the inverse of
+    :func:`fp8_share_for_bits`, so the budget a plan reaches and the one a name asks for are read
+    on the same scale."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"FP8 share {share} is outside [0, 1]")
+    return 16.0 - 8.0 * share
+
+
 def allowed_blocks(
     table: ScoreTable, coverage: float, among: Collection[int] | None = None
 ) -> tuple[int, ...]:
@@ -192,7 +201,7 @@ def _plan_from_groups(
         fp8_groups=tuple(sorted(g.name for g in chosen)),
         target_bits=float(effective_bits),
         coverage=float(coverage),
-        achieved_bits=16.0 - 8.0 * fraction,
+        achieved_bits=bits_for_fp8_share(fraction),
         fp8_fraction=fraction,
         budget_met=fp8_params >= need,
         allowed_blocks=blocks,

@@ -19,7 +19,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.core.config import Catalog, SearchConfig
-from orchestrator.core.planning import control_plan, make_plan
+from orchestrator.core.planning import (
+    bits_for_fp8_share,
+    control_plan,
+    fp8_share_for_bits,
+    make_plan,
+)
 from orchestrator.core.records import NamedScheme, ScoreTable
 
 POINT_KEYS = ("method", "fp8_recipe", "effective_bits", "coverage", "strategy", "control")
@@ -93,11 +98,11 @@ def unreachable_names(search: SearchConfig, catalog: Catalog) -> list[str]:
     problems = []
     for s in catalog.schemes:
         band = s.fp8_share
-        bits = [b for b in search.effective_bits if band.contains((16.0 - b) / 8.0)]
+        bits = [b for b in search.effective_bits if band.contains(fp8_share_for_bits(b))]
         covs = [c for c in search.coverage if c >= band.nominal - band.tolerance - 1e-9]
         if bits and covs:
             continue
-        want = 16 - 8 * band.nominal
+        want = bits_for_fp8_share(band.nominal)
         problems.append(
             f"search.effective_bits={search.effective_bits} with search.coverage="
             f"{search.coverage} cannot reach {s.name} ({band}); add effective_bits {want:g}"

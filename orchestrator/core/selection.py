@@ -31,6 +31,7 @@ import numpy as np
 
 from orchestrator.core.config import Catalog, CatalogScheme
 from orchestrator.core.objectives import KL_MEAN, Objective
+from orchestrator.core.planning import bits_for_fp8_share
 from orchestrator.core.records import NamedScheme, TrialResult
 
 
@@ -113,7 +114,7 @@ def knee(front: Sequence[TrialResult], obj: Objective = KL_MEAN) -> TrialResult 
 
 def missing_budget(scheme: CatalogScheme) -> str:
     """The grid point that would give a name its share."""
-    return f"effective_bits={16 - 8 * scheme.fp8_share.nominal:g} with coverage >= " + (
+    return f"effective_bits={bits_for_fp8_share(scheme.fp8_share.nominal):g} with coverage >= " + (
         f"{max(scheme.fp8_share.nominal - scheme.fp8_share.tolerance, 0.0):g}"
     )
 

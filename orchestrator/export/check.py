@@ -21,7 +21,8 @@ so the list is checked the way each target loader reads it, with its own Qwen2.5
 
 For every loader the set of Linear layers it would build as FP8 must equal the FP8 weights in the
 files and the plan's ``fp8_modules``; every entry must select something; fused groups agree; no
-vision, embedding or ``lm_head`` weight is FP8; each FP8 weight has its weight and input scales in
+vision, embedding or ``lm_head`` weight is FP8 (the family table's rule, for the ``model_type`` in
+``config.json``); each FP8 weight has its weight and input scales in
 the format's shape and dtype; and the tensor bytes equal the plan's ``model_bytes`` plus at most
 the scales. Problems are returned as sentences, one per finding; an empty list means it passed.
 """
@@ -36,6 +37,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from orchestrator.model.families import EMBEDDINGS, FAMILIES, Family, supported_list
 
 FP8 = "F8_E4M3"
 
@@ -64,9 +67,6 @@ _VLLM_PREFIXES = (  # Qwen2.5-VL's hf_to_vllm_mapper, in its order
     ("lm_head.", "language_model.lm_head."),
     ("model.", "language_model.model."),
 )
-
-
-_NEVER_FP8 = re.compile(r"(^|\.)(visual|lm_head|embed_tokens)(\.|$)")
 
 
 @dataclass(frozen=True)
@@ -215,11 +215,24 @@ def check_export(folder: Path) -> list[str]:
             return [f"{folder}: no {need}; not an export of this project"]
     config = json.loads((folder / "config.json").read_text())
     scheme = json.loads((folder / "scheme.json").read_text())
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is None:
+        return [
+            f"config.json model_type {config.get('model_type')!r} is not supported; "
+            f"supported: {supported_list()}"
+        ]
     fmt = _fmt(config)
     if fmt is None:
         return [
             "config.json quantization_config.quant_method is neither modelopt nor "
             "compressed-tensors"
+        ]
+    if fmt == "compressed-tensors" and family.vision is None:
+        # issue 23: the ignore list is written, and checked, in Qwen2.5-VL's module names
+        return [
+            f"compressed-tensors for {family.label} is not supported yet: its ignore list would "
+            "name Qwen2.5-VL modules, which this family's loaders do not have; use --format "
+            "modelopt"
         ]
     tensors = read_tensors(folder)
     if not tensors:
@@ -228,7 +241,7 @@ def check_export(folder: Path) -> list[str]:
     if fmt == "compressed-tensors":
         problems += _ct_config_problems(config["quantization_config"])
     fp8 = sorted(k[: -len(".weight")] for k, t in tensors.items() if t.dtype == FP8)
-    problems += _never_fp8_problems(fp8)
+    problems += _never_fp8_problems(family, fp8)
     problems += _fused_group_problems(tensors)
     problems += _scale_problems(tensors, fp8, fmt)
     planned = {transformers_name(m) for m in scheme.get("fp8_modules", [])}
@@ -261,11 +274,11 @@ def _ct_config_problems(qc: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _never_fp8_problems(fp8: Iterable[str]) -> list[str]:
+def _never_fp8_problems(family: Family, fp8: Iterable[str]) -> list[str]:
     return [
         f"{m}: vision, embedding and lm_head weights stay BF16 but this one is FP8"
         for m in fp8
-        if _NEVER_FP8.search(m)
+        if family.is_never_fp8(m)
     ]
 
 
@@ -309,7 +322,7 @@ def _linear_modules(tensors: Mapping[str, Tensor]) -> list[str]:
     names = {
         k[: -len(".weight")]
         for k, t in tensors.items()
-        if k.endswith(".weight") and len(t.shape) == 2 and "embed_tokens" not in k
+        if k.endswith(".weight") and len(t.shape) == 2 and not fnmatch.fnmatch(k, EMBEDDINGS)
     }
     return sorted(names | {"lm_head"})
 

@@ -11,6 +11,10 @@
   module names for every BF16 Linear (vLLM maps those names itself) plus regexes that match the
   vision tower and ``lm_head`` under both loaders' spellings.
 
+Which parts stay BF16 is the family table's rule (:attr:`Family.never_quantize`, for the
+``model_type`` in ``config.json``); this module only spells each part as a format's list entry, so
+a text family's lists name no vision tower.
+
 Tensor names stay in the original Qwen2.5-VL checkpoint layout that ModelOpt writes
 (``model.layers.N``, ``visual.``); both loaders map that layout to their own names.
 """
@@ -19,13 +23,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from orchestrator.export.check import read_tensors, transformers_name
+from orchestrator.model.families import EMBEDDINGS, FAMILIES, LM_HEAD, VISION_TOWER, Family
 
-ALWAYS_IGNORED = (r"re:^(language_model\.)?lm_head$", r"re:^(model\.)?visual\.")
+# each never-FP8 part as a format's list entry, in list order; compressed-tensors targets only
+# Linear layers, so the embeddings need no entry there
+MODELOPT_EXCLUDE = {LM_HEAD: "lm_head", EMBEDDINGS: "model.embed_tokens", VISION_TOWER: "visual*"}
+
+
+CT_IGNORE = {LM_HEAD: r"re:^(language_model\.)?lm_head$", VISION_TOWER: r"re:^(model\.)?visual\."}
 
 
 _FP8_TENSOR = {
@@ -66,31 +76,35 @@ def fp8_layers(folder: Path) -> list[str]:
     )
 
 
-def bf16_linears(folder: Path) -> list[str]:
-    """Checkpoint names of the language model's BF16 Linear layers (vision and lm_head apart)."""
+def export_family(config: Mapping[str, Any]) -> Family:
+    """The family of the model ModelOpt exported (a supported one: the sweep loaded it)."""
+    return FAMILIES[config["model_type"]]
+
+
+def never_fp8_entries(family: Family, spelling: Mapping[str, str]) -> list[str]:
+    """The family's never-FP8 parts as one format's list entries (``MODELOPT_EXCLUDE`` or
+    ``CT_IGNORE``)."""
+    return [entry for part, entry in spelling.items() if part in family.never_quantize]
+
+
+def bf16_linears(folder: Path, family: Family) -> list[str]:
+    """Checkpoint names of the language model's BF16 Linear layers (never-FP8 parts apart)."""
     fp8 = set(fp8_layers(folder))
     return sorted(
         k[: -len(".weight")]
         for k, t in read_tensors(folder).items()
         if k.endswith(".weight")
         and len(t.shape) == 2
-        and "embed_tokens" not in k
-        and not k.startswith(("visual.", "model.visual.", "lm_head"))
+        and not family.is_never_fp8(k[: -len(".weight")])
         and k[: -len(".weight")] not in fp8
     )
 
 
 def finish_modelopt(folder: Path, name: str) -> None:
     """Exact exclude names in ``config.json`` and ``hf_quant_config.json``; the loading README."""
-    # a text-only family (Qwen2, Qwen3) has no vision tower to name
-    vision = any(k.startswith(("visual.", "model.visual.")) for k in read_tensors(folder))
-    exclude = [
-        "lm_head",
-        "model.embed_tokens",
-        *(["visual*"] if vision else []),
-        *bf16_linears(folder),
-    ]
     config = json.loads((folder / "config.json").read_text())
+    family = export_family(config)
+    exclude = [*never_fp8_entries(family, MODELOPT_EXCLUDE), *bf16_linears(folder, family)]
     config["quantization_config"]["ignore"] = exclude
     _write_json(folder / "config.json", config)
     hf = json.loads((folder / "hf_quant_config.json").read_text())
@@ -119,7 +133,10 @@ def write_compressed_tensors(modelopt: Path, dest: Path) -> None:
         if f.name not in ("config.json", "hf_quant_config.json"):
             shutil.copy2(f, dest / f.name)
     config = json.loads((modelopt / "config.json").read_text())
-    config["quantization_config"] = compressed_tensors_config(bf16_linears(modelopt))
+    family = export_family(config)
+    config["quantization_config"] = compressed_tensors_config(
+        family, bf16_linears(modelopt, family)
+    )
     _write_json(dest / "config.json", config)
 
 
@@ -127,7 +144,7 @@ def _ct_tensor(key: str, t: Any, dtype: Any) -> Any:
     return t.reshape(1).to(dtype) if key.endswith(("weight_scale", "input_scale")) else t
 
 
-def compressed_tensors_config(bf16: Iterable[str]) -> dict[str, Any]:
+def compressed_tensors_config(family: Family, bf16: Iterable[str]) -> dict[str, Any]:
     return {
         "quant_method": "compressed-tensors",
         "format": "float-quantized",
@@ -141,7 +158,10 @@ def compressed_tensors_config(bf16: Iterable[str]) -> dict[str, Any]:
                 "format": "float-quantized",
             }
         },
-        "ignore": [*ALWAYS_IGNORED, *sorted(transformers_name(m) for m in bf16)],
+        "ignore": [
+            *never_fp8_entries(family, CT_IGNORE),
+            *sorted(transformers_name(m) for m in bf16),
+        ],
         "kv_cache_scheme": None,
     }
 

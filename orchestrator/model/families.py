@@ -5,8 +5,10 @@ it, which modules are never quantized and how its parameters are counted; the lo
 and the driver's input check all read it, so they cannot disagree. Only the decoder's Linear layers
 are eligible (q/k/v/o in attention, gate/up/down in the MLP). Never eligible: the vision tower
 (``model.visual``: its blocks, its merger, and Qwen3-VL's deepstack mergers, which all live under
-it), ``lm_head`` and the embeddings. The tower stays BF16 by product decision; Qwen2.5-VL-3B ties
-``lm_head`` to the embeddings. Scoring, trials and export all read these rules from here.
+it) where the family has one, ``lm_head`` and the embeddings. The tower stays BF16 by product
+decision; Qwen2.5-VL-3B ties ``lm_head`` to the embeddings. :attr:`Family.never_quantize` is that
+rule, derived from the table's ``vision`` column; scoring, trials, the parameter count, the
+decoder lookup and the export's writers and checker all read it from here.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ _KIND = {
 }
 
 
-TEXT_NEVER = ("*lm_head*", "*embed_tokens*")
+# the parts that stay BF16, as module-name globs (ModelOpt's spelling, matched with fnmatch)
+VISION_TOWER = "*visual*"  # model.visual holds blocks, merger, deepstack mergers
 
 
-VISION_NEVER = ("*visual*", *TEXT_NEVER)  # model.visual holds blocks, merger, deepstack mergers
+LM_HEAD = "*lm_head*"
+
+
+EMBEDDINGS = "*embed_tokens*"
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,24 @@ class Family:
     label: str  # what the README and the supported list say
     profile: str  # the profile's name (part of the score cache key)
     loader: str  # the transformers class that builds and loads it
-    never_quantize: tuple[str, ...]
     qk_norm: bool  # Qwen3 blocks: q/k RMSNorms, no q/k/v biases (parameter count)
     vision: str | None  # the vision tower's kind (parameter count); None: a text model
+
+    @property
+    def never_quantize(self) -> tuple[str, ...]:
+        """Globs of the modules that stay BF16: the vision tower where there is one, ``lm_head``
+        and the embeddings. A text family lists no tower, so no export names one."""
+        return (*((VISION_TOWER,) if self.vision else ()), LM_HEAD, EMBEDDINGS)
+
+    def is_never_fp8(self, name: str) -> bool:
+        """Whether a module, weight or checkpoint name in any spelling (``visual.``,
+        ``model.visual.``, ``model.language_model.embed_tokens``) lies in a never-FP8 part."""
+        return any(fnmatch.fnmatch(name, p) for p in self.never_quantize)
+
+    def in_vision_tower(self, name: str) -> bool:
+        """Whether a name lies in the vision tower: what the language model's parameter count and
+        decoder lookup leave out."""
+        return self.vision is not None and fnmatch.fnmatch(name, VISION_TOWER)
 
 
 FAMILIES = {
@@ -67,7 +88,6 @@ FAMILIES = {
             "Qwen2-VL",
             "qwen2-vl",
             "Qwen2VLForConditionalGeneration",
-            VISION_NEVER,
             False,
             "qwen2_vl",
         ),
@@ -76,7 +96,6 @@ FAMILIES = {
             "Qwen2.5-VL",
             "qwen2.5-vl",
             "Qwen2_5_VLForConditionalGeneration",
-            VISION_NEVER,
             False,
             "qwen2_5_vl",
         ),
@@ -85,12 +104,11 @@ FAMILIES = {
             "Qwen3-VL",
             "qwen3-vl",
             "Qwen3VLForConditionalGeneration",
-            VISION_NEVER,
             True,
             "qwen3_vl",
         ),
-        Family("qwen2", "Qwen2 / Qwen2.5", "qwen2", "Qwen2ForCausalLM", TEXT_NEVER, False, None),
-        Family("qwen3", "Qwen3", "qwen3", "Qwen3ForCausalLM", TEXT_NEVER, True, None),
+        Family("qwen2", "Qwen2 / Qwen2.5", "qwen2", "Qwen2ForCausalLM", False, None),
+        Family("qwen3", "Qwen3", "qwen3", "Qwen3ForCausalLM", True, None),
     )
 }
 
@@ -159,15 +177,15 @@ class EligibleModule:
 
 @dataclass(frozen=True)
 class ModelProfile:
-    name: str
-    never_quantize: tuple[str, ...]
+    family: Family
 
-    def is_excluded(self, module_name: str) -> bool:
-        return any(fnmatch.fnmatch(module_name, p) for p in self.never_quantize)
+    @property
+    def name(self) -> str:
+        return self.family.profile
 
     def classify(self, module_name: str) -> tuple[int, str, str] | None:
         """(block, kind, group) for an eligible module name, else None."""
-        if self.is_excluded(module_name):
+        if self.family.is_never_fp8(module_name):
             return None
         m = _ELIGIBLE.match(module_name)
         if not m:
@@ -191,5 +209,10 @@ class ModelProfile:
 
 
 def profile_for(model_type: str) -> ModelProfile:
-    family = family_for(model_type)
-    return ModelProfile(family.profile, family.never_quantize)
+    return ModelProfile(family_for(model_type))
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of a built model, from its config's ``model_type``."""
+    config: Any = model.config
+    return family_for(config.model_type)

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
     import torch
     from torch import nn
-from orchestrator.model.families import FAMILIES, ModelProfile, loader_class, profile_for
+from orchestrator.model.families import (
+    FAMILIES,
+    ModelProfile,
+    family_of,
+    loader_class,
+    profile_for,
+)
 from orchestrator.model.presets import PRESET_SEED, PRESETS, SHIPPED_PRESETS
 
 log = logging.getLogger(__name__)
@@ -176,10 +182,11 @@ def text_config(config: Any) -> Any:
 
 def lm_param_count(model: nn.Module) -> int:
     """Parameters of the language model (everything outside the vision tower, tied weights once)."""
+    family = family_of(model)
     seen: set[int] = set()
     total = 0
     for name, p in model.named_parameters(remove_duplicate=True):
-        if "visual" in name or id(p) in seen:
+        if family.in_vision_tower(name) or id(p) in seen:
             continue
         seen.add(id(p))
         total += p.numel()

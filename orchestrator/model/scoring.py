@@ -199,7 +199,7 @@ def run_auto_quantize(
     if score_indices is not None:
         batches = [batches[i] for i in score_indices]
         score_steps = len(score_indices)
-    excluded = list(profile.never_quantize)
+    excluded = list(profile.family.never_quantize)
     extra = {"loss_func": _loss_func} if setup.method == "gradient" else {}
     budget = {"effective_bits": effective_bits}
     label = f"{setup.method}/{setup.fp8_recipe}"

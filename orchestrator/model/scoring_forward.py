@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.model.families import family_of
+
 log = logging.getLogger(__name__)
 
 
@@ -72,12 +74,13 @@ class Decoder:
 
 def find_decoder(model: nn.Module) -> Decoder | None:
     """The one ``layers`` list outside the vision tower (Qwen2/3 text and Qwen2/2.5/3-VL names)."""
+    family = family_of(model)
     hits = [
         (name, mod)
         for name, mod in model.named_modules()
         if isinstance(mod, nn.ModuleList)
         and name.split(".")[-1] == "layers"
-        and "visual" not in name
+        and not family.in_vision_tower(name)
     ]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if len(hits) != 1 or head is None:

@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.outputs.files import write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -187,7 +189,7 @@ class Ownership:
             newest = _highest(self.path.parent)
             if newest is None or newest[0] <= int(self.path.stem):
                 self.record = replace(self.record, heartbeat=time.time())
-                _write(self.path, self.record)
+                write_text(self.path, _dumps(self.record))
                 return
             self.lost = True
             self._stop.set()
@@ -204,7 +206,7 @@ class Ownership:
         with self._lock:
             if not self.lost and not self.record.released:
                 self.record = replace(self.record, heartbeat=time.time(), released=True)
-                _write(self.path, self.record)
+                write_text(self.path, _dumps(self.record))
 
     def _beat_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -292,12 +294,6 @@ def _create(path: Path, record: Owner) -> bool:
     won = _load(path)
     tmp.unlink()
     return won is not None and won.token == record.token
-
-
-def _write(path: Path, record: Owner) -> None:
-    tmp = path.with_name(f".{record.token}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(_dumps(record))
-    os.replace(tmp, path)
 
 
 def _dumps(record: Owner) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.records import KINDS, NamedScheme, ScoreTable, TrialResult
+from orchestrator.outputs.files import atomic_path
 
 _CONTROL_MARKERS = {"random": "x", "inverse": "v", "ends_fixed": "^", "attn_bf16": "d"}
 
@@ -78,8 +79,8 @@ def pareto_png(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:])
     plt.close(fig)
 
 
@@ -135,6 +136,6 @@ def sensitivity_png(tables: Iterable[ScoreTable], path: Path, title: str) -> Non
         fig.colorbar(im, ax=ax, label="log10 score", shrink=0.8)
     fig.suptitle(f"{title}: FP8 sensitivity per group", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:])
     plt.close(fig)

@@ -5,7 +5,6 @@ the per-trial table. pyarrow only, so selection can read a finished sweep withou
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.outputs.files import atomic_path
 
 _TABLE_META = b"orchestrator.score_table"
 
@@ -25,11 +25,9 @@ class CorruptTable(ValueError):
     """A Parquet file that is truncated, unreadable or holds another key than expected."""
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_table(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_scores(
@@ -49,7 +47,7 @@ def write_scores(
     if search_state is not None:
         meta[_STATE_META] = json.dumps(search_state).encode()
     table = pa.table(rows).replace_schema_metadata(meta)
-    _atomic_write(table, path)
+    _write_table(table, path)
 
 
 def read_scores(path: Path, expect_key: str | None = None) -> ScoreTable:
@@ -120,7 +118,7 @@ def write_trials(results: Sequence[TrialResult], path: Path) -> None:
             rows[m].append(r.metrics.get(m))
     for k in seq_names:
         rows[_SEQ_PREFIX + k] = [list(r.per_sequence.get(k, ())) for r in results]
-    _atomic_write(pa.table(rows), path)
+    _write_table(pa.table(rows), path)
 
 
 def read_trials(path: Path) -> list[TrialResult]:
@@ -160,9 +158,7 @@ def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> None:
                 ("score", g.score),
             ):
                 rows[k].append(v)
-    tmp = output / ".scores.parquet.tmp"
-    pq.write_table(pa.table(rows), tmp)
-    os.replace(tmp, output / "scores.parquet")
+    _write_table(pa.table(rows), output / "scores.parquet")
 
 
 def read_score_tables(output: Path) -> dict[str, ScoreTable]:

@@ -55,7 +55,7 @@ def test_family_scores_measures_selects_and_exports(model_type, tmp_path, tiny_d
     linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     eligible = {m.name for m in profile.eligible_modules(model)}
     assert eligible and all(DECODER_LINEAR.match(n) for n in eligible)
-    assert linear == eligible | {n for n in linear if profile.is_excluded(n)}
+    assert linear == eligible | {n for n in linear if profile.family.is_never_fp8(n)}
     assert "lm_head" in linear - eligible
 
     setup = ScoringSetup(

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.export.check import LOADERS, check_export, is_skipped, read_tensors
-from orchestrator.export.formats import ALWAYS_IGNORED
+from orchestrator.export.formats import (
+    CT_IGNORE,
+    MODELOPT_EXCLUDE,
+    compressed_tensors_config,
+    never_fp8_entries,
+)
+from orchestrator.model.families import FAMILIES
 
 pytestmark = pytest.mark.unit
 H = 4  # hidden size of the hand-made model
@@ -21,6 +27,7 @@ PROJ = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
 SCALE = {"modelopt": ([], "F32"), "compressed-tensors": ([1], "BF16")}
+VL_IGNORE = never_fp8_entries(FAMILIES["qwen2_5_vl"], CT_IGNORE)
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
@@ -47,14 +54,17 @@ def linear_names(blocks: int) -> list[str]:
     ]
 
 
-def make_export(root: Path, fmt: str, fp8: list[str], blocks: int = 2, **edit) -> Path:
-    """A checkpoint in hub spelling (as ModelOpt writes it) with ``fp8`` modules in FP8."""
+def make_export(
+    root: Path, fmt: str, fp8: list[str], blocks: int = 2, model_type: str = "qwen2_5_vl", **edit
+) -> Path:
+    """A checkpoint in hub spelling (as ModelOpt writes it) with ``fp8`` modules in FP8; the
+    family's never-FP8 entries as the export writes them."""
     shape, dtype = SCALE[fmt]
-    t = {
-        "model.embed_tokens.weight": ("BF16", [16, H]),
-        "visual.blocks.0.attn.qkv.weight": ("BF16", [3 * H, H]),
-        "visual.merger.mlp.0.weight": ("BF16", [H, H]),
-    }
+    family = FAMILIES[model_type]
+    t = {"model.embed_tokens.weight": ("BF16", [16, H])}
+    if family.vision:
+        t["visual.blocks.0.attn.qkv.weight"] = ("BF16", [3 * H, H])
+        t["visual.merger.mlp.0.weight"] = ("BF16", [H, H])
     for m in linear_names(blocks):
         t[f"{m}.weight"] = ("F8_E4M3" if m in fp8 else "BF16", [H, H])
         if m in fp8:
@@ -67,7 +77,7 @@ def make_export(root: Path, fmt: str, fp8: list[str], blocks: int = 2, **edit) -
     write_safetensors(root / "model.safetensors", t)
     bf16 = [m for m in linear_names(blocks) if m not in fp8]
     if fmt == "modelopt":
-        entries = ["lm_head", "model.embed_tokens", "visual*", *bf16]
+        entries = [*never_fp8_entries(family, MODELOPT_EXCLUDE), *bf16]
         qc = {"quant_method": "modelopt", "quant_algo": "FP8", "ignore": entries}
         hf = {"quantization": {"quant_algo": "FP8", "exclude_modules": entries}}
         (root / "hf_quant_config.json").write_text(json.dumps(hf))
@@ -80,7 +90,7 @@ def make_export(root: Path, fmt: str, fp8: list[str], blocks: int = 2, **edit) -
             "dynamic": False,
         }
         entries = [
-            *ALWAYS_IGNORED,
+            *never_fp8_entries(family, CT_IGNORE),
             *(m.replace("model.", "model.language_model.", 1) for m in bf16),
         ]
         qc = {
@@ -96,9 +106,10 @@ def make_export(root: Path, fmt: str, fp8: list[str], blocks: int = 2, **edit) -
         hf["quantization"]["exclude_modules"] = qc["ignore"]
         (root / "hf_quant_config.json").write_text(json.dumps(hf))
     (root / "config.json").write_text(
-        json.dumps({"model_type": "qwen2_5_vl", "quantization_config": qc})
+        json.dumps({"model_type": model_type, "quantization_config": qc})
     )
-    params = sum(H * H for _ in linear_names(blocks)) + 16 * H + 3 * H * H + H * H
+    params = sum(H * H for _ in linear_names(blocks)) + 16 * H
+    params += (3 * H * H + H * H) if family.vision else 0
     model_bytes = 2 * params - H * H * len(fp8)
     scheme = {
         "name": "s",
@@ -156,7 +167,7 @@ def test_scale_of_the_wrong_layout_fails(tmp_path):
 
 def test_ignore_entry_in_hub_spelling_matches_nothing_in_transformers(tmp_path):
     """The issue's NaN logits: hub names in a compressed-tensors ignore list select nothing."""
-    hub = [*ALWAYS_IGNORED, *(m for m in linear_names(2) if m not in MIXED)]
+    hub = [*VL_IGNORE, *(m for m in linear_names(2) if m not in MIXED)]
     problems = check_export(make_export(tmp_path / "x", "compressed-tensors", MIXED, ignore=hub))
     assert any(p.startswith("transformers: ignore entry 'model.layers.1.") for p in problems)
     assert any(
@@ -185,25 +196,63 @@ def test_ignore_entry_that_names_no_module_fails(tmp_path):
     )
 
 
-@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
-def test_fp8_vision_weight_fails(tmp_path, fmt):
-    shape, dtype = SCALE[fmt]
+@pytest.mark.parametrize(
+    "model_type,fmt,module,shape",
+    [
+        ("qwen2_5_vl", "modelopt", "visual.merger.mlp.0", [H, H]),
+        ("qwen2_5_vl", "compressed-tensors", "visual.merger.mlp.0", [H, H]),
+        ("qwen2_5_vl", "modelopt", "model.embed_tokens", [16, H]),
+        ("qwen2", "modelopt", "model.embed_tokens", [16, H]),
+        ("qwen3", "modelopt", "model.embed_tokens", [16, H]),
+    ],
+)
+def test_fp8_never_fp8_weight_fails(tmp_path, model_type, fmt, module, shape):
+    """The rule is the family table's, so a text family's never-FP8 parts are checked too."""
+    scale_shape, dtype = SCALE[fmt]
     folder = make_export(
         tmp_path / "x",
         fmt,
         MIXED,
+        model_type=model_type,
         tensors={
-            "visual.merger.mlp.0.weight": ("F8_E4M3", [H, H]),
-            "visual.merger.mlp.0.weight_scale": (dtype, shape),
-            "visual.merger.mlp.0.input_scale": (dtype, shape),
+            f"{module}.weight": ("F8_E4M3", shape),
+            f"{module}.weight_scale": (dtype, scale_shape),
+            f"{module}.input_scale": (dtype, scale_shape),
         },
     )
     problems = check_export(folder)
-    assert any(p.startswith("visual.merger.mlp.0: vision, embedding and lm_head") for p in problems)
+    assert any(p.startswith(f"{module}: vision, embedding and lm_head") for p in problems)
+
+
+def test_a_text_family_export_names_no_vision_tower(tmp_path):
+    """Issue 23: a text family's compressed-tensors ignore list held a vision-tower regex that
+    matches no module; its entries now come from the family table, which lists no tower. The
+    rest of that list is still spelled in Qwen2.5-VL's names, so the check refuses the format."""
+    lm_head = r"re:^(language_model\.)?lm_head$"
+    assert compressed_tensors_config(FAMILIES["qwen2"], [])["ignore"] == [lm_head]
+    vl = compressed_tensors_config(FAMILIES["qwen2_5_vl"], [])["ignore"]
+    assert vl == [lm_head, r"re:^(model\.)?visual\."]
+    text = never_fp8_entries(FAMILIES["qwen3"], MODELOPT_EXCLUDE)
+    assert text == ["lm_head", "model.embed_tokens"]
+    assert never_fp8_entries(FAMILIES["qwen3_vl"], MODELOPT_EXCLUDE) == [*text, "visual*"]
+    assert check_export(make_export(tmp_path / "x", "modelopt", MIXED, model_type="qwen2")) == []
+    folder = make_export(tmp_path / "y", "compressed-tensors", MIXED, model_type="qwen2")
+    refused = check_export(folder)
+    assert refused == [
+        "compressed-tensors for Qwen2 / Qwen2.5 is not supported yet: its ignore list would name "
+        "Qwen2.5-VL modules, which this family's loaders do not have; use --format modelopt"
+    ]
+
+
+def test_an_unsupported_model_type_is_refused(tmp_path):
+    folder = make_export(tmp_path / "x", "modelopt", MIXED)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    assert check_export(folder)[0].startswith("config.json model_type 'llama' is not supported")
 
 
 def test_vision_tower_not_ignored_would_be_quantized(tmp_path):
-    entries = [e for e in [*ALWAYS_IGNORED] if "visual" not in e]
+    entries = [e for e in VL_IGNORE if "visual" not in e]
     entries += [
         m.replace("model.", "model.language_model.", 1) for m in linear_names(2) if m not in MIXED
     ]
@@ -241,8 +290,8 @@ def test_vllm_reads_either_spelling_of_an_ignore_entry():
     ct = LOADERS["compressed-tensors"][1]
     for entry in ("model.layers.3.mlp.down_proj", "model.language_model.layers.3.mlp.down_proj"):
         assert is_skipped(ct, "language_model.model.layers.3.mlp.down_proj", ct.entries([entry]))
-    assert is_skipped(ct, "visual.blocks.0.attn.qkv", ct.entries(list(ALWAYS_IGNORED)))
-    assert is_skipped(ct, "language_model.lm_head", ct.entries(list(ALWAYS_IGNORED)))
+    assert is_skipped(ct, "visual.blocks.0.attn.qkv", ct.entries(VL_IGNORE))
+    assert is_skipped(ct, "language_model.lm_head", ct.entries(VL_IGNORE))
 
 
 def test_check_command_exits_1_with_the_reasons(tmp_path, capsys):

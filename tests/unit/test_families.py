@@ -39,12 +39,39 @@ def test_every_family_loads_with_the_pinned_transformers():
     for t, f in FAMILIES.items():
         assert transformers_lacks(t) == ""
         assert getattr(transformers, f.loader).config_class.model_type == t
-        assert profile_for(t).never_quantize == f.never_quantize
-        assert "*lm_head*" in f.never_quantize and "*embed_tokens*" in f.never_quantize
-        assert ("*visual*" in f.never_quantize) == (f.vision is not None)
+        assert profile_for(t).family == f
 
 
 def test_the_readme_lists_every_family():
     readme = (ROOT / "README.md").read_text()
     for f in FAMILIES.values():
         assert f"`{f.model_type}`" in readme and f.label in readme, f.label
+
+
+# model_type -> its never-FP8 globs, as ModelOpt reads them (the order is the scoring call's)
+NEVER_FP8 = {
+    "qwen2_vl": ("*visual*", "*lm_head*", "*embed_tokens*"),
+    "qwen2_5_vl": ("*visual*", "*lm_head*", "*embed_tokens*"),
+    "qwen3_vl": ("*visual*", "*lm_head*", "*embed_tokens*"),
+    "qwen2": ("*lm_head*", "*embed_tokens*"),
+    "qwen3": ("*lm_head*", "*embed_tokens*"),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(NEVER_FP8))
+def test_each_family_never_quantizes_what_the_table_says(model_type):
+    """The vision tower where the table names one, lm_head and the embeddings, in any spelling."""
+    f = FAMILIES[model_type]
+    assert f.never_quantize == NEVER_FP8[model_type]
+    names = ("lm_head", "model.embed_tokens", "model.language_model.embed_tokens")
+    assert all(f.is_never_fp8(n) for n in names)
+    tower = ("visual.blocks.0.attn.qkv", "model.visual.merger.mlp.0", "model.visual.blocks")
+    assert all(f.is_never_fp8(n) == (f.vision is not None) for n in tower)
+    assert all(f.in_vision_tower(n) == (f.vision is not None) for n in tower)
+    for decoder in ("model.layers.0.mlp.up_proj", "model.language_model.layers.3.self_attn.q_proj"):
+        assert not f.is_never_fp8(decoder) and not f.in_vision_tower(decoder)
+    assert profile_for(model_type).classify("model.layers.0.mlp.up_proj") == (
+        0,
+        "gate_up",
+        "model.layers.0.gate_up",
+    )

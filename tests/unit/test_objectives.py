@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.compare_sweeps import compare_named, table_lines
 from orchestrator.core.config import load_catalog
-from orchestrator.core.objectives import Objective
+from orchestrator.core.objectives import KL_MEAN, Objective, missing_rows
 from orchestrator.core.planning import control_plan
 from orchestrator.core.selection import select
 from orchestrator.core.verdicts import compare_scheme, measured_by_plan
@@ -113,3 +113,15 @@ def test_two_sweeps_compared_name_by_name_on_one_evaluation_set():
     assert full["same_modules"] and full["ratio"] == 1.0 and full["verdict"] == "indistinguishable"
     lines = table_lines(list(rows.values()), IMAGE)
     assert lines[1].startswith("top25") and "0.6 [" in lines[1] and "better" in lines[1]
+
+
+def test_only_the_image_objective_needs_image_rows():
+    """One decision and one sentence for the driver's check, select and compare_sweeps."""
+    assert missing_rows(KL_MEAN, "--objective", False) is None
+    assert missing_rows(IMAGE, "--objective", True) is None
+    problem = missing_rows(IMAGE, "selection.objective", False)
+    assert problem is not None
+    assert problem.startswith(
+        "selection.objective='image_kl_mean': the evaluation set has no image+text rows; "
+        "use kl_mean, or sweep with data.image_source"
+    )

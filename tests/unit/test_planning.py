@@ -3,7 +3,12 @@ import random
 
 import pytest
 
-from orchestrator.core.planning import allowed_blocks, fp8_share_for_bits, make_plan
+from orchestrator.core.planning import (
+    allowed_blocks,
+    bits_for_fp8_share,
+    fp8_share_for_bits,
+    make_plan,
+)
 from orchestrator.core.records import plan_hash
 
 from .helpers import SIZES, table
@@ -20,6 +25,20 @@ def test_budget_fixes_fp8_share(bits, share):
 def test_budget_outside_range_is_rejected(bits):
     with pytest.raises(ValueError, match="outside \\[8, 16\\]"):
         fp8_share_for_bits(bits)
+
+
+@pytest.mark.parametrize("bits", [8, 9.5, 12, 13.75, 14.2, 15.999, 16])
+def test_share_and_bits_round_trip(bits):
+    """One scale both ways: the bits a plan reaches and the bits a name's share asks for."""
+    share = fp8_share_for_bits(bits)
+    assert bits_for_fp8_share(share) == pytest.approx(bits, abs=1e-12)
+    assert fp8_share_for_bits(bits_for_fp8_share(share)) == pytest.approx(share, abs=1e-12)
+
+
+@pytest.mark.parametrize("share", [-0.01, 1.01])
+def test_share_outside_range_is_rejected(share):
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        bits_for_fp8_share(share)
 
 
 @pytest.mark.parametrize("method", ["gradient", "kl_div"])
