@@ -164,7 +164,6 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     plan = plan_for(point, ctx.tables)
     params = {**point.to_dict(), "plan_hash": plan.plan_hash, "budget_met": plan.budget_met}
     tags = {
-        "plan_hash": plan.plan_hash,
         "kind": "control" if point.control else "trial",
         "ray_node_id": ray.get_runtime_context().get_node_id(),
         **{f"data_hash.{k}": v for k, v in ctx.data_hashes.items()},
