@@ -32,8 +32,7 @@ from orchestrator.checks import check_inputs
 from orchestrator.core.config import ConfigError
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
-from orchestrator.core.points import table_key
-from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
 from orchestrator.model.datasets import build_data
 from orchestrator.outputs import ownership
@@ -99,7 +98,7 @@ def run(inp: Inputs) -> int:
         with ray_session(inp) as session:
             data, target = prepared.result()
             tables, ctx = score(inp, session, data, target)
-            results = run_rounds(inp, ctx, tables, session.workers)
+            results = run_rounds(inp, ctx, session.workers)
             write_json(inp.output / "workers.json", session.pool.log_startup())
     return conclude(inp, target, tables, results, data)
 

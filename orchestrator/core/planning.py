@@ -35,11 +35,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from functools import reduce
-from typing import Any
 
 import numpy as np
 
-from orchestrator.core.records import Plan, ScoreGroup, ScoreTable, plan_hash
+from orchestrator.core.records import Plan, Point, ScoreGroup, ScoreTable, plan_hash, table_key
 
 BF16_BYTES = 2
 
@@ -266,14 +265,19 @@ def control_plan(table: ScoreTable, spec: str, effective_bits: float) -> Plan | 
     return _plan_from_groups(table, chosen, effective_bits, 1.0, blocks, need, "control")
 
 
-def plan_point(table: ScoreTable, point: Mapping[str, Any]) -> Plan:
-    """The plan of a sweep point: a scored strategy, or a control ("random:2", "inverse")."""
-    spec = str(point.get("control") or "")
-    if not spec:
-        return make_plan(
-            table, point["effective_bits"], point["coverage"], point.get("strategy") or "solve"
-        )
-    plan = control_plan(table, spec, point["effective_bits"])
+class Unreachable(ValueError):
+    """A control cannot reach the FP8 share its point asks for (every order it may take falls
+    short); the paired round and the verdicts skip that control at that share."""
+
+
+def plan_for(point: Point, tables: Mapping[str, ScoreTable]) -> Plan:
+    """The plan of a point, with its setup's score table: the one way every stage (the grid, the
+    paired round, a trial, its result, the published files, the verdicts) gets from a point to
+    its module set, so they all agree on its ``plan_hash``."""
+    table = tables[table_key(point.method, point.fp8_recipe)]
+    if not point.control:
+        return make_plan(table, point.effective_bits, point.coverage, point.strategy)
+    plan = control_plan(table, point.control, point.effective_bits)
     if plan is None:
-        raise ValueError(f"control {spec!r} cannot reach {point['effective_bits']:g} bits")
+        raise Unreachable(f"control {point.control!r} cannot reach {point.effective_bits:g} bits")
     return plan

@@ -9,66 +9,45 @@ scheme's exact FP8 share (with that scheme's scores, for the control that reads 
 and the plans no trial has measured yet become points of their own. They are measured on the same
 sequences as the scheme, which is what makes the comparison paired.
 
-A point is a plain dict (``POINT_KEYS`` plus its ``plan_hash``): it travels through Ray Tune's
-grid and back unchanged.
+A point is a frozen ``Point`` (``orchestrator.core.records``); ``planning.plan_for`` gives its plan,
+and Ray Tune carries its dict form through the grid and back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
 
 from orchestrator.core.config import Catalog, SearchConfig
 from orchestrator.core.planning import (
+    Unreachable,
     bits_for_fp8_share,
-    control_plan,
     fp8_share_for_bits,
-    make_plan,
+    plan_for,
 )
-from orchestrator.core.records import NamedScheme, ScoreTable
-
-POINT_KEYS = ("method", "fp8_recipe", "effective_bits", "coverage", "strategy", "control")
+from orchestrator.core.records import NamedScheme, Point, ScoreTable
 
 
-def table_key(method: str, recipe: str) -> str:
-    return f"{method}|{recipe}"
-
-
-def point(
-    method: str,
-    recipe: str,
-    bits: float,
-    coverage: float,
-    strategy: str = "solve",
-    control: str = "",
-) -> dict[str, Any]:
-    return {
-        "method": method,
-        "fp8_recipe": recipe,
-        "effective_bits": bits,
-        "coverage": coverage,
-        "strategy": "" if control else strategy,
-        "control": control,
-    }
-
-
-def grid_points(
-    search: SearchConfig, tables: Sequence[ScoreTable]
-) -> tuple[list[dict[str, Any]], int]:
+def grid_points(search: SearchConfig, tables: Mapping[str, ScoreTable]) -> tuple[list[Point], int]:
     """(one point per distinct plan of the grid, the grid's size)."""
     seen: set[str] = set()
     points = []
     total = 0
-    for table in sorted(tables, key=lambda t: (t.method, t.fp8_recipe)):
+    for table in sorted(tables.values(), key=lambda t: (t.method, t.fp8_recipe)):
         for strategy in search.strategies:
             for bits in sorted(search.effective_bits, reverse=True):
                 for cov in sorted(search.coverage, reverse=True):
                     total += 1
-                    h = make_plan(table, bits, cov, strategy).plan_hash
+                    p = Point(
+                        method=table.method,
+                        fp8_recipe=table.fp8_recipe,
+                        effective_bits=bits,
+                        coverage=cov,
+                        strategy=strategy,
+                    )
+                    h = plan_for(p, tables).plan_hash
                     if h not in seen:
                         seen.add(h)
-                        p = point(table.method, table.fp8_recipe, bits, cov, strategy)
-                        points.append({**p, "plan_hash": h})
+                        points.append(p)
     return points, total
 
 
@@ -77,19 +56,26 @@ def control_points(
     schemes: Iterable[NamedScheme],
     specs: Sequence[str],
     measured: Collection[str],
-) -> list[dict[str, Any]]:
+) -> list[Point]:
     """Each control at each scheme's exact share, for the plans nothing has measured yet."""
     seen = set(measured)
     out = []
     for s in schemes:
-        table = tables[table_key(s.method, s.fp8_recipe)]
         for spec in specs:
-            plan = control_plan(table, spec, s.achieved_bits)
-            if plan is None or plan.plan_hash in seen:
+            p = Point(
+                method=s.method,
+                fp8_recipe=s.fp8_recipe,
+                effective_bits=s.achieved_bits,
+                coverage=1.0,
+                control=spec,
+            )
+            try:
+                h = plan_for(p, tables).plan_hash
+            except Unreachable:
                 continue
-            seen.add(plan.plan_hash)
-            p = point(s.method, s.fp8_recipe, s.achieved_bits, 1.0, control=spec)
-            out.append({**p, "plan_hash": plan.plan_hash})
+            if h not in seen:
+                seen.add(h)
+                out.append(p)
     return out
 
 

@@ -1,8 +1,8 @@
 """Frozen records that flow between the stages, each with a plain-dict round trip.
 
 Every stage hands the next one a record, never a live object: that is what lets a score table cross
-the Ray object store, a plan travel to a worker on another node, and `orchestrator.select` re-run on
-an old sweep without a GPU. Pure module: stdlib only.
+the Ray object store, a point ride through Ray Tune, a plan travel to a worker on another node, and
+`orchestrator.select` re-run on an old sweep without a GPU. Pure module: stdlib only.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ class ScoreTable:
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreTable:
         groups = tuple(ScoreGroup(**{**g, "modules": tuple(g["modules"])}) for g in d["groups"])
         return cls(**{**d, "groups": groups, "meta": dict(d.get("meta", {}))})
+
+
+def table_key(method: str, recipe: str) -> str:
+    """How a sweep keys its score tables: one per (scoring method, FP8 recipe) setup."""
+    return f"{method}|{recipe}"
 
 
 @dataclass(frozen=True)
@@ -177,3 +182,44 @@ class NamedScheme:
     def from_dict(cls, d: Mapping[str, Any]) -> NamedScheme:
         fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**{**fields, "metrics": dict(d.get("metrics") or {})})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Point:
+    """One point of the space: a scoring setup, a budget, a coverage, and either a scored
+    strategy or a control. What a trial plans (``planning.plan_for``); Ray Tune carries its
+    ``to_dict`` form, whose keys are the child run's parameters.
+
+    The strategy has one rule, kept here: a scored point always names one (``"solve"`` when left
+    empty), a control never does (``""``), so two spellings of one point are one point.
+    """
+
+    method: str
+    fp8_recipe: str
+    effective_bits: float
+    coverage: float
+    strategy: str = "solve"  # "solve", "ends_bf16:N", "mlp_only"; "" for a control
+    control: str = ""  # "random:S", "inverse", "ends_fixed:N", "attn_bf16"; "" for a scored point
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", "" if self.control else self.strategy or "solve")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Point:
+        """A point from its dict form, or from an Optuna sample (the same keys but ``control``)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @classmethod
+    def of(cls, r: TrialResult | NamedScheme) -> Point:
+        """The point a measured trial or a published scheme (always a scored one) came from."""
+        return cls(
+            method=r.method,
+            fp8_recipe=r.fp8_recipe,
+            effective_bits=r.effective_bits,
+            coverage=r.coverage,
+            strategy=r.strategy,
+            control=r.control if isinstance(r, TrialResult) else "",
+        )

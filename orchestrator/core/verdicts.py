@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.objectives import KL_MEAN, Objective
-from orchestrator.core.planning import control_plan, plan_point
-from orchestrator.core.points import table_key
-from orchestrator.core.records import NamedScheme, ScoreTable, TrialResult, stable_seed
+from orchestrator.core.planning import Unreachable, plan_for
+from orchestrator.core.records import NamedScheme, Point, ScoreTable, TrialResult, stable_seed
 from orchestrator.core.stats import paired_ratio_ci, ratio_ci, spearman, verdict
 
 RANDOM = "random"  # the pooled random controls' name
@@ -61,7 +60,6 @@ def compare_scheme(
     """One row per control (and one for the pooled random ones): its share, KL with CI, the ratio
     of the scheme's KL to it with CI, and a verdict (``better`` / ``indistinguishable`` /
     ``worse``; ``same plan``, ``not measured`` or ``cannot reach this share`` otherwise)."""
-    table = tables[table_key(scheme.method, scheme.fp8_recipe)]
     mine = measured.get(scheme.plan_hash)
     sums = objective.per_sequence(mine.per_sequence) if mine is not None else None
     if sums is None:
@@ -70,8 +68,16 @@ def compare_scheme(
     rows: list[dict[str, Any]] = []
     randoms: list[np.ndarray] = []
     for spec in specs:
-        plan = control_plan(table, spec, scheme.achieved_bits)
-        if plan is None:
+        point = Point(
+            method=scheme.method,
+            fp8_recipe=scheme.fp8_recipe,
+            effective_bits=scheme.achieved_bits,
+            coverage=1.0,
+            control=spec,
+        )
+        try:
+            plan = plan_for(point, tables)
+        except Unreachable:
             rows.append({"control": spec, "verdict": "cannot reach this share"})
             continue
         base = {
@@ -106,7 +112,10 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def _score_kl_pairs(
-    results: Sequence[TrialResult], table: ScoreTable, objective: Objective
+    results: Sequence[TrialResult],
+    table: ScoreTable,
+    tables: Mapping[str, ScoreTable],
+    objective: Objective,
 ) -> dict[str, tuple[float, float, float]]:
     """Per distinct scored plan of this setup: (summed score, measured KL, effective bits asked)."""
     pairs: dict[str, tuple[float, float, float]] = {}
@@ -117,7 +126,7 @@ def _score_kl_pairs(
             continue
         kl = objective.value(r.metrics)
         if np.isfinite(kl):
-            plan = plan_point(table, _point(r))
+            plan = plan_for(Point.of(r), tables)
             pairs.setdefault(r.plan_hash, (plan.score_sum, kl, round(r.effective_bits, 6)))
     return pairs
 
@@ -169,11 +178,7 @@ def _by_setup(
     one_recipe = len({t.method for t in tables.values()}) == len(tables)
     out = {}
     for key, table in sorted(tables.items()):
-        pairs = _score_kl_pairs(results, table, objective)
+        pairs = _score_kl_pairs(results, table, tables, objective)
         if pairs:
             out[table.method if one_recipe else key] = pairs
     return out
-
-
-def _point(r: TrialResult) -> dict[str, Any]:
-    return {"effective_bits": r.effective_bits, "coverage": r.coverage, "strategy": r.strategy}

@@ -16,9 +16,8 @@ import yaml
 
 from orchestrator.core.config import Catalog, CatalogScheme, SweepConfig
 from orchestrator.core.objectives import KL_MEAN, Objective
-from orchestrator.core.planning import plan_point
-from orchestrator.core.points import table_key
-from orchestrator.core.records import NamedScheme, Plan, ScoreTable, TrialResult
+from orchestrator.core.planning import plan_for
+from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
 from orchestrator.core.selection import Selection, SelectionError, select
 from orchestrator.core.verdicts import (
     compare_scheme,
@@ -53,16 +52,6 @@ QUALITY_METRICS = (
     "ppl_ref",
     *(f"{m}_{k}" for m in ("text", "image") for k in _PER_MODALITY),
 )
-
-
-def plan_for(result: TrialResult | NamedScheme, tables: Mapping[str, ScoreTable]) -> Plan:
-    table = tables[table_key(result.method, result.fp8_recipe)]
-    point = {
-        "effective_bits": result.effective_bits,
-        "coverage": result.coverage,
-        "strategy": result.strategy,
-    }
-    return plan_point(table, point)
 
 
 @dataclass(frozen=True)
@@ -197,7 +186,7 @@ def finalize(
     measured = measured_by_plan(results)
     entries = []
     for s in sel.schemes:
-        plan = plan_for(s, tables)
+        plan = plan_for(Point.of(s), tables)
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
         rows = compare_scheme(s, tables, measured, facts.controls, facts.seed, objective)

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
-from orchestrator.core.points import control_points, grid_points, table_key
-from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.core.points import control_points, grid_points
+from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.tracking.sweep_run import run_tags
 
 if TYPE_CHECKING:
@@ -88,9 +88,7 @@ def trial_context(
     )
 
 
-def run_rounds(
-    inp: Inputs, ctx: TrialContext, tables: Sequence[ScoreTable], workers: int
-) -> list[TrialResult]:
+def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult]:
     """Round 1, the grid; then round 2, the controls at each published scheme's exact share.
 
     Each round is a Tune experiment of its own under the output folder, so each resumes.
@@ -99,7 +97,7 @@ def run_rounds(
     from orchestrator.search import tuner
 
     cfg = inp.cfg
-    points, total = grid_points(cfg.search, tables)
+    points, total = grid_points(cfg.search, ctx.tables)
     log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
     space = {
         "effective_bits": cfg.search.effective_bits,

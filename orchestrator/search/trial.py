@@ -30,9 +30,8 @@ import ray
 from ray import tune
 
 from orchestrator.core.config import FaultConfig
-from orchestrator.core.planning import plan_point
-from orchestrator.core.points import POINT_KEYS, table_key
-from orchestrator.core.records import Plan, ScoreTable, stable_seed
+from orchestrator.core.planning import plan_for
+from orchestrator.core.records import Plan, Point, ScoreTable, stable_seed
 from orchestrator.core.stats import ratio_ci
 
 if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
@@ -107,17 +106,18 @@ def _finite_or_fail(metrics: Mapping[str, float]) -> None:
         )
 
 
-def point_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    raw = {"strategy": "solve", "control": "", **(config.get("point") or config)}
-    return {k: raw[k] for k in POINT_KEYS}
+def point_of(config: Mapping[str, Any]) -> Point:
+    """A trial's point from its Tune config: ``{"point": point.to_dict()}`` from the grid, or the
+    dimensions Optuna sampled, at the top level."""
+    return Point.from_dict(config.get("point") or config)
 
 
-def run_name(point: Mapping[str, Any]) -> str:
+def run_name(point: Point) -> str:
     """The MLflow run name: what the point is, readable in the runs table."""
-    if point["control"]:
-        return f"control-{point['control']}-b{point['effective_bits']:.3f}"
-    strategy = "" if point["strategy"] == "solve" else f"-{point['strategy']}"
-    return f"{point['method']}-b{point['effective_bits']:g}-c{point['coverage']:g}{strategy}"
+    if point.control:
+        return f"control-{point.control}-b{point.effective_bits:.3f}"
+    strategy = "" if point.strategy == "solve" else f"-{point.strategy}"
+    return f"{point.method}-b{point.effective_bits:g}-c{point.coverage:g}{strategy}"
 
 
 def error_bars(per_sequence: Mapping[str, Sequence[float]], seed: int) -> dict[str, float]:
@@ -161,11 +161,10 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     t0 = time.perf_counter()
     point = point_of(config)
-    plan = plan_point(ctx.tables[table_key(point["method"], point["fp8_recipe"])], point)
-    params = {**point, "plan_hash": plan.plan_hash, "budget_met": plan.budget_met}
+    plan = plan_for(point, ctx.tables)
+    params = {**point.to_dict(), "plan_hash": plan.plan_hash, "budget_met": plan.budget_met}
     tags = {
-        "plan_hash": plan.plan_hash,
-        "kind": "control" if point["control"] else "trial",
+        "kind": "control" if point.control else "trial",
         "ray_node_id": ray.get_runtime_context().get_node_id(),
         **{f"data_hash.{k}": v for k, v in ctx.data_hashes.items()},
     }
@@ -188,7 +187,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         _report_with_checkpoint({**stored_result, **base, **where, "reused": 1.0, "logged": 1.0})
         return
     try:
-        fault = _inject_fault(ctx.fault, point["effective_bits"], plan.plan_hash, ctx.fault_dir)
+        fault = _inject_fault(ctx.fault, point.effective_bits, plan.plan_hash, ctx.fault_dir)
         metrics, where = ray.get(
             ctx.dispatcher.evaluate.remote(
                 ctx.data,

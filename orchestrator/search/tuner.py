@@ -16,9 +16,8 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.core.planning import plan_point
-from orchestrator.core.points import table_key
-from orchestrator.core.records import ScoreTable, TrialResult
+from orchestrator.core.planning import plan_for
+from orchestrator.core.records import Point, ScoreTable, TrialResult
 from orchestrator.search.trial import TrialContext, point_of, trainable
 
 log = logging.getLogger(__name__)
@@ -39,9 +38,9 @@ class Progress(tune.Callback):
         p = point_of(trial.config)
         r = trial.last_result or {}
         what = (
-            f"control {p['control']} at {p['effective_bits']:.2f} bits ({p['method']} share)"
-            if p["control"]
-            else f"b={p['effective_bits']:g} c={p['coverage']:g} {p['method']} {p['strategy']}"
+            f"control {p.control} at {p.effective_bits:.2f} bits ({p.method} share)"
+            if p.control
+            else f"b={p.effective_bits:g} c={p.coverage:g} {p.method} {p.strategy}"
         )
         bar = "#" * int(20 * self.done / max(self.total, 1))
         log.info(
@@ -80,11 +79,11 @@ class TuneSettings:
 
 
 def _searcher(
-    settings: TuneSettings, points: Sequence[Mapping[str, Any]], space: Mapping[str, Sequence[Any]]
+    settings: TuneSettings, points: Sequence[Point], space: Mapping[str, Sequence[Any]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(param_space, TuneConfig kwargs) for a grid of points or Optuna seeded with them."""
     if settings.searcher == "grid":
-        return {"point": tune.grid_search([point_of(p) for p in points])}, {}
+        return {"point": tune.grid_search([p.to_dict() for p in points])}, {}
     from ray.tune.search.optuna import OptunaSearch
 
     bits = space["effective_bits"]
@@ -95,7 +94,7 @@ def _searcher(
         "fp8_recipe": tune.choice(list(space["fp8_recipe"])),
         "strategy": tune.choice(list(space["strategy"])),
     }
-    seeds = [{k: point_of(p)[k] for k in param_space} for p in points]  # Optuna's dimensions only
+    seeds = [{k: p.to_dict()[k] for k in param_space} for p in points]  # Optuna's dimensions only
     algo = OptunaSearch(
         metric=["achieved_bits", settings.objective],
         mode=["min", "min"],
@@ -107,7 +106,7 @@ def _searcher(
 
 def run_trials(
     ctx: TrialContext,
-    points: Sequence[Mapping[str, Any]],
+    points: Sequence[Point],
     space: Mapping[str, Sequence[Any]],
     settings: TuneSettings,
     workers: int,
@@ -149,7 +148,7 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
     """A Tune result as a record; failed trials get their plan re-derived (planning is pure)."""
     m = dict(r.metrics or {})
     p = point_of(r.config)
-    plan = plan_point(tables[table_key(p["method"], p["fp8_recipe"])], p)
+    plan = plan_for(p, tables)
     numeric = {
         k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -158,19 +157,19 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
     err = "" if r.error is None else str(r.error).strip().splitlines()[-1][:2000]
     return TrialResult(
         plan_hash=plan.plan_hash,
-        method=p["method"],
-        fp8_recipe=p["fp8_recipe"],
-        effective_bits=float(p["effective_bits"]),
-        coverage=float(p["coverage"]),
+        method=p.method,
+        fp8_recipe=p.fp8_recipe,
+        effective_bits=float(p.effective_bits),
+        coverage=float(p.coverage),
         achieved_bits=plan.achieved_bits,
         fp8_fraction=plan.fp8_fraction,
         status=status,
         metrics=metrics if status == "FINISHED" else {},
         mlflow_run_id=str(m.get("mlflow_run_id", "")),
         error=err,
-        kind="control" if p["control"] else "trial",
-        strategy=p["strategy"] or "solve",
-        control=p["control"],
+        kind="control" if p.control else "trial",
+        strategy=p.strategy or "solve",  # a control's row: "solve", as trials.parquet always had
+        control=p.control,
         per_sequence=_per_sequence(m) if status == "FINISHED" else {},
     )
 

@@ -3,8 +3,8 @@
 The driver creates the parent run *before* Ray starts. Each trial opens its own child run with
 ``MlflowClient`` and the parent's id (``mlflow.parentRunId``), not through ``MLflowLoggerCallback``
 or ``setup_mlflow``, which lose artifacts or leave runs RUNNING. A child run is found again by its
-``point_key`` tag, so a retried or resumed trial reuses its run instead of adding a duplicate, and a
-trial whose point already finished reads its metrics back instead of running again.
+``plan_hash`` tag, so a retried or resumed trial reuses its run instead of adding a duplicate, and a
+trial whose plan already finished reads its metrics back instead of running again.
 
 Every call to the tracking store is retried with backoff: a tracking server that goes away for a
 while costs time, not results. What still cannot be written is left to the driver, which
@@ -49,7 +49,7 @@ RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 PARENT_TAG = "mlflow.parentRunId"
 
 
-POINT_TAG = "point_key"
+PLAN_TAG = "plan_hash"  # how a trial finds its child run again (older stores tag it too)
 
 
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
@@ -208,13 +208,13 @@ def _metric_batch(metrics: Mapping[str, float]) -> list[Any]:
     ]
 
 
-def find_child(target: TrackingTarget, point_key: str) -> Any | None:
+def find_child(target: TrackingTarget, plan_hash: str) -> Any | None:
     client = MlflowClient(target.uri)
     runs = retry(
         lambda: client.search_runs(
             [target.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{target.parent_run_id}' "
-            f"and tags.`{POINT_TAG}` = '{point_key}'",
+            f"and tags.`{PLAN_TAG}` = '{plan_hash}'",
             max_results=5,
         ),
         "find child",
@@ -224,22 +224,22 @@ def find_child(target: TrackingTarget, point_key: str) -> Any | None:
 
 def start_child(
     target: TrackingTarget,
-    point_key: str,
+    plan_hash: str,
     run_name: str,
     params: Mapping[str, Any],
     tags: Mapping[str, str],
 ) -> tuple[str, dict[str, float] | None]:
-    """(run id, metrics if this point already FINISHED) for one trial; never a duplicate run."""
+    """(run id, metrics if this plan already FINISHED) for one trial; never a duplicate run."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` sets it for the driver only
     client = MlflowClient(target.uri)
-    existing = find_child(target, point_key)
+    existing = find_child(target, plan_hash)
     if existing is not None and existing.info.status == "FINISHED":
         return existing.info.run_id, dict(existing.data.metrics)
     if existing is not None:
         run_id = existing.info.run_id
         retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen child")
     else:
-        all_tags = {**tags, PARENT_TAG: target.parent_run_id, POINT_TAG: point_key}
+        all_tags = {**tags, PARENT_TAG: target.parent_run_id, PLAN_TAG: plan_hash}
         run = retry(
             lambda: client.create_run(target.experiment_id, run_name=run_name, tags=all_tags),
             "create child",
@@ -269,16 +269,16 @@ def finish_child(
 
 
 def backfill_child(
-    target: TrackingTarget, point_key: str, record: Mapping[str, Any], metrics: Mapping[str, float]
+    target: TrackingTarget, plan_hash: str, record: Mapping[str, Any], metrics: Mapping[str, float]
 ) -> str:
-    """Log a trial the store missed while it ran (found by point key, so never twice)."""
+    """Log a trial the store missed while it ran (found by plan hash, so never twice)."""
     params = {k: record[k] for k in ("method", "fp8_recipe", "effective_bits", "coverage")}
     run_id, stored = start_child(
         target,
-        point_key,
+        plan_hash,
         f"b{params['effective_bits']:g}",
         params,
-        {"plan_hash": point_key, "kind": str(record.get("kind", "trial")), "backfilled": "true"},
+        {"kind": str(record.get("kind", "trial")), "backfilled": "true"},
     )
     if stored is None:
         seq = record.get("per_sequence") or {}

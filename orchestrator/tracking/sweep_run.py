@@ -126,8 +126,8 @@ def settle_tracking(target: TrackingTarget, results: Sequence[TrialResult]) -> S
         problems = [f"trial runs not settled: {e.__class__.__name__}: {e}"[:500]]
         problems += [f"trial {r.plan_hash} ({r.status})" for r in results if not r.mlflow_run_id]
         return Settled({}, problems)
-    by_point = {c.data.tags.get(client.POINT_TAG): c.info.run_id for c in children}
-    return Settled({k: v for k, v in by_point.items() if k}, [])
+    by_plan = {c.data.tags.get(client.PLAN_TAG): c.info.run_id for c in children}
+    return Settled({k: v for k, v in by_plan.items() if k}, [])
 
 
 def publish(

@@ -69,7 +69,7 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
     assert {b for b, t in by_bits.items() if t["status"] == "FINISHED"} == {8, 11, 12, 14}
     runs = _children(out)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert len({r.data.tags["point_key"] for r in runs}) == len(runs) == len(trials)
+    assert len({r.data.tags["plan_hash"] for r in runs}) == len(runs) == len(trials)
     failed = {r.data.tags["plan_hash"]: r for r in runs if r.info.status == "FAILED"}
     assert {by_bits[b]["plan_hash"] for b in (10, 13, 15)} == set(failed)
     assert "injected fault" in failed[by_bits[15]["plan_hash"]].data.tags["error"]
@@ -126,7 +126,7 @@ def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
     assert f"pid {driver.pid}: pid {driver.pid} is gone" in proc.stdout
     after = _children(out)
     assert all(r.info.status == "FINISHED" for r in after)
-    assert len({r.data.tags["point_key"] for r in after}) == len(after)  # no duplicate runs
+    assert len({r.data.tags["plan_hash"] for r in after}) == len(after)  # no duplicate runs
     ends = {r.info.run_id: r.info.end_time for r in after}
     assert all(ends[k] == v for k, v in before.items())  # finished trials were not run again
     clean = tmp_path / "clean"
@@ -169,7 +169,7 @@ def test_a_second_driver_on_a_running_sweep_is_refused_and_changes_nothing(tmp_p
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(list((out / "ray_results" / "tune").glob("trainable_*"))) == len(trials) == 3
     runs = _children(out)
-    assert len({r.data.tags["point_key"] for r in runs}) == len(runs) == len(trials)
+    assert len({r.data.tags["plan_hash"] for r in runs}) == len(runs) == len(trials)
     assert [o[1:] for o in _owner_records(out)] == [(first.pid, owners[0][2], True)]
 
 
@@ -205,3 +205,21 @@ def test_eight_trials_write_to_one_sqlite_store_at_once(tmp_path):
     assert sorted(r.info.run_id for r in runs) == sorted(ids)
     assert all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.metrics["kl_mean"] for r in runs) == [i / 10 for i in range(8)]
+
+
+def test_a_child_run_of_an_older_store_is_found_by_its_plan_hash_tag(tmp_path):
+    """Stores written before ``point_key`` went tagged each child with both; a resume finds it."""
+    from orchestrator.tracking import client
+    from orchestrator.tracking.uri import default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path)
+    exp = client.ensure_experiment(uri, "older", tmp_path / "art", "older store")
+    parent = client.start_parent(uri, exp, "p", {}, {"kind": "sweep"})
+    target = client.TrackingTarget(uri, exp, parent)
+    old_tags = {"mlflow.parentRunId": parent, "point_key": "h1", "plan_hash": "h1", "kind": "trial"}
+    old = MlflowClient(uri).create_run(exp, run_name="old", tags=old_tags).info.run_id
+    client.finish_child(target, old, {"kl_mean": 0.5}, {})
+    assert client.start_child(target, "h1", "new", {}, {}) == (old, {"kl_mean": 0.5})
+    new, stored = client.start_child(target, "h2", "new", {}, {"kind": "trial"})
+    assert stored is None and new != old
+    assert MlflowClient(uri).get_run(new).data.tags[client.PLAN_TAG] == "h2"

@@ -1,11 +1,12 @@
+import dataclasses
 from dataclasses import replace
 
 import pytest
 
 from orchestrator.core.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
-from orchestrator.core.planning import control_plan, make_plan
+from orchestrator.core.planning import Unreachable, control_plan, make_plan, plan_for
 from orchestrator.core.points import control_points, grid_points, unreachable_names
-from orchestrator.core.records import NamedScheme
+from orchestrator.core.records import NamedScheme, Point, table_key
 from orchestrator.core.verdicts import (
     compare_scheme,
     measured_by_plan,
@@ -29,16 +30,20 @@ def _search(**kw):
     return SearchConfig.model_validate({**base, **kw})
 
 
+def _by_key(*tables):
+    return {table_key(t.method, t.fp8_recipe): t for t in tables}
+
+
 def test_grid_is_every_setup_strategy_budget_and_coverage_once_per_plan():
-    tables = [_table("kl_div"), _table("gradient")]
+    tables = _by_key(_table("kl_div"), _table("gradient"))
     points, total = grid_points(_search(strategies=["solve", "ends_bf16:1"]), tables)
     assert total == 2 * 2 * 3 * 2
-    hashes = [p["plan_hash"] for p in points]
+    hashes = [plan_for(p, tables).plan_hash for p in points]
     assert len(hashes) == len(set(hashes)) < total  # e.g. 8 bits at coverage 0.5 folds onto 12
-    for p in points:
-        t = tables[0] if p["method"] == "kl_div" else tables[1]
-        plan = make_plan(t, p["effective_bits"], p["coverage"], p["strategy"])
-        assert plan.plan_hash == p["plan_hash"] and p["control"] == ""
+    for p, h in zip(points, hashes, strict=True):
+        t = tables[f"{p.method}|FP8_DEFAULT_CFG"]
+        assert make_plan(t, p.effective_bits, p.coverage, p.strategy).plan_hash == h
+        assert p.control == "" and p.strategy in ("solve", "ends_bf16:1")
 
 
 def _scheme(t, bits, h=None):
@@ -66,14 +71,14 @@ def test_paired_round_plans_each_control_at_each_schemes_share_once():
     specs = ["random:0", "random:1", "inverse", "ends_fixed:1", "attn_bf16"]
     measured = {s.plan_hash for s in schemes}  # the schemes were measured in round 1
     pts = control_points(tables, schemes, specs, measured)
-    hashes = [p["plan_hash"] for p in pts]
+    hashes = [plan_for(p, tables).plan_hash for p in pts]
     assert len(hashes) == len(set(hashes)) and not measured & set(hashes)
-    for p in pts:
-        s = next(s for s in schemes if s.achieved_bits == p["effective_bits"])
-        assert control_plan(t, p["control"], s.achieved_bits).plan_hash == p["plan_hash"]
-        assert p["strategy"] == "" and p["coverage"] == 1.0
+    for p, h in zip(pts, hashes, strict=True):
+        s = next(s for s in schemes if s.achieved_bits == p.effective_bits)
+        assert control_plan(t, p.control, s.achieved_bits).plan_hash == h
+        assert p.strategy == "" and p.coverage == 1.0
     # at 100% every reachable control is the scheme itself: nothing new to measure there
-    assert not [p for p in pts if p["effective_bits"] == 8.0]
+    assert not [p for p in pts if p.effective_bits == 8.0]
     assert control_points(tables, schemes, specs, measured | set(hashes)) == []
 
 
@@ -146,3 +151,51 @@ def test_score_kl_correlation_within_one_share(sign):
     got = score_kl_within_share(rs, {"kl_div|FP8_DEFAULT_CFG": t})
     assert got == {"kl_div": pytest.approx(sign)}
     assert score_kl_within_share(rs[:2], {"kl_div|FP8_DEFAULT_CFG": t}) == {}  # under 3 plans
+
+
+def _point(**kw):
+    base = {"method": "kl_div", "fp8_recipe": "FP8_DEFAULT_CFG", "effective_bits": 12.0}
+    return Point(**{**base, "coverage": 1.0, **kw})
+
+
+# the keys of a point's dict form: what Tune's grid carries and each child run's parameters
+POINT_KEYS = ["method", "fp8_recipe", "effective_bits", "coverage", "strategy", "control"]
+
+
+def test_a_point_has_one_strategy_rule_and_survives_its_dict_form():
+    assert _point().strategy == "solve" and _point(strategy="") == _point(strategy="solve")
+    control = _point(strategy="solve", control="random:1")
+    assert control.strategy == "" and control == _point(control="random:1")
+    assert hash(control) == hash(_point(control="random:1")) and control != _point()
+    for p in (_point(), _point(strategy="ends_bf16:1", coverage=0.5), control):
+        assert Point.from_dict(p.to_dict()) == p and list(p.to_dict()) == POINT_KEYS
+    optuna = {k: v for k, v in _point(strategy="mlp_only").to_dict().items() if k != "control"}
+    assert Point.from_dict(optuna) == _point(strategy="mlp_only")  # a sample has no control
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        control.strategy = "solve"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "bits, coverage, strategy",
+    [(14, 1.0, "solve"), (12, 0.5, "ends_bf16:1"), (10, 1.0, "mlp_only")],
+)
+def test_plan_for_a_scored_point_is_its_solve(bits, coverage, strategy):
+    t = _table()
+    p = _point(effective_bits=bits, coverage=coverage, strategy=strategy)
+    assert plan_for(p, _by_key(t)) == make_plan(t, bits, coverage, strategy)
+    scheme = replace(_scheme(t, bits), coverage=coverage, strategy=strategy)
+    assert Point.of(scheme) == p  # what the outputs and the verdicts re-plan a scheme from
+
+
+@pytest.mark.parametrize("spec", ["random:0", "inverse", "ends_fixed:1", "attn_bf16"])
+def test_plan_for_a_control_is_its_fill_at_the_share(spec):
+    t = _table()
+    p = _point(effective_bits=13.0, control=spec)
+    assert plan_for(p, _by_key(t)) == control_plan(t, spec, 13.0)
+    row = replace(result("h", 13.0, 1.0), kind="control", control=spec)
+    assert Point.of(row) == p  # trials.parquet says strategy "solve" for a control; its point ""
+
+
+def test_plan_for_a_control_that_cannot_reach_its_share_says_so():
+    with pytest.raises(Unreachable, match="'attn_bf16' cannot reach 8 bits"):
+        plan_for(_point(effective_bits=8.0, control="attn_bf16"), _by_key(_table()))
