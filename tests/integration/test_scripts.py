@@ -118,6 +118,7 @@ def test_bench_kl_prefix_smoke_scores_alike_with_and_without_reuse(tmp_path):
 
 @pytest.mark.integration
 def test_train_reference_smoke_writes_a_preset_that_loads(tmp_path):
+    """scripts/train_reference.py, run as a module the way its docstring says."""
     out = tmp_path / "ref"
     run_script("-m", "scripts.train_reference", "--smoke", "--out", str(out))
     ref = json.loads((out / "reference.json").read_text())
