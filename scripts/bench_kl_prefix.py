@@ -4,11 +4,12 @@
     python scripts/bench_kl_prefix.py --threads 1 --layers 24 --out /tmp/kl24.json         # deeper
     python scripts/bench_kl_prefix.py --device cuda --preset qwen2.5-vl-3b-random \\
         --batch-size 4 --seq-len 1024 --score-steps 8 --out /tmp/kl-3b.json                 # GPU
+    python scripts/bench_kl_prefix.py --smoke --out /tmp/kl-smoke.json    # CPU, seconds (tests)
 
 Without ``--preset`` the model is a random-weight Qwen2.5-VL of ``--layers`` decoder blocks and
 ``--hidden`` width (a 2-block vision tower that scoring never touches; wide enough that the
 blocks, not ModelOpt's per-group bookkeeping of ~20 ms CPU, dominate a forward), saved with
-``save_pretrained`` and loaded back through ``profiles.load_model`` like any local checkpoint.
+``save_pretrained`` and loaded back through ``loading.load_model`` like any local checkpoint.
 Both variants score a fresh copy of that model on the same synthetic token batches through
 ``scoring.run_auto_quantize`` (reuse first, then full forwards, or ``--order`` the other way);
 the phases are ModelOpt's own (``calibrate``, ``estimate_sensitivity_scores``; the rest is hparam
@@ -46,7 +47,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: default)")
     p.add_argument("--order", choices=["reuse-first", "full-first"], default="reuse-first")
     p.add_argument("--out", type=Path, required=True, help="JSON result path")
-    return p.parse_args()
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every code path in seconds on CPU: a random model of 2 blocks, width 128, "
+        "sequences of 32 (replaces --device, --preset, --layers, --hidden, --intermediate, "
+        "--seq-len)",
+    )
+    args = p.parse_args()
+    if args.smoke:
+        args.device, args.preset, args.seq_len = "cpu", None, 32
+        args.layers, args.hidden, args.intermediate = 2, 128, 256
+    return args
 
 
 def random_checkpoint(args: argparse.Namespace, folder: Path) -> str:
@@ -181,6 +193,7 @@ def main() -> None:
     from orchestrator.model.data import build_datasets
     from orchestrator.model.loading import load_model, text_config
     from orchestrator.model.scoring import ScoringSetup
+    from orchestrator.runtime.host import library_versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,7 +238,7 @@ def main() -> None:
             "load_avg_1m_at_start": load_start,
             "load_avg_1m_at_end": _load_avg(),
         },
-        "versions": _versions(),
+        "versions": {"python": platform.python_version(), **library_versions()},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": {"source": args.preset or "random", "layers": layers, "groups": len(groups)},
         "scores_bitwise_equal": full["scores"] == reuse["scores"],
@@ -240,13 +253,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=2))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    names = ("torch", "transformers", "nvidia-modelopt")
-    return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
 def _load_avg() -> float | None:

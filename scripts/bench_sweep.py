@@ -29,6 +29,12 @@ prints the table; docs/benchmarks.md explains every number):
 
 The sweep and every child process import ``orchestrator`` from ``--src`` (default: this checkout),
 so a run can pin a committed snapshot while the working tree changes.
+
+``--smoke`` runs the stages' code on the ``tiny-qwen2.5-vl`` preset with CPU-sized data, a 3-point
+grid and score budget 2 (default stages ``kernel,model,probe,sweep:2,loop:2,kernel_after``, one
+loop point). A stage that needs CUDA (``kernel``, ``kernel_after``, ``scale:N`` beyond the visible
+GPUs) is skipped where there is none, with the reason printed, so on CPU the smoke runs everything
+else; ``tests/integration/test_scripts.py`` runs it there, so the benchmark cannot rot.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import statistics
@@ -50,7 +57,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "benchmarks" / "sweep_3b.yaml"
 PRESET = "qwen2.5-vl-3b-random"
 RECIPE = "FP8_DEFAULT_CFG"
-GRID_POINTS = 24
 SCALE_METHODS = ["gradient", "kl_div"]  # x 8 budgets x 3 coverages = 48 points
 SMOKE_SETS = [
     "data.seq_len=64",
@@ -58,9 +64,13 @@ SMOKE_SETS = [
     "data.calib_batches=2",
     "data.eval_batches=2",
     "scoring.num_calib_steps=2",
+    "search.effective_bits=[8,12,14]",  # FP8 shares 100%, 50%, 25%: selection names all three
+    "search.coverage=[1.0]",
     "search.gpus=auto",
-    "search.max_concurrent=2",
+    "search.max_concurrent=1",  # one CPU worker: a second one only competes for the cores
 ]
+# the libraries whose versions each probe records
+BENCH_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "ray", "mlflow-skinny", "pulp")
 EXT_LINE = re.compile(r"Loaded extension (\S+) in ([0-9.]+) seconds")
 
 
@@ -148,17 +158,12 @@ def ext_loads(text: str) -> list[dict[str, Any]]:
     return [{"name": m[1], "seconds": float(m[2])} for m in EXT_LINE.finditer(text)]
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def grid_size(args: argparse.Namespace, budget: int) -> int:
+    """Points of one scoring method's grid in this run's sweep (24 on the 3B config)."""
+    from orchestrator.core.config import load_config
 
-    out = {}
-    for p in ("torch", "transformers", "nvidia-modelopt", "ray", "mlflow-skinny", "pulp"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            pass
-    out["python"] = sys.version.split()[0]
-    return out
+    search = load_config(CONFIG, sweep_sets(args, budget)).search
+    return len(search.effective_bits) * len(search.coverage) * len(search.strategies)
 
 
 def device_facts() -> dict[str, Any]:
@@ -285,7 +290,7 @@ def _forward_rate(
         "seconds": med,
         "tokens": tokens,
         "tokens_per_s": tokens / med,
-        "tokens_per_forward": batches[0].numel(),
+        "tokens_per_forward": batches[0].input_ids.numel(),
     }
 
 
@@ -304,11 +309,13 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.model import device, quantize, worker
     from orchestrator.model.batches import batches as make_batches
     from orchestrator.model.loading import load_model
+    from orchestrator.runtime.host import library_versions
 
     cfg, data = load_setup(args, 8)
     dev = device.default_device()
     src = cfg.model.source
-    out: dict[str, Any] = {"device": device_facts(), "versions": library_versions()}
+    versions = {**library_versions(BENCH_LIBRARIES), "python": platform.python_version()}
+    out: dict[str, Any] = {"device": device_facts(), "versions": versions}
     t0 = time.perf_counter()
     import modelopt.torch.quantization  # noqa: F401
 
@@ -701,12 +708,13 @@ def stage_loop(args: argparse.Namespace, out: Path, budget: int) -> dict[str, An
         text = log.read_text()
         points.append({**res, "process_wall": wall, "extension_loads": ext_loads(text)})
     mean = statistics.mean(p["process_wall"] for p in points)
+    grid = grid_size(args, budget)
     return {
         "score_batches": budget,
         "points_timed": points,
         "mean_point_seconds": mean,
-        "projected_grid_seconds": mean * GRID_POINTS,
-        "grid_points": GRID_POINTS,
+        "projected_grid_seconds": mean * grid,
+        "grid_points": grid,
     }
 
 
@@ -939,16 +947,24 @@ def merge(out: Path) -> dict[str, Any]:
 
 
 STAGES_DEFAULT = "kernel,model,probe,sweep:8,loop:8,sweep:64,loop:64,kernel_after"
+STAGES_SMOKE = "kernel,model,probe,sweep:2,loop:2,kernel_after"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.runtime.host import local_gpu_count
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    gpus = local_gpu_count()
     for stage in args.stages.split(","):
         name, _, n = stage.partition(":")
         if args.reuse and name in ("kernel", "model") and _present(args, name, out):
             print(f"[{now()}] stage {stage}: kept from an earlier call on this machine", flush=True)
+            continue
+        why = cannot_run(name, n, gpus)
+        if why:
+            print(f"[{now()}] stage {stage}: skipped, {why}", flush=True)
             continue
         t0 = time.perf_counter()
         print(f"[{now()}] stage {stage} ...", flush=True)
@@ -978,6 +994,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = merge(out)
     print_table(results, report(results))
     return 0
+
+
+def cannot_run(name: str, n: str, gpus: tuple[int, str]) -> str | None:
+    """Why a stage cannot run on this machine, or None: the FP8 extension is CUDA code, and
+    ``scale:N`` needs N GPUs. Every other stage runs on CPU too (``--smoke``)."""
+    count, reason = gpus
+    if name in ("kernel", "kernel_after") and count == 0:
+        return f"ModelOpt's FP8 extension is CUDA code ({reason})"
+    if name == "scale" and int(n) > count:
+        return f"it needs {n} GPU(s) ({reason})"
+    return None
 
 
 def _present(args: argparse.Namespace, name: str, out: Path) -> bool:
@@ -1030,9 +1057,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--src", default=str(ROOT), help="folder whose orchestrator/ every process imports"
     )
-    p.add_argument("--stages", default=STAGES_DEFAULT)
-    p.add_argument("--loop-points", type=int, default=2, help="grid points the loop times")
-    p.add_argument("--smoke", action="store_true", help="tiny preset, CPU-sized data")
+    p.add_argument("--stages", help=f"default {STAGES_DEFAULT}; with --smoke {STAGES_SMOKE}")
+    p.add_argument(
+        "--loop-points", type=int, help="grid points the loop times (default 2; 1 with --smoke)"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny preset, CPU-sized data, a 3-point grid"
+    )
     p.add_argument(
         "--reuse",
         action="store_true",
@@ -1045,6 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=float, help=argparse.SUPPRESS)
     p.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.stages = args.stages or (STAGES_SMOKE if args.smoke else STAGES_DEFAULT)
+    args.loop_points = args.loop_points or (1 if args.smoke else 2)
     sys.path.insert(0, str(Path(args.src).resolve()))
     if args.command == "run":
         return cmd_run(args)

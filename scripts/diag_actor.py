@@ -1,8 +1,11 @@
 """Why does a plan's evaluation run slower inside a Ray Tune trial actor? (issue 5)
 
-    python scripts/diag_actor.py --work /tmp/fp8bench --out /tmp/diag.json [--smoke]
+    python scripts/diag_actor.py --work /tmp/fp8bench --out /tmp/diag.json
+    python scripts/diag_actor.py --smoke --work /tmp/fp8smoke --out /tmp/diag.json        # CPU
 
-Needs the model saved by ``scripts/bench_sweep.py run --stages kernel,model`` under ``--work``.
+Needs the model saved by ``scripts/bench_sweep.py run --stages kernel,model`` under ``--work``
+(with ``--smoke``: ``bench_sweep.py run --smoke --stages model``, the tiny preset; Ray's parts then
+take no GPU, and Ray's node address is ``FP8_SWEEP_NODE_IP`` when set, as for the sweep).
 The same resident ``orchestrator.model.worker.Evaluator`` (one per process) measures the same plan
 in several settings; each measurement records wall time, the CPU time of the calling thread and
 of the whole process, the calling thread's voluntary / involuntary context switches, and the CPU
@@ -264,9 +267,13 @@ def main() -> int:
     if "threads" in parts:
         rows += threads(args)
     if {"actor", "tune", "tune_pinned"} & set(parts):
+        from orchestrator.search.ray_env import ray_environment
+
+        ray_environment(None)  # as the sweep does: no Ray token saved to ~/.ray
         import ray
 
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        node_ip = os.environ.get("FP8_SWEEP_NODE_IP", "127.0.0.1")
+        ray.init(include_dashboard=False, _node_ip_address=node_ip)
         if "actor" in parts:
             rows += actor(args)
         if "tune" in parts:

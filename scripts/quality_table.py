@@ -6,6 +6,8 @@ One block per published scheme: at its FP8 share, the best measured point of eve
 (method, strategy) pair within the name's tolerance, and every control measured at the scheme's
 exact share, each with its KL, 95% bootstrap interval and top-1 agreement; the controls also carry
 the paired KL ratio (scheme / control) with its interval and the verdict from ``schemes.yaml``.
+It reads a finished sweep and computes nothing, so it needs no ``--smoke`` path:
+tests/e2e/test_sweep.py runs it on the demo's output.
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ CPU (a code-path check in a few minutes; the model it writes is barely trained):
 
     python -m scripts.train_reference --out /tmp/ref-cpu --steps 20 --batch-size 4 --eval-every 10
 
+Smoke (every step above in seconds on CPU: a 2-block model of width 64 with a 512-id tokenizer,
+4 steps, on the first 50,000 characters of each split; ``tests/integration/test_scripts.py`` runs
+it):
+
+    python -m scripts.train_reference --smoke --out /tmp/ref-smoke
+
 Perplexity is per BPE token over non-overlapping windows (each window's first token is not
 predicted), the way ``orchestrator/model/data.py`` cuts text, so it is not comparable with
 word-level WikiText-2 figures. Seeds fix the tokenizer, the initial weights and the batch order; GPU
@@ -106,7 +112,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--dev-share", type=float, default=0.05, help="tail of valid.txt kept out of training"
     )
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help=f"tiny and quick: {SMOKE}")
+    args = p.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
+    return args
+
+
+# --smoke: every step in seconds on CPU (what the tests run), not a usable model
+SMOKE = {
+    "vocab_size": 512,
+    "layers": 2,
+    "hidden": 64,
+    "intermediate": 128,
+    "seq_len": 64,
+    "batch_size": 2,
+    "steps": 4,
+    "warmup": 1,
+    "eval_every": 2,
+}
+SMOKE_TEXT_CHARS = 50_000  # of valid.txt and of test.txt: ~25k tokens each at 512 ids
 
 
 def seed_everything(seed: int) -> None:
@@ -409,6 +434,8 @@ def main() -> None:
     seed_everything(args.seed)
     valid = (DATA / "valid.txt").read_text(encoding="utf-8")
     test = (DATA / "test.txt").read_text(encoding="utf-8")
+    if args.smoke:
+        valid, test = valid[:SMOKE_TEXT_CHARS], test[:SMOKE_TEXT_CHARS]
     if args.tokenizer:
         tok, tokenizer_files = reuse_tokenizer(args.tokenizer)
     else:

@@ -1,7 +1,8 @@
 """The sweep against real services it does not own: a two-node Ray cluster started with `ray start`
-(head on 127.0.0.2, a second raylet on 127.0.0.3), a real `mlflow server` on 127.0.0.1, and
-`ray job submit`. Fixtures find free ports, time out rather than hang, and stop only the processes
-they started (matched by their private temp folders), even when a test fails."""
+(head on 127.0.0.2, a second raylet on 127.0.0.3), a real `mlflow server` on 127.0.0.1 started by
+scripts/mlflow_server.sh, and `ray job submit`, also through scripts/submit_sweep.sh. Fixtures find
+free ports, time out rather than hang, and stop only the processes they started (matched by their
+private temp folders), even when a test fails."""
 
 from __future__ import annotations
 
@@ -88,6 +89,9 @@ def cluster():
                 f"--node-ip-address={WORKER_IP}",
                 "--num-cpus=1",
                 *_agent_ports(WORKER_IP),
+                # a folder of its own, as on a second machine: sharing the head's, its runtime-env
+                # agent removed and unpacked a Ray Job's working_dir again under the running driver
+                f"--temp-dir={temp}/w",
                 "--disable-usage-stats",
             ]
         )
@@ -133,28 +137,22 @@ def _wait_for_nodes(gcs: str, n: int, timeout: float = 60) -> None:
 
 
 def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """The README's tracking server: scripts/mlflow_server.sh (sqlite, artifacts served from
+    ``root``) on 127.0.0.1, which execs ``mlflow server`` in this process's place."""
     proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--serve-artifacts",
-            "--workers",
-            "1",
-        ],
+        ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(root)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        # no job-execution consumers (7 processes of MLflow 3's GenAI jobs, which no sweep uses):
-        # on the 2-core CI box they pushed the load to 12 and the tests' client timeouts over
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # this venv's mlflow
+            "MLFLOW_PORT": str(port),
+            "MLFLOW_WORKERS": "1",
+            # no job-execution consumers (7 processes of MLflow 3's GenAI jobs, which no sweep
+            # uses): on the 2-core CI box they pushed the load to 12 and the client timeouts over
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -259,11 +257,15 @@ def test_tracking_server_outage_loses_no_results(mlflow_server, tmp_path):
 
 def _job(jobs: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`ray job ...` against the test cluster; retries while the job agent is still starting."""
+    verb, *rest = args
+    return _until_agent([str(BIN / "ray"), "job", verb, "--address", jobs, *rest], timeout)
+
+
+def _until_agent(cmd: list[str], timeout: int, **kw) -> subprocess.CompletedProcess:
+    """``cmd`` that talks to the job server, again while its agent is still starting."""
     deadline = time.monotonic() + 90
     while True:
-        verb, *rest = args
-        cmd = [str(BIN / "ray"), "job", verb, "--address", jobs, *rest]
-        proc = _run(cmd, timeout=timeout, cwd=ROOT)
+        proc = _run(cmd, timeout=timeout, **{"cwd": ROOT, **kw})
         if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             return proc
         time.sleep(2)
@@ -344,3 +346,23 @@ def test_tracking_server_that_never_returns_loses_no_results(mlflow_server, tmp_
     assert (out / "schemes.yaml").exists()
     problems = yaml.safe_load((out / "unlogged.json").read_text())["problems"]
     assert problems and "could not be written to MLflow" in stdout
+
+
+def test_submit_script_runs_the_sweep_as_a_ray_job(cluster, mlflow_server, tmp_path):
+    """The README's Ray Job line: scripts/submit_sweep.sh with RAY_ADDRESS and SUBMIT_FLAGS, a
+    relative OUTPUT (made absolute: the job runs in an uploaded copy of the checkout) and the
+    tracking server of scripts/mlflow_server.sh."""
+    _, jobs = cluster
+    uri, _, _ = mlflow_server
+    script = str(ROOT / "scripts" / "submit_sweep.sh")
+    env = {"RAY_ADDRESS": jobs, "SUBMIT_FLAGS": "--submission-id script-1"}
+    sweep_args = [*SMALL, "--set", "search.effective_bits=[8,12,14]"]  # one point per name
+    proc = _until_agent(["bash", script, "job", uri, *sweep_args], 600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = _job(jobs, "status", "script-1")
+    assert "succeeded" in (status.stdout + status.stderr).lower()
+    schemes = yaml.safe_load((tmp_path / "job" / "schemes.yaml").read_text())
+    assert len(schemes["schemes"]) == 3
+    client = MlflowClient(uri)
+    parent = client.get_run(schemes["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "sweep"

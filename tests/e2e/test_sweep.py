@@ -334,6 +334,31 @@ def test_select_reruns_selection_from_the_files(demo):
     assert (out / "schemes.yaml").read_text() == before  # a failed re-selection rewrites nothing
 
 
+def test_quality_table_script_prints_each_scheme_against_its_controls(demo):
+    """scripts/quality_table.py, the table docs/SCHEMES.md quotes, on the demo's output."""
+    out, *_ = demo
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "scripts/quality_table.py", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    blocks = proc.stdout.split("\n**")[1:]
+    schemes = yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]
+    assert [b.split("**")[0] for b in blocks] == [s["name"] for s in schemes]
+    for block, s in zip(blocks, schemes, strict=True):
+        assert block.count("(published)") == 1
+        lines = block.splitlines()
+        for row in s["controls"]:  # each control's row ends with its verdict
+            head, tail = f"| control {row['control']} |", f"{row['verdict']} |"
+            assert any(x.startswith(head) and x.endswith(tail) for x in lines), (head, block)
+    assert "Spearman(score, KL)" in blocks[-1]
+
+
 def test_export_writes_a_checkpoint_that_reloads_with_the_same_logits(demo, tmp_path):
     from orchestrator.core.config import SweepConfig, read_yaml
     from orchestrator.export.checkpoint import export_scheme, load_exported
