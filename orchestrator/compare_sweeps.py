@@ -49,7 +49,7 @@ def compare_named(
 ) -> list[dict[str, Any]]:
     """Per scheme name both sweeps published: each side's KL with CI, and B / A paired. A name
     whose trial lacks the objective's per-sequence sums reads ``not measured``."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in [n for n in a if n in b]:
         ra, rb = a[name], b[name]
         sa, sb = objective.per_sequence(ra.per_sequence), objective.per_sequence(rb.per_sequence)

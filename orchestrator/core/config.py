@@ -87,8 +87,10 @@ class DataConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    methods: list[Method] = Field(default_factory=lambda: ["gradient"], min_length=1)
-    fp8_recipes: list[Recipe] = Field(default_factory=lambda: ["FP8_DEFAULT_CFG"], min_length=1)
+    # list defaults, not factories: mypy infers a lambda's ["gradient"] as list[str], not Method;
+    # pydantic copies a list default into each instance, as a factory would make a fresh one
+    methods: list[Method] = Field(["gradient"], min_length=1)
+    fp8_recipes: list[Recipe] = Field(["FP8_DEFAULT_CFG"], min_length=1)
     num_calib_steps: int = Field(2, ge=1)
     num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
     # Score batches split into this many shards per setup, handed to the workers in turn (each
@@ -293,7 +295,8 @@ def _section_at(schema: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] 
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(part) if is_model else None
         if field is None:
             return None
         model = field.annotation

@@ -244,7 +244,7 @@ def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
     fixed = sorted(table.groups, key=lambda g: (g.block, _KIND_ORDER.get(g.kind, 9), g.name))
     if kind == "random":
         order = sorted(table.groups, key=lambda g: g.name)
-        np.random.default_rng(n).shuffle(order)  # type: ignore[arg-type]
+        np.random.default_rng(n).shuffle(order)
         return order
     if kind == "inverse":
         return sorted(table.groups, key=lambda g: (-g.score, g.name))

@@ -91,7 +91,8 @@ def _unique_plans(results: Sequence[TrialResult], obj: Objective) -> list[TrialR
 def _normalise(front: Sequence[TrialResult], obj: Objective) -> np.ndarray:
     xy = np.array([[r.achieved_bits, obj.value(r.metrics)] for r in front], dtype=float)
     lo, span = xy.min(axis=0), np.ptp(xy, axis=0)
-    return (xy - lo) / np.where(span > 0, span, 1.0)
+    scaled: np.ndarray = (xy - lo) / np.where(span > 0, span, 1.0)  # numpy types this Any
+    return scaled
 
 
 def knee(front: Sequence[TrialResult], obj: Objective = KL_MEAN) -> TrialResult | None:
@@ -160,7 +161,7 @@ def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) 
 
 def front_of(
     results: Sequence[TrialResult], max_kl: float | None, obj: Objective = KL_MEAN
-) -> tuple[list, list]:
+) -> tuple[list[TrialResult], list[TrialResult]]:
     """(pool of distinct feasible plans, its Pareto front fewest bits first)."""
     pool = _unique_plans(feasible(results, max_kl, obj), obj)
     xy = np.array([[r.achieved_bits, obj.value(r.metrics)] for r in pool], dtype=float)

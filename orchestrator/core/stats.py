@@ -50,8 +50,8 @@ def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def ratio_ci(
-    numerator: Sequence[float],
-    denominator: Sequence[float],
+    numerator: Sequence[float] | np.ndarray,
+    denominator: Sequence[float] | np.ndarray,
     seed: int,
     replicates: int = REPLICATES,
     level: float = LEVEL,
@@ -67,8 +67,8 @@ def ratio_ci(
 
 
 def paired_ratio_ci(
-    a: Sequence[float],
-    b: Sequence[float],
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
     seed: int,
     replicates: int = REPLICATES,
     level: float = LEVEL,

@@ -34,12 +34,14 @@ def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
     return out
 
 
-def _row(base: Mapping[str, Any], kl: np.ndarray, tokens: np.ndarray, seed: int) -> dict:
+def _row(base: Mapping[str, Any], kl: np.ndarray, tokens: np.ndarray, seed: int) -> dict[str, Any]:
     ci = ratio_ci(kl, tokens, seed)
     return {**base, "kl_mean": ci.estimate, "kl_ci": [ci.low, ci.high]}
 
 
-def _paired(row: dict[str, Any], scheme_kl: np.ndarray, control_kl: np.ndarray, seed: int) -> dict:
+def _paired(
+    row: dict[str, Any], scheme_kl: np.ndarray, control_kl: np.ndarray, seed: int
+) -> dict[str, Any]:
     ratio = paired_ratio_ci(scheme_kl, control_kl, seed)
     return {
         **row,

@@ -187,7 +187,7 @@ def is_skipped(loader: Loader, layer: str, entries: Sequence[str]) -> bool:
 
 def _fmt(config: Mapping[str, Any]) -> str | None:
     method = (config.get("quantization_config") or {}).get("quant_method")
-    return {"modelopt": "modelopt", "compressed-tensors": "compressed-tensors"}.get(method)
+    return method if method in ("modelopt", "compressed-tensors") else None
 
 
 def _entries(folder: Path, fmt: str, config: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -85,13 +85,19 @@ class DataSets:
 
 
 class Sample(Protocol):
-    """An encoded image+text record (``images.Encoded``): ``ids[answer_start:]`` is the answer."""
+    """An encoded image+text record (``images.Encoded``): ``ids[answer_start:]`` is the answer.
+    Read-only members, which a frozen record like ``Encoded`` provides."""
 
-    ids: np.ndarray
-    answer_start: int
-    pixels: np.ndarray
-    grid: np.ndarray
-    image_sha: str
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def answer_start(self) -> int: ...
+    @property
+    def pixels(self) -> np.ndarray: ...
+    @property
+    def grid(self) -> np.ndarray: ...
+    @property
+    def image_sha(self) -> str: ...
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:

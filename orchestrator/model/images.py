@@ -280,12 +280,12 @@ def load_encoder(
     )
 
     vision = config.vision_config
-    sizes = {
+    sizes: dict[str, Any] = {
         "patch_size": int(vision.patch_size),
         "merge_size": int(vision.spatial_merge_size),
         "temporal_patch_size": int(vision.temporal_patch_size),
     }
-    kw = {"revision": revision, "trust_remote_code": trust_remote_code}
+    kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **kw, **sizes)
     except OSError as e:
@@ -297,6 +297,7 @@ def load_encoder(
     if not tokenizer.chat_template:
         raise DataError(f"model.source={source!r}: its tokenizer has no chat template")
     image_token = tokenizer.convert_ids_to_tokens(int(config.image_token_id))
+    assert isinstance(image_token, str)  # one id in, one token out
     return Encoder(tokenizer, image_processor, image_token)
 
 

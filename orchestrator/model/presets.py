@@ -37,8 +37,6 @@ def _tiny_config() -> Any:
             fullatt_block_indexes=[1],
         ),
         tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=1,
         image_token_id=2,
         video_token_id=3,
         vision_start_token_id=4,

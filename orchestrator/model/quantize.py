@@ -8,7 +8,7 @@ import fnmatch
 import re
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -16,6 +16,10 @@ from torch import nn
 from orchestrator.model.batches import calibration_batches
 from orchestrator.model.data import TokenSet
 from orchestrator.model.device import sync
+
+if TYPE_CHECKING:  # types only: ModelOpt and transformers are imported where they are used
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    from transformers import PreTrainedModel
 
 _QUANTIZER_ATTRS = ("weight_quantizer", "input_quantizer")
 
@@ -58,7 +62,8 @@ def fp8_quant_config(
 
 def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(decoder, output layer) of a HF causal LM or Qwen2.5-VL: logits = head(decoder(ids)[0])."""
-    body, head = getattr(model, "model", None), model.get_output_embeddings()
+    hf = cast("PreTrainedModel", model)  # nn.Module types other attributes Tensor | Module
+    body, head = getattr(model, "model", None), hf.get_output_embeddings()
     if body is None or head is None:
         raise TypeError(f"{type(model).__name__} has no .model decoder and output embeddings")
     return body, head
@@ -96,9 +101,9 @@ def quantize_plan(
     return mtq.quantize(model, fp8_quant_config(recipe, modules, names), forward_loop=forward_loop)
 
 
-def module_quantizers(model: nn.Module, modules: Iterable[str]) -> dict[str, list[nn.Module]]:
+def module_quantizers(model: nn.Module, modules: Iterable[str]) -> dict[str, list[TensorQuantizer]]:
     wanted = set(modules)
-    out: dict[str, list[nn.Module]] = {}
+    out: dict[str, list[TensorQuantizer]] = {}
     for name, mod in model.named_modules():
         if name in wanted:
             out[name] = [getattr(mod, a) for a in _QUANTIZER_ATTRS if hasattr(mod, a)]

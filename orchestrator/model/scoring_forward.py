@@ -82,7 +82,8 @@ def find_decoder(model: nn.Module) -> Decoder | None:
         and name.split(".")[-1] == "layers"
         and not family.in_vision_tower(name)
     ]
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
     if len(hits) != 1 or head is None:
         return None
     name, layers = hits[0]

@@ -45,7 +45,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ from orchestrator.model.families import ModelProfile
 from orchestrator.model.loading import load_model
 from orchestrator.model.quantize import lm_parts, module_quantizers, quantize_plan
 from orchestrator.runtime.logs import setup_logging
+
+if TYPE_CHECKING:  # types only: transformers is imported where models are loaded
+    from transformers import PreTrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +270,8 @@ class Evaluator:
         self.body, self.head = lm_parts(self.model)
         self.eval_batches = batches(eval_set, device, stack_size(eval_set))
         self._set_enabled(())
-        width = int(self.model.config.get_text_config().hidden_size)
+        config = cast("PreTrainedConfig", self.model.config)  # nn.Module types it Tensor | Module
+        width = int(config.get_text_config().hidden_size)
         itemsize = torch.finfo(next(self.model.parameters()).dtype).bits // 8
         self._reference: list[torch.Tensor] | None = None
         t0 = time.perf_counter()
@@ -337,21 +341,21 @@ class Evaluator:
             for name, keep in (("text", [not x for x in image]), ("image", image)):
                 if not any(keep):
                     continue
-                part, n = (
+                part, part_tokens = (
                     per_seq[torch.tensor(keep)],
                     [t for t, k in zip(tokens, keep, strict=True) if k],
                 )
                 metrics.update(
                     {
                         f"{name}_{k}": v
-                        for k, v in summarize(part.sum(dim=0).tolist(), sum(n)).items()
+                        for k, v in summarize(part.sum(dim=0).tolist(), sum(part_tokens)).items()
                     }
                 )
-                metrics[f"{name}_eval_sequences"] = float(len(n))
+                metrics[f"{name}_eval_sequences"] = float(len(part_tokens))
                 per_sequence.update(
                     {f"{name}_kl": part[:, 0].tolist(), f"{name}_agree": part[:, 1].tolist()}
                 )
-                per_sequence[f"{name}_tokens"] = n
+                per_sequence[f"{name}_tokens"] = part_tokens
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics.update(peak_memory(self.device))
         metrics["per_sequence"] = per_sequence

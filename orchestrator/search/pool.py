@@ -65,7 +65,7 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def _worker_actor() -> type:
+def _worker_actor() -> type[Any]:
     """The Ray actor class around :class:`orchestrator.model.worker.Worker` (torch is imported
     here only, not in the driver's or the trials' imports of this module)."""
     from orchestrator.model.worker import Worker
@@ -262,7 +262,8 @@ def _gpu_memory(nodes: Sequence[dict[str, Any]], local: bool) -> dict[str, float
         ).remote()
         for n in nodes
     ]
-    return {n["NodeID"]: min(ray.get(r), default=0.0) for n, r in zip(nodes, refs, strict=True)}
+    sizes = ray.get(refs)
+    return {n["NodeID"]: min(s, default=0.0) for n, s in zip(nodes, sizes, strict=True)}
 
 
 def _get_or_empty(ref: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
@@ -99,7 +99,7 @@ def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult
     cfg = inp.cfg
     points, total = grid_points(cfg.search, ctx.tables)
     log.info("%d grid point(s) -> %d distinct plan(s)", total, len(points))
-    space = {
+    space: dict[str, Sequence[Any]] = {
         "effective_bits": cfg.search.effective_bits,
         "coverage": cfg.search.coverage,
         "method": cfg.scoring.methods,

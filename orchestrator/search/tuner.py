@@ -141,7 +141,8 @@ def run_trials(
         )
     log.info("%d trial(s), %d at a time on %d worker(s)", total, workers, workers)
     grid = tuner.fit()
-    return [_to_result(r, ctx.tables) for r in grid]
+    # ResultGrid iterates through __len__/__getitem__, which its types do not declare iterable
+    return [_to_result(r, ctx.tables) for r in grid]  # type: ignore[attr-defined]
 
 
 def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,7 +121,7 @@ def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
     """The kind that opens the UI on the runs table, and the description shown above them."""
     client = MlflowClient(uri)
     for k, v in {**KIND_TAGS, NOTE_TAG: description}.items():
-        retry(lambda k=k, v=v: client.set_experiment_tag(experiment_id, k, v), f"tag {k}")
+        retry(partial(client.set_experiment_tag, experiment_id, k, v), f"tag {k}")
 
 
 def run_experiment(uri: str, run_id: str) -> str:
@@ -185,7 +186,7 @@ def start_parent(
         run_id = run.info.run_id
     _log_params(client, run_id, params)
     for k, v in tags.items():
-        retry(lambda k=k, v=v: client.set_tag(run_id, k, v), "tag parent")
+        retry(partial(client.set_tag, run_id, k, v), "tag parent")
     return run_id
 
 
@@ -196,7 +197,7 @@ def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) ->
     ]
     for i in range(0, len(fresh), 100):
         batch = fresh[i : i + 100]
-        retry(lambda b=batch: client.log_batch(run_id, params=b), "log params")
+        retry(partial(client.log_batch, run_id, params=batch), "log params")
 
 
 def _metric_batch(metrics: Mapping[str, float]) -> list[Any]:
@@ -264,7 +265,7 @@ def finish_child(
         "log metrics",
     )
     for name, payload in artifacts.items():
-        retry(lambda n=name, p=payload: client.log_dict(run_id, p, n), f"log {name}")
+        retry(partial(client.log_dict, run_id, payload, name), f"log {name}")
     retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish child")
 
 
@@ -328,8 +329,8 @@ def close_stale_children(target: TrackingTarget, reason: str) -> list[str]:
     closed = []
     for run in children(target):
         if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
-            retry(lambda r=run: client.set_tag(r.info.run_id, "error", reason), "tag stale")
-            retry(lambda r=run: client.set_terminated(r.info.run_id, "FAILED"), "close stale")
+            retry(partial(client.set_tag, run.info.run_id, "error", reason), "tag stale")
+            retry(partial(client.set_terminated, run.info.run_id, "FAILED"), "close stale")
             closed.append(run.info.run_id)
     return closed
 
@@ -340,7 +341,7 @@ def log_parent_outputs(
     client = MlflowClient(target.uri)
     for f in files:
         if f.exists():
-            retry(lambda f=f: client.log_artifact(target.parent_run_id, str(f)), f"log {f.name}")
+            retry(partial(client.log_artifact, target.parent_run_id, str(f)), f"log {f.name}")
     if metrics:
         retry(
             lambda: client.log_batch(target.parent_run_id, metrics=_metric_batch(metrics)),
@@ -351,7 +352,7 @@ def log_parent_outputs(
 def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client = MlflowClient(uri)
     for k, v in tags.items():
-        retry(lambda k=k, v=v: client.set_tag(run_id, k, v), f"tag {k}")
+        retry(partial(client.set_tag, run_id, k, v), f"tag {k}")
 
 
 def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
