@@ -201,15 +201,15 @@ class ControlConfig(_Strict):
         return out + (["attn_bf16"] if self.attn_bf16 else [])
 
 
-class FaultConfig(_Strict):
-    """Fault injection for the reliability tests only; empty in every shipped config."""
-
-    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises, every attempt
-    nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
-    kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
-    kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
-    kill_worker_once_on_bits: list[float] = Field(default_factory=list)  # GPU worker dies, once
-    sleep_seconds: float = Field(0.0, ge=0)  # every trial sleeps this long (slow-trial tests)
+# The ``fault`` section as every sweep before its removal wrote it: no faults.
+RETIRED_FAULT_SECTION = {
+    "raise_on_bits": [],
+    "nan_on_bits": [],
+    "kill_on_bits": [],
+    "kill_once_on_bits": [],
+    "kill_worker_once_on_bits": [],
+    "sleep_seconds": 0.0,
+}
 
 
 class SweepConfig(_Strict):
@@ -225,7 +225,6 @@ class SweepConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     tracking: TrackingConfig = TrackingConfig()
     controls: ControlConfig = ControlConfig()
-    fault: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
     def _steps_fit_data(self) -> SweepConfig:
@@ -248,8 +247,14 @@ class SweepConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Identity of the experiment: what decides results, not where they are tracked."""
-        return stable_hash(self.model_dump(mode="json", exclude={"tracking"}))
+        """Identity of the experiment: what decides results, not where they are tracked.
+
+        The ``fault`` section the config had until the tests' faults left it (for
+        ``orchestrator.runtime.hooks``) is hashed as it always was, empty, so a sweep started
+        before keeps its hash: it resumes, and its schemes.yaml names the same hash.
+        """
+        dump = self.model_dump(mode="json", exclude={"tracking"})
+        return stable_hash({**dump, "fault": RETIRED_FAULT_SECTION})
 
     @property
     def experiment(self) -> str:
@@ -367,6 +372,15 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Swee
         return SweepConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, str(path), SweepConfig)) from None
+
+
+def read_written_config(path: Path) -> SweepConfig:
+    """A sweep's own ``config.yaml``, as ``select`` and ``export`` read it back. Sweeps started
+    while the config still had a ``fault`` section wrote it there; it is dropped (faults never
+    decide what is selected or exported)."""
+    raw = read_yaml(path)
+    raw.pop("fault", None)
+    return SweepConfig.model_validate(raw)
 
 
 class ShareBand(_Strict):

@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.core.config import ConfigError, load_catalog, load_config, parse_overrides
+from orchestrator.core.config import (
+    ConfigError,
+    load_catalog,
+    load_config,
+    parse_overrides,
+    read_written_config,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -126,6 +132,19 @@ def test_config_hash_ignores_tracking_only(tmp_path):
     b = load_config(_cfg(tmp_path, BASE), ["tracking.experiment=other"])
     c = load_config(_cfg(tmp_path, BASE), ["seed=1"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_the_demo_config_hash_is_pinned():
+    """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
+    it: a change to the schema that changes it must be deliberate (and say so)."""
+    assert load_config().config_hash() == "5b1984e9b572162f"
+
+
+def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):
+    """select and export read config.yaml of sweeps that wrote an (empty) fault section."""
+    old = {**BASE, "fault": {"raise_on_bits": [], "sleep_seconds": 0.0}}
+    cfg = read_written_config(_cfg(tmp_path, old))
+    assert cfg == load_config(_cfg(tmp_path, BASE))
 
 
 def test_catalog_with_duplicate_names_is_rejected(tmp_path):
