@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,6 +44,8 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # keys the section took once, each with why it went: refused as removed, not as unknown
+    removed: ClassVar[Mapping[str, str]] = {}
 
 
 class ModelConfig(_Strict):
@@ -226,6 +228,8 @@ class SweepConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     controls: ControlConfig = ControlConfig()
 
+    removed = {"fault": "faults are injected by the test suite only, tests/faults.py"}
+
     @model_validator(mode="after")
     def _steps_fit_data(self) -> SweepConfig:
         if self.scoring.num_score_steps > self.data.score_batches:
@@ -266,15 +270,18 @@ def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -
 
     A missing field has no value of its own (pydantic's ``input`` is the enclosing mapping), so it
     reads ``search.coverage: required (<what the field takes>)``; an unknown key lists the keys
-    its section takes.
+    its section takes, and a key it took once says why it went (``removed``).
     """
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_at(schema, e["loc"][:-1])
+            why = section.removed.get(str(e["loc"][-1])) if section else None
             known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
-            parts.append(f"unknown key '{loc}'{known}")
+            parts.append(
+                f"'{loc}' was removed ({why}); delete it" if why else f"unknown key '{loc}'{known}"
+            )
         elif e["type"] == "missing":
             parts.append(f"{loc}: required ({_takes(schema, e['loc'])})")
         else:
@@ -416,8 +423,11 @@ class CatalogScheme(_Strict):
     knobs: SchemeKnobs = Field(
         description="a mapping with effective_bits, num_score_steps, num_calib_steps"
     )
-    coverage_rule: str = Field(description="a sentence on which blocks may hold FP8")
-    post_filters: list[str] = Field(default_factory=list)
+
+    removed = {
+        k: "it never had an effect; docs/SCHEMES.md has the selection rules"
+        for k in ("coverage_rule", "post_filters")
+    }
 
 
 class Catalog(_Strict):

@@ -147,6 +147,26 @@ def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_pat
     assert cfg == load_config(_cfg(tmp_path, BASE))
 
 
+def test_a_removed_key_says_it_was_removed_not_unknown(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, BASE), ["fault.sleep_seconds=2"])
+    assert str(e.value).endswith(
+        "c.yaml: 'fault' was removed (faults are injected by the test suite only, "
+        "tests/faults.py); delete it"
+    )
+    doc = yaml.safe_load(Path(load_catalog.__defaults__[0]).read_text())
+    doc["schemes"][2]["coverage_rule"] = "coverage 1.0 (every decoder block)"
+    doc["schemes"][2]["post_filters"] = ["finished trial with finite metrics"]
+    p = tmp_path / "cat.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "unknown key" not in msg
+    assert "'schemes.2.coverage_rule' was removed (it never had an effect; " in msg
+    assert "'schemes.2.post_filters' was removed (it never had an effect; " in msg
+
+
 def test_catalog_with_duplicate_names_is_rejected(tmp_path):
     doc = yaml.safe_load(Path(load_catalog.__defaults__[0]).read_text())
     doc["schemes"][1]["name"] = doc["schemes"][0]["name"]
