@@ -40,9 +40,6 @@ from typing import Any
 FP8 = "F8_E4M3"
 
 
-DTYPE_BYTES = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
-
-
 SCALES = ("weight_scale", "input_scale")
 
 
