@@ -8,7 +8,7 @@
 Without ``--preset`` the model is a random-weight Qwen2.5-VL of ``--layers`` decoder blocks and
 ``--hidden`` width (a 2-block vision tower that scoring never touches; wide enough that the
 blocks, not ModelOpt's per-group bookkeeping of ~20 ms CPU, dominate a forward), saved with
-``save_pretrained`` and loaded back through ``profiles.load_model`` like any local checkpoint.
+``save_pretrained`` and loaded back through ``loading.load_model`` like any local checkpoint.
 Both variants score a fresh copy of that model on the same synthetic token batches through
 ``scoring.run_auto_quantize`` (reuse first, then full forwards, or ``--order`` the other way);
 the phases are ModelOpt's own (``calibrate``, ``estimate_sensitivity_scores``; the rest is hparam

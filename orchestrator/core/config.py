@@ -126,7 +126,7 @@ class SearchConfig(_Strict):
     gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
     reference_cache_gib: float = Field(8.0, ge=0)  # device GiB for BF16 hidden states; 0: recompute
     # GPUs of one node each worker reserves and spreads the model over; auto: the fewest that hold
-    # it (orchestrator/memory.py). Workers per node = its GPUs // this.
+    # it (orchestrator/core/memory.py). Workers per node = its GPUs // this.
     gpus_per_worker: int | Literal["auto"] = "auto"
 
     @field_validator("gpus_per_worker")
