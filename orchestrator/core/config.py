@@ -277,7 +277,7 @@ def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_at(schema, e["loc"][:-1])
-            why = section.removed.get(str(e["loc"][-1])) if section else None
+            why = getattr(section, "removed", {}).get(str(e["loc"][-1]))
             known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
             parts.append(
                 f"'{loc}' was removed ({why}); delete it" if why else f"unknown key '{loc}'{known}"
