@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator import cli
-from orchestrator.core.config import ConfigError, SweepConfig, load_catalog, read_yaml
+from orchestrator.core.config import ConfigError, load_catalog, read_written_config
 from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = read_sweep_json(output)
     if sweep is None or not (output / "trials.parquet").exists():
         raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
-    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+    cfg = read_written_config(output / "config.yaml")
     catalog = load_catalog(args.catalog or cfg.selection.catalog)
     if args.max_kl is not None and not args.max_kl > 0:
         raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")

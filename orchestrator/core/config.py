@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +52,8 @@ class DataError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # keys the section took once, each with why it went: refused as removed, not as unknown
+    removed: ClassVar[Mapping[str, str]] = {}
 
 
 class ModelConfig(_Strict):
@@ -134,7 +136,7 @@ class SearchConfig(_Strict):
     gpus: Literal["auto", "required"] = "auto"  # required: refuse to run without GPUs
     reference_cache_gib: float = Field(8.0, ge=0)  # device GiB for BF16 hidden states; 0: recompute
     # GPUs of one node each worker reserves and spreads the model over; auto: the fewest that hold
-    # it (orchestrator/memory.py). Workers per node = its GPUs // this.
+    # it (orchestrator/core/memory.py). Workers per node = its GPUs // this.
     gpus_per_worker: int | Literal["auto"] = "auto"
 
     @field_validator("gpus_per_worker")
@@ -211,15 +213,15 @@ class ControlConfig(_Strict):
         return out + (["attn_bf16"] if self.attn_bf16 else [])
 
 
-class FaultConfig(_Strict):
-    """Fault injection for the reliability tests only; empty in every shipped config."""
-
-    raise_on_bits: list[float] = Field(default_factory=list)  # trial raises, every attempt
-    nan_on_bits: list[float] = Field(default_factory=list)  # trial measures NaN KL
-    kill_on_bits: list[float] = Field(default_factory=list)  # trial process dies (as on OOM)
-    kill_once_on_bits: list[float] = Field(default_factory=list)  # dies on the first attempt only
-    kill_worker_once_on_bits: list[float] = Field(default_factory=list)  # GPU worker dies, once
-    sleep_seconds: float = Field(0.0, ge=0)  # every trial sleeps this long (slow-trial tests)
+# The ``fault`` section as every sweep before its removal wrote it: no faults.
+RETIRED_FAULT_SECTION = {
+    "raise_on_bits": [],
+    "nan_on_bits": [],
+    "kill_on_bits": [],
+    "kill_once_on_bits": [],
+    "kill_worker_once_on_bits": [],
+    "sleep_seconds": 0.0,
+}
 
 
 class SweepConfig(_Strict):
@@ -235,7 +237,8 @@ class SweepConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     tracking: TrackingConfig = TrackingConfig()
     controls: ControlConfig = ControlConfig()
-    fault: FaultConfig = FaultConfig()
+
+    removed = {"fault": "faults are injected by the test suite only, tests/faults.py"}
 
     @model_validator(mode="after")
     def _steps_fit_data(self) -> SweepConfig:
@@ -258,8 +261,14 @@ class SweepConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Identity of the experiment: what decides results, not where they are tracked."""
-        return stable_hash(self.model_dump(mode="json", exclude={"tracking"}))
+        """Identity of the experiment: what decides results, not where they are tracked.
+
+        The ``fault`` section the config had until the tests' faults left it (for
+        ``orchestrator.runtime.hooks``) is hashed as it always was, empty, so a sweep started
+        before keeps its hash: it resumes, and its schemes.yaml names the same hash.
+        """
+        dump = self.model_dump(mode="json", exclude={"tracking"})
+        return stable_hash({**dump, "fault": RETIRED_FAULT_SECTION})
 
     @property
     def experiment(self) -> str:
@@ -271,15 +280,18 @@ def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -
 
     A missing field has no value of its own (pydantic's ``input`` is the enclosing mapping), so it
     reads ``search.coverage: required (<what the field takes>)``; an unknown key lists the keys
-    its section takes.
+    its section takes, and a key it took once says why it went (``removed``).
     """
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_at(schema, e["loc"][:-1])
+            why = getattr(section, "removed", {}).get(str(e["loc"][-1]))
             known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
-            parts.append(f"unknown key '{loc}'{known}")
+            parts.append(
+                f"'{loc}' was removed ({why}); delete it" if why else f"unknown key '{loc}'{known}"
+            )
         elif e["type"] == "missing":
             parts.append(f"{loc}: required ({_takes(schema, e['loc'])})")
         else:
@@ -380,6 +392,15 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Swee
         raise ConfigError(_format_errors(e, str(path), SweepConfig)) from None
 
 
+def read_written_config(path: Path) -> SweepConfig:
+    """A sweep's own ``config.yaml``, as ``select`` and ``export`` read it back. Sweeps started
+    while the config still had a ``fault`` section wrote it there; it is dropped (faults never
+    decide what is selected or exported)."""
+    raw = read_yaml(path)
+    raw.pop("fault", None)
+    return SweepConfig.model_validate(raw)
+
+
 class ShareBand(_Strict):
     """What a name promises: an FP8 share of the eligible LM weights, give or take ``tolerance``."""
 
@@ -413,8 +434,11 @@ class CatalogScheme(_Strict):
     knobs: SchemeKnobs = Field(
         description="a mapping with effective_bits, num_score_steps, num_calib_steps"
     )
-    coverage_rule: str = Field(description="a sentence on which blocks may hold FP8")
-    post_filters: list[str] = Field(default_factory=list)
+
+    removed = {
+        k: "it never had an effect; docs/SCHEMES.md has the selection rules"
+        for k in ("coverage_rule", "post_filters")
+    }
 
 
 class Catalog(_Strict):

@@ -18,5 +18,5 @@ class Inputs:
     address: str | None
     catalog: Catalog  # read before Ray starts: nothing is read from the package afterwards
     profile: str
-    need: WorkerNeed  # the memory plan: what one worker needs (orchestrator/memory.py)
+    need: WorkerNeed  # the memory plan: what one worker needs (orchestrator/core/memory.py)
     verbose: bool = False  # libraries' output on the console instead of in logs/

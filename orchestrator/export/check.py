@@ -43,9 +43,6 @@ from orchestrator.model.families import EMBEDDINGS, FAMILIES, Family, supported_
 FP8 = "F8_E4M3"
 
 
-DTYPE_BYTES = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
-
-
 SCALES = ("weight_scale", "input_scale")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.core.config import ConfigError, SweepConfig, read_yaml
+from orchestrator.core.config import ConfigError, SweepConfig, read_written_config
 from orchestrator.export.check import check_export
 from orchestrator.export.formats import finish_modelopt, write_compressed_tensors
 from orchestrator.outputs.files import read_sweep_json
@@ -71,7 +71,7 @@ def export_scheme(
 ) -> Path:
     """Quantize and calibrate the scheme's plan afresh, write it as ``fmt``, check, publish."""
     scheme = find_scheme(output, name)
-    cfg = SweepConfig.model_validate(read_yaml(output / "config.yaml"))
+    cfg = read_written_config(output / "config.yaml")
     plan = json.loads((output / scheme["modules"]).read_text())
     dest = check_dest(dest)
     model = _calibrated_model(cfg, plan, device)

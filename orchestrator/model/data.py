@@ -172,10 +172,6 @@ def _windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
     return ids[: n * seq_len].reshape(n, seq_len)
 
 
-def _take(windows: np.ndarray, start: int, batches: int, batch_size: int) -> np.ndarray:
-    return windows[start : start + batches * batch_size].reshape(batches, batch_size, -1)
-
-
 @dataclass(frozen=True)
 class ImageSamples:
     """Encoded image+text records and how they mix into the sets: ``fraction`` of the rows of

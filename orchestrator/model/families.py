@@ -113,9 +113,6 @@ FAMILIES = {
 }
 
 
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
-
-
 class UnsupportedModel(ValueError):
     """The model's type is not a supported family, or the installed transformers lacks it."""
 

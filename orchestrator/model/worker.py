@@ -42,7 +42,6 @@ import copy
 import gc
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -58,6 +57,7 @@ from orchestrator.model.device import default_device, on_model_thread, peak_memo
 from orchestrator.model.families import ModelProfile
 from orchestrator.model.loading import load_model
 from orchestrator.model.quantize import lm_parts, module_quantizers, quantize_plan
+from orchestrator.runtime.hooks import fault_hooks
 from orchestrator.runtime.logs import setup_logging
 
 if TYPE_CHECKING:  # types only: transformers is imported where models are loaded
@@ -205,15 +205,14 @@ class Worker:
         fp8_recipe: str,
         reference_cache_bytes: int,
         fp8_modules: Sequence[str],
-        die: bool = False,
     ) -> dict[str, Any]:
         """Measure a plan on the resident model (prepared first if needed), on the model thread.
 
         The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident).
-        ``die`` ends the process as the OOM killer would: the reliability tests' worker fault.
         """
-        if die:
-            os._exit(137)
+        hooks = fault_hooks()
+        if hooks is not None:  # the reliability tests' worker fault may end this process here
+            hooks.worker_evaluates(fp8_modules)
 
         def run() -> dict[str, Any]:
             paid = self._prepare(data, fp8_recipe, reference_cache_bytes)

@@ -86,7 +86,7 @@ def route_worker_output(log_file: str | None, label: str, verbose: bool = False)
     """In a Ray worker process (once): the sweep's records on stdout, the rest to a file or stderr.
 
     Ray forwards a worker's stdout and stderr to the driver, which shows stdout on the console
-    and keeps stderr in its log file (:func:`output_to`). So stdout carries only records of the
+    and keeps stderr in its log file (:func:`divert_output`). So stdout carries only records of the
     ``orchestrator`` loggers, labelled (``[worker 0]``); with ``log_file`` the process's
     descriptors 1 and 2 (ModelOpt's prints and progress bars, warnings, transformers) go to that
     file, which also receives every record. ``verbose`` leaves the streams alone and shows every

@@ -80,8 +80,6 @@ def trial_context(
         tables={table_key(t.method, t.fp8_recipe): t for t in tables},
         tracking=target,
         run_tags=run_tags(),
-        fault=inp.cfg.fault,
-        fault_dir=str(inp.output / "faults"),
         reference_cache_bytes=reference_cache_bytes,
         seed=inp.cfg.seed,
         verbose=inp.verbose,

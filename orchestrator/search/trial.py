@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import socket
 import tempfile
 import time
@@ -29,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
-from orchestrator.core.config import FaultConfig
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Plan, Point, ScoreTable, stable_seed
 from orchestrator.core.stats import ratio_ci
+from orchestrator.runtime.hooks import fault_hooks
 
 if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
     from orchestrator.tracking.client import TrackingTarget
@@ -61,41 +60,9 @@ class TrialContext:
     tables: Mapping[str, ScoreTable]  # by "method|recipe"
     tracking: TrackingTarget
     run_tags: Mapping[str, str]  # git commit, library versions: on every child run
-    fault: FaultConfig
-    fault_dir: str
     reference_cache_bytes: int
     seed: int  # the sweep's: with the plan hash it seeds each trial's bootstrap
     verbose: bool = False  # every library's output on the console, not only the sweep's records
-
-
-def _inject_fault(fault: FaultConfig, bits: float, plan_hash: str, fault_dir: str) -> str | None:
-    """Test-only faults, keyed by the trial's effective bits; "once" faults leave a marker file.
-
-    Returns "nan" (the trial measures NaN), "kill_worker" (the worker dies mid-evaluation, as a GPU
-    process killed for memory would) or None.
-    """
-
-    def hit(values: Sequence[float]) -> bool:
-        return any(abs(bits - b) < 1e-9 for b in values)
-
-    def first_time(kind: str) -> bool:
-        marker = Path(fault_dir) / f"{plan_hash}.{kind}"
-        if marker.exists():
-            return False
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(kind)
-        return True
-
-    time.sleep(fault.sleep_seconds)
-    if hit(fault.raise_on_bits):
-        raise RuntimeError(f"injected fault at effective_bits={bits}")
-    if hit(fault.kill_on_bits):
-        os._exit(137)  # what the OOM killer leaves behind
-    if hit(fault.kill_once_on_bits) and first_time("killed"):
-        os._exit(137)
-    if hit(fault.kill_worker_once_on_bits) and first_time("worker_killed"):
-        return "kill_worker"
-    return "nan" if hit(fault.nan_on_bits) else None
 
 
 def _finite_or_fail(metrics: Mapping[str, float]) -> None:
@@ -187,18 +154,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         _report_with_checkpoint({**stored_result, **base, **where, "reused": 1.0, "logged": 1.0})
         return
     try:
-        fault = _inject_fault(ctx.fault, point.effective_bits, plan.plan_hash, ctx.fault_dir)
-        metrics, where = ray.get(
-            ctx.dispatcher.evaluate.remote(
-                ctx.data,
-                plan.fp8_recipe,
-                ctx.reference_cache_bytes,
-                list(plan.fp8_modules),
-                fault == "kill_worker",
-            )
-        )
-        if fault == "nan":
-            metrics["kl_mean"] = math.nan
+        metrics, where = _measure(ctx, point, plan)
         per_seq = metrics.pop("per_sequence")
         metrics.update(error_bars(per_seq, bootstrap_seed(ctx.seed, plan.plan_hash)))
         metrics.update(plan_metrics(plan))
@@ -225,6 +181,23 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
             log.warning("could not log trial %s (%s); the driver will retry", plan.plan_hash, e)
     result = {**metrics, "per_sequence": per_seq, **base, **where}
     _report_with_checkpoint({**result, "reused": 0.0, "logged": logged})
+
+
+def _measure(
+    ctx: TrialContext, point: Point, plan: Plan
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The plan measured on a borrowed worker; under the reliability tests, through their faults
+    (``orchestrator.runtime.hooks``)."""
+
+    def measure() -> tuple[dict[str, Any], dict[str, str]]:
+        return ray.get(
+            ctx.dispatcher.evaluate.remote(
+                ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes, list(plan.fp8_modules)
+            )
+        )
+
+    hooks = fault_hooks()
+    return measure() if hooks is None else hooks.evaluate(point, plan, measure)
 
 
 def plan_metrics(plan: Plan) -> dict[str, float]:

@@ -45,7 +45,7 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
             inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts", describe(inp, False)
         )
     )
-    flat = _flatten(cfg.model_dump(mode="json", exclude={"fault"}))
+    flat = _flatten(cfg.model_dump(mode="json"))
     tags = {
         client.NOTE_TAG: describe(inp, True),
         "config_hash": inp.config_hash,

@@ -6,6 +6,7 @@ private temp folders), even when a test fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from orchestrator.outputs.tables import read_score_tables
 from tests.conftest import HEAD_IP, ROOT, WORKER_IP, free_port
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import start_sweep, sweep
+from tests.faults import fault_env
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -274,9 +276,12 @@ def _until_agent(cmd: list[str], timeout: int, **kw) -> subprocess.CompletedProc
 def test_ray_job_submit_logs_stop_and_resume(cluster, tmp_path):
     _, jobs = cluster
     out = tmp_path / "job"
+    slow = {"env_vars": fault_env(sleep_seconds=2)}  # the job's trials, wherever they run
     sweep_cmd = [
         "--working-dir",
         str(ROOT),
+        "--runtime-env-json",
+        json.dumps(slow),
         "--",
         "python",
         "-m",
@@ -288,8 +293,6 @@ def test_ray_job_submit_logs_stop_and_resume(cluster, tmp_path):
         "search.max_concurrent=1",
         "--set",
         "search.effective_bits=[8,9,10,11,12,13,14,15]",
-        "--set",
-        "fault.sleep_seconds=2",
     ]
     first = _job(jobs, "submit", "--no-wait", "--submission-id", "sweep-1", *sweep_cmd)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -321,17 +324,10 @@ def test_tracking_server_that_never_returns_loses_no_results(mlflow_server, tmp_
         "FP8_SWEEP_TRACKING_ATTEMPTS": "2",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        **fault_env(sleep_seconds=1),
     }
     driver = start_sweep(
-        out,
-        "--tracking-uri",
-        uri,
-        *SMALL,
-        "--set",
-        "search.max_concurrent=1",
-        "--set",
-        "fault.sleep_seconds=1",
-        env=env,
+        out, "--tracking-uri", uri, *SMALL, "--set", "search.max_concurrent=1", env=env
     )
     try:
         os.killpg(procs[0].pid, signal.SIGKILL)  # gone for good

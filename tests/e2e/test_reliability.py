@@ -21,6 +21,7 @@ from orchestrator.outputs.ownership import OWNER_DIR
 from tests.conftest import ROOT
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import run_module, start_sweep, sweep
+from tests.faults import fault_env
 
 pytestmark = pytest.mark.e2e
 
@@ -39,28 +40,22 @@ def _children(out: Path, status: str | None = None):
 
 
 def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_path):
-    out = tmp_path / "out"
-    proc = sweep(
-        out,
-        *SMALL,
-        "--set",
-        "search.effective_bits=[8,10,11,12,13,14,15]",
-        "--set",
-        "fault.raise_on_bits=[15]",
-        "--set",
-        "fault.nan_on_bits=[13]",
-        "--set",
-        "fault.kill_on_bits=[10]",
-        "--set",
-        "fault.kill_once_on_bits=[12]",
-        "--set",
-        "fault.kill_worker_once_on_bits=[11]",  # the GPU worker process dies mid-evaluation
+    out, markers = tmp_path / "out", tmp_path / "faults"
+    faults = fault_env(
+        markers,
+        raise_on_bits=[15],
+        nan_on_bits=[13],
+        kill_on_bits=[10],
+        kill_once_on_bits=[12],
+        kill_worker_once_on_bits=[11],  # the GPU worker process dies mid-evaluation
     )
+    proc = sweep(out, *SMALL, "--set", "search.effective_bits=[8,10,11,12,13,14,15]", env=faults)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     by_bits = {t["effective_bits"]: t for t in trials}
     # the worker died under bits=11 once (Ray restarted it) and the trial finished on its retry
-    assert (out / "faults" / f"{by_bits[11]['plan_hash']}.worker_killed").exists()
+    assert (markers / f"{by_bits[11]['plan_hash']}.worker_killed").exists()
+    assert not list(markers.glob("*.kill_worker"))  # the worker took the request
     assert by_bits[11]["status"] == "FINISHED"
     assert by_bits[15]["status"] == "FAILED" and "injected fault" in by_bits[15]["error"]
     assert by_bits[13]["status"] == "FAILED" and "non-finite" in by_bits[13]["error"]

@@ -22,20 +22,23 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
-def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_module(
+    module: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def sweep(output: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_module("orchestrator.sweep", "--output", str(output), *extra)
+def sweep(
+    output: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return run_module("orchestrator.sweep", "--output", str(output), *extra, env=env)
 
 
 # one scoring method, coverage 1.0, one strategy, no controls: the small sweeps of the fault and

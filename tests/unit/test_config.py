@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.core.config import ConfigError, load_catalog, load_config, parse_overrides
+from orchestrator.core.config import (
+    ConfigError,
+    load_catalog,
+    load_config,
+    parse_overrides,
+    read_written_config,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -126,6 +132,42 @@ def test_config_hash_ignores_tracking_only(tmp_path):
     b = load_config(_cfg(tmp_path, BASE), ["tracking.experiment=other"])
     c = load_config(_cfg(tmp_path, BASE), ["seed=1"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_the_demo_config_hash_is_pinned():
+    """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
+    it: a change to the schema that changes it must be deliberate (and say so). The default
+    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string
+    (the value main gave before faults left the config, 9a9316d)."""
+    cfg = load_config(None, ["selection.catalog=schemes.yaml"])
+    assert cfg.config_hash() == "c530280a393279a1"
+
+
+def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):
+    """select and export read config.yaml of sweeps that wrote an (empty) fault section."""
+    old = {**BASE, "fault": {"raise_on_bits": [], "sleep_seconds": 0.0}}
+    cfg = read_written_config(_cfg(tmp_path, old))
+    assert cfg == load_config(_cfg(tmp_path, BASE))
+
+
+def test_a_removed_key_says_it_was_removed_not_unknown(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, BASE), ["fault.sleep_seconds=2"])
+    assert str(e.value).endswith(
+        "c.yaml: 'fault' was removed (faults are injected by the test suite only, "
+        "tests/faults.py); delete it"
+    )
+    doc = yaml.safe_load(Path(load_catalog.__defaults__[0]).read_text())
+    doc["schemes"][2]["coverage_rule"] = "coverage 1.0 (every decoder block)"
+    doc["schemes"][2]["post_filters"] = ["finished trial with finite metrics"]
+    p = tmp_path / "cat.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "unknown key" not in msg
+    assert "'schemes.2.coverage_rule' was removed (it never had an effect; " in msg
+    assert "'schemes.2.post_filters' was removed (it never had an effect; " in msg
 
 
 def test_catalog_with_duplicate_names_is_rejected(tmp_path):

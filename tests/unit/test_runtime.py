@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
+from types import SimpleNamespace
 
 import pytest
+
+from orchestrator.core.records import Point
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +90,32 @@ def test_a_worker_sends_only_its_sweep_records_to_stdout_and_the_rest_to_its_fil
     text = log.read_text()
     for line in ("scored a shard", "theirs", "Inserted 153 quantizers", "bar 1/2"):
         assert line in text, line
+
+
+def test_fault_hooks_are_off_unless_the_tests_switch_them_on(monkeypatch) -> None:
+    """Outside the test suite nothing reads faults: no variable, no import."""
+    from orchestrator.runtime.hooks import HOOKS_ENV, fault_hooks
+    from tests import faults
+
+    monkeypatch.delenv(HOOKS_ENV, raising=False)
+    assert fault_hooks() is None
+    for key, value in faults.fault_env(nan_on_bits=[12]).items():
+        monkeypatch.setenv(key, value)
+    assert fault_hooks() is faults
+    plan = SimpleNamespace(plan_hash="p", fp8_modules=("m",))
+    (nan, _), (fine, _) = (
+        faults.evaluate(_point(b), plan, lambda: ({"kl_mean": 0.1}, {}))
+        for b in (12.0, 14.0)
+    )
+    assert math.isnan(nan["kl_mean"]) and fine["kl_mean"] == 0.1
+
+
+def _point(bits: float) -> Point:
+    return Point(
+        method="gradient",
+        fp8_recipe="FP8_DEFAULT_CFG",
+        effective_bits=bits,
+        coverage=1.0,
+        strategy="solve",
+        control="",
+    )

