@@ -31,7 +31,6 @@ from orchestrator.runtime.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
-
 @cli.command  # bad input: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when every folder written (or checked) passes the check, 1 when one fails, 2 on bad

@@ -36,7 +36,6 @@ from orchestrator.runtime.host import library_versions
 log = logging.getLogger(__name__)
 
 
-
 FP8_MAX = 448.0
 
 
@@ -220,4 +219,3 @@ def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
         if f"{c}.weight_scale" in tensors:
             return c
     raise KeyError(f"no FP8 weight for {module_name} in the checkpoint")
-

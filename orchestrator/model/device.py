@@ -12,7 +12,6 @@ import torch
 T = TypeVar("T")
 
 
-
 def sync(device: str) -> None:
     """Wait for the device's queued work (a no-op on CPU): timings end here."""
     if device.startswith("cuda"):

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # torch is imported where models are built: the driver's inpu
     from torch import nn
 
 
-
 _ELIGIBLE = re.compile(
     r"^(?P<prefix>.*?)layers\.(?P<block>\d+)\."
     r"(?:self_attn\.(?P<attn>q_proj|k_proj|v_proj|o_proj)|mlp\.(?P<mlp>gate_proj|up_proj|down_proj))$"

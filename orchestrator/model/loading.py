@@ -24,7 +24,6 @@ from orchestrator.model.presets import PRESET_SEED, PRESETS, SHIPPED_PRESETS
 log = logging.getLogger(__name__)
 
 
-
 def is_local_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 

@@ -4,11 +4,7 @@ for benchmarks at real sizes), and the shipped ``wikitext-qwen2.5-vl`` reference
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
-    pass
-
+from typing import Any
 
 
 def _tiny_config() -> Any:

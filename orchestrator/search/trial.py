@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
     from orchestrator.tracking.client import TrackingTarget
 
 
-
 log = logging.getLogger(__name__)
 
 
@@ -183,9 +182,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     _report_with_checkpoint({**result, "reused": 0.0, "logged": logged})
 
 
-def _measure(
-    ctx: TrialContext, point: Point, plan: Plan
-) -> tuple[dict[str, Any], dict[str, str]]:
+def _measure(ctx: TrialContext, point: Point, plan: Plan) -> tuple[dict[str, Any], dict[str, str]]:
     """The plan measured on a borrowed worker; under the reliability tests, through their faults
     (``orchestrator.runtime.hooks``)."""
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's envir
 log = logging.getLogger(__name__)
 
 
-
 def run_tags() -> dict[str, str]:
     from orchestrator.runtime.host import git_commit, library_versions
 
