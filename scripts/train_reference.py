@@ -53,14 +53,14 @@ import argparse
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from orchestrator.runtime.seeds import seed_everything  # torch is loaded: seeds it too
 
 log = logging.getLogger("train_reference")
 
@@ -132,13 +132,6 @@ SMOKE = {
     "eval_every": 2,
 }
 SMOKE_TEXT_CHARS = 50_000  # of valid.txt and of test.txt: ~25k tokens each at 512 ids
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
 
 
 def train_tokenizer(text: str, vocab_size: int) -> Any:
