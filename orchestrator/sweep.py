@@ -126,7 +126,7 @@ def score(
 ) -> tuple[list[ScoreTable], TrialContext]:
     """The score tables (cached or scored by the workers), then the resident calibrated models;
     returns the tables and what every trial needs."""
-    from orchestrator.search.pool import put
+    from orchestrator.search.pool import put  # imports Ray: only once main set its environment
 
     data_ref = put(data)
     tables = score_all(inp, session.pool, data_ref, data)
