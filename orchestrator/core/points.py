@@ -62,13 +62,7 @@ def control_points(
     out = []
     for s in schemes:
         for spec in specs:
-            p = Point(
-                method=s.method,
-                fp8_recipe=s.fp8_recipe,
-                effective_bits=s.achieved_bits,
-                coverage=1.0,
-                control=spec,
-            )
+            p = Point.control_at(s, spec)
             try:
                 h = plan_for(p, tables).plan_hash
             except Unreachable:

@@ -223,3 +223,15 @@ class Point:
             strategy=r.strategy,
             control=r.control if isinstance(r, TrialResult) else "",
         )
+
+    @classmethod
+    def control_at(cls, scheme: NamedScheme, spec: str) -> Point:
+        """Control ``spec`` at a published scheme's exact share, on the scheme's scores (the
+        paired round measures it; the verdicts compare the two)."""
+        return cls(
+            method=scheme.method,
+            fp8_recipe=scheme.fp8_recipe,
+            effective_bits=scheme.achieved_bits,
+            coverage=1.0,
+            control=spec,
+        )

@@ -70,13 +70,7 @@ def compare_scheme(
     rows: list[dict[str, Any]] = []
     randoms: list[np.ndarray] = []
     for spec in specs:
-        point = Point(
-            method=scheme.method,
-            fp8_recipe=scheme.fp8_recipe,
-            effective_bits=scheme.achieved_bits,
-            coverage=1.0,
-            control=spec,
-        )
+        point = Point.control_at(scheme, spec)
         try:
             plan = plan_for(point, tables)
         except Unreachable:
