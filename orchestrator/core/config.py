@@ -21,20 +21,11 @@ from orchestrator.core.planning import STRATEGIES, parse_spec
 from orchestrator.core.records import stable_hash
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
 SEARCH_SPACES = PROJECT_ROOT / "search_spaces"
-
-
 DEMO_CONFIG = SEARCH_SPACES / "demo_tiny.yaml"
-
-
 DEFAULT_CATALOG = SEARCH_SPACES / "schemes.yaml"
 
-
 Method = Literal["gradient", "kl_div"]
-
-
 Recipe = Literal["FP8_DEFAULT_CFG", "FP8_PER_CHANNEL_PER_TOKEN_CFG"]
 
 

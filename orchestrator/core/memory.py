@@ -36,20 +36,10 @@ GIB = 1 << 30
 
 # docs/benchmarks.md, run 3, one H100, qwen2.5-vl-3b-random (see the module docstring)
 MEASURED_WEIGHTS_GIB = 6.99
-
-
 MEASURED_SCORING_PEAK_GIB = 23.9
-
-
 MEASURED_SCORING_TOKENS = 4 * 1024
-
-
 MEASURED_BLOCKS_X_WIDTH = 36 * 2048
-
-
 TRIAL_FACTOR = 9.83 / 6.99
-
-
 USABLE_FRACTION = 9.83 / 11.22
 
 

@@ -41,8 +41,6 @@ import numpy as np
 from orchestrator.core.records import Plan, Point, ScoreGroup, ScoreTable, plan_hash, table_key
 
 BF16_BYTES = 2
-
-
 FP8_BYTES = 1
 
 
@@ -121,11 +119,7 @@ def _knapsack_select(groups: Sequence[ScoreGroup], need: int) -> list[ScoreGroup
 
 
 SOLVERS = {"gradient": _knapsack_select, "kl_div": _threshold_select}
-
-
 STRATEGIES = ("solve", "ends_bf16", "mlp_only")
-
-
 MLP_KINDS = ("gate_up", "down")
 
 
@@ -212,8 +206,6 @@ def _plan_from_groups(
 
 
 CONTROLS = ("random", "inverse", "ends_fixed", "attn_bf16")
-
-
 _KIND_ORDER = {k: i for i, k in enumerate(("qkv", "o", "gate_up", "down"))}
 
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 REPLICATES = 2000
-
-
 LEVEL = 0.95
 
 

@@ -22,9 +22,8 @@ so the list is checked the way each target loader reads it, with its own Qwen2.5
 For every loader the set of Linear layers it would build as FP8 must equal the FP8 weights in the
 files and the plan's ``fp8_modules``; every entry must select something; fused groups agree; no
 vision, embedding or ``lm_head`` weight is FP8 (the family table's rule, for the ``model_type`` in
-``config.json``); each FP8 weight has its weight and input scales in
-the format's shape and dtype; and the tensor bytes equal the plan's ``model_bytes`` plus at most
-the scales. Problems are returned as sentences, one per finding; an empty list means it passed.
+``config.json``); each FP8 weight has its weight and input scales in the format's shape and dtype;
+and the tensor bytes equal the plan's ``model_bytes`` plus at most the scales. Problems are returned as sentences, one per finding; an empty list means it passed.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ from typing import Any
 from orchestrator.model.families import EMBEDDINGS, FAMILIES, Family, supported_list
 
 FP8 = "F8_E4M3"
-
-
 SCALES = ("weight_scale", "input_scale")
 
 
@@ -50,14 +47,8 @@ SCALES = ("weight_scale", "input_scale")
 # allocates shape (1,) in the checkpoint's dtype (float32 scales break bf16 matmuls in
 # transformers < 5.23 on CPU: "self and mat2 must have the same dtype")
 SCALE_LAYOUT = {"modelopt": ((), "F32"), "compressed-tensors": ((1,), "BF16")}
-
-
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
 _SHARD_TO_FUSED = {s: f for f, shards in FUSED.items() for s in shards}
-
-
 _VLLM_PREFIXES = (  # Qwen2.5-VL's hf_to_vllm_mapper, in its order
     ("model.language_model.", "language_model.model."),
     ("model.visual.", "visual."),

@@ -34,14 +34,8 @@ from orchestrator.outputs.files import read_sweep_json
 from orchestrator.runtime.host import library_versions
 
 log = logging.getLogger(__name__)
-
-
 FP8_MAX = 448.0
-
-
 FORMATS = ("modelopt", "compressed-tensors")
-
-
 EXPORT_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "compressed-tensors", "safetensors")
 
 

@@ -33,8 +33,6 @@ from orchestrator.model.families import EMBEDDINGS, FAMILIES, LM_HEAD, VISION_TO
 # each never-FP8 part as a format's list entry, in list order; compressed-tensors targets only
 # Linear layers, so the embeddings need no entry there
 MODELOPT_EXCLUDE = {LM_HEAD: "lm_head", EMBEDDINGS: "model.embed_tokens", VISION_TOWER: "visual*"}
-
-
 CT_IGNORE = {LM_HEAD: r"re:^(language_model\.)?lm_head$", VISION_TOWER: r"re:^(model\.)?visual\."}
 
 
@@ -45,8 +43,6 @@ _FP8_TENSOR = {
     "symmetric": True,
     "dynamic": False,
 }
-
-
 MODELOPT_README = """\
 # {name}: FP8 checkpoint in ModelOpt's unified HF format
 

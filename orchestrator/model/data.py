@@ -27,8 +27,6 @@ import numpy as np
 from orchestrator.core.config import DataConfig, DataError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
 Tokenize = Callable[[str], list[int]]
 
 

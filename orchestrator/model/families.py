@@ -28,8 +28,6 @@ _ELIGIBLE = re.compile(
     r"^(?P<prefix>.*?)layers\.(?P<block>\d+)\."
     r"(?:self_attn\.(?P<attn>q_proj|k_proj|v_proj|o_proj)|mlp\.(?P<mlp>gate_proj|up_proj|down_proj))$"
 )
-
-
 _KIND = {
     "q_proj": "qkv",
     "k_proj": "qkv",
@@ -43,11 +41,7 @@ _KIND = {
 
 # the parts that stay BF16, as module-name globs (ModelOpt's spelling, matched with fnmatch)
 VISION_TOWER = "*visual*"  # model.visual holds blocks, merger, deepstack mergers
-
-
 LM_HEAD = "*lm_head*"
-
-
 EMBEDDINGS = "*embed_tokens*"
 
 

@@ -39,11 +39,7 @@ import numpy as np
 from orchestrator.core.config import DataConfig, DataError
 
 CAPTIONS_FILE = "captions.tsv"
-
-
 CAPTION_PROMPT = "Describe this image."
-
-
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 
 

@@ -100,8 +100,6 @@ PRESETS = {
     "qwen2.5-vl-32b-random": _qwen2_5_vl_32b_config,
     "qwen2.5-vl-72b-random": _qwen2_5_vl_72b_config,
 }
-
-
 PRESET_SEED = 1234
 
 

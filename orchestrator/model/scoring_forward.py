@@ -40,16 +40,9 @@ log = logging.getLogger(__name__)
 # Device bytes the recorded block inputs of one batch may take (batch tokens x hidden x dtype bytes
 # per block: 0.6 GB for the 3B at 4 x 1024 tokens); on CUDA also at most half the free memory.
 PREFIX_BUDGET_BYTES = 4 << 30
-
-
 PROGRESS_STEP = 0.1  # a progress line per 10% of a setup's forwards ...
-
-
 PROGRESS_MAX_GAP_S = 60.0  # ... or after a minute without one,
-
-
 PROGRESS_MIN_GAP_S = 10.0  # but at most one line per 10 s (and always a last one)
-
 
 ForwardStep = Callable[[nn.Module, Any], torch.Tensor]
 

@@ -231,8 +231,6 @@ class Worker:
 # launching ~500 quantizer calls; 32k tokens keep the GPU busy. Metrics and max-calibration ranges
 # do not depend on how batches are stacked.
 FORWARD_TOKENS = 32768
-
-
 _METRIC_ROWS = 1024  # logits rows per metric step: bounds the float32 temporaries (~0.6 GB each)
 
 

@@ -50,19 +50,10 @@ from orchestrator.outputs.files import write_text
 
 log = logging.getLogger(__name__)
 
-
 OWNER_DIR = ".owner"
-
-
 HEARTBEAT_SECONDS = 10.0
-
-
 STALE_AFTER_SECONDS = 10 * HEARTBEAT_SECONDS  # another host's owner is dead after this silence
-
-
 ADVICE = "wait for it, stop it, or use another --output"
-
-
 _ATTEMPTS = 5  # a lost race re-reads the winner; only a chain of dead winners needs more
 
 

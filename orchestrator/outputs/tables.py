@@ -16,8 +16,6 @@ from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import atomic_path
 
 _TABLE_META = b"orchestrator.score_table"
-
-
 _STATE_META = b"orchestrator.search_state"
 
 
@@ -97,8 +95,6 @@ _FIXED = (
     "mlflow_run_id",
     "error",
 )
-
-
 _SEQ_PREFIX = "seq_"  # per-sequence sums as list columns: seq_kl, seq_agree, seq_tokens
 
 

@@ -29,33 +29,18 @@ from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
-
-
 T = TypeVar("T")
 
 
 # MLflow's own HTTP retries back off up to minutes per call; ours (below) pace the outage instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-
-
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
 RETRY_ATTEMPTS = int(os.environ.get("FP8_SWEEP_TRACKING_ATTEMPTS", "7"))
 
-
 PARENT_TAG = "mlflow.parentRunId"
-
-
 PLAN_TAG = "plan_hash"  # how a trial finds its child run again (older stores tag it too)
-
-
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
-
-
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
 
 
