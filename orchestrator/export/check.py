@@ -23,7 +23,8 @@ For every loader the set of Linear layers it would build as FP8 must equal the F
 files and the plan's ``fp8_modules``; every entry must select something; fused groups agree; no
 vision, embedding or ``lm_head`` weight is FP8 (the family table's rule, for the ``model_type`` in
 ``config.json``); each FP8 weight has its weight and input scales in the format's shape and dtype;
-and the tensor bytes equal the plan's ``model_bytes`` plus at most the scales. Problems are returned as sentences, one per finding; an empty list means it passed.
+and the tensor bytes equal the plan's ``model_bytes`` plus at most the scales. Problems are
+returned as sentences, one per finding; an empty list means it passed.
 """
 
 from __future__ import annotations
