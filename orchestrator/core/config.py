@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.core import yaml_input
 from orchestrator.core.planning import STRATEGIES, parse_spec
 from orchestrator.core.records import stable_hash
 
@@ -331,14 +332,17 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key.sub=value`` pairs to a nested dict; values are YAML scalars or lists."""
+    """``key.sub=value`` pairs to a nested dict; values are YAML scalars or lists, read by the
+    config files' own loader (no aliases, no repeated keys)."""
     tree: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key or any(not k for k in key.split(".")):
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. search.coverage=[0.5,1.0]")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml_input.load(raw) if raw else ""
+        except yaml_input.YamlRefused as e:
+            raise ConfigError(f"--set {pair!r}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(
                 f"--set {pair!r}: value is not valid YAML ({e.__class__.__name__})"
@@ -358,14 +362,20 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A config or catalog file's top-level mapping, read by :mod:`orchestrator.core.yaml_input`
+    (size-limited; no aliases, repeated keys or deep nesting)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_input.load(yaml_input.read(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except yaml_input.YamlRefused as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at} ({e.__class__.__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -84,6 +84,24 @@ def test_catalog_with_duplicate_names(tmp_path):
     assert proc.returncode == 2 and "duplicate scheme names" in proc.stderr
 
 
+def test_a_config_with_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine anchors of nine aliases each (9**9 nodes expanded) once took minutes and gigabytes."""
+    rows = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    rows += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    proc = sweep(out, "--config", str(bomb))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [
+        f"error: {bomb}: line 1: anchor '&l0' refused; a config takes no anchors or "
+        "aliases, write the value out"
+    ], proc.stderr
+    assert not out.exists()
+    assert "Ray" not in proc.stdout and "mlflow" not in proc.stdout.lower()
+
+
 def test_unreadable_data_file(tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_bytes(b'{"text": "ok"}\n{not json\n')

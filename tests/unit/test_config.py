@@ -127,6 +127,104 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(bad)
 
 
+def _written(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def _refusal(path: Path, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_a_repeated_key_is_refused_with_both_lines_at_any_depth(tmp_path):
+    text = (
+        "seed: 1\n"
+        "search:\n"
+        "  effective_bits: [12]\n"
+        "  coverage: [1.0]\n"
+        "  effective_bits: [8]\n"  # nested: would silently replace line 3
+        "seed: 2\n"
+    )
+    msg = _refusal(_written(tmp_path, text))
+    assert msg.startswith(f"{tmp_path / 'c.yaml'}: ")
+    assert "key 'search.effective_bits' appears twice (lines 3 and 5); keep one" in msg
+    assert "key 'seed' appears twice (lines 1 and 6); keep one" in msg
+    flow = "search: {effective_bits: [12], coverage: [1.0], coverage: [0.5]}\n"
+    assert "key 'search.coverage' appears twice (line 1, columns 32 and 49)" in _refusal(
+        _written(tmp_path, flow)
+    )
+
+
+def test_a_repeated_catalog_key_is_refused(tmp_path):
+    lines = Path(load_catalog.__defaults__[0]).read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("role:"))
+    lines.insert(at + 1, lines[at])  # the first scheme's role, twice
+    p = tmp_path / "cat.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ConfigError, match=rf"key 'schemes\.0\.role' appears twice \(lines {at + 1} "
+    ):
+        load_catalog(p)
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine anchors of nine aliases each: 9**9 nodes once expanded, from about 300 bytes."""
+    rows = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    rows += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(rows) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor(tmp_path):
+    msg = _refusal(_written(tmp_path, _alias_bomb()))
+    assert msg.endswith(
+        "c.yaml: line 1: anchor '&l0' refused; a config takes no anchors or aliases, write the "
+        "value out"
+    )
+
+
+def test_an_alias_is_refused_in_a_file_and_in_a_set_value(tmp_path):
+    body = "search: {effective_bits: [12], coverage: [1.0]}\nseed: *s\n"
+    assert "line 2: alias '*s' refused" in _refusal(_written(tmp_path, body))
+    with pytest.raises(ConfigError) as e:
+        parse_overrides(["search.coverage=*c"])
+    assert str(e.value) == (
+        "--set 'search.coverage=*c': line 1: alias '*c' refused; a config takes no anchors or "
+        "aliases, write the value out"
+    )
+    with pytest.raises(ConfigError, match="anchor '&c' refused"):
+        parse_overrides(["search.coverage=&c [1.0]"])
+    with pytest.raises(ConfigError, match="key 'a' appears twice"):
+        parse_overrides(["model={a: 1, a: 2}"])
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    p = _written(tmp_path, "# " + "x" * (1 << 20) + "\n")
+    size = p.stat().st_size
+    assert _refusal(p) == f"{p}: {size:,} bytes is over the 1 MiB limit for a config file"
+    with pytest.raises(ConfigError, match="bytes is over the 1 MiB limit"):
+        load_catalog(p)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("x: " + "[" * 5000, "line 1: nested deeper than 32 levels"),
+        ("x: [" + ", ".join(["1"] * 20_000) + "]", "line 1: more than 10000 keys and values"),
+        ("model:\n  <<: {source: x}\n", "line 2: merge key 'model.<<' refused; write the keys out"),
+        ("seed: " + "1" * 5000, "line 1: value '11111111111111111111...' cannot be read (Exceeds"),
+        ("search:\n  x: [unclosed\n", "not valid YAML at line 3 (ParserError)"),
+    ],
+    ids=["deep", "many", "merge", "long-int", "syntax"],
+)
+def test_other_hostile_yaml_is_one_line_naming_the_line(tmp_path, text, needle):
+    assert needle in _refusal(_written(tmp_path, text))
+
+
 def test_config_hash_ignores_tracking_only(tmp_path):
     a = load_config(_cfg(tmp_path, BASE))
     b = load_config(_cfg(tmp_path, BASE), ["tracking.experiment=other"])
