@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from orchestrator.core.config import Catalog, SearchConfig
+from orchestrator.core.config import Catalog, SearchConfig, ShareBand
 from orchestrator.core.planning import (
     Unreachable,
     bits_for_fp8_share,
@@ -77,15 +77,25 @@ def unreachable_names(search: SearchConfig, catalog: Catalog) -> list[str]:
     """One line per catalog name that no grid point can reach; empty when every name can."""
     problems = []
     for s in catalog.schemes:
-        band = s.fp8_share
-        bits = [b for b in search.effective_bits if band.contains(fp8_share_for_bits(b))]
-        covs = [c for c in search.coverage if c >= band.nominal - band.tolerance - 1e-9]
-        if bits and covs:
-            continue
-        want = bits_for_fp8_share(band.nominal)
-        problems.append(
-            f"search.effective_bits={search.effective_bits} with search.coverage="
-            f"{search.coverage} cannot reach {s.name} ({band}); add effective_bits {want:g}"
-            + ("" if covs else f" and a coverage >= {band.nominal - band.tolerance:g}")
-        )
+        lacks = grid_lacks(s.fp8_share, search.effective_bits, search.coverage)
+        if lacks:
+            problems.append(
+                f"search.effective_bits={search.effective_bits} with search.coverage="
+                f"{search.coverage} cannot reach {s.name} ({s.fp8_share}); "
+                f"add {' and '.join(lacks)}"
+            )
     return problems
+
+
+def grid_lacks(
+    band: ShareBand, effective_bits: Collection[float], coverage: Collection[float]
+) -> list[str]:
+    """What a grid must add to reach ``band``: a budget inside it, a coverage that leaves room for
+    it, both or neither (empty). Names only what is missing, so advice never repeats the grid."""
+    out = []
+    if not any(band.contains(fp8_share_for_bits(b)) for b in effective_bits):
+        out.append(f"effective_bits {bits_for_fp8_share(band.nominal):g}")
+    floor = band.nominal - band.tolerance
+    if not any(c >= floor - 1e-9 for c in coverage):
+        out.append(f"a coverage >= {max(floor, 0.0):g}")
+    return out

@@ -14,7 +14,8 @@ weights). Per name:
 1. the front point whose share is nearest the nominal share, within the tolerance (lower KL, then
    the plan hash, breaks ties);
 2. with no front point inside, the least-KL feasible point inside (the rationale says so);
-3. with none, :class:`SelectionError` names the budget to add (the sweep exits 3).
+3. with none, :class:`SelectionError` says why and what to change: only what the grid lacks, else
+   what kept out the trials in the band, else the band (the sweep exits 3; :func:`unbound`).
 
 Roles (conservative, balanced, aggressive) are descriptions of the names. The knee of the front,
 the point farthest from the line joining its two extremes on the front normalised to [0, 1] per
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.core.config import Catalog, CatalogScheme
+from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig
 from orchestrator.core.objectives import KL_MEAN, Objective
-from orchestrator.core.planning import bits_for_fp8_share
+from orchestrator.core.points import grid_lacks
 from orchestrator.core.records import NamedScheme, TrialResult
 
 
@@ -113,20 +114,14 @@ def knee(front: Sequence[TrialResult], obj: Objective = KL_MEAN) -> TrialResult 
     return front[min(range(len(front)), key=lambda i: (-round(float(dist[i]), 12), keys[i]))]
 
 
-def missing_budget(scheme: CatalogScheme) -> str:
-    """The grid point that would give a name its share."""
-    return f"effective_bits={bits_for_fp8_share(scheme.fp8_share.nominal):g} with coverage >= " + (
-        f"{max(scheme.fp8_share.nominal - scheme.fp8_share.tolerance, 0.0):g}"
-    )
-
-
 def bind(
     scheme: CatalogScheme,
     front: Sequence[TrialResult],
     pool: Sequence[TrialResult],
     obj: Objective = KL_MEAN,
-) -> tuple[TrialResult, str]:
-    """The point a name is published on, and how it was chosen (for the rationale)."""
+) -> tuple[TrialResult, str] | None:
+    """The point a name is published on, and how it was chosen (for the rationale); None when no
+    feasible point has the name's share."""
     band = scheme.fp8_share
     nearest = sorted(
         (r for r in front if band.contains(r.fp8_fraction)),
@@ -142,10 +137,54 @@ def bind(
             f"no front point has {band}; this is the least-{obj.label} measured point that "
             "does (dominated on the front)"
         )
-    raise SelectionError(
-        f"no feasible trial has {band} for '{scheme.name}'; add {missing_budget(scheme)} to the "
-        "grid, or relax selection.max_kl"
+    return None
+
+
+def unbound(
+    scheme: CatalogScheme,
+    results: Sequence[TrialResult],
+    max_kl: float | None,
+    obj: Objective = KL_MEAN,
+    grid: SearchConfig | None = None,
+) -> str:
+    """Why no feasible trial has a name's share, and what would change that.
+
+    Advice names only what is not already so: a budget or coverage the grid (``grid``; without it,
+    what the trials asked for) lacks; what kept out each trial whose plan is in the band (failed,
+    no finite KL, over ``max_kl``, no FP8); and, when the grid asks for the share but every plan
+    lands outside the band (plans take whole module groups), the band itself.
+    """
+    band = scheme.fp8_share
+    trials = [r for r in results if r.kind == "trial"]
+    bits = grid.effective_bits if grid is not None else [r.effective_bits for r in trials]
+    covs = grid.coverage if grid is not None else [r.coverage for r in trials]
+    lacks = grid_lacks(band, bits, covs)
+    advice = [f"add {' and '.join(lacks)} to the grid"] if lacks else []
+    inside = [r for r in trials if band.contains(r.fp8_fraction)]
+    done = [r for r in inside if r.status == "FINISHED"]
+    finite = [r for r in done if math.isfinite(obj.value(r.metrics))]
+    over = sum(max_kl is not None and obj.value(r.metrics) > max_kl for r in finite)
+    kept_out = (
+        (len(inside) - len(done), "failed (see trials.parquet; a rerun on this --output retries)"),
+        (len(done) - len(finite), f"have no finite {obj.metric}"),
+        (sum(r.fp8_fraction <= 0 for r in finite), "hold no FP8 module"),
+        (over, f"exceed max_kl={max_kl} (selection.max_kl, select --max-kl); relax it"),
     )
+    advice += [f"{n} trial(s) in the band {why}" for n, why in kept_out if n]
+    if not inside and not lacks:
+        shares = [r.fp8_fraction for r in trials]
+        near = [
+            max((f for f in shares if f < band.nominal), default=None),
+            min((f for f in shares if f > band.nominal), default=None),
+        ]
+        seen = " and ".join(f"{f:.1%}" for f in near if f is not None)
+        advice.append(
+            "the grid asks for it, but no plan lands in the band"
+            + (f" (nearest: {seen} FP8)" if seen else "")
+            + f"; a plan takes whole module groups, so widen '{scheme.name}' fp8_share.tolerance "
+            "in selection.catalog"
+        )
+    return f"no feasible trial has {band} for '{scheme.name}'; " + "; ".join(advice)
 
 
 def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) -> str:
@@ -174,7 +213,10 @@ def select(
     catalog: Catalog,
     max_kl: float | None = None,
     objective: Objective = KL_MEAN,
+    grid: SearchConfig | None = None,
 ) -> Selection:
+    """The three names bound to measured points; ``grid`` (the sweep's search section) lets the
+    error for an unbound name say what the grid lacks rather than what the trials asked for."""
     pool, front = front_of(results, max_kl, objective)
     if not pool:
         raise SelectionError(
@@ -183,7 +225,10 @@ def select(
         )
     schemes = []
     for s in catalog.schemes:
-        r, how = bind(s, front, pool, objective)
+        picked = bind(s, front, pool, objective)
+        if picked is None:
+            raise SelectionError(unbound(s, results, max_kl, objective, grid))
+        r, how = picked
         schemes.append(
             NamedScheme(
                 name=s.name,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.core.config import Catalog, CatalogScheme, SweepConfig
+from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, SweepConfig
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
@@ -62,6 +62,7 @@ class SweepFacts:
     controls: tuple[str, ...]  # the control specs of the paired round
     scoring: Mapping[str, Any]  # num_score_steps, num_calib_steps of the scoring that ran
     data_hashes: Mapping[str, str]
+    grid: SearchConfig | None = None  # the budgets asked for: an unbound name's advice names others
 
     @classmethod
     def of(cls, cfg: SweepConfig, data_hashes: Mapping[str, str]) -> SweepFacts:
@@ -74,6 +75,7 @@ class SweepFacts:
                 "num_calib_steps": scoring.num_calib_steps,
             },
             data_hashes=dict(sorted(data_hashes.items())),  # as sweep.json has them
+            grid=cfg.search,
         )
 
 
@@ -174,7 +176,7 @@ def finalize(
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
-        sel = select(results, catalog, max_kl, objective)
+        sel = select(results, catalog, max_kl, objective, facts.grid)
     except SelectionError as e:
         if replace_on_error:
             write_trials(results, output / "trials.parquet")

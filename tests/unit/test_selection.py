@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from orchestrator.core.config import load_catalog
+from orchestrator.core.config import SearchConfig, load_catalog
 from orchestrator.core.selection import SelectionError, knee, pareto_front, select
 
 from .helpers import result
@@ -63,7 +63,7 @@ def test_nearest_share_wins_inside_the_tolerance_and_lower_kl_breaks_a_tie():
     tie = [result("p", 16 - 8 * 0.23, 0.0015), result("q", 16 - 8 * 0.27, 0.0019)]
     assert _top25(base + tie) == "p"  # both 0.02 away: the lower KL
     far = [result("p", 16 - 8 * 0.19, 0.0010), result("q", 16 - 8 * 0.31, 0.0030)]
-    with pytest.raises(SelectionError, match=r"25% \+- 5% FP8 .*effective_bits=14"):
+    with pytest.raises(SelectionError, match=r"25% \+- 5% FP8 .*; add effective_bits 14 to"):
         select(base + far, CATALOG)  # nothing within 5 points of 25%
 
 
@@ -113,10 +113,68 @@ def test_failed_nan_and_bf16_points_are_ignored():
     assert {"f", "n", "z"}.isdisjoint(sel.front)
 
 
-def test_quality_cap_that_empties_a_band_is_an_error_naming_the_budget():
+def test_quality_cap_that_empties_a_band_is_an_error_naming_the_cap_not_the_budget():
     assert select(_front(), CATALOG, max_kl=0.25).front == ("e", "d", "c", "b", "a")
-    with pytest.raises(SelectionError, match=r"100% \+- 0% FP8 for 'fp8_autoquant_full'.*=8"):
-        select(_front(), CATALOG, max_kl=0.15)
+    with pytest.raises(SelectionError) as e:
+        select(_front(), CATALOG, max_kl=0.15)  # "e", at 8 bits, is over the cap
+    assert str(e.value) == (
+        "no feasible trial has 100% +- 0% FP8 for 'fp8_autoquant_full'; 1 trial(s) in the band "
+        "exceed max_kl=0.15 (selection.max_kl, select --max-kl); relax it"
+    )
+
+
+def _grid(**kw) -> SearchConfig:
+    return SearchConfig.model_validate({"effective_bits": [8, 12, 14], "coverage": [1.0], **kw})
+
+
+BASE = [result("e", 8, 0.2), result("c", 12, 0.004)]  # 100% and 50%: top25 alone is unbound
+TOP25 = "no feasible trial has 25% +- 5% FP8 for 'fp8_autoquant_top25'; "
+
+
+@pytest.mark.parametrize(
+    "trials,grid,advice",
+    [
+        # 14 and 15 bits made one plan, measured once as 15 bits: 14 is in the grid all the same,
+        # and the plan overshot 25% (whole module groups)
+        (
+            [result("a", 15, 0.001, frac=0.31)],
+            _grid(effective_bits=[8, 12, 14, 15]),
+            "the grid asks for it, but no plan lands in the band (nearest: 31.0% FP8); a plan "
+            "takes whole module groups, so widen 'fp8_autoquant_top25' fp8_share.tolerance in "
+            "selection.catalog",
+        ),
+        (
+            [result("a", 14, 0.001, frac=0.19), result("b", 13, 0.002, frac=0.31)],
+            None,  # no grid: the budgets the trials asked for
+            "the grid asks for it, but no plan lands in the band (nearest: 19.0% and 31.0% FP8)",
+        ),
+        (
+            [result("f", 14, 0.0, status="FAILED"), result("n", 14, math.nan, frac=0.24)],
+            _grid(),
+            "1 trial(s) in the band failed (see trials.parquet; a rerun on this --output "
+            "retries); 1 trial(s) in the band have no finite kl_mean",
+        ),
+        ([], _grid(effective_bits=[8, 12]), "add effective_bits 14 to the grid"),
+        (
+            [result("a", 14, 0.05)],
+            _grid(),
+            "1 trial(s) in the band exceed max_kl=0.01 (selection.max_kl, select --max-kl); "
+            "relax it",
+        ),
+    ],
+    ids=["deduplicated-and-coarse", "coarse-no-grid", "failed-and-nan", "lacks-bits", "over-cap"],
+)
+def test_an_unbound_name_is_advised_only_what_the_sweep_lacks(trials, grid, advice):
+    """The advice to add a budget comes only when the grid lacks it (issue 23: an exit-3 message
+    advised adding effective_bits=14 to a grid that held 14)."""
+    max_kl = 0.01 if advice.endswith("relax it") else None
+    with pytest.raises(SelectionError) as e:
+        select(BASE + trials, CATALOG, max_kl=max_kl, grid=grid)
+    msg = str(e.value)
+    assert msg.startswith(TOP25) and advice in msg, msg
+    lacks_14 = grid is not None and 14 not in grid.effective_bits
+    assert ("effective_bits 14" in msg) == lacks_14, msg
+    assert ("max_kl" in msg) == (max_kl is not None), msg  # never "relax" a cap that is not set
 
 
 def test_no_feasible_points():
