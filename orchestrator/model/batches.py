@@ -1,12 +1,15 @@
 """A token set's batches as model inputs on a device: the one place scoring and trials build them.
 
 A text-only set gives ``input_ids`` alone, as it always did. A set with image+text rows adds the
-attention mask (padding is masked out, and Qwen2.5-VL's rotary positions skip it), the image rows'
-``pixel_values`` and ``image_grid_thw`` (the vision tower runs in BF16 inside the same forward
-pass), and ``targets``: the tokens that count in a loss or metric, so padding and prompt tokens
-never do. Right padding keeps each row's real tokens at the same positions as when it runs alone,
-so a padded batch gives each row the outputs it would get by itself. Calibration runs no padding
-position at all (:func:`calibration_batches`), so the FP8 ranges come from real tokens only.
+attention mask (padding is masked out, and Qwen2.5-VL's rotary positions skip it); in a batch with
+images, their ``pixel_values`` and ``image_grid_thw`` (the vision tower runs in BF16 inside the same
+forward pass) and the processor's ``mm_token_type_ids``, with which the model computes M-RoPE's 3-D
+positions for the image rows (without it, transformers 5.15 falls back to 1-D positions for
+Qwen2.5-VL and refuses the batch for Qwen2-VL and Qwen3-VL); and ``targets``: the tokens that count
+in a loss or metric, so padding and prompt tokens never do. Right padding keeps each row's real
+tokens at the same positions as when it runs alone, so a padded batch gives each row the outputs it
+would get by itself. Calibration runs no padding position at all (:func:`calibration_batches`), so
+the FP8 ranges come from real tokens only.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def batches(tokens: TokenSet, device: str, per_forward: int = 1) -> list[Batch]:
             pixels = np.concatenate(tokens.pixels[part])
             inputs["pixel_values"] = torch.as_tensor(pixels, device=device)
             inputs["image_grid_thw"] = torch.as_tensor(grids, dtype=torch.long, device=device)
+            assert tokens.mm_types is not None
+            types = tokens.mm_types[part].reshape(-1, seq)
+            inputs["mm_token_type_ids"] = torch.as_tensor(types, dtype=torch.long, device=device)
         targets = tokens.targets[part].reshape(-1, seq)
         positions = tuple(_span(row[1:]) for row in targets)
         image_rows = tuple(bool(x) for x in tokens.image_rows[part].reshape(-1))
@@ -120,6 +126,7 @@ def _rows(
         pixels = batch.inputs["pixel_values"]
         inputs["pixel_values"] = torch.cat([pixels[ends[i] : ends[i + 1]] for i in images])
         inputs["image_grid_thw"] = batch.inputs["image_grid_thw"][images]
+        inputs["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"][idx, :length]
     assert batch.targets is not None
     return Batch(
         inputs,

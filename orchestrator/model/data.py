@@ -37,9 +37,11 @@ class TokenSet:
     A text-only set is all real tokens, each (but a row's first) a target. A set with image+text
     rows also carries, per position, ``attention`` (a real token, not padding) and ``targets`` (a
     token that counts in a metric or loss: every real token of a text row but its first, only the
-    answer tokens of an image row); per row, ``image_rows``; per batch, the ``pixels`` and ``grids``
-    of its image rows in row order; the sha256 of each image row's file (``image_shas``); and
-    ``settings``, the fingerprint of the processor settings that encoded them.
+    answer tokens of an image row) and ``mm_types`` (the processor's ``mm_token_type_ids``: 1 on
+    an image token, else 0; with ``image_grid_thw`` it is what gives image rows M-RoPE positions);
+    per row, ``image_rows``; per batch, the ``pixels`` and ``grids`` of its image rows in row order;
+    the sha256 of each image row's file (``image_shas``); and ``settings``, the fingerprint of the
+    processor settings that encoded them.
     """
 
     name: str
@@ -52,6 +54,7 @@ class TokenSet:
     grids: tuple[np.ndarray, ...] = ()
     image_shas: tuple[str, ...] = ()
     settings: str = ""
+    mm_types: np.ndarray | None = None
 
     @property
     def hash(self) -> str:
@@ -62,6 +65,7 @@ class TokenSet:
         h.update(json.dumps([self.settings, *self.image_shas]).encode())
         for a in (self.attention, self.targets, self.image_rows):
             h.update(np.ascontiguousarray(a, dtype=np.bool_).tobytes())
+        h.update(np.ascontiguousarray(self.mm_types, dtype=np.int8).tobytes())
         for px, grid in zip(self.pixels, self.grids, strict=True):
             h.update(np.ascontiguousarray(px, dtype=np.float32).tobytes())
             h.update(np.ascontiguousarray(grid, dtype=np.int64).tobytes())
@@ -96,6 +100,8 @@ class Sample(Protocol):
     def grid(self) -> np.ndarray: ...
     @property
     def image_sha(self) -> str: ...
+    @property
+    def mm_types(self) -> np.ndarray: ...
 
 
 def byte_tokenizer(vocab_size: int) -> Tokenize:
@@ -292,12 +298,14 @@ def _mixed(
     tokens = np.full((rows, seq), images.pad_id, dtype=np.int64)
     attention = np.zeros((rows, seq), dtype=bool)
     targets = np.zeros((rows, seq), dtype=bool)
+    mm_types = np.zeros((rows, seq), dtype=np.int8)
     tokens[~placed], attention[~placed] = text, True
     targets[~placed, 1:] = True
     for row, s in zip(np.flatnonzero(placed), samples, strict=True):
         n = len(s.ids)
         tokens[row, :n], attention[row, :n] = s.ids, True
         targets[row, s.answer_start : n] = True
+        mm_types[row, :n] = s.mm_types
     per_row = iter(samples)
     by_batch = placed.reshape(batches, cfg.batch_size)
     chosen = [[next(per_row) for _ in range(int(b.sum()))] for b in by_batch]
@@ -322,6 +330,7 @@ def _mixed(
         grids,
         tuple(s.image_sha for s in samples),
         images.settings,
+        mm_types.reshape(shape),
     )
 
 

@@ -9,19 +9,23 @@ A record is (image, prompt, answer). Sources, detected from what the path points
   answer to :data:`CAPTION_PROMPT`;
 - ``hf:<name>[:<config>[:<split>]]``, a Hugging Face dataset with an image column (network only).
 
-A record is encoded as the model will see it in a chat: the user turn (the image placeholder, then
-the prompt) through the tokenizer's chat template with the assistant's generation prompt, the image
-placeholder expanded to one token per merged patch of the image processor's grid, then the answer's
-tokens. Only the answer tokens are ever scored. Images of other sizes give other grids, so other
-numbers of vision tokens.
+A record is encoded as the model will see it in a chat, by the model's own processor class from
+transformers (``Qwen2_5_VLProcessor`` for Qwen2.5-VL, and so on): the user turn (the image, then the
+prompt) through the chat template with the assistant's generation prompt, the processor expanding
+the image placeholder to one token per merged patch and returning every input the model's forward
+reads (``input_ids``, ``pixel_values``, ``image_grid_thw`` and ``mm_token_type_ids``, without which
+transformers 5.15 gives image rows 1-D rotary positions instead of M-RoPE's 3-D ones); then the
+answer's tokens. Only the answer tokens are ever scored. Images of other sizes give other grids, so
+other numbers of vision tokens.
 
-Why not ``AutoProcessor``: in transformers 5.14 the Qwen2-VL processor requires a video processor,
-which requires torchvision, which this project does not install. The processor is what the two
-parts below do together, read from the same files: the model folder's ``preprocessor_config.json``
-(the image processor, PIL backend) and its tokenizer's chat template. The PIL backend also gives the
-same pixels (and the same content hash) on every host, with or without torchvision. The vision
-tower's own patch, merge and temporal sizes come from the model's config and override the
-preprocessor file's, so the grid always matches the tower.
+The processor is built from the model folder's parts, not by ``AutoProcessor``: the Qwen-VL
+processors also take a video processor, which needs torchvision, and torchvision has no CPU build
+for the pinned torch (PyPI's wheel links CUDA). Sweeps carry images only, so :func:`image_only`
+gives the family's processor class without its video part; everything an image row needs is still
+the family processor's own code. Its image processor is the PIL backend read from
+``preprocessor_config.json`` (the same pixels, so the same content hash, on every host, with or
+without torchvision); the vision tower's own patch, merge and temporal sizes come from the model's
+config and override the file's, so the grid always matches the tower.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Encoded:
     pixels: np.ndarray  # (patches, patch_dim) float32
     grid: np.ndarray  # (3,) int64: temporal, height, width patches
     image_sha: str  # of the image file's bytes
+    mm_types: np.ndarray  # (length,) int64: the processor's mm_token_type_ids (1: image token)
 
 
 def is_image_source(source: str | None, cfg: DataConfig) -> bool:
@@ -215,46 +220,81 @@ def records_from_dataset(ds: Any, source: str, field: str, cfg: DataConfig) -> l
     return [_record(r, i + 1, Path("."), source, field, cfg) for i, r in enumerate(ds)]
 
 
-class Encoder:
-    """The model's image processor and chat template, as one function from record to ids."""
+def image_only(processor_class: type) -> type:
+    """The family's processor class for images and text alone: its video processor, the only part
+    that needs torchvision, left out (transformers lists a processor's parts from its
+    ``__init__``)."""
 
-    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str) -> None:
-        self.tokenizer, self.image_processor = tokenizer, image_processor
-        self.image_token = image_token
-        self.merge = int(image_processor.merge_size)
+    class ImageOnly(processor_class):
+        def __init__(self, image_processor: Any, tokenizer: Any, chat_template: Any = None) -> None:
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    return ImageOnly
+
+
+class Encoder:
+    """The model's processor, as one function from record to ids and the model's other inputs."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.merge = int(processor.image_processor.merge_size)
 
     def chat_prompt(self, prompt: str) -> str:
         turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        assert isinstance(text, str)  # one conversation in, one prompt out
+        return text
 
-    def encode(self, record: ImageRecord) -> Encoded:
+    def prompt_inputs(self, record: ImageRecord) -> dict[str, np.ndarray]:
+        """What the processor returns for the record's user turn: ``input_ids``,
+        ``mm_token_type_ids``, ``pixel_values``, ``image_grid_thw`` (numpy, batch of one)."""
         from PIL import Image
 
-        with Image.open(io.BytesIO(record.image)) as im:
-            out = self.image_processor(images=[im.convert("RGB")], return_tensors="np")
-        grid = np.asarray(out["image_grid_thw"][0], dtype=np.int64)
-        n_tokens = int(grid.prod()) // self.merge**2
         text = self.chat_prompt(record.prompt)
-        if text.count(self.image_token) != 1:
-            raise DataError(
-                f"{record.where}: the chat template gives {text.count(self.image_token)} image "
-                f"placeholders {self.image_token!r}, expected 1"
-            )
-        text = text.replace(self.image_token, self.image_token * n_tokens)
-        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with Image.open(io.BytesIO(record.image)) as im:
+            try:
+                out = self.processor(
+                    text=[text],
+                    images=[im.convert("RGB")],
+                    return_tensors="np",
+                    return_mm_token_type_ids=True,
+                )
+            except ValueError as e:  # the template's placeholders and the images disagree
+                first = str(e).strip().splitlines()[0][:160]
+                raise DataError(
+                    f"{record.where}: the model's processor refused it ({first})"
+                ) from None
+        return dict(out)
+
+    def encode(self, record: ImageRecord) -> Encoded:
+        out = self.prompt_inputs(record)
+        prompt_ids = np.asarray(out["input_ids"][0], dtype=np.int64)
         answer_ids = self.tokenizer(record.answer, add_special_tokens=False)["input_ids"]
-        ids = np.asarray([*prompt_ids, *answer_ids], dtype=np.int64)
-        pixels = np.asarray(out["pixel_values"], dtype=np.float32)
-        return Encoded(ids, len(prompt_ids), pixels, grid, hashlib.sha256(record.image).hexdigest())
+        ids = np.concatenate([prompt_ids, np.asarray(answer_ids, dtype=np.int64)])
+        mm_types = np.zeros(len(ids), dtype=np.int64)  # the answer is text
+        mm_types[: len(prompt_ids)] = out["mm_token_type_ids"][0]
+        return Encoded(
+            ids,
+            len(prompt_ids),
+            np.asarray(out["pixel_values"], dtype=np.float32),
+            np.asarray(out["image_grid_thw"][0], dtype=np.int64),
+            hashlib.sha256(record.image).hexdigest(),
+            mm_types,
+        )
 
     @property
     def settings(self) -> str:
-        """Fingerprint of what decides the encoding: image processor settings and chat template."""
+        """Fingerprint of what decides the encoding: the processor class, its image processor
+        settings and the chat template."""
         doc = {
-            "image_processor": self.image_processor.to_dict(),
-            "chat_template": self.tokenizer.chat_template,
+            "processor": type(self.processor).__name__,
+            "image_processor": self.processor.image_processor.to_dict(),
+            "chat_template": self.processor.chat_template,
             "tokenizer": type(self.tokenizer).__name__,
             "vocab": len(self.tokenizer),
+            "positions": "mm_token_type_ids",  # rows encoded since M-RoPE positions were passed
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[
             :16
@@ -269,11 +309,11 @@ class Encoder:
 def load_encoder(
     source: str, revision: str | None, trust_remote_code: bool, config: Any
 ) -> Encoder:
-    """The encoder of a model folder or hub id; ``config`` is its HF config (the vision sizes)."""
-    from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    """The encoder of a model folder or hub id; ``config`` is its HF config (its ``model_type``
+    picks the family's processor and image processor classes, its vision sizes the grid)."""
+    import transformers
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     vision = config.vision_config
     sizes: dict[str, Any] = {
@@ -282,19 +322,45 @@ def load_encoder(
         "temporal_patch_size": int(vision.temporal_patch_size),
     }
     kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    pil = getattr(transformers, IMAGE_PROCESSOR_MAPPING_NAMES[config.model_type]["pil"])
     try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **kw, **sizes)
+        image_processor = pil.from_pretrained(source, **kw, **sizes)
     except OSError as e:
         raise DataError(
             f"model.source={source!r}: no image processor settings (preprocessor_config.json) "
             f"for image+text data ({str(e).splitlines()[0][:120]})"
         ) from None
-    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-    if not tokenizer.chat_template:
-        raise DataError(f"model.source={source!r}: its tokenizer has no chat template")
-    image_token = tokenizer.convert_ids_to_tokens(int(config.image_token_id))
-    assert isinstance(image_token, str)  # one id in, one token out
-    return Encoder(tokenizer, image_processor, image_token)
+    tokenizer = load_tokenizer(source, revision, trust_remote_code, "image+text data")
+    processor_class = image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type]))
+    processor = processor_class(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    if not processor.chat_template:
+        raise DataError(
+            f"model.source={source!r}: its tokenizer has no chat template "
+            "(chat_template.jinja or tokenizer_config.json's chat_template) for image+text data"
+        )
+    return Encoder(processor)
+
+
+def load_tokenizer(source: str, revision: str | None, trust_remote_code: bool, what: str) -> Any:
+    """The model's tokenizer; a folder without one (transformers 5 then builds an empty one) is
+    refused naming ``model.source``."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else e.__class__.__name__
+        raise DataError(
+            f"model.source={source!r}: cannot load its tokenizer for {what} ({first})"
+        ) from None
+    if len(tokenizer) == 0 or not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        raise DataError(
+            f"model.source={source!r}: has no tokenizer (tokenizer.json or tokenizer_config.json) "
+            f"for {what}; add the model's tokenizer files, or use data.source=synthetic"
+        )
+    return tokenizer
 
 
 def encode_all(

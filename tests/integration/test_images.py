@@ -125,6 +125,7 @@ def _alone(s: TokenSet) -> list[TokenSet]:
                     tokens=s.tokens[i : i + 1, r : r + 1, :n],
                     attention=s.attention[i : i + 1, r : r + 1, :n],
                     targets=s.targets[i : i + 1, r : r + 1, :n],
+                    mm_types=s.mm_types[i : i + 1, r : r + 1, :n],
                     image_rows=s.image_rows[i : i + 1, r : r + 1],
                     pixels=(s.pixels[i][start : start + patches],),
                     grids=(s.grids[i][first : first + int(image)],),

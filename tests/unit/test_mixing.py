@@ -3,7 +3,7 @@ without padding. No model: numpy arrays and the tensors of the batches."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,26 +17,21 @@ from orchestrator.model.data import (
     byte_tokenizer,
     image_places,
 )
+from orchestrator.model.images import Encoded
 
 pytestmark = pytest.mark.unit
 
 
-@dataclass(frozen=True)
-class FakeSample:
-    ids: np.ndarray
-    answer_start: int
-    pixels: np.ndarray
-    grid: np.ndarray
-    image_sha: str
-
-
-def _samples(n: int) -> list[FakeSample]:
-    """Record i: 5 + i % 3 prompt tokens of value 300 + i, then 3 answer tokens, 4 patches."""
+def _samples(n: int) -> list[Encoded]:
+    """Record i: 5 + i % 3 prompt tokens of value 300 + i, the second of them its one image
+    token, then 3 answer tokens; 4 patches."""
     out = []
     for i in range(n):
         ids = np.array([300 + i] * (5 + i % 3) + [7, 8, 9], dtype=np.int64)
         pixels = np.full((4, 6), float(i), dtype=np.float32)
-        out.append(FakeSample(ids, len(ids) - 3, pixels, np.array([1, 2, 2]), f"sha{i}"))
+        mm = np.zeros(len(ids), dtype=np.int64)
+        mm[1] = 1
+        out.append(Encoded(ids, len(ids) - 3, pixels, np.array([1, 2, 2]), f"sha{i}", mm))
     return out
 
 
@@ -76,6 +71,8 @@ def test_mixed_sets_take_records_front_and_back_and_mask_padding(tmp_path):
     assert row[n - 3 : n].tolist() == [7, 8, 9] and not row[n:].any()  # answer, then padding
     assert np.flatnonzero(ev.targets[0, 0]).tolist() == [n - 3, n - 2, n - 1]
     assert ev.targets[0, 1].sum() == 15 and ev.attention[0, 1].all()  # a text window
+    # the processor's token types travel with each row: its image token, nothing on text rows
+    assert np.flatnonzero(ev.mm_types[0, 0]).tolist() == [1] and not ev.mm_types[0, 1].any()
     assert [p[:, 0].tolist() for p in ev.pixels] == [[8.0] * 4 + [9.0] * 4, [10.0] * 4 + [11.0] * 4]
     assert ev.image_shas == ("sha8", "sha9", "sha10", "sha11")
 
@@ -130,7 +127,9 @@ def _rows_of(parts) -> list[tuple]:
 def test_calibration_forwards_hold_every_real_token_and_no_padding(tmp_path):
     samples = _samples(12)
     long = np.array([400] * 13 + [7, 8, 9], dtype=np.int64)  # exactly seq_len: no padding
-    samples[0] = FakeSample(long, 13, np.full((8, 6), 0.0, np.float32), np.array([1, 2, 4]), "s0")
+    pixels, mm = np.full((8, 6), 0.0, np.float32), np.zeros(len(long), np.int64)
+    mm[1] = 1
+    samples[0] = Encoded(long, 13, pixels, np.array([1, 2, 4]), "s0", mm)
     samples[2] = replace(samples[0], image_sha="s2")
     images = ImageSamples(samples, 0.5, "records.jsonl", 0, "settings")
     data = build_datasets(_cfg(tmp_path), 512, byte_tokenizer(512), 0, images)
@@ -146,6 +145,10 @@ def test_calibration_forwards_hold_every_real_token_and_no_padding(tmp_path):
         assert all(b.image_rows == (True,) and b.input_ids.shape[1] < 16 for b in alone)
         for b in parts:
             assert b.input_ids[:, 1:][b.targets[:, 1:]].numel() == sum(b.counts())
+            if "pixel_values" in b.inputs:  # M-RoPE's token types, cut like the ids
+                types = b.inputs["mm_token_type_ids"]
+                assert types.shape == b.input_ids.shape
+                assert types.sum(1).tolist() == [int(img) for img in b.image_rows]
     (full, _) = calibration_batches(data.calib, "cpu")  # record 0 fills its row: stacked, 8 patches
     assert full.image_rows == (True, False, False) and full.inputs["pixel_values"].shape[0] == 8
 
