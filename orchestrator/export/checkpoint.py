@@ -29,7 +29,11 @@ import yaml
 
 from orchestrator.core.config import ConfigError, SweepConfig, read_written_config
 from orchestrator.export.check import check_export
-from orchestrator.export.formats import finish_modelopt, write_compressed_tensors
+from orchestrator.export.formats import (
+    checkpoint_spelling,
+    finish_modelopt,
+    write_compressed_tensors,
+)
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.runtime.host import library_versions
 
@@ -182,11 +186,12 @@ def load_exported(path: Path, device: str = "cpu") -> Any:
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from orchestrator.model.families import loader_class
+    from orchestrator.model.families import family_for, loader_class
     from orchestrator.model.quantize import fp8_quant_config, module_quantizers
 
     scheme = json.loads((path / "scheme.json").read_text())
     config = AutoConfig.from_pretrained(path)
+    family = family_for(config.model_type)
     cls = loader_class(config.model_type)
     model = cls.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -197,19 +202,10 @@ def load_exported(path: Path, device: str = "cpu") -> Any:
     model = mtq.quantize(model, fp8_quant_config(scheme["fp8_recipe"], modules), forward_loop=None)
     named = dict(model.named_modules())
     for name, (wq, iq) in module_quantizers(model, modules).items():
-        key = _checkpoint_key(name, tensors)
+        key = checkpoint_spelling(family, tensors, name)
         w = tensors[f"{key}.weight"].float() * tensors[f"{key}.weight_scale"].float()
         with torch.no_grad():
             named[name].weight.copy_(w.to(named[name].weight.dtype))
         wq.amax = (tensors[f"{key}.weight_scale"].float() * FP8_MAX).to(device)
         iq.amax = (tensors[f"{key}.input_scale"].float() * FP8_MAX).to(device)
     return model
-
-
-def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
-    """The exporter writes the original checkpoint layout (``model.layers.N``) for Qwen2.5-VL."""
-    candidates = [module_name, module_name.replace("model.language_model.", "model.")]
-    for c in candidates:
-        if f"{c}.weight_scale" in tensors:
-            return c
-    raise KeyError(f"no FP8 weight for {module_name} in the checkpoint")
