@@ -34,7 +34,7 @@ from orchestrator.export.formats import (
     finish_modelopt,
     write_compressed_tensors,
 )
-from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def export_scheme(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_format(model, fmt, tmp, name)
-        _write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
+        write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
         problems = check_export(tmp)
         if problems:
             raise ExportCheckError(problems)
@@ -173,10 +173,6 @@ def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> No
         client.tag_run(uri, run_id, {f"export.{fmt}": str(dest)})
     except Exception as e:  # the checkpoint is published either way; say what is missing
         log.warning("could not tag MLflow run %s with the export: %s", run_id, e)
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def load_exported(path: Path, device: str = "cpu") -> Any:

@@ -33,6 +33,7 @@ from typing import Any
 
 from orchestrator.export.check import read_tensors
 from orchestrator.model.families import FAMILIES, Family
+from orchestrator.outputs.files import write_json, write_text
 
 LM_HEAD = "lm_head"  # every family's output layer, in the checkpoint and in transformers 5
 
@@ -145,13 +146,12 @@ def finish_modelopt(folder: Path, name: str) -> None:
     never = modelopt_never_fp8(family, read_tensors(folder))
     exclude = [*never, *bf16_linears(folder, family)]
     config["quantization_config"]["ignore"] = exclude
-    _write_json(folder / "config.json", config)
+    write_json(folder / "config.json", config)
     hf = json.loads((folder / "hf_quant_config.json").read_text())
     hf["quantization"]["exclude_modules"] = exclude
-    _write_json(folder / "hf_quant_config.json", hf)
-    (folder / "README.md").write_text(
-        MODELOPT_README.format(name=name, n_fp8=len(fp8_layers(folder)))
-    )
+    write_json(folder / "hf_quant_config.json", hf)
+    readme = MODELOPT_README.format(name=name, n_fp8=len(fp8_layers(folder)))
+    write_text(folder / "README.md", readme)
 
 
 def write_compressed_tensors(modelopt: Path, dest: Path) -> None:
@@ -176,7 +176,7 @@ def write_compressed_tensors(modelopt: Path, dest: Path) -> None:
     config["quantization_config"] = compressed_tensors_config(
         family, bf16_linears(modelopt, family)
     )
-    _write_json(dest / "config.json", config)
+    write_json(dest / "config.json", config)
 
 
 def _ct_tensor(key: str, t: Any, dtype: Any) -> Any:
@@ -204,7 +204,3 @@ def compressed_tensors_config(family: Family, bf16: Iterable[str]) -> dict[str, 
         ],
         "kv_cache_scheme": None,
     }
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n")
