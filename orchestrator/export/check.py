@@ -5,15 +5,19 @@ place) reads the safetensors headers, ``config.json``, ``hf_quant_config.json`` 
 ``scheme.json``; it imports no torch, so it runs anywhere in milliseconds and reads no tensor data.
 
 A loader decides per module whether it is FP8 from the exclude/ignore list, not from the tensors,
-so the list is checked the way each target loader reads it, with its own Qwen2.5-VL module names:
+so the list is checked the way each target loader reads it, with the module names that loader
+gives the family in ``config.json``'s ``model_type`` (the family table's naming,
+:mod:`orchestrator.model.families`):
 
-- **transformers 5 + compressed-tensors** names modules ``model.language_model.layers.N…``,
-  ``model.visual…``, ``lm_head`` and matches an ignore entry by equality or, for ``re:…``, by
-  ``re.match``; a hub-spelling entry (``model.layers.N…``) matches nothing there.
-- **vLLM compressed-tensors** maps checkpoint names and ignore entries with Qwen2.5-VL's
-  ``hf_to_vllm_mapper`` (``model.language_model.`` and ``model.`` → ``language_model.model.``,
-  ``model.visual.`` → ``visual.``, ``lm_head.`` → ``language_model.lm_head.``), fuses q/k/v into
-  ``qkv_proj`` and gate/up into ``gate_up_proj``, and refuses a fused layer whose shards disagree.
+- **transformers 5 + compressed-tensors** names modules as the family's transformers class does
+  (:meth:`Family.transformers_name`: ``model.language_model.layers.N…`` and ``model.visual…`` for
+  a VL family, ``model.layers.N…`` for a text one; ``lm_head``) and matches an ignore entry by
+  equality or, for ``re:…``, by ``re.match``; an entry in another spelling matches nothing there
+  (a VL family's hub spelling ``model.layers.N…``, or the VL spelling in a text model).
+- **vLLM compressed-tensors** maps checkpoint names and ignore entries with the
+  ``hf_to_vllm_mapper`` of the family's vLLM class (:meth:`Family.vllm_name`; the text classes
+  have none), fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``, and refuses a fused
+  layer whose shards disagree.
 - **vLLM modelopt** splits a trailing ``x*`` into ``x`` and ``x.*``, maps as above, then skips a
   layer on an exact (fused-shard) match, on a *substring* match, or on an ``fnmatch``. The
   substring rule is why an entry ``model.layers.1*`` also skips ``layers.10``…``19``: ModelOpt's
@@ -35,6 +39,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +55,6 @@ SCALES = ("weight_scale", "input_scale")
 SCALE_LAYOUT = {"modelopt": ((), "F32"), "compressed-tensors": ((1,), "BF16")}
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _SHARD_TO_FUSED = {s: f for f, shards in FUSED.items() for s in shards}
-_VLLM_PREFIXES = (  # Qwen2.5-VL's hf_to_vllm_mapper, in its order
-    ("model.language_model.", "language_model.model."),
-    ("model.visual.", "visual."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.", "language_model.model."),
-)
 
 
 @dataclass(frozen=True)
@@ -79,25 +78,6 @@ def read_tensors(folder: Path) -> dict[str, Tensor]:
     return out
 
 
-def transformers_name(name: str) -> str:
-    """transformers 5's Qwen2.5-VL module name for a checkpoint name in either spelling."""
-    if name.startswith(("model.language_model.", "model.visual.")):
-        return name
-    if name.startswith("visual."):
-        return "model." + name
-    if name.startswith("model."):
-        return "model.language_model." + name[len("model.") :]
-    return name
-
-
-def vllm_name(name: str) -> str:
-    """vLLM's name for a checkpoint name or list entry (its WeightsMapper: each rule, in order)."""
-    for old, new in _VLLM_PREFIXES:
-        if name.startswith(old):
-            name = new + name[len(old) :]
-    return name
-
-
 def fused_name(name: str) -> str:
     head, _, proj = name.rpartition(".")
     return f"{head}.{_SHARD_TO_FUSED[proj]}" if proj in _SHARD_TO_FUSED else name
@@ -112,11 +92,15 @@ def _ct_match(name: str, entry: str) -> bool:
     return re.match(entry[3:], name) is not None if entry.startswith("re:") else name == entry
 
 
-def _modelopt_entries(entries: Iterable[str]) -> list[str]:
+def _modelopt_entries(family: Family, entries: Iterable[str]) -> list[str]:
     out: list[str] = []
     for e in entries:
         out += [e[:-1], e[:-1] + ".*"] if len(e) >= 2 and e[-1] == "*" and e[-2] != "." else [e]
-    return [vllm_name(e) for e in out]
+    return [family.vllm_name(e) for e in out]
+
+
+def _vllm_entries(family: Family, entries: Iterable[str]) -> list[str]:
+    return [family.vllm_name(e) for e in entries]
 
 
 def _modelopt_entry_skips(layer: str, entry: str) -> bool:
@@ -140,21 +124,18 @@ class Loader:
     modelopt_rules: bool = False
 
 
-LOADERS = {
-    "compressed-tensors": (
-        Loader("transformers", transformers_name, False, list, _ct_match),
-        Loader(
-            "vLLM compressed-tensors",
-            vllm_name,
-            True,
-            lambda es: [vllm_name(e) for e in es],
-            _ct_match,
-        ),
-    ),
-    "modelopt": (
-        Loader("vLLM modelopt", vllm_name, True, _modelopt_entries, _ct_match, modelopt_rules=True),
-    ),
-}
+def loaders(fmt: str, family: Family) -> tuple[Loader, ...]:
+    """The loaders that read ``fmt``, each with the names it gives this family's modules."""
+    vllm = family.vllm_name
+    if fmt == "compressed-tensors":
+        return (
+            Loader("transformers", family.transformers_name, False, list, _ct_match),
+            Loader(
+                "vLLM compressed-tensors", vllm, True, partial(_vllm_entries, family), _ct_match
+            ),
+        )
+    modelopt = partial(_modelopt_entries, family)
+    return (Loader("vLLM modelopt", vllm, True, modelopt, _ct_match, modelopt_rules=True),)
 
 
 class FusedSplit(ValueError):
@@ -216,13 +197,6 @@ def check_export(folder: Path) -> list[str]:
             "config.json quantization_config.quant_method is neither modelopt nor "
             "compressed-tensors"
         ]
-    if fmt == "compressed-tensors" and family.vision is None:
-        # issue 23: the ignore list is written, and checked, in Qwen2.5-VL's module names
-        return [
-            f"compressed-tensors for {family.label} is not supported yet: its ignore list would "
-            "name Qwen2.5-VL modules, which this family's loaders do not have; use --format "
-            "modelopt"
-        ]
     tensors = read_tensors(folder)
     if not tensors:
         return [f"{folder}: no safetensors files"]
@@ -233,14 +207,14 @@ def check_export(folder: Path) -> list[str]:
     problems += _never_fp8_problems(family, fp8)
     problems += _fused_group_problems(tensors)
     problems += _scale_problems(tensors, fp8, fmt)
-    planned = {transformers_name(m) for m in scheme.get("fp8_modules", [])}
-    if planned != {transformers_name(m) for m in fp8}:
-        extra = sorted({transformers_name(m) for m in fp8} - planned)
-        missing = sorted(planned - {transformers_name(m) for m in fp8})
+    planned = {family.transformers_name(m) for m in scheme.get("fp8_modules", [])}
+    written = {family.transformers_name(m) for m in fp8}
+    if planned != written:
+        extra, missing = sorted(written - planned), sorted(planned - written)
         problems.append(
             f"FP8 weights differ from the plan: not planned {extra[:3]}, not FP8 {missing[:3]}"
         )
-    for loader in LOADERS[fmt]:
+    for loader in loaders(fmt, family):
         problems += _loader_problems(loader, tensors, entries, planned)
     problems += _bytes_problems(tensors, scheme)
     return problems

@@ -29,8 +29,12 @@ import yaml
 
 from orchestrator.core.config import ConfigError, SweepConfig, read_written_config
 from orchestrator.export.check import check_export
-from orchestrator.export.formats import finish_modelopt, write_compressed_tensors
-from orchestrator.outputs.files import read_sweep_json
+from orchestrator.export.formats import (
+    checkpoint_spelling,
+    finish_modelopt,
+    write_compressed_tensors,
+)
+from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,7 @@ def export_scheme(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_format(model, fmt, tmp, name)
-        _write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
+        write_json(tmp / "scheme.json", provenance(output, scheme, plan, fmt))
         problems = check_export(tmp)
         if problems:
             raise ExportCheckError(problems)
@@ -171,10 +175,6 @@ def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> No
         log.warning("could not tag MLflow run %s with the export: %s", run_id, e)
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
 def load_exported(path: Path, device: str = "cpu") -> Any:
     """Load a ModelOpt export with transformers and restore its FP8 layers as fake-quant modules."""
     import modelopt.torch.quantization as mtq
@@ -182,11 +182,12 @@ def load_exported(path: Path, device: str = "cpu") -> Any:
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from orchestrator.model.families import loader_class
+    from orchestrator.model.families import family_for, loader_class
     from orchestrator.model.quantize import fp8_quant_config, module_quantizers
 
     scheme = json.loads((path / "scheme.json").read_text())
     config = AutoConfig.from_pretrained(path)
+    family = family_for(config.model_type)
     cls = loader_class(config.model_type)
     model = cls.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -197,19 +198,10 @@ def load_exported(path: Path, device: str = "cpu") -> Any:
     model = mtq.quantize(model, fp8_quant_config(scheme["fp8_recipe"], modules), forward_loop=None)
     named = dict(model.named_modules())
     for name, (wq, iq) in module_quantizers(model, modules).items():
-        key = _checkpoint_key(name, tensors)
+        key = checkpoint_spelling(family, tensors, name)
         w = tensors[f"{key}.weight"].float() * tensors[f"{key}.weight_scale"].float()
         with torch.no_grad():
             named[name].weight.copy_(w.to(named[name].weight.dtype))
         wq.amax = (tensors[f"{key}.weight_scale"].float() * FP8_MAX).to(device)
         iq.amax = (tensors[f"{key}.input_scale"].float() * FP8_MAX).to(device)
     return model
-
-
-def _checkpoint_key(module_name: str, tensors: dict[str, Any]) -> str:
-    """The exporter writes the original checkpoint layout (``model.layers.N``) for Qwen2.5-VL."""
-    candidates = [module_name, module_name.replace("model.language_model.", "model.")]
-    for c in candidates:
-        if f"{c}.weight_scale" in tensors:
-            return c
-    raise KeyError(f"no FP8 weight for {module_name} in the checkpoint")

@@ -8,33 +8,34 @@
   ``transformers`` (with the ``compressed-tensors`` package), which decompresses it on CPU. Same
   FP8 codes; scales reshaped to ``(1,)`` in the checkpoint's dtype; one config group of static
   per-tensor FP8 weights and inputs targeting ``Linear``, and an ``ignore`` list of transformers-5
-  module names for every BF16 Linear (vLLM maps those names itself) plus regexes that match the
+  module names for every BF16 Linear (vLLM maps those names itself) plus entries that match the
   vision tower and ``lm_head`` under both loaders' spellings.
 
 Which parts stay BF16 is the family table's rule (:attr:`Family.never_quantize`, for the
-``model_type`` in ``config.json``); this module only spells each part as a format's list entry, so
-a text family's lists name no vision tower.
+``model_type`` in ``config.json``), and so is how each loader spells a module
+(:meth:`Family.transformers_name`, :meth:`Family.vllm_name`); this module only writes each part
+as a format's list entry, so a text family's lists name ``model.layers.N`` and no vision tower.
 
-Tensor names stay in the original Qwen2.5-VL checkpoint layout that ModelOpt writes
-(``model.layers.N``, ``visual.``); both loaders map that layout to their own names.
+Tensor names stay in the layout ModelOpt writes (the checkpoint's own: ``model.layers.N`` and
+``visual.`` for Qwen2-VL and Qwen2.5-VL, ``model.language_model.`` for Qwen3-VL); both loaders map
+that layout to their own names. The ModelOpt list is spelled like the tensors, the
+compressed-tensors list like transformers 5's modules.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.export.check import read_tensors, transformers_name
-from orchestrator.model.families import EMBEDDINGS, FAMILIES, LM_HEAD, VISION_TOWER, Family
+from orchestrator.export.check import read_tensors
+from orchestrator.model.families import FAMILIES, Family
+from orchestrator.outputs.files import write_json, write_text
 
-# each never-FP8 part as a format's list entry, in list order; compressed-tensors targets only
-# Linear layers, so the embeddings need no entry there
-MODELOPT_EXCLUDE = {LM_HEAD: "lm_head", EMBEDDINGS: "model.embed_tokens", VISION_TOWER: "visual*"}
-CT_IGNORE = {LM_HEAD: r"re:^(language_model\.)?lm_head$", VISION_TOWER: r"re:^(model\.)?visual\."}
-
+LM_HEAD = "lm_head"  # every family's output layer, in the checkpoint and in transformers 5
 
 _FP8_TENSOR = {
     "num_bits": 8,
@@ -77,10 +78,52 @@ def export_family(config: Mapping[str, Any]) -> Family:
     return FAMILIES[config["model_type"]]
 
 
-def never_fp8_entries(family: Family, spelling: Mapping[str, str]) -> list[str]:
-    """The family's never-FP8 parts as one format's list entries (``MODELOPT_EXCLUDE`` or
-    ``CT_IGNORE``)."""
-    return [entry for part, entry in spelling.items() if part in family.never_quantize]
+def checkpoint_spelling(family: Family, checkpoint: Iterable[str], module: str) -> str:
+    """How the checkpoint spells a transformers-5 module name (or prefix, ending in ``.``): the head
+    of the first tensor name that transformers maps onto it; the name itself where no tensor does
+    (a tied ``lm_head``). The mapping renames only a prefix, so the tails line up."""
+    head = module if module.endswith(".") else module + "."
+    for name in checkpoint:
+        mapped = family.transformers_name(name)
+        if mapped.startswith(head):
+            return name[: len(name) - len(mapped) + len(module)]
+    return module
+
+
+def modelopt_never_fp8(family: Family, checkpoint: Iterable[str]) -> list[str]:
+    """The family's never-FP8 parts as ModelOpt exclude entries, spelled like the checkpoint (vLLM
+    maps them with the tensor names): ``lm_head``, the embeddings and, where the family has one,
+    the vision tower as ModelOpt's own glob (``visual*``)."""
+    names = list(checkpoint)
+    out = [
+        checkpoint_spelling(family, names, LM_HEAD),
+        checkpoint_spelling(family, names, family.language_model + "embed_tokens"),
+    ]
+    if family.vision_tower is not None:
+        tower = checkpoint_spelling(family, names, family.vision_tower)
+        out.append(tower.removesuffix(".") + "*")
+    return out
+
+
+def ct_never_fp8(family: Family) -> list[str]:
+    """The family's never-FP8 parts as compressed-tensors ignore entries that both loaders match:
+    ``lm_head`` and, where the family has one, the vision tower. Only Linear layers are targeted,
+    so the embeddings need no entry."""
+    out = [_both_loaders(family, LM_HEAD + ".", whole=True)]
+    if family.vision_tower is not None:
+        out.append(_both_loaders(family, family.vision_tower, whole=False))
+    return out
+
+
+def _both_loaders(family: Family, prefix: str, whole: bool) -> str:
+    """One entry for a module (``whole``) or a prefix under transformers 5's name and vLLM's: the
+    name itself where they agree, else a regex over both. vLLM maps a plain entry with its mapper
+    but leaves a ``re:`` one as written, and a bare ``lm_head`` escapes the ``lm_head.`` rule."""
+    names = list(dict.fromkeys([prefix, family.vllm_name(prefix)]))
+    if whole and len(names) == 1:
+        return prefix.removesuffix(".")
+    alternatives = "|".join(re.escape(n.removesuffix(".") if whole else n) for n in names)
+    return f"re:^(?:{alternatives})$" if whole else f"re:^(?:{alternatives})"
 
 
 def bf16_linears(folder: Path, family: Family) -> list[str]:
@@ -100,15 +143,15 @@ def finish_modelopt(folder: Path, name: str) -> None:
     """Exact exclude names in ``config.json`` and ``hf_quant_config.json``; the loading README."""
     config = json.loads((folder / "config.json").read_text())
     family = export_family(config)
-    exclude = [*never_fp8_entries(family, MODELOPT_EXCLUDE), *bf16_linears(folder, family)]
+    never = modelopt_never_fp8(family, read_tensors(folder))
+    exclude = [*never, *bf16_linears(folder, family)]
     config["quantization_config"]["ignore"] = exclude
-    _write_json(folder / "config.json", config)
+    write_json(folder / "config.json", config)
     hf = json.loads((folder / "hf_quant_config.json").read_text())
     hf["quantization"]["exclude_modules"] = exclude
-    _write_json(folder / "hf_quant_config.json", hf)
-    (folder / "README.md").write_text(
-        MODELOPT_README.format(name=name, n_fp8=len(fp8_layers(folder)))
-    )
+    write_json(folder / "hf_quant_config.json", hf)
+    readme = MODELOPT_README.format(name=name, n_fp8=len(fp8_layers(folder)))
+    write_text(folder / "README.md", readme)
 
 
 def write_compressed_tensors(modelopt: Path, dest: Path) -> None:
@@ -133,7 +176,7 @@ def write_compressed_tensors(modelopt: Path, dest: Path) -> None:
     config["quantization_config"] = compressed_tensors_config(
         family, bf16_linears(modelopt, family)
     )
-    _write_json(dest / "config.json", config)
+    write_json(dest / "config.json", config)
 
 
 def _ct_tensor(key: str, t: Any, dtype: Any) -> Any:
@@ -141,6 +184,7 @@ def _ct_tensor(key: str, t: Any, dtype: Any) -> Any:
 
 
 def compressed_tensors_config(family: Family, bf16: Iterable[str]) -> dict[str, Any]:
+    """``quantization_config`` for ``bf16``, the checkpoint names of the BF16 Linear layers."""
     return {
         "quant_method": "compressed-tensors",
         "format": "float-quantized",
@@ -155,12 +199,8 @@ def compressed_tensors_config(family: Family, bf16: Iterable[str]) -> dict[str, 
             }
         },
         "ignore": [
-            *never_fp8_entries(family, CT_IGNORE),
-            *sorted(transformers_name(m) for m in bf16),
+            *ct_never_fp8(family),
+            *sorted(family.transformers_name(m) for m in bf16),
         ],
         "kv_cache_scheme": None,
     }
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -9,6 +9,21 @@ it) where the family has one, ``lm_head`` and the embeddings. The tower stays BF
 decision; Qwen2.5-VL-3B ties ``lm_head`` to the embeddings. :attr:`Family.never_quantize` is that
 rule, derived from the table's ``vision`` column; scoring, trials, the parameter count, the
 decoder lookup and the export's writers and checker all read it from here.
+
+The table also says how each party spells a family's modules, which is what an export's
+exclude/ignore lists are written in and checked against:
+
+- the checkpoint (what ``save_pretrained`` and ModelOpt's exporter write): ``model.layers.N`` and
+  ``visual.`` for Qwen2-VL and Qwen2.5-VL (their original hub layout), ``model.language_model.``
+  and ``model.visual.`` for Qwen3-VL, ``model.layers.N`` for the text families;
+- transformers 5's model (:attr:`Family.language_model`): ``model.language_model.layers.N`` and
+  ``model.visual.`` for the VL families, ``model.layers.N`` for the text ones;
+  :meth:`Family.transformers_name` maps a checkpoint name in either spelling onto it;
+- vLLM (:attr:`Family.vllm_mapper`): the prefix rules of the ``hf_to_vllm_mapper`` of the family's
+  vLLM class, applied in order to checkpoint names and list entries alike
+  (:meth:`Family.vllm_name`). Qwen2VL and Qwen2_5_VL map ``model.language_model.`` and ``model.``
+  to ``language_model.model.``; Qwen3VL maps only ``model.language_model.``; Qwen2ForCausalLM and
+  Qwen3ForCausalLM have no mapper, so vLLM's names are the checkpoint's.
 """
 
 from __future__ import annotations
@@ -44,6 +59,23 @@ VISION_TOWER = "*visual*"  # model.visual holds blocks, merger, deepstack merger
 LM_HEAD = "*lm_head*"
 EMBEDDINGS = "*embed_tokens*"
 
+# vLLM's hf_to_vllm_mapper prefix rules (checkpoint or list-entry prefix -> vLLM's), in its order;
+# each rule applies to the name the previous rules left
+QWEN2_VL_VLLM = (  # Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    ("model.language_model.", "language_model.model."),
+    ("model.visual.", "visual."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.", "language_model.model."),
+)
+QWEN3_VL_VLLM = (  # Qwen3VLForConditionalGeneration: no rule for a bare ``model.``
+    ("model.visual.", "visual."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.language_model.", "language_model.model."),
+)
+VL_LANGUAGE_MODEL = "model.language_model."  # transformers 5's decoder of a VL model
+TEXT_LANGUAGE_MODEL = "model."  # ... of a *ForCausalLM
+VL_VISION_TOWER = "model.visual."  # transformers 5's vision tower of every VL family here
+
 
 @dataclass(frozen=True)
 class Family:
@@ -55,6 +87,36 @@ class Family:
     loader: str  # the transformers class that builds and loads it
     qk_norm: bool  # Qwen3 blocks: q/k RMSNorms, no q/k/v biases (parameter count)
     vision: str | None  # the vision tower's kind (parameter count); None: a text model
+    language_model: str  # transformers 5's prefix of the decoder's modules
+    vllm_mapper: tuple[tuple[str, str], ...]  # vLLM's hf_to_vllm_mapper rules; () for none
+
+    @property
+    def vision_tower(self) -> str | None:
+        """transformers 5's prefix of the vision tower's modules; None for a text family."""
+        return VL_VISION_TOWER if self.vision else None
+
+    def transformers_name(self, name: str) -> str:
+        """transformers 5's name for a checkpoint name (module or tensor) in either spelling.
+
+        transformers 5 renames an old-layout VL checkpoint on load (``visual.`` ->
+        ``model.visual.``, ``model.`` -> ``model.language_model.``) and leaves a text family's
+        names as they are; a name already in its spelling is returned unchanged.
+        """
+        tower = self.vision_tower
+        if tower is None:
+            return name
+        if name.startswith(tower.removeprefix("model.")):
+            return "model." + name
+        if name.startswith("model.") and not name.startswith((self.language_model, tower)):
+            return self.language_model + name[len("model.") :]
+        return name
+
+    def vllm_name(self, name: str) -> str:
+        """vLLM's name for a checkpoint name or list entry: each mapper rule, in order."""
+        for old, new in self.vllm_mapper:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+        return name
 
     @property
     def never_quantize(self) -> tuple[str, ...]:
@@ -83,6 +145,8 @@ FAMILIES = {
             "Qwen2VLForConditionalGeneration",
             False,
             "qwen2_vl",
+            VL_LANGUAGE_MODEL,
+            QWEN2_VL_VLLM,
         ),
         Family(
             "qwen2_5_vl",
@@ -91,6 +155,8 @@ FAMILIES = {
             "Qwen2_5_VLForConditionalGeneration",
             False,
             "qwen2_5_vl",
+            VL_LANGUAGE_MODEL,
+            QWEN2_VL_VLLM,
         ),
         Family(
             "qwen3_vl",
@@ -99,9 +165,20 @@ FAMILIES = {
             "Qwen3VLForConditionalGeneration",
             True,
             "qwen3_vl",
+            VL_LANGUAGE_MODEL,
+            QWEN3_VL_VLLM,
         ),
-        Family("qwen2", "Qwen2 / Qwen2.5", "qwen2", "Qwen2ForCausalLM", False, None),
-        Family("qwen3", "Qwen3", "qwen3", "Qwen3ForCausalLM", True, None),
+        Family(
+            "qwen2",
+            "Qwen2 / Qwen2.5",
+            "qwen2",
+            "Qwen2ForCausalLM",
+            False,
+            None,
+            TEXT_LANGUAGE_MODEL,
+            (),
+        ),
+        Family("qwen3", "Qwen3", "qwen3", "Qwen3ForCausalLM", True, None, TEXT_LANGUAGE_MODEL, ()),
     )
 }
 

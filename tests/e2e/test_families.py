@@ -1,7 +1,8 @@
 """The family that used to fail (Qwen2-VL: its checks passed, then every worker died loading it)
-swept end to end by ``python -m orchestrator.sweep`` on CPU, then exported; and the refusals of the
-model checks: an unsupported family, and a model that fits no worker here, each exit 2 before Ray
-or MLflow start, with the numbers, and write nothing."""
+swept end to end by ``python -m orchestrator.sweep`` on CPU, then exported; a text family exported
+as compressed-tensors by ``python -m orchestrator.export`` (it used to exit 1); and the refusals of
+the model checks: an unsupported family, and a model that fits no worker here, each exit 2 before
+Ray or MLflow start, with the numbers, and write nothing."""
 
 from __future__ import annotations
 
@@ -61,6 +62,24 @@ def test_qwen2_vl_sweeps_and_exports_end_to_end(tmp_path):
     batch = torch.randint(0, 512, (1, 16))
     with torch.no_grad():
         assert torch.isfinite(reloaded(input_ids=batch).logits).all()
+
+
+def test_a_text_family_exports_compressed_tensors_through_the_command(tmp_path):
+    """Issue 23: ``export --format compressed-tensors`` of a Qwen3 model exited 1. The hand-made
+    sweep output of the export tests stands in for a sweep (no Ray); ~8 s on the 2-core box. Every
+    family x format is in ``tests/integration/test_export.py``."""
+    from orchestrator.export.check import check_export
+    from tests.integration.test_export import sweep_output
+
+    out, dest = tmp_path / "out", tmp_path / "ct"
+    _, fp8 = sweep_output(out, str(save_tiny("qwen3", tmp_path / "qwen3")))
+    args = ["--output", str(out), "--scheme", "fp8_test", "--format", "compressed-tensors"]
+    proc = run_module("orchestrator.export", *args, "--dest", str(dest))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert check_export(dest) == []
+    assert json.loads((dest / "scheme.json").read_text())["fp8_modules"] == fp8
+    ignore = json.loads((dest / "config.json").read_text())["quantization_config"]["ignore"]
+    assert ignore[0] == "lm_head" and all(e.startswith("model.layers.") for e in ignore[1:])
 
 
 def _refused(proc, out, *needles: str) -> None:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.export.check import LOADERS, check_export, is_skipped, read_tensors
+from orchestrator.export.check import check_export, is_skipped, loaders, read_tensors
 from orchestrator.export.formats import (
-    CT_IGNORE,
-    MODELOPT_EXCLUDE,
     compressed_tensors_config,
-    never_fp8_entries,
+    ct_never_fp8,
+    modelopt_never_fp8,
 )
 from orchestrator.model.families import FAMILIES
 
@@ -27,7 +26,11 @@ PROJ = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
 SCALE = {"modelopt": ([], "F32"), "compressed-tensors": ([1], "BF16")}
-VL_IGNORE = never_fp8_entries(FAMILIES["qwen2_5_vl"], CT_IGNORE)
+VL_IGNORE = ct_never_fp8(FAMILIES["qwen2_5_vl"])
+# where the checkpoint (save_pretrained, ModelOpt's exporter) puts the decoder and the vision tower:
+# Qwen2-VL and Qwen2.5-VL keep their original hub layout, Qwen3-VL was published in the new one
+LAYOUT = {"qwen3_vl": ("model.language_model.", "model.visual.")}
+HUB_LAYOUT = ("model.", "visual.")
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
@@ -54,18 +57,29 @@ def linear_names(blocks: int) -> list[str]:
     ]
 
 
+def spelled(model_type: str, name: str) -> str:
+    """A hub-spelling name (``model.layers.N``, ``visual.``) in the family's checkpoint layout."""
+    decoder, tower = LAYOUT.get(model_type, HUB_LAYOUT)
+    if name.startswith("visual."):
+        return tower + name[len("visual.") :]
+    return decoder + name[len("model.") :] if name.startswith("model.") else name
+
+
 def make_export(
     root: Path, fmt: str, fp8: list[str], blocks: int = 2, model_type: str = "qwen2_5_vl", **edit
 ) -> Path:
-    """A checkpoint in hub spelling (as ModelOpt writes it) with ``fp8`` modules in FP8; the
-    family's never-FP8 entries as the export writes them."""
+    """A checkpoint in the family's layout (as ModelOpt writes it) with ``fp8`` modules (hub
+    spelling) in FP8; the lists as the export writes them. ``tensors`` and ``drop`` name tensors
+    as they are written."""
     shape, dtype = SCALE[fmt]
     family = FAMILIES[model_type]
-    t = {"model.embed_tokens.weight": ("BF16", [16, H])}
+    fp8 = [spelled(model_type, m) for m in fp8]
+    linear = [spelled(model_type, m) for m in linear_names(blocks)]
+    t = {spelled(model_type, "model.embed_tokens.weight"): ("BF16", [16, H])}
     if family.vision:
-        t["visual.blocks.0.attn.qkv.weight"] = ("BF16", [3 * H, H])
-        t["visual.merger.mlp.0.weight"] = ("BF16", [H, H])
-    for m in linear_names(blocks):
+        t[spelled(model_type, "visual.blocks.0.attn.qkv.weight")] = ("BF16", [3 * H, H])
+        t[spelled(model_type, "visual.merger.mlp.0.weight")] = ("BF16", [H, H])
+    for m in linear:
         t[f"{m}.weight"] = ("F8_E4M3" if m in fp8 else "BF16", [H, H])
         if m in fp8:
             t[f"{m}.weight_scale"] = (dtype, shape)
@@ -75,9 +89,9 @@ def make_export(
         del t[k]
     root.mkdir()
     write_safetensors(root / "model.safetensors", t)
-    bf16 = [m for m in linear_names(blocks) if m not in fp8]
+    bf16 = [m for m in linear if m not in fp8]
     if fmt == "modelopt":
-        entries = [*never_fp8_entries(family, MODELOPT_EXCLUDE), *bf16]
+        entries = [*modelopt_never_fp8(family, t), *bf16]
         qc = {"quant_method": "modelopt", "quant_algo": "FP8", "ignore": entries}
         hf = {"quantization": {"quant_algo": "FP8", "exclude_modules": entries}}
         (root / "hf_quant_config.json").write_text(json.dumps(hf))
@@ -89,10 +103,7 @@ def make_export(
             "symmetric": True,
             "dynamic": False,
         }
-        entries = [
-            *never_fp8_entries(family, CT_IGNORE),
-            *(m.replace("model.", "model.language_model.", 1) for m in bf16),
-        ]
+        entries = [*ct_never_fp8(family), *(family.transformers_name(m) for m in bf16)]
         qc = {
             "quant_method": "compressed-tensors",
             "format": "float-quantized",
@@ -108,12 +119,12 @@ def make_export(
     (root / "config.json").write_text(
         json.dumps({"model_type": model_type, "quantization_config": qc})
     )
-    params = sum(H * H for _ in linear_names(blocks)) + 16 * H
+    params = sum(H * H for _ in linear) + 16 * H
     params += (3 * H * H + H * H) if family.vision else 0
     model_bytes = 2 * params - H * H * len(fp8)
     scheme = {
         "name": "s",
-        "fp8_modules": [m.replace("model.", "model.language_model.", 1) for m in fp8],
+        "fp8_modules": [family.transformers_name(m) for m in fp8],
         "model_bytes": model_bytes,
     }
     (root / "scheme.json").write_text(json.dumps(scheme))
@@ -124,9 +135,10 @@ BLOCK0 = [m for m in linear_names(2) if ".0." in m]
 MIXED = BLOCK0 + ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
 
 
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
 @pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
-def test_a_good_export_passes(tmp_path, fmt):
-    assert check_export(make_export(tmp_path / "x", fmt, MIXED)) == []
+def test_a_good_export_passes(tmp_path, fmt, model_type):
+    assert check_export(make_export(tmp_path / "x", fmt, MIXED, model_type=model_type)) == []
 
 
 def test_header_reader_sees_dtypes_shapes_and_bytes(tmp_path):
@@ -224,24 +236,63 @@ def test_fp8_never_fp8_weight_fails(tmp_path, model_type, fmt, module, shape):
     assert any(p.startswith(f"{module}: vision, embedding and lm_head") for p in problems)
 
 
-def test_a_text_family_export_names_no_vision_tower(tmp_path):
-    """Issue 23: a text family's compressed-tensors ignore list held a vision-tower regex that
-    matches no module; its entries now come from the family table, which lists no tower. The
-    rest of that list is still spelled in Qwen2.5-VL's names, so the check refuses the format."""
-    lm_head = r"re:^(language_model\.)?lm_head$"
-    assert compressed_tensors_config(FAMILIES["qwen2"], [])["ignore"] == [lm_head]
-    vl = compressed_tensors_config(FAMILIES["qwen2_5_vl"], [])["ignore"]
-    assert vl == [lm_head, r"re:^(model\.)?visual\."]
-    text = never_fp8_entries(FAMILIES["qwen3"], MODELOPT_EXCLUDE)
-    assert text == ["lm_head", "model.embed_tokens"]
-    assert never_fp8_entries(FAMILIES["qwen3_vl"], MODELOPT_EXCLUDE) == [*text, "visual*"]
-    assert check_export(make_export(tmp_path / "x", "modelopt", MIXED, model_type="qwen2")) == []
-    folder = make_export(tmp_path / "y", "compressed-tensors", MIXED, model_type="qwen2")
-    refused = check_export(folder)
-    assert refused == [
-        "compressed-tensors for Qwen2 / Qwen2.5 is not supported yet: its ignore list would name "
-        "Qwen2.5-VL modules, which this family's loaders do not have; use --format modelopt"
+def test_each_family_lists_its_never_fp8_parts_in_its_own_spelling(tmp_path):
+    """Issue 23: a text family's lists held a vision-tower regex and Qwen2.5-VL names; every
+    entry now comes from the family table. ModelOpt's list is spelled like the checkpoint,
+    compressed-tensors' like transformers 5's modules, with a regex where vLLM differs."""
+    either_head = r"re:^(?:lm_head|language_model\.lm_head)$"
+    either_tower = r"re:^(?:model\.visual\.|visual\.)"
+    for text in ("qwen2", "qwen3"):
+        family = FAMILIES[text]
+        assert ct_never_fp8(family) == ["lm_head"]
+        folder = make_export(tmp_path / text, "modelopt", MIXED, model_type=text)
+        assert modelopt_never_fp8(family, read_tensors(folder)) == ["lm_head", "model.embed_tokens"]
+        assert compressed_tensors_config(family, ["model.layers.1.mlp.up_proj"])["ignore"] == [
+            "lm_head",
+            "model.layers.1.mlp.up_proj",
+        ]
+    for vl in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        assert ct_never_fp8(FAMILIES[vl]) == [either_head, either_tower]
+    hub = read_tensors(make_export(tmp_path / "q25", "modelopt", MIXED))
+    assert modelopt_never_fp8(FAMILIES["qwen2_5_vl"], hub) == [
+        "lm_head",
+        "model.embed_tokens",
+        "visual*",
     ]
+    new = read_tensors(make_export(tmp_path / "q3", "modelopt", MIXED, model_type="qwen3_vl"))
+    assert modelopt_never_fp8(FAMILIES["qwen3_vl"], new) == [
+        "lm_head",
+        "model.language_model.embed_tokens",
+        "model.visual*",
+    ]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_a_text_family_export_in_vl_spelling_is_refused(tmp_path, model_type):
+    """The old bug: a Qwen2ForCausalLM's ignore list in Qwen2.5-VL's names. Neither loader has a
+    ``model.language_model.`` or a vision tower, so every BF16 layer would load as FP8."""
+    vl = [
+        r"re:^(language_model\.)?lm_head$",
+        r"re:^(model\.)?visual\.",
+        *(
+            m.replace("model.", "model.language_model.", 1)
+            for m in linear_names(2)
+            if m not in MIXED
+        ),
+    ]
+    folder = make_export(
+        tmp_path / "x", "compressed-tensors", MIXED, model_type=model_type, ignore=vl
+    )
+    problems = check_export(folder)
+    for loader in ("transformers", "vLLM compressed-tensors"):
+        assert f"{loader}: ignore entry {vl[1]!r} matches no module" in problems
+        assert f"{loader}: ignore entry {vl[2]!r} matches no module" in problems
+    layer = "model.layers.1.self_attn.q_proj"
+    assert f"transformers: would build {layer} as FP8 but the plan keeps it BF16" in problems
+    fused = "model.layers.1.self_attn.qkv_proj"
+    assert f"vLLM compressed-tensors: would build {fused} as FP8 but the plan keeps it BF16" in (
+        problems
+    )
 
 
 def test_an_unsupported_model_type_is_refused(tmp_path):
@@ -287,7 +338,7 @@ def test_bytes_beyond_the_plan_fail(tmp_path):
 
 
 def test_vllm_reads_either_spelling_of_an_ignore_entry():
-    ct = LOADERS["compressed-tensors"][1]
+    ct = loaders("compressed-tensors", FAMILIES["qwen2_5_vl"])[1]
     for entry in ("model.layers.3.mlp.down_proj", "model.language_model.layers.3.mlp.down_proj"):
         assert is_skipped(ct, "language_model.model.layers.3.mlp.down_proj", ct.entries([entry]))
     assert is_skipped(ct, "visual.blocks.0.attn.qkv", ct.entries(VL_IGNORE))

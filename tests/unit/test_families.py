@@ -75,3 +75,31 @@ def test_each_family_never_quantizes_what_the_table_says(model_type):
         "gate_up",
         "model.layers.0.gate_up",
     )
+
+
+def test_each_family_maps_names_as_its_loaders_do():
+    """transformers 5 renames an old-layout VL checkpoint and leaves a text one alone; vLLM's
+    mapper is the family's class's: Qwen3-VL has no rule for a bare ``model.``, text has none."""
+    q, v = "model.layers.3.mlp.up_proj", "visual.blocks.0.attn.qkv"
+    lm_q, lm_v = "model.language_model.layers.3.mlp.up_proj", "model.visual.blocks.0.attn.qkv"
+    transformers = {  # model_type: checkpoint name -> transformers 5's
+        "qwen2_vl": {q: lm_q, v: lm_v, lm_q: lm_q, lm_v: lm_v, "lm_head": "lm_head"},
+        "qwen2_5_vl": {q: lm_q, v: lm_v, lm_q: lm_q, lm_v: lm_v, "lm_head": "lm_head"},
+        "qwen3_vl": {lm_q: lm_q, lm_v: lm_v, "lm_head": "lm_head"},
+        "qwen2": {q: q, "lm_head": "lm_head"},
+        "qwen3": {q: q, "lm_head": "lm_head"},
+    }
+    vl_q, vl_head = "language_model.model.layers.3.mlp.up_proj", "language_model.lm_head.weight"
+    vllm = {  # model_type: checkpoint name or list entry -> vLLM's
+        "qwen2_vl": {q: vl_q, lm_q: vl_q, v: v, lm_v: v, "lm_head.weight": vl_head},
+        "qwen2_5_vl": {q: vl_q, lm_q: vl_q, v: v, lm_v: v, "lm_head.weight": vl_head},
+        "qwen3_vl": {q: q, lm_q: vl_q, lm_v: v, "lm_head.weight": vl_head},
+        "qwen2": {q: q, lm_q: lm_q, "lm_head.weight": "lm_head.weight"},
+        "qwen3": {q: q, lm_q: lm_q, "lm_head.weight": "lm_head.weight"},
+    }
+    assert set(transformers) == set(vllm) == set(FAMILIES)
+    for model_type, f in FAMILIES.items():
+        assert {k: f.transformers_name(k) for k in transformers[model_type]} == transformers[
+            model_type
+        ]
+        assert {k: f.vllm_name(k) for k in vllm[model_type]} == vllm[model_type]
