@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -267,30 +268,53 @@ class SweepConfig(_Strict):
         return self.tracking.experiment or self.name
 
 
-def _format_errors(err: ValidationError, source: str, schema: type[BaseModel]) -> str:
-    """One line: each problem's field, its value and what is allowed there.
+def _format_errors(
+    err: ValidationError, source: str, schema: type[BaseModel], given: Sequence[Override] = ()
+) -> str:
+    """One line: each problem's field, its value and what is allowed there, blamed on where the
+    value came from: the file ``source``, or the flag that set it (``given``), as the user typed it.
 
     A missing field has no value of its own (pydantic's ``input`` is the enclosing mapping), so it
     reads ``search.coverage: required (<what the field takes>)``; an unknown key lists the keys
     its section takes, and a key it took once says why it went (``removed``).
     """
-    parts = []
+    from_file, from_flags = [], []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             section = _section_at(schema, e["loc"][:-1])
             why = getattr(section, "removed", {}).get(str(e["loc"][-1]))
             known = f" (allowed: {', '.join(section.model_fields)})" if section else ""
-            parts.append(
-                f"'{loc}' was removed ({why}); delete it" if why else f"unknown key '{loc}'{known}"
-            )
+            gone = f"'{loc}' was removed ({why}); delete it"
+            part = gone if why else f"unknown key '{loc}'{known}"
         elif e["type"] == "missing":
-            parts.append(f"{loc}: required ({_takes(schema, e['loc'])})")
+            part = f"{loc}: required ({_takes(schema, e['loc'])})"
         else:
-            msg = e["msg"].removeprefix("Value error, ")
             # a check across fields has no location; its message names the fields and values
-            parts.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
+            part = f"{loc}={e.get('input')!r}: {msg}" if loc else msg
+        flag = _blamed(e["loc"], part, given)
+        if flag is None:
+            from_file.append(part)
+        elif flag.key == loc and e["type"] not in ("extra_forbidden", "missing"):
+            from_flags.append(f"{flag.given}: {msg}")  # the flag as typed shows key and value
+        else:
+            from_flags.append(f"{flag.given}: {part}")
+    parts = ([f"{source}: " + "; ".join(from_file)] if from_file else []) + from_flags
+    return "; ".join(parts)
+
+
+def _blamed(loc: Sequence[Any], part: str, given: Sequence[Override]) -> Override | None:
+    """The override that set the value at ``loc`` (or the section holding it, or a key inside
+    it); for a check across fields, the last override its message names."""
+    path = [str(p) for p in loc if not isinstance(p, int)]
+    hits = [
+        o
+        for o in given
+        if (path and o.key.split(".")[: len(path)] == path[: len(o.key.split("."))])
+        or (not path and f"{o.key}=" in part)
+    ]
+    return hits[-1] if hits else None
 
 
 def _section_at(schema: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
@@ -320,34 +344,61 @@ def _takes(schema: type[BaseModel], loc: Sequence[Any]) -> str:
     return f"a {getattr(ann, '__name__', None) or str(ann).replace('typing.', '')}"
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        child = node.setdefault(k, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{k}' is a value, not a section")
-        node = child
-    node[keys[-1]] = value
+@dataclass(frozen=True)
+class Override:
+    """One value the user set on the command line, and how they wrote it (``given``), so that a
+    message about it names the flag they typed (``--set data.batch_size=two``, ``--max-kl 0``)
+    rather than the YAML file it replaces."""
+
+    key: str  # dotted: selection.max_kl
+    value: Any
+    given: str
+
+    @property
+    def flag(self) -> str:
+        """How the key was named, without the value: ``--set selection.max_kl``, ``--max-kl``."""
+        return f"--set {self.key}" if self.given.startswith("--set ") else self.given.split()[0]
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key.sub=value`` pairs to a nested dict; values are YAML scalars or lists, read by the
-    config files' own loader (no aliases, no repeated keys)."""
-    tree: dict[str, Any] = {}
+def parse_overrides(pairs: Sequence[str]) -> list[Override]:
+    """``--set key.sub=value`` pairs; values are YAML scalars, lists or mappings, read by the
+    config files' own loader (no aliases, no repeated keys). An empty pair sets nothing (what
+    MLproject passes when its ``set`` parameter is left out)."""
+    out = []
     for pair in pairs:
+        if not pair.strip():
+            continue
         key, sep, raw = pair.partition("=")
         if not sep or not key or any(not k for k in key.split(".")):
-            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. search.coverage=[0.5,1.0]")
+            raise ConfigError(
+                f"--set {pair!r}: expected KEY=VALUE, e.g. search.coverage=[0.5,1.0] or "
+                "scoring.num_score_steps=8 (see --help)"
+            )
         try:
             value = yaml_input.load(raw) if raw else ""
         except yaml_input.YamlRefused as e:
             raise ConfigError(f"--set {pair!r}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(
-                f"--set {pair!r}: value is not valid YAML ({e.__class__.__name__})"
+                f"--set {pair!r}: value is not valid YAML ({e.__class__.__name__}); "
+                "a list is [a, b], a mapping {key: value}"
             ) from None
-        _set_dotted(tree, key, value)
+        out.append(Override(key, value, f"--set {pair}"))
+    return out
+
+
+def _tree(overrides: Sequence[Override]) -> dict[str, Any]:
+    """The overrides as one nested mapping, a later value for a key replacing an earlier one."""
+    tree: dict[str, Any] = {}
+    for o in overrides:
+        keys = o.key.split(".")
+        node = tree
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{o.given}: '{k}' is a value, not a section")
+            node = child
+        node[keys[-1]] = o.value
     return tree
 
 
@@ -384,13 +435,24 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> SweepConfig:
-    """YAML first, then overrides (the command line wins); validated as one unit."""
+    """YAML first, then ``--set`` overrides (the command line wins); validated as one unit, a bad
+    value blamed on the ``--set`` that gave it."""
     path = path or DEMO_CONFIG
-    raw = _merge(read_yaml(path), parse_overrides(overrides))
+    given = parse_overrides(overrides)
+    return _validated(_merge(read_yaml(path), _tree(given)), str(path), given)
+
+
+def override_config(cfg: SweepConfig, given: Sequence[Override], source: str) -> SweepConfig:
+    """A sweep's config (read from ``source``) with a command's own overrides (``select
+    --max-kl``, ``--set selection.objective=...``), validated as the sweep's were."""
+    return _validated(_merge(cfg.model_dump(mode="json"), _tree(given)), source, given)
+
+
+def _validated(raw: dict[str, Any], source: str, given: Sequence[Override]) -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path), SweepConfig)) from None
+        raise ConfigError(_format_errors(e, source, SweepConfig, given)) from None
 
 
 def read_written_config(path: Path) -> SweepConfig:
