@@ -40,6 +40,42 @@ class SelectionError(RuntimeError):
     """No feasible trial, or a catalog name no measured point can honestly carry."""
 
 
+SWEEP_RELAX = (
+    "python -m orchestrator.select --output <this sweep's folder> --max-kl <higher> re-selects "
+    "without rerunning"
+)
+
+
+class KlCap(float):
+    """``selection.max_kl`` and how the user set it, for the advice when the cap keeps a name out.
+
+    It is the plain float every stage takes (``outputs.publish.finalize`` hands it to
+    :func:`select` unread); only the advice reads ``given``, the flag as the user typed it
+    (``--max-kl 1e-09``, ``--set selection.max_kl=1e-9``) or where the value was written, and
+    ``relax``, the command that re-selects with another cap. A plain float (the sweep's) reads
+    ``selection.max_kl`` and advises ``select``: a sweep rerun with another cap is another
+    config hash, which its ``--output`` refuses.
+    """
+
+    given: str
+    relax: str
+
+    def __new__(cls, value: float, given: str, relax: str) -> KlCap:
+        cap = super().__new__(cls, value)
+        cap.given, cap.relax = given, relax
+        return cap
+
+
+def _over_cap(max_kl: float | None, least: str = "") -> str:
+    """What the cap is, where it was set and how to relax it, for an exit-3 message; ``least``
+    adds the least KL measured."""
+    if isinstance(max_kl, KlCap):
+        given, relax = max_kl.given, max_kl.relax
+    else:
+        given, relax = "selection.max_kl", SWEEP_RELAX
+    return f"exceed max_kl={max_kl:g} ({given}{least}); relax it: {relax}"
+
+
 @dataclass(frozen=True)
 class Selection:
     schemes: tuple[NamedScheme, ...]
@@ -163,12 +199,15 @@ def unbound(
     inside = [r for r in trials if band.contains(r.fp8_fraction)]
     done = [r for r in inside if r.status == "FINISHED"]
     finite = [r for r in done if math.isfinite(obj.value(r.metrics))]
-    over = sum(max_kl is not None and obj.value(r.metrics) > max_kl for r in finite)
+    over = [
+        obj.value(r.metrics) for r in finite if max_kl is not None and obj.value(r.metrics) > max_kl
+    ]
+    least = f"; least {obj.metric} there {min(over):.3g}" if over else ""
     kept_out = (
         (len(inside) - len(done), "failed (see trials.parquet; a rerun on this --output retries)"),
         (len(done) - len(finite), f"have no finite {obj.metric}"),
         (sum(r.fp8_fraction <= 0 for r in finite), "hold no FP8 module"),
-        (over, f"exceed max_kl={max_kl} (selection.max_kl, select --max-kl); relax it"),
+        (len(over), _over_cap(max_kl, least) if over else ""),
     )
     advice += [f"{n} trial(s) in the band {why}" for n, why in kept_out if n]
     if not inside and not lacks:
@@ -185,6 +224,25 @@ def unbound(
             "in selection.catalog"
         )
     return f"no feasible trial has {band} for '{scheme.name}'; " + "; ".join(advice)
+
+
+def _none_feasible(results: Sequence[TrialResult], max_kl: float | None, obj: Objective) -> str:
+    """Why no trial is feasible: each reason with its count, the cap with the least KL measured."""
+    trials = [r for r in results if r.kind == "trial"]
+    done = [r for r in trials if r.status == "FINISHED"]
+    finite = [r for r in done if math.isfinite(obj.value(r.metrics))]
+    fp8 = [r for r in finite if r.fp8_fraction > 0]
+    over = [r for r in fp8 if max_kl is not None and obj.value(r.metrics) > max_kl]
+    reasons = [
+        (len(trials) - len(done), "failed (see trials.parquet; a rerun on this --output retries)"),
+        (len(done) - len(finite), f"have no finite {obj.metric}"),
+        (len(finite) - len(fp8), "hold no FP8 module"),
+    ]
+    said = [f"{n} {why}" for n, why in reasons if n]
+    if over:
+        least = f"; least {obj.metric} measured {min(obj.value(r.metrics) for r in over):.3g}"
+        said.append(f"{len(over)} {_over_cap(max_kl, least)}")
+    return f"no feasible trial among {len(trials)}: " + ("; ".join(said) or "no trial ran")
 
 
 def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) -> str:
@@ -219,10 +277,7 @@ def select(
     error for an unbound name say what the grid lacks rather than what the trials asked for."""
     pool, front = front_of(results, max_kl, objective)
     if not pool:
-        raise SelectionError(
-            f"no feasible trial: every trial failed, had no FP8 module, had no finite "
-            f"{objective.metric}, or exceeded max_kl"
-        )
+        raise SelectionError(_none_feasible(results, max_kl, objective))
     schemes = []
     for s in catalog.schemes:
         picked = bind(s, front, pool, objective)

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from orchestrator.core.config import SearchConfig, load_catalog
-from orchestrator.core.selection import SelectionError, knee, pareto_front, select
+from orchestrator.core.selection import (
+    SWEEP_RELAX,
+    KlCap,
+    SelectionError,
+    knee,
+    pareto_front,
+    select,
+)
 
 from .helpers import result
 
@@ -119,7 +126,7 @@ def test_quality_cap_that_empties_a_band_is_an_error_naming_the_cap_not_the_budg
         select(_front(), CATALOG, max_kl=0.15)  # "e", at 8 bits, is over the cap
     assert str(e.value) == (
         "no feasible trial has 100% +- 0% FP8 for 'fp8_autoquant_full'; 1 trial(s) in the band "
-        "exceed max_kl=0.15 (selection.max_kl, select --max-kl); relax it"
+        "exceed max_kl=0.15 (selection.max_kl; least kl_mean there 0.2); relax it: " + SWEEP_RELAX
     )
 
 
@@ -158,8 +165,8 @@ TOP25 = "no feasible trial has 25% +- 5% FP8 for 'fp8_autoquant_top25'; "
         (
             [result("a", 14, 0.05)],
             _grid(),
-            "1 trial(s) in the band exceed max_kl=0.01 (selection.max_kl, select --max-kl); "
-            "relax it",
+            "1 trial(s) in the band exceed max_kl=0.01 (selection.max_kl; least kl_mean there "
+            "0.05); relax it: " + SWEEP_RELAX,
         ),
     ],
     ids=["deduplicated-and-coarse", "coarse-no-grid", "failed-and-nan", "lacks-bits", "over-cap"],
@@ -167,7 +174,7 @@ TOP25 = "no feasible trial has 25% +- 5% FP8 for 'fp8_autoquant_top25'; "
 def test_an_unbound_name_is_advised_only_what_the_sweep_lacks(trials, grid, advice):
     """The advice to add a budget comes only when the grid lacks it (issue 23: an exit-3 message
     advised adding effective_bits=14 to a grid that held 14)."""
-    max_kl = 0.01 if advice.endswith("relax it") else None
+    max_kl = 0.01 if "relax it" in advice else None
     with pytest.raises(SelectionError) as e:
         select(BASE + trials, CATALOG, max_kl=max_kl, grid=grid)
     msg = str(e.value)
@@ -180,3 +187,26 @@ def test_an_unbound_name_is_advised_only_what_the_sweep_lacks(trials, grid, advi
 def test_no_feasible_points():
     with pytest.raises(SelectionError, match="no feasible trial"):
         select([result("f", 9, 0.0, status="FAILED")], CATALOG)
+
+
+def test_a_cap_set_by_a_flag_is_named_as_typed_and_relaxed_with_that_flag():
+    """Exit 3 names the flag the user typed (issue 27: ``select --max-kl 0.0001`` was told about
+    ``selection.max_kl``), and how to relax it with the same flag."""
+    cap = KlCap(0.01, "--max-kl 0.01", "--max-kl <higher>")
+    with pytest.raises(SelectionError) as e:
+        select(BASE + [result("a", 14, 0.05)], CATALOG, max_kl=cap, grid=_grid())
+    assert str(e.value) == (
+        TOP25 + "1 trial(s) in the band exceed max_kl=0.01 (--max-kl 0.01; least kl_mean there "
+        "0.05); relax it: --max-kl <higher>"
+    )
+
+
+def test_a_cap_over_every_trial_says_so_with_the_least_kl_measured():
+    cap = KlCap(1e-9, "--set selection.max_kl=1e-9", "--set selection.max_kl=<higher>")
+    with pytest.raises(SelectionError) as e:
+        select(_front() + [result("f", 9, 0.0, status="FAILED")], CATALOG, max_kl=cap)
+    assert str(e.value) == (
+        "no feasible trial among 7: 1 failed (see trials.parquet; a rerun on this --output "
+        "retries); 6 exceed max_kl=1e-09 (--set selection.max_kl=1e-9; least kl_mean measured "
+        "0.001); relax it: --set selection.max_kl=<higher>"
+    )
