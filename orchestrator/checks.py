@@ -117,12 +117,18 @@ def _check_model(cfg: SweepConfig) -> str:
 
     try:
         facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
+    except ConfigError:
+        raise  # a preset's typo, a missing folder: said without the network (check_source)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ConfigError(
-            f"model.source={cfg.model.source!r}: not a preset, a local folder with config.json, "
-            f"or a reachable hub id ({first[:160]})"
-        ) from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = (
+            "not in the local cache (HF_HUB_OFFLINE is set)"
+            if offline
+            else "not on the hub, or the hub is unreachable (offline? HF_HUB_OFFLINE=1 reads "
+            "the local cache without retrying the hub)"
+        )
+        raise ConfigError(f"model.source={cfg.model.source!r}: {why}: {first[:160]}") from None
     try:
         profile = profile_for(facts.model_type)
     except ValueError as e:

@@ -4,7 +4,9 @@ its dtype on its device, and spread over a worker's GPUs when it has several."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where models are built: the driver's input checks skip it
     import torch
     from torch import nn
+from orchestrator.core.config import ConfigError
 from orchestrator.model.families import (
     FAMILIES,
     ModelProfile,
@@ -24,8 +27,21 @@ from orchestrator.model.presets import PRESET_SEED, PRESETS, SHIPPED_PRESETS
 log = logging.getLogger(__name__)
 
 
+# A hub id is owner/name, each part letters, digits, '-', '_' or '.' (the hub's own rule also
+# refuses '--' and '..', and more than 96 characters).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def is_local_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether the hub could hold ``source``. Only such a name is looked up there: a preset's
+    misspelt name (``wikitext-qwen2.5vl``) would otherwise cost the hub client's five retries,
+    about 25 s offline, to end in a message that names neither the presets nor the typo."""
+    bad = "--" in source or ".." in source or len(source) > 96
+    return not bad and _HUB_ID.fullmatch(source) is not None
 
 
 def resolve_source(source: str) -> str:
@@ -33,18 +49,45 @@ def resolve_source(source: str) -> str:
     return str(SHIPPED_PRESETS[source]) if source in SHIPPED_PRESETS else source
 
 
+def check_source(source: str) -> None:
+    """Refuse, in one line and without the network, a source that is no preset, no model folder
+    and cannot be a hub id: a missing folder says it does not exist, a folder without
+    ``config.json`` says so, any other name lists the presets with the nearest first."""
+    if source in PRESETS or source in SHIPPED_PRESETS:
+        return
+    path = Path(source).expanduser()
+    if is_local_path(source):
+        if not path.exists():
+            raise ConfigError(f"model.source={source!r}: folder {path} does not exist")
+        if not path.is_dir():
+            raise ConfigError(f"model.source={source!r}: {path} is a file; give the model's folder")
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model.source={source!r}: folder {path} has no config.json (not a saved model)"
+            )
+        return
+    if not is_hub_id(source):
+        names = [*SHIPPED_PRESETS, *PRESETS]
+        near = difflib.get_close_matches(source, names, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(
+            f"model.source={source!r}: not a preset, a folder or a hub id (owner/name); {hint}"
+            f"presets: {', '.join(names)}"
+        )
+
+
 def resolve_config(
     source: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> Any:
-    """The HF config behind ``source`` (preset, local folder or hub id), without loading weights."""
+    """The HF config behind ``source`` (preset, local folder or hub id), without loading weights;
+    only a name that can be a hub id goes to the hub (:func:`check_source`)."""
     if source in PRESETS:
         return PRESETS[source]()
+    check_source(source)
     source = resolve_source(source)
     from transformers import AutoConfig
 
     path = Path(source).expanduser()
-    if is_local_path(source) and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.source={source!r}: no config.json in that folder")
     return AutoConfig.from_pretrained(
         str(path) if is_local_path(source) else source,
         revision=revision,
@@ -93,6 +136,7 @@ def model_facts(
     """
     import json
 
+    check_source(source)
     folder = Path(resolve_source(source)).expanduser()
     if source not in PRESETS and is_local_path(str(folder)) and (folder / "config.json").is_file():
         try:

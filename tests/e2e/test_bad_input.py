@@ -4,11 +4,15 @@ Ray, MLflow or model work, and writes nothing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.e2e.test_sweep import sweep
 
 pytestmark = pytest.mark.e2e
@@ -23,9 +27,12 @@ pytestmark = pytest.mark.e2e
         ),
         (["--set", "search.coverage=[0]"], "value 0.0 is outside (0, 1]"),
         (["--set", "search.coverage=[]"], "search.coverage=[]: List should have at least 1 item"),
-        (["--set", "bogus=1"], "unknown key 'bogus'"),
-        (["--set", "data.batch_size=two"], "data.batch_size='two'"),
-        (["--set", "model.source=/no/such/model"], "model.source='/no/such/model'"),
+        (["--set", "bogus=1"], "--set bogus=1: unknown key 'bogus'"),
+        (["--set", "data.batch_size=two"], "--set data.batch_size=two: Input should be"),
+        (
+            ["--set", "model.source=/no/such/model"],
+            "model.source='/no/such/model': folder /no/such/model does not exist",
+        ),
         (["--set", "model.source=nobody-xyz/not-a-model"], "model.source='nobody-xyz/not-a-model'"),
         (["--set", "data.source=/no/such.txt"], "data.source='/no/such.txt': file not found"),
         (["--set", "search.gpus=required"], "search.gpus='required' but this machine has none"),
@@ -36,7 +43,7 @@ pytestmark = pytest.mark.e2e
         ),
         (["--set", "search.strategies=[ends_bf16:1]"], "lacks 'solve'"),
         (["--set", "search.strategies=[solve,oracle]"], "'oracle' is not one of solve"),
-        (["--set", "selection.objective=ppl"], "selection.objective='ppl': Input should be"),
+        (["--set", "selection.objective=ppl"], "--set selection.objective=ppl: Input should be"),
         (
             ["--set", "selection.objective=image_kl_mean"],
             "selection.objective='image_kl_mean': the evaluation set has no image+text rows",
@@ -55,6 +62,44 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, need
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not out.exists()
     assert "Ray" not in proc.stdout and "mlflow" not in proc.stdout.lower()
+
+
+def test_a_presets_typo_is_refused_at_once_listing_the_presets(tmp_path):
+    """Issue 27: ``wikitext-qwen2.5vl`` cannot be a hub id (no owner/), so the hub is never
+    asked: online or not, with HF_HUB_OFFLINE unset, the answer comes in seconds (it took the hub
+    client's retries, 43 s) and names the preset meant. The hub's address is a closed local port,
+    so a lookup, were one made, would fail and retry (about 25 s), never leave the machine."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--output", str(out)]
+        + ["--set", "model.source=wikitext-qwen2.5vl"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - start
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        "error: model.source='wikitext-qwen2.5vl': not a preset, a folder or a hub id "
+        "(owner/name); did you mean 'wikitext-qwen2.5-vl'? presets: wikitext-qwen2.5-vl, "
+        "tiny-qwen2.5-vl, qwen2.5-vl-3b-random, qwen2.5-vl-7b-random, qwen2.5-vl-32b-random, "
+        "qwen2.5-vl-72b-random"
+    ]
+    assert took < 5, took
+    assert not out.exists()
+
+
+def test_a_folder_without_a_model_says_so(tmp_path):
+    proc = sweep(tmp_path / "out", "--set", f"model.source={tmp_path}")
+    assert proc.returncode == 2
+    assert f"folder {tmp_path} has no config.json (not a saved model)" in proc.stderr
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
