@@ -1,4 +1,8 @@
-"""``python -m orchestrator.compare_sweeps A B``: two finished sweeps' schemes, name by name.
+"""``python -m orchestrator.compare_sweeps --output A --against B``: two finished sweeps' schemes,
+name by name.
+
+    python -m orchestrator.compare_sweeps --output runs/text-calib --against runs/image-calib
+    python -m orchestrator.compare_sweeps --output A --against B --objective image_kl_mean
 
 Two sweeps that differ in how they calibrate and score (text only vs image+text, other records,
 other step counts) but were evaluated on the same evaluation set can be compared paired: for each
@@ -7,11 +11,14 @@ the ratio B / A with its paired interval and a verdict (``better``: B's scheme h
 name bound to the same modules in both still differs when calibration did (other ranges), so it
 is compared like any other (``same_modules`` says so). The evaluation sets must be the same
 tokens, images and processor settings (``sweep.json``'s eval data hash); otherwise the command
-exits 2 and says so. Reads only the two folders; no Ray, no MLflow. Exit 0, or 2 on bad input.
+exits 2 and says so. ``--objective`` spells ``--set selection.objective``. Reads only the two
+folders; no Ray, no MLflow. Exit 0, or 2 on bad input. The older ``compare_sweeps A B`` still
+works, with a line saying so.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,8 +28,8 @@ from typing import Any
 import yaml
 
 from orchestrator import cli
-from orchestrator.core.config import ConfigError
-from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
+from orchestrator.core.config import ConfigError, Override
+from orchestrator.core.objectives import KL_MEAN, OBJECTIVES, Objective, missing_rows
 from orchestrator.core.records import TrialResult, stable_seed
 from orchestrator.core.stats import paired_ratio_ci, ratio_ci, verdict
 from orchestrator.outputs.files import read_sweep_json
@@ -79,7 +86,7 @@ def _published(output: Path, field: str) -> tuple[dict[str, Any], dict[str, Tria
     """(sweep.json, scheme name -> its measured trial) of a finished sweep folder."""
     sweep = read_sweep_json(output)
     if sweep is None or not (output / "schemes.yaml").exists():
-        raise ConfigError(f"{field}={output}: no finished sweep (sweep.json, schemes.yaml)")
+        raise ConfigError(f"{field} {output}: no finished sweep (sweep.json, schemes.yaml)")
     doc = yaml.safe_load((output / "schemes.yaml").read_text())
     by_plan = {r.plan_hash: r for r in load_results(output) if r.status == "FINISHED"}
     named = {
@@ -92,7 +99,8 @@ def check_same_evaluation(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
     ha, hb = (s.get("data_hashes", {}).get("eval") for s in (a, b))
     if ha is None or ha != hb:
         raise ConfigError(
-            f"B: evaluated on set {hb}, A on {ha}; a paired comparison needs one evaluation set "
+            f"--against: evaluated on set {hb}, --output on {ha}; a paired comparison needs one "
+            "evaluation set "
             "(the same data.eval_batches, batch_size, seq_len, eval_image_fraction and records)"
         )
 
@@ -119,30 +127,68 @@ def table_lines(rows: Sequence[Mapping[str, Any]], objective: Objective) -> list
     return lines
 
 
+def parser() -> cli.Parser:
+    p = cli.Parser(
+        "orchestrator.compare_sweeps",
+        __doc__,
+        output="a finished sweep's output folder: A, the baseline",
+        set_keys={"selection.objective": "image_kl_mean"},
+        verbose="show what the libraries print",
+    )
+    p.add_argument(
+        "--against", type=Path, metavar="DIR", help="B: another sweep, evaluated on the same set"
+    )
+    p.add_argument(
+        "--objective", choices=OBJECTIVES, default=None, help="the KL compared (default: kl_mean)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    p.add_argument("folders", nargs="*", type=Path, help=argparse.SUPPRESS)  # the old A B form
+    return p
+
+
 @cli.command  # bad input: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.Parser("orchestrator.compare_sweeps", __doc__)
-    p.add_argument("a", type=Path, help="a finished sweep's output folder (the baseline)")
-    p.add_argument("b", type=Path, help="another, evaluated on the same set")
-    p.add_argument("--objective", choices=OBJECTIVES, default="kl_mean", help="the KL compared")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    p = parser()
     args = p.parse_args(argv)
-    setup_logging()
-    objective = Objective(args.objective)
-    sweep_a, a = _published(args.a.resolve(), "A")
-    sweep_b, b = _published(args.b.resolve(), "B")
+    a_dir, b_dir = _folders(p, args)
+    given = p.overrides(args, objective=args.objective)
+    setup_logging(args.verbose)
+    objective = _objective(given[-1] if given else None)
+    sweep_a, a = _published(a_dir.resolve(), "--output")
+    sweep_b, b = _published(b_dir.resolve(), "--against")
     check_same_evaluation(sweep_a, sweep_b)
     has_rows = any(objective.per_sequence(r.per_sequence) for r in a.values())
-    problem = missing_rows(objective, "--objective", has_rows)
+    problem = missing_rows(objective, given[-1].flag if given else "--objective", has_rows)
     if problem:
         raise ConfigError(problem)
     rows = compare_named(a, b, objective)
-    print(f"A: {args.a} ({sweep_a.get('name')})\nB: {args.b} ({sweep_b.get('name')})")
+    print(f"A: {a_dir} ({sweep_a.get('name')})\nB: {b_dir} ({sweep_b.get('name')})")
     for line in table_lines(rows, objective):
         print(line)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return cli.ExitCode.OK
+
+
+def _objective(given: Override | None) -> Objective:
+    if given is None:
+        return KL_MEAN
+    if given.value not in OBJECTIVES:
+        raise ConfigError(f"{given.given}: use one of {', '.join(OBJECTIVES)}")
+    return Objective(given.value)
+
+
+def _folders(p: cli.Parser, args: argparse.Namespace) -> tuple[Path, Path]:
+    """(A, B) from --output and --against, or from the older positional ``A B`` (said once)."""
+    if args.folders:
+        if len(args.folders) != 2 or args.output or args.against:
+            p.error(f"unrecognized arguments: {' '.join(map(str, args.folders))}")
+        print("note: `compare_sweeps A B` is deprecated; use --output A --against B")
+        return args.folders[0], args.folders[1]
+    missing = [f for f in ("--output", "--against") if getattr(args, f[2:]) is None]
+    if missing:
+        p.error(f"missing {' and '.join(missing)}: the two sweeps to compare")
+    return args.output, args.against
 
 
 if __name__ == "__main__":

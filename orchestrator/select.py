@@ -1,14 +1,20 @@
 """``python -m orchestrator.select --output DIR``: re-run selection on a finished sweep, no GPU.
 
+    python -m orchestrator.select --output runs/demo-tiny
+    python -m orchestrator.select --output runs/demo-tiny --max-kl 1e-4
+    python -m orchestrator.select --output runs/demo-tiny --set selection.max_kl=1e-4   # the same
+    python -m orchestrator.select --output runs/demo-mm --objective image_kl_mean
+
 Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
 rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
-comparisons reuse the controls the sweep measured; a scheme that moved to another share (a new
-``--catalog``, ``--max-kl`` or ``--objective``) reads ``not measured`` against them until the sweep
-is run again. ``--max-kl``, ``--catalog`` and ``--objective`` override the sweep's selection
-settings. It takes the folder like a sweep driver does (``outputs/ownership.py``): while the
-folder's sweep runs, its driver owns those files, and select exits 2 naming it and rewrites nothing;
-while select rewrites, a sweep started on the folder refuses. Exit 0, 2 (bad input, or the sweep is
-running) or 3 (a name no measured point can carry; then nothing is rewritten).
+comparisons reuse the controls the sweep measured; a scheme that moved to another share (another
+catalog, cap or objective) reads ``not measured`` against them until the sweep is run again.
+``--set`` takes the sweep's ``selection`` keys; ``--max-kl``, ``--objective`` and ``--catalog``
+spell ``selection.max_kl``, ``selection.objective`` and ``selection.catalog``. It takes the folder
+like a sweep driver does (``outputs/ownership.py``): while the folder's sweep runs, its driver owns
+those files, and select exits 2 naming it and rewrites nothing; while select rewrites, a sweep
+started on the folder refuses. Exit 0, 2 (bad input, or the sweep is running) or 3 (a name no
+measured point can carry; then nothing is rewritten).
 """
 
 from __future__ import annotations
@@ -18,8 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator import cli
-from orchestrator.core.config import ConfigError, load_catalog, read_written_config
+from orchestrator.core.config import (
+    ConfigError,
+    Override,
+    load_catalog,
+    override_config,
+    read_written_config,
+)
 from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
+from orchestrator.core.selection import KlCap
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
@@ -30,33 +43,54 @@ from orchestrator.runtime.logs import setup_logging
 IN_USE_ADVICE = "run select when it has finished, or stop it"
 
 
-@cli.command  # bad input, the folder in use included: one line on stderr, exit 2
-def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.Parser("orchestrator.select", __doc__)
-    p.add_argument("--output", type=Path, required=True, help="a finished sweep's output folder")
-    p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL (overrides config)")
-    p.add_argument("--catalog", type=Path, default=None, help="scheme catalog (overrides config)")
+def parser() -> cli.Parser:
+    p = cli.Parser(
+        "orchestrator.select",
+        __doc__,
+        output="a finished sweep's output folder",
+        set_keys=SET_KEYS,
+        verbose="show what the libraries print",
+    )
+    p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL: selection.max_kl")
+    p.add_argument("--catalog", type=Path, default=None, help="scheme catalog: selection.catalog")
     p.add_argument(
         "--objective",
         choices=OBJECTIVES,
         default=None,
-        help="the KL to select on: over all target tokens, or image answers (overrides config)",
+        help="the KL to select on, over all target tokens or image answers: selection.objective",
     )
+    return p
+
+
+# the keys --set takes here (the sweep's selection section), each with an example value
+SET_KEYS = {
+    "selection.max_kl": "1e-4",
+    "selection.objective": "image_kl_mean",
+    "selection.catalog": "search_spaces/schemes.yaml",
+}
+
+
+@cli.command  # bad input, the folder in use included: one line on stderr, exit 2
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
-    setup_logging()
+    if args.output is None:
+        p.error("the following arguments are required: --output")
+    given = p.overrides(args, max_kl=args.max_kl, objective=args.objective, catalog=args.catalog)
+    setup_logging(args.verbose)
     output = args.output.resolve()
     check_free(output, IN_USE_ADVICE)
     sweep = read_sweep_json(output)
     if sweep is None or not (output / "trials.parquet").exists():
         raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
-    cfg = read_written_config(output / "config.yaml")
-    catalog = load_catalog(args.catalog or cfg.selection.catalog)
-    if args.max_kl is not None and not args.max_kl > 0:
-        raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
-    objective = Objective(args.objective or cfg.selection.objective)
+    written = output / "config.yaml"
+    cfg = override_config(read_written_config(written), given, str(written))
+    catalog = load_catalog(cfg.selection.catalog)
+    objective = Objective(cfg.selection.objective)
     results = load_results(output)
     has_rows = any(objective.per_sequence(r.per_sequence) for r in results)
-    problem = missing_rows(objective, "--objective", has_rows)
+    set_by = next((o.flag for o in given if o.key == "selection.objective"), None)
+    problem = missing_rows(objective, set_by or "selection.objective", has_rows)
     if problem:
         raise ConfigError(problem)
     owned = acquire(output, IN_USE_ADVICE)  # no sweep starts here while the files change
@@ -66,14 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": cfg.seed,
         "parent_run_id": sweep.get("parent_run_id"),
     }
-    max_kl = args.max_kl if args.max_kl is not None else cfg.selection.max_kl
     with owned:
         done = finalize(
             output,
             results,
             read_score_tables(output),
             catalog,
-            max_kl,
+            _cap(cfg.selection.max_kl, given, output),
             header,
             SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
             replace_on_error=False,
@@ -85,6 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in summary_lines(done, output):
         print(line)
     return cli.ExitCode.OK
+
+
+def _cap(max_kl: float | None, given: Sequence[Override], output: Path) -> KlCap | None:
+    """The cap, named as the user set it (else as the sweep's config has it), and relaxed with
+    the flag they used, for exit 3's advice."""
+    if max_kl is None:
+        return None
+    flag = next((o.given for o in given if o.key == "selection.max_kl"), None)
+    if flag is not None and flag.startswith("--set"):
+        return KlCap(max_kl, flag, "--set selection.max_kl=<higher>")
+    written = f"selection.max_kl in {output / 'config.yaml'}"
+    return KlCap(max_kl, flag or written, "--max-kl <higher>")
 
 
 if __name__ == "__main__":

@@ -55,19 +55,21 @@ if TYPE_CHECKING:  # Ray and MLflow are imported once the environment they read 
 log = logging.getLogger("orchestrator.sweep")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = cli.Parser("orchestrator.sweep", __doc__)
+def parser() -> cli.Parser:
+    p = cli.Parser(
+        "orchestrator.sweep",
+        __doc__,
+        output="output folder (default: runs/<name>)",
+        verbose="show what Ray, Tune, ModelOpt and transformers print (default: in <output>/logs/)",
+    )
     p.add_argument("--config", type=Path, help="sweep YAML (default: the offline demo)")
-    p.add_argument("--output", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///<output>/mlflow.db)")
     p.add_argument("--address", help="existing Ray cluster to join (default: start a local one)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show what Ray, Tune, ModelOpt and transformers print (default: in <output>/logs/)",
-    )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def prepare(inp: Inputs) -> tuple[DataSets, TrackingTarget]:

@@ -5,6 +5,8 @@
     python -m orchestrator.export --check ckpt/          # exit 1 with the reasons if it fails
 
 Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input.
+``--set`` takes no config key here: a checkpoint is the scheme as the sweep measured it, built
+from the sweep's own ``config.yaml``; the flag exists so that every entry point reads alike.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when every folder written (or checked) passes the check, 1 when one fails, 2 on bad
     input."""
     args = _parse(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     if args.check is not None:
         return _report(args.check, check_export(args.check))
     output = args.output.resolve()
@@ -54,16 +56,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.ExitCode.OK
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = cli.Parser("orchestrator.export", __doc__)
-    p.add_argument("--output", type=Path, help="a finished sweep's output folder")
+def parser() -> cli.Parser:
+    p = cli.Parser(
+        "orchestrator.export",
+        __doc__,
+        output="a finished sweep's output folder",
+        set_keys={},
+        verbose="show what ModelOpt and transformers print",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--scheme", help="a name from its schemes.yaml")
     which.add_argument("--all", action="store_true", help="every scheme, each to DEST/<name>")
     p.add_argument("--dest", type=Path, help="folder for the checkpoint")
     p.add_argument("--format", choices=FORMATS, default="modelopt", help="checkpoint layout")
     p.add_argument("--check", type=Path, metavar="DIR", help="only check an exported folder")
+    return p
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
+    p.overrides(args)  # refuses every key, naming none allowed
     if args.check is None:
         missing = [f"--{k}" for k in ("output", "dest") if getattr(args, k) is None]
         if not (args.scheme or args.all):

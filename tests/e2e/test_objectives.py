@@ -72,7 +72,9 @@ def test_two_sweeps_compare_name_by_name_paired(two_sweeps, tmp_path):
     rows_file = tmp_path / "rows.json"
     proc = run_module(
         "orchestrator.compare_sweeps",
+        "--output",
         str(a),
+        "--against",
         str(b),
         "--objective",
         "image_kl_mean",
@@ -102,7 +104,13 @@ def test_sweeps_evaluated_on_different_sets_are_refused(two_sweeps, tmp_path):
     meta = json.loads((other / "sweep.json").read_text())
     meta["data_hashes"]["eval"] = "0" * 16  # as a sweep with other evaluation settings has
     (other / "sweep.json").write_text(json.dumps(meta))
-    proc = run_module("orchestrator.compare_sweeps", str(two_sweeps["text"][0]), str(other))
+    proc = run_module(
+        "orchestrator.compare_sweeps",
+        "--output",
+        str(two_sweeps["text"][0]),
+        "--against",
+        str(other),
+    )
     assert proc.returncode == 2
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert "a paired comparison needs one evaluation set" in line

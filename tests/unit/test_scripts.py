@@ -5,7 +5,6 @@ tests/integration/test_scripts.py, the shell scripts' real runs in tests/e2e/tes
 
 from __future__ import annotations
 
-import ast
 import shlex
 import shutil
 import subprocess
@@ -64,17 +63,11 @@ def test_shell_scripts_pass_shellcheck():
 
 
 def _sweep_flags() -> set[str]:
-    """The long options ``orchestrator.sweep`` declares, read from its source (no imports)."""
-    tree = ast.parse((ROOT / "orchestrator" / "sweep.py").read_text())
-    return {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "attr", None) == "add_argument"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-        and str(node.args[0].value).startswith("--")
-    }
+    """The long options ``orchestrator.sweep`` takes, from its parser (which imports no torch,
+    Ray or MLflow: tests/unit/test_cli.py)."""
+    from orchestrator.sweep import parser
+
+    return {f for f in parser()._option_string_actions if f.startswith("--")}
 
 
 def _check_sweep_command(argv: list[str]) -> None:
