@@ -37,13 +37,14 @@ BAD_INPUT = (ConfigError, DataError, OutputInUse)
 
 
 class ExitCode(IntEnum):
-    """What a command's exit status means; each entry point's docstring says which it can return.
-    A driver stopped by SIGTERM exits 128 + 15 (``outputs/ownership.py``)."""
+    """What a command's exit status means; each entry point's docstring says which it can return,
+    and the README's one table all of them. A driver stopped by SIGTERM exits 128 + 15
+    (``outputs/ownership.py``)."""
 
     OK = 0
     ERROR = 1  # the sweep failed (logged with its traceback); an exported folder fails its check
     BAD_INPUT = 2  # flags, config, model, data, output folder (or one in use): one line on stderr
-    NO_FRONT = 3  # a catalog name no measured point can carry (sweep, select): names the budget
+    NO_FRONT = 3  # a catalog name no measured point can carry (sweep, select): says what to change
 
 
 # What ``--set`` takes in a sweep, shown by its --help; each example is one kind of value.
@@ -124,7 +125,7 @@ def _set_epilog(set_keys: Mapping[str, str] | None) -> str:
     key it takes for the others."""
     head = "--set KEY=VALUE overrides one config key; KEY is dotted (section.field), VALUE is YAML:"
     if set_keys is not None and not set_keys:
-        return "--set: this command takes no config key (it only reads the sweep's files)"
+        return "--set: this command takes no config key (the sweep's config.yaml decides)"
     examples = (
         SWEEP_SET_EXAMPLES if set_keys is None else {f"{k}={v}": "" for k, v in set_keys.items()}
     )

@@ -139,7 +139,10 @@ def parser() -> cli.Parser:
         "--against", type=Path, metavar="DIR", help="B: another sweep, evaluated on the same set"
     )
     p.add_argument(
-        "--objective", choices=OBJECTIVES, default=None, help="the KL compared (default: kl_mean)"
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="the KL compared (default: kl_mean; = --set selection.objective)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     p.add_argument("folders", nargs="*", type=Path, help=argparse.SUPPRESS)  # the old A B form

@@ -51,13 +51,18 @@ def parser() -> cli.Parser:
         set_keys=SET_KEYS,
         verbose="show what the libraries print",
     )
-    p.add_argument("--max-kl", type=float, default=None, help="cap on mean KL: selection.max_kl")
-    p.add_argument("--catalog", type=Path, default=None, help="scheme catalog: selection.catalog")
+    p.add_argument(
+        "--max-kl", type=float, default=None, help="cap on mean KL (= --set selection.max_kl)"
+    )
+    p.add_argument(
+        "--catalog", type=Path, default=None, help="scheme catalog (= --set selection.catalog)"
+    )
     p.add_argument(
         "--objective",
         choices=OBJECTIVES,
         default=None,
-        help="the KL to select on, over all target tokens or image answers: selection.objective",
+        help="the KL to select on: all target tokens, or image answers "
+        "(= --set selection.objective)",
     )
     return p
 
