@@ -172,7 +172,6 @@ def finalize(
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
     """
-    sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
@@ -181,6 +180,7 @@ def finalize(
         if replace_on_error:
             write_trials(results, output / "trials.parquet")
             title = f"{header.get('sweep')}: {e}"[:120]
+            sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
             pareto_png(results, (), (), output / "pareto.png", title, objective)
             (output / "schemes.yaml").unlink(missing_ok=True)
         return Finalized(None, str(e), (), correlation, within)
@@ -206,6 +206,9 @@ def finalize(
         "schemes": entries,
     }
     write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
+    sensitivity_png(
+        tables.values(), output / "sensitivity.png", str(header.get("sweep")), sel.schemes
+    )
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
