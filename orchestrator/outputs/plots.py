@@ -7,8 +7,8 @@ selection objective's mean KL(BF16 || quantized) in nats per target token (the w
 KL of log-softmaxes, natural log), on a log scale when the points span a decade. Scored trials are
 coloured by scoring method; the front and its knee (selection's own rule, re-applied to the front
 the selection returned) are drawn over them; each control is drawn just right of the scheme whose
-share it was measured at, in that scheme's colour and joined to it, so the vertical gap (a ratio,
-on a log axis) is what the verdicts test.
+share it was planned for (its own share is that one to within a group), in that scheme's colour
+and joined to it, so the vertical gap (a ratio, on a log axis) is what the verdicts test.
 
 sensitivity.png shows what the plans are made from: ModelOpt AutoQuantize's per-group score
 (higher = FP8 hurts that group more), decoder block x group kind, one panel per scoring method,
@@ -51,7 +51,7 @@ METHOD_MEANING = {
 }
 KNEE_LABEL = "knee of the front"
 CONTROLS_NOTE = (
-    "Each control is measured at its scheme's\nFP8 share and drawn just right of it,\n"
+    "Each control is planned for its scheme's\nFP8 share and drawn just right of it,\n"
     "joined to it in the scheme's colour\n(the verdicts compare the two KLs)."
 )
 
