@@ -24,7 +24,7 @@ from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import summary_lines
-from orchestrator.outputs.tables import load_results, read_score_tables
+from orchestrator.outputs.tables import CorruptTable, load_results, read_score_tables
 from orchestrator.runtime.logs import setup_logging
 
 IN_USE_ADVICE = "run select when it has finished, or stop it"
@@ -54,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_kl is not None and not args.max_kl > 0:
         raise ConfigError(f"--max-kl={args.max_kl}: must be > 0")
     objective = Objective(args.objective or cfg.selection.objective)
-    results = load_results(output)
+    try:
+        results = load_results(output)
+        tables = read_score_tables(output)
+    except CorruptTable as e:  # damaged since the sweep wrote it (it writes atomically)
+        raise ConfigError(
+            f"--output {output}: {e}; run the sweep again with the same command (it resumes "
+            "and rewrites its tables), or restore the file from a copy"
+        ) from None
     has_rows = any(objective.per_sequence(r.per_sequence) for r in results)
     problem = missing_rows(objective, "--objective", has_rows)
     if problem:
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = finalize(
             output,
             results,
-            read_score_tables(output),
+            tables,
             catalog,
             max_kl,
             header,
