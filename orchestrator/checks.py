@@ -191,7 +191,7 @@ def build_sets(cfg: SweepConfig) -> DataSets:
     from orchestrator.model.datasets import build_data
 
     started = time.monotonic()
-    data = build_data(cfg)
+    data = build_data(cfg, quiet=True)  # the console shows only the sweep's own lines
     d = cfg.data
     log.info(
         "data: calibration %d, scoring %d, evaluation %d batches of %d x %d tokens (%.1fs)",

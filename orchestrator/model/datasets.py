@@ -4,6 +4,8 @@ their data here, so all of them tokenize the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from orchestrator.core.config import (
@@ -31,9 +33,11 @@ def encoded_images(cfg: SweepConfig) -> Any:
     return image_samples(cfg.data, resolve_source(m.source), m.revision, m.trust_remote_code, hf)
 
 
-def build_data(cfg: SweepConfig) -> DataSets:
+def build_data(cfg: SweepConfig, quiet: bool = False) -> DataSets:
     """The three sets of a sweep, as the input checks build them before Ray starts: a source that
-    cannot fill them (too little text, no tokenizer, a bad record) is a ``DataError`` here."""
+    cannot fill them (too little text, no tokenizer, a bad record) is a ``DataError`` here.
+    ``quiet``: transformers' warnings off while it reads the tokenizer and the processor
+    (:func:`transformers_quiet`; the driver's checks)."""
     from orchestrator.model.data import build_datasets, byte_tokenizer, hf_tokenizer
     from orchestrator.model.loading import model_facts, resolve_source
     from orchestrator.model.presets import PRESETS
@@ -41,24 +45,42 @@ def build_data(cfg: SweepConfig) -> DataSets:
     facts = model_facts(cfg.model.source, cfg.model.revision, cfg.model.trust_remote_code)
     vocab = facts.vocab_size
     label = f"model.source={cfg.model.source!r}"
+    hushed = transformers_quiet if quiet else nullcontext
     tokenize: Tokenize | None
     if cfg.data.source == "synthetic":
         tokenize = None
     elif cfg.model.source in PRESETS:  # random weights, no tokenizer of their own
         tokenize = byte_tokenizer(vocab)
     else:  # a shipped preset reads text with its own tokenizer, from its folder
-        tokenize = _within_vocab(
-            hf_tokenizer(
+        with hushed():
+            tokenizer = hf_tokenizer(
                 resolve_source(cfg.model.source),
                 cfg.model.revision,
                 cfg.model.trust_remote_code,
                 label,
-            ),
-            vocab,
-            label,
-        )
-    images = encoded_images(cfg) if image_source(cfg.data) is not None else None
+            )
+        tokenize = _within_vocab(tokenizer, vocab, label)
+    images = None
+    if image_source(cfg.data) is not None:
+        with hushed():
+            images = encoded_images(cfg)
     return build_datasets(cfg.data, vocab, tokenize, cfg.seed, images)
+
+
+@contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """transformers' warnings off (errors still shown) while the driver's checks read a model's
+    tokenizer and processor: the driver's console shows only the sweep's own lines, and logs/ is
+    not written before the checks pass. What it warns about the model's config (the shipped preset's
+    axial vision rope, for one) the workers log again into logs/ when they load the model."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _within_vocab(tokenize: Tokenize, vocab: int, label: str) -> Tokenize:
