@@ -37,7 +37,7 @@ from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import summary_lines
-from orchestrator.outputs.tables import load_results, read_score_tables
+from orchestrator.outputs.tables import CorruptTable, load_results, read_score_tables
 from orchestrator.runtime.logs import setup_logging
 
 IN_USE_ADVICE = "run select when it has finished, or stop it"
@@ -92,7 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = override_config(read_written_config(written), given, str(written))
     catalog = load_catalog(cfg.selection.catalog)
     objective = Objective(cfg.selection.objective)
-    results = load_results(output)
+    try:
+        results = load_results(output)
+        tables = read_score_tables(output)
+    except CorruptTable as e:  # damaged since the sweep wrote it (it writes atomically)
+        raise ConfigError(
+            f"--output {output}: {e}; run the sweep again with the same command (it resumes "
+            "and rewrites its tables), or restore the file from a copy"
+        ) from None
     has_rows = any(objective.per_sequence(r.per_sequence) for r in results)
     set_by = next((o.flag for o in given if o.key == "selection.objective"), None)
     problem = missing_rows(objective, set_by or "selection.objective", has_rows)
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = finalize(
             output,
             results,
-            read_score_tables(output),
+            tables,
             catalog,
             _cap(cfg.selection.max_kl, given, output),
             header,

@@ -8,8 +8,10 @@ then measure the controls at their shares and compare.
 
 Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
 Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
-point holds its FP8 share; the message names the budget to add); 1 anything else.
-Running the same command on the same ``--output`` resumes: finished trials are not run again.
+point holds its FP8 share; the message names the budget to add); 1 anything else (a Ray that
+does not start or cannot be joined says so in one line; its traceback is in logs/driver.log).
+Running the same command on the same ``--output`` resumes: finished trials are not run again, and
+a start that failed before it recorded its sweep (config.yaml and logs/ only) is taken over.
 One driver per ``--output`` (``outputs/ownership.py``): while it runs, a second one exits 2 naming
 it; one that died is taken over.
 """
@@ -34,7 +36,6 @@ from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
-from orchestrator.model.datasets import build_data
 from orchestrator.outputs import ownership
 from orchestrator.outputs.files import write_json, write_text
 from orchestrator.outputs.publish import SweepFacts, finalize
@@ -45,7 +46,7 @@ from orchestrator.runtime.logs import setup_logging
 from orchestrator.runtime.seeds import seed_everything
 from orchestrator.search.ray_env import ray_environment
 from orchestrator.search.rounds import run_rounds, score_all, trial_context
-from orchestrator.search.session import Session, in_output_folder, ray_session
+from orchestrator.search.session import RayUnavailable, Session, in_output_folder, ray_session
 from orchestrator.tracking.sweep_run import print_where, publish, settle_tracking, start_tracking
 
 if TYPE_CHECKING:  # Ray and MLflow are imported once the environment they read is set
@@ -72,10 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
-def prepare(inp: Inputs) -> tuple[DataSets, TrackingTarget]:
-    """The data sets and the MLflow parent run, and sweep.json that records them."""
+def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
+    """The MLflow parent run, and sweep.json that records it with the data sets' hashes."""
     cfg = inp.cfg
-    data = build_data(cfg)
     target = start_tracking(inp, data)
     write_json(
         inp.output / "sweep.json",
@@ -89,16 +89,17 @@ def prepare(inp: Inputs) -> tuple[DataSets, TrackingTarget]:
             "data_hashes": data.hashes(),
         },
     )
-    return data, target
+    return target
 
 
-def run(inp: Inputs) -> int:
-    """The stages, in order; each resumes from what ``--output`` already holds."""
+def run(inp: Inputs, data: DataSets) -> int:
+    """The stages, in order; each resumes from what ``--output`` already holds. ``data`` was built
+    by the input checks."""
     record_config(inp)
     with in_output_folder(inp), ThreadPoolExecutor(max_workers=1) as side:
-        prepared = side.submit(prepare, inp)  # data and tracking while Ray and the workers start
+        tracked = side.submit(prepare, inp, data)  # MLflow while Ray and the workers start
         with ray_session(inp) as session:
-            data, target = prepared.result()
+            target = tracked.result()
             tables, ctx = score(inp, session, data, target)
             results = run_rounds(inp, ctx, session.workers)
             write_json(inp.output / "workers.json", session.pool.log_startup())
@@ -185,18 +186,21 @@ def conclude(
 
 @cli.command  # bad input, wherever raised: one line on stderr, exit 2
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, check the inputs and take ``--output`` (before any Ray, MLflow or model work),
-    then run."""
+    """Parse, check the inputs and build the data sets, take ``--output`` (before any Ray, MLflow
+    or model work), then run."""
     args = parse_args(argv)
     setup_logging(args.verbose)
-    inp = check_inputs(args)
+    inp, data = check_inputs(args)
     owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
     ray_environment(inp.address, inp.verbose)
     with owned:
         try:
-            return run(inp)
+            return run(inp, data)
         except ConfigError:  # no node of the cluster can hold a worker (known once Ray is up)
-            raise  # bad input, exit 2; anything else from here on (a DataError too) fails: exit 1
+            raise  # bad input, exit 2; anything else from here on fails: exit 1
+        except RayUnavailable as e:  # one line; Ray's traceback is in logs/driver.log
+            print(f"error: {e}", file=sys.stderr)
+            return cli.ExitCode.ERROR
         except KeyboardInterrupt:
             return cli.ExitCode.ERROR
         except Exception:

@@ -63,9 +63,18 @@ class DataConfig(_Strict):
     text_field: str = "text"  # column/key holding text in JSONL and Parquet files
     seq_len: int = Field(64, ge=8, le=32768)
     batch_size: int = Field(2, ge=1, le=1024)
-    calib_batches: int = Field(2, ge=1)  # more = steadier amax, slower calibration
-    score_batches: int = Field(2, ge=1)  # scoring batches for AutoQuantize
-    eval_batches: int = Field(2, ge=1)  # same ids for every trial
+    # Batch counts stop at MAX_BATCHES: the sets are built in the driver and shipped to every
+    # worker, and the shipped configs use at most 64; a count beyond is a typo, refused at once.
+    MAX_BATCHES: ClassVar[int] = 100_000
+    calib_batches: int = Field(  # more = steadier amax, slower calibration
+        2, ge=1, le=MAX_BATCHES, description=f"calibration batches, 1 to {MAX_BATCHES}"
+    )
+    score_batches: int = Field(  # scoring batches for AutoQuantize
+        2, ge=1, le=MAX_BATCHES, description=f"scoring batches, 1 to {MAX_BATCHES}"
+    )
+    eval_batches: int = Field(  # same ids for every trial
+        2, ge=1, le=MAX_BATCHES, description=f"evaluation batches, 1 to {MAX_BATCHES}"
+    )
     # image+text records (a .jsonl/.parquet file, a folder with captions.tsv, or hf:<name>) mixed
     # into data.source's text; data.source may itself be such a file (then every row is image+text)
     image_source: str | None = None

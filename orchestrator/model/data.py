@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -111,18 +111,55 @@ def byte_tokenizer(vocab_size: int) -> Tokenize:
     return lambda text: list(text.encode("utf-8"))
 
 
-def hf_tokenizer(source: str, revision: str | None, trust_remote_code: bool) -> Tokenize:
+def load_tokenizer(
+    source: str, revision: str | None, trust_remote_code: bool, label: str | None = None
+) -> Any:
+    """The model's own tokenizer, refused (``label``: the config field and value to name) when it
+    does not load or has no vocabulary: transformers 5 builds an empty tokenizer for a folder
+    without tokenizer files instead of failing, and every window would then come out empty long
+    after the checks. Text and image+text data both read it here."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        source, revision=revision, trust_remote_code=trust_remote_code
-    )
-    return lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    label = label or f"model.source={source!r}"
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise DataError(f"{label}: its tokenizer does not load ({first[:160]})") from None
+    if len(tok) <= len(set(tok.all_special_ids)):  # an empty one holds its special tokens
+        raise DataError(
+            f"{label}: has no tokenizer (no vocabulary beyond special tokens; the folder lacks "
+            "tokenizer.json or the tokenizer's vocabulary files); text data needs the model's "
+            "tokenizer: add its files, or use data.source=synthetic"
+        )
+    return tok
+
+
+def hf_tokenizer(
+    source: str, revision: str | None, trust_remote_code: bool, label: str | None = None
+) -> Tokenize:
+    """The model's own tokenizer (:func:`load_tokenizer`) as a function from text to ids; text
+    that comes out as no ids is refused naming ``label``."""
+    label = label or f"model.source={source!r}"
+    tok = load_tokenizer(source, revision, trust_remote_code, label)
+
+    def tokenize(text: str) -> list[int]:
+        ids: list[int] = tok(text, add_special_tokens=False)["input_ids"]
+        if not ids and text.strip():
+            raise DataError(
+                f"{label}: its tokenizer turns {len(text)} characters of text into no token "
+                "ids; use the model's own tokenizer files"
+            )
+        return ids
+
+    return tokenize
 
 
 def check_source(source: str, field: str, text_field: str = "text") -> None:
     """Fail early, with one line, on a file that is missing, empty, unreadable or of an unknown
-    type."""
+    type, or whose records lack the text (``data.text_field``)."""
     if source == "synthetic" or source.startswith("hf:"):
         return
     path = Path(source).expanduser()
@@ -134,20 +171,59 @@ def check_source(source: str, field: str, text_field: str = "text") -> None:
         raise DataError(f"{field}={source!r}: file not found")
     try:
         text = read_text(path, text_field)
+    except DataError as e:
+        raise DataError(f"{field}={source!r}: {e}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{field}={source!r}: unreadable ({e.__class__.__name__}: {e})") from None
     if not text.strip():
         raise DataError(f"{field}={source!r}: file holds no text")
 
 
+# what a JSONL line holds instead of an object, in JSON's words
+_JSON_TYPES: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
 def read_text(path: Path, text_field: str = "text") -> str:
+    """The text of a ``.txt`` file, or the ``text_field`` of every JSONL record or Parquet row
+    joined by newlines; a record that is not an object or lacks the field is a :class:`DataError`
+    naming its line (the caller adds the source)."""
     if path.suffix == ".txt":
         return path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        return "\n".join(str(r[text_field]) for r in lines)
+        texts = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"line {n} is a JSON {_JSON_TYPES.get(type(record), 'value')}, not an "
+                    f"object; each line must be an object holding the text under "
+                    f"{text_field!r} (data.text_field)"
+                )
+            if text_field not in record:
+                keys = ", ".join(map(repr, list(record)[:8])) or "none"
+                raise DataError(
+                    f"line {n} has no {text_field!r} key (data.text_field; its keys: {keys}); "
+                    "set data.text_field to the key that holds the text"
+                )
+            texts.append(str(record[text_field]))
+        return "\n".join(texts)
     import pyarrow.parquet as pq
 
+    columns = pq.read_schema(path).names
+    if text_field not in columns:
+        raise DataError(
+            f"no {text_field!r} column (data.text_field; its columns: {', '.join(columns)}); "
+            "set data.text_field to the column that holds the text"
+        )
     table = pq.read_table(path, columns=[text_field])
     return "\n".join(str(x) for x in table.column(text_field).to_pylist())
 
@@ -271,11 +347,18 @@ def _text_rows(cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int])
         eval_windows = _windows(
             np.asarray(tokenize(_load_text(cfg.eval_source, cfg.text_field))), cfg.seq_len
         )
-        _require(len(eval_windows), need["eval"], "data.eval_source", cfg.seq_len)
-        _require(len(windows), front, "data.source", cfg.seq_len)
+        _require(cfg, "eval_source", len(eval_windows), {"evaluation": need["eval"]})
+        _require(
+            cfg, "source", len(windows), {"calibration": need["calib"], "scoring": need["score"]}
+        )
         eval_rows = eval_windows[: need["eval"]]
     else:
-        _require(len(windows), front + need["eval"], "data.source", cfg.seq_len)
+        wanted = {
+            "calibration": need["calib"],
+            "scoring": need["score"],
+            "evaluation": need["eval"],
+        }
+        _require(cfg, "source", len(windows), wanted)
         eval_rows = windows[len(windows) - need["eval"] :]
     return {
         "calib": windows[: need["calib"]],
@@ -334,9 +417,13 @@ def _mixed(
     )
 
 
-def _require(have: int, want: int, field: str, seq_len: int) -> None:
+def _require(cfg: DataConfig, field: str, have: int, wanted: dict[str, int]) -> None:
+    """Enough windows of ``data.<field>``'s text for the text rows of the sets it feeds."""
+    want = sum(wanted.values())
     if have < want:
+        rows = " + ".join(f"{k} {n}" for k, n in wanted.items())
         raise DataError(
-            f"{field}: {have} windows of {seq_len} tokens, need {want}; "
-            "use more text or fewer/shorter batches"
+            f"data.{field}={getattr(cfg, field)!r}: {have} windows of {cfg.seq_len} tokens, need "
+            f"{want} ({rows}); use more text, or fewer batches (data.calib_batches, "
+            "score_batches, eval_batches), a smaller data.batch_size or a shorter data.seq_len"
         )

@@ -208,6 +208,11 @@ def family_for(model_type: str) -> Family:
     return family
 
 
+# pyproject.toml's pin, which every family is tested with (tests/unit/test_families.py checks the
+# two agree): the advice for a transformers that lacks a family
+TRANSFORMERS_PIN = ">=5.15,<5.16"
+
+
 def transformers_lacks(model_type: str, root: Path | None = None) -> str:
     """Why the installed transformers cannot build ``model_type`` ('' when it can)."""
     if root is None:
@@ -222,7 +227,10 @@ def transformers_lacks(model_type: str, root: Path | None = None) -> str:
             have = version("transformers")
         except PackageNotFoundError:
             have = "?"
-        return f"the installed transformers {have} has no {model_type} models; upgrade it (<5.15)"
+        return (
+            f"the installed transformers {have} has no {model_type} models; install the "
+            f"project's pin: pip install 'transformers{TRANSFORMERS_PIN}'"
+        )
     return ""
 
 

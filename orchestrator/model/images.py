@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.config import DataConfig, DataError
+from orchestrator.model.data import load_tokenizer
 
 CAPTIONS_FILE = "captions.tsv"
 CAPTION_PROMPT = "Describe this image."
@@ -330,7 +331,7 @@ def load_encoder(
             f"model.source={source!r}: no image processor settings (preprocessor_config.json) "
             f"for image+text data ({str(e).splitlines()[0][:120]})"
         ) from None
-    tokenizer = load_tokenizer(source, revision, trust_remote_code, "image+text data")
+    tokenizer = load_tokenizer(source, revision, trust_remote_code)
     processor_class = image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type]))
     processor = processor_class(image_processor, tokenizer, chat_template=tokenizer.chat_template)
     if not processor.chat_template:
@@ -339,28 +340,6 @@ def load_encoder(
             "(chat_template.jinja or tokenizer_config.json's chat_template) for image+text data"
         )
     return Encoder(processor)
-
-
-def load_tokenizer(source: str, revision: str | None, trust_remote_code: bool, what: str) -> Any:
-    """The model's tokenizer; a folder without one (transformers 5 then builds an empty one) is
-    refused naming ``model.source``."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else e.__class__.__name__
-        raise DataError(
-            f"model.source={source!r}: cannot load its tokenizer for {what} ({first})"
-        ) from None
-    if len(tokenizer) == 0 or not tokenizer("a b", add_special_tokens=False)["input_ids"]:
-        raise DataError(
-            f"model.source={source!r}: has no tokenizer (tokenizer.json or tokenizer_config.json) "
-            f"for {what}; add the model's tokenizer files, or use data.source=synthetic"
-        )
-    return tokenizer
 
 
 def encode_all(

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.config import ConfigError
+
 _SERIAL = itertools.count()  # per process: two writers of one file in one process differ too
 
 
@@ -51,5 +53,21 @@ def write_json(path: Path, payload: Mapping[str, Any] | Sequence[Mapping[str, An
 
 
 def read_sweep_json(output: Path) -> dict[str, Any] | None:
+    """The folder's sweep record, None when there is none; one that is not a JSON object (cut
+    short or edited by hand: the sweep writes it atomically) is bad input, named with the file."""
     path = output / "sweep.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(
+            f"--output {output}: sweep.json is unreadable ({e.__class__.__name__}: {e}); "
+            "restore it from a copy, or use another --output"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"--output {output}: sweep.json holds a {type(doc).__name__}, not the sweep's record "
+            "(a JSON object); restore it from a copy, or use another --output"
+        )
+    return doc

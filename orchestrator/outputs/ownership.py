@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.config import ConfigError
 from orchestrator.outputs.files import write_text
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,23 @@ def acquire(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     on_lost: Callable[[Owner], None] | None = None,
 ) -> Ownership:
-    """Take ``output`` (or raise ``OutputInUse``), taking over a dead owner; logs from whom."""
+    """Take ``output`` (or raise ``OutputInUse``), taking over a dead owner; logs from whom. A
+    folder this process cannot write (read-only file system, no permission) is bad input: the
+    owner record is the first thing a driver writes there, so nothing else has been."""
+    try:
+        return _acquire(output, advice, heartbeat_seconds, on_lost)
+    except OSError as e:
+        raise ConfigError(
+            f"--output {output}: cannot write there ({e.strerror or e}); use a writable folder"
+        ) from None
+
+
+def _acquire(
+    output: Path,
+    advice: str,
+    heartbeat_seconds: float,
+    on_lost: Callable[[Owner], None] | None,
+) -> Ownership:
     folder = output / OWNER_DIR
     me = _this_process()
     for _ in range(_ATTEMPTS):

@@ -118,7 +118,12 @@ def write_trials(results: Sequence[TrialResult], path: Path) -> None:
 
 
 def read_trials(path: Path) -> list[TrialResult]:
-    cols = pq.read_table(path).to_pydict()
+    try:
+        cols = pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptTable(f"{path}: not a readable trials table ({e.__class__.__name__})") from e
+    if "plan_hash" not in cols:
+        raise CorruptTable(f"{path}: not a trials table (no plan_hash column)")
     fixed = [k for k in _FIXED if k in cols]
     seq = [k for k in cols if k.startswith(_SEQ_PREFIX)]
     metric_names = [k for k in cols if k not in fixed and k not in seq]

@@ -16,7 +16,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _NOISY = ("alembic", "urllib3", "filelock", "ray.tune", "mlflow")
 
 
+# ``extra=`` of a record for the log file alone (a traceback the console sums up in one line)
+FILE_ONLY = {"console": False}
+
+
 def _is_ours(record: logging.LogRecord) -> bool:
+    if not getattr(record, "console", True):
+        return False
     return record.name == "orchestrator" or record.name.startswith("orchestrator.")
 
 

@@ -8,6 +8,7 @@ the driver moves into ``--output`` anyway, which sidesteps Ray Jobs replacing th
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.core.inputs import Inputs
-from orchestrator.runtime.logs import divert_output
+from orchestrator.runtime.logs import FILE_ONLY, divert_output
 from orchestrator.search.ray_env import export_package_path
 
 if TYPE_CHECKING:  # Ray is imported once the environment it reads is set (ray_env)
     from orchestrator.search.pool import WorkerPool
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ def in_output_folder(inp: Inputs) -> Iterator[None]:
         restore()
 
 
+class RayUnavailable(Exception):
+    """Ray did not start here, or the cluster at ``--address`` did not answer in Ray's own time;
+    the message is the one line for the user (what failed and what to do), Ray's traceback went
+    to the driver's log."""
+
+
 @contextmanager
 def ray_session(inp: Inputs) -> Iterator[Session]:
     """Ray joined or started, and the workers created at once: each imports ModelOpt and loads the
@@ -54,7 +63,10 @@ def ray_session(inp: Inputs) -> Iterator[Session]:
     from orchestrator.search import pool
 
     try:
-        pool.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+        try:
+            pool.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
+        except Exception as e:  # Ray's start-up and join raise bare Exception, too
+            raise _unavailable(inp, e) from e
         search = inp.cfg.search
         slots = pool.plan_workers(
             inp.need, search.gpus_per_worker, search.max_concurrent, local=not inp.address
@@ -65,3 +77,25 @@ def ray_session(inp: Inputs) -> Iterator[Session]:
         yield Session(workers, len(slots))
     finally:
         pool.shutdown()
+
+
+def _unavailable(inp: Inputs, e: Exception) -> RayUnavailable:
+    """The one line for a Ray that did not come up; the traceback goes to the log file only."""
+    logs = logs_dir(inp)
+    log.error("Ray did not come up", exc_info=e, extra=FILE_ONLY)
+    first = " ".join((str(e).strip().splitlines() or [""])[0].split()).rstrip(":")[:200]
+    what = f"{e.__class__.__name__}: {first}" if first else e.__class__.__name__
+    where = f"; Ray's traceback: {logs / 'driver.log'}" if logs else ""
+    address = inp.address or os.environ.get("RAY_ADDRESS")  # ray.init joins RAY_ADDRESS too
+    if address:
+        named = f"--address {address}" if inp.address else f"RAY_ADDRESS={address}"
+        return RayUnavailable(
+            f"{named}: the Ray cluster there did not answer in time ({what}); check that its "
+            f"head runs and this machine reaches it (ray status --address {address}), then run "
+            f"the same command again{where}"
+        )
+    return RayUnavailable(
+        f"the local Ray instance did not start in time ({what}); the machine may be overloaded "
+        "or short of memory or /tmp space: run the same command again when it is less busy, or "
+        f"start Ray yourself (ray start --head) and pass --address{where}"
+    )

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
-from tests.e2e.test_sweep import sweep
+from tests.conftest import HEAD_IP, ROOT, free_port
+from tests.e2e.test_sweep import run_module, sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +54,15 @@ pytestmark = pytest.mark.e2e
         (
             ["--set", "data.eval_image_fraction=0.5"],
             "data.eval_image_fraction=0.5: there are no image+text records to mix in",
+        ),
+        (
+            ["--set", "data.calib_batches=1000000000"],
+            "data.calib_batches=1000000000: Input should be less than or equal to 100000",
+        ),
+        (
+            ["--set", "data.eval_batches=100000", "--set", "data.batch_size=1024"],
+            "data.eval_batches=100000 x data.batch_size=1024 x data.seq_len=128 = 13107200000 "
+            "tokens in one set; at most 134217728",
         ),
     ],
 )
@@ -209,3 +221,170 @@ def test_bad_image_data_exits_2_naming_field_and_record(tmp_path, case, needle):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and needle.format(tmp=tmp_path) in lines[0], proc.stderr
     assert not out.exists()
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with a file's bytes: equal before and after = nothing written."""
+    return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def _no_tokenizer_model(tmp_path: Path) -> Path:
+    """The shipped model's config.json alone: transformers 5 reads it as an empty tokenizer."""
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    shutil.copy(ROOT / "orchestrator/presets/wikitext-qwen2.5-vl/config.json", folder)
+    return folder
+
+
+def _unwritable(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A folder this user cannot write: a read-only one, or for root (whom permissions do not
+    stop) a new folder in sysfs, which refuses it anyway; synthetic data keeps it quick."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked / "out", []
+    return Path(f"/sys/fp8-sweep-test-{os.getpid()}"), ["--set", "data.source=synthetic"]
+
+
+# case -> (the --output, extra flags, the line's needle); {tmp} is tmp_path, {port} a closed port
+def _late_case(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
+    out = tmp_path / "out"
+    if case == "no_tokenizer":
+        model = _no_tokenizer_model(tmp_path)
+        return out, ["--set", f"model.source={model}"], f"model.source='{model}': has no tokenizer"
+    if case == "three_bytes":
+        (tmp_path / "tiny.txt").write_text("abc")
+        return (
+            out,
+            ["--set", f"data.source={tmp_path / 'tiny.txt'}"],
+            "0 windows of 128 tokens, need 56 (calibration 8 + scoring 16 + evaluation 32)",
+        )
+    if case in ("not_an_object", "no_text_field"):
+        f = tmp_path / "records.jsonl"
+        f.write_text(
+            '{"text": "fine"}\n' + ("[1, 2]\n" if case == "not_an_object" else '{"body": "x"}\n')
+        )
+        needle = (
+            "line 2 is a JSON array, not an object"
+            if case == "not_an_object"
+            else "line 2 has no 'text' key (data.text_field; its keys: 'body')"
+        )
+        return out, ["--set", f"data.source={f}"], f"data.source='{f}': {needle}"
+    if case == "output_is_a_file":
+        out.write_text("notes")
+        return out, [], f"--output {out} is a file, not a folder"
+    if case == "output_under_a_file":
+        (tmp_path / "notes").write_text("notes")
+        out = tmp_path / "notes" / "out"
+        return out, [], f"--output {out} is a file ({tmp_path / 'notes'} is a file), not a folder"
+    if case == "truncated_sweep_json":
+        out.mkdir()
+        (out / "sweep.json").write_text('{"name": "demo-tiny", "config_ha')
+        return out, [], f"--output {out}: sweep.json is unreadable (JSONDecodeError"
+    if case == "nothing_at_address":
+        port = free_port(HEAD_IP)
+        return (
+            out,
+            ["--address", f"{HEAD_IP}:{port}"],
+            f"--address {HEAD_IP}:{port}: nothing answers there (Connection refused)",
+        )
+    assert case == "unwritable_output"
+    out, extra = _unwritable(tmp_path)
+    return out, extra, f"--output {out}: "
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_tokenizer",
+        "three_bytes",
+        "not_an_object",
+        "no_text_field",
+        "output_is_a_file",
+        "output_under_a_file",
+        "truncated_sweep_json",
+        "nothing_at_address",
+        "unwritable_output",
+    ],
+)
+def test_what_failed_after_ray_is_refused_before_it(tmp_path, case):
+    """Each of these once failed after Ray started (or with a traceback): now one line, exit 2,
+    from the checks, within seconds, and nothing written anywhere."""
+    out, args, needle = _late_case(tmp_path, case)
+    before = _tree(tmp_path)
+    started = time.monotonic()
+    proc = sweep(out, *args)
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "Ray" not in proc.stdout and "mlflow" not in proc.stdout.lower()
+    assert _tree(tmp_path) == before
+    if not str(out).startswith(str(tmp_path)):
+        assert not out.exists()
+    assert took < 60, f"{took:.0f}s: the checks should answer in seconds"
+
+
+def test_select_on_a_truncated_trials_table(tmp_path):
+    """A sweep folder whose trials.parquet was cut short: select names the file, exit 2."""
+    from orchestrator.core.config import load_config
+    from orchestrator.core.records import TrialResult
+    from orchestrator.outputs.tables import write_trials
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = load_config()
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (out / "sweep.json").write_text(json.dumps({"name": cfg.name, "config_hash": "x"}))
+    trial = TrialResult("p", "kl_div", "FP8_DEFAULT_CFG", 12.0, 1.0, 12.0, 0.5, "FINISHED", {})
+    write_trials([trial], out / "trials.parquet")
+    whole = (out / "trials.parquet").read_bytes()
+    (out / "trials.parquet").write_bytes(whole[: len(whole) // 2])
+    before = _tree(tmp_path)
+    proc = run_module("orchestrator.select", "--output", str(out))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    assert f"--output {out}: {out / 'trials.parquet'}: not a readable trials table" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert _tree(tmp_path) == before
+
+
+# Ray's own waits, shortened so a start that cannot succeed fails in seconds (defaults: minutes)
+SHORT_RAY_WAITS = {
+    "RAY_gcs_server_port_wait_time_s": "1",
+    "RAY_py_gcs_connect_timeout_s": "2",
+    "RAY_gcs_rpc_server_connect_timeout_s": "1",
+}
+
+
+@pytest.mark.parametrize("how", ["local", "join"])
+def test_a_ray_that_does_not_come_up_is_one_line_and_leaves_the_folder_reusable(tmp_path, how):
+    """A local start on an address this machine does not have, or a join to a port that accepts
+    connections but never answers (as a GCS under load does): Ray's real start-up failure, made
+    quick by its own timeouts. One line, exit 1, the traceback in logs/driver.log. The tracking
+    store cannot be created either, so the start dies before sweep.json: the same command run
+    again takes the folder over (and fails the same way) instead of calling it foreign (exit 2)."""
+    out = tmp_path / "out"
+    env = dict(SHORT_RAY_WAITS)
+    args = ["--set", "data.source=synthetic", "--tracking-uri", "sqlite:////dev/null/mlflow.db"]
+    with socket.socket() as silent:
+        if how == "local":
+            env["FP8_SWEEP_NODE_IP"] = "192.0.2.1"  # TEST-NET-1: never an address of this host
+            needle = "error: the local Ray instance did not start in time ("
+        else:
+            silent.bind((HEAD_IP, 0))
+            silent.listen()
+            address = f"{HEAD_IP}:{silent.getsockname()[1]}"
+            args += ["--address", address]
+            needle = f"error: --address {address}: the Ray cluster there did not answer in time ("
+        for attempt in (1, 2) if how == "local" else (1,):  # the rerun: once is enough
+            proc = sweep(out, *args, env=env)
+            assert proc.returncode == 1, (attempt, proc.stdout[-2000:] + proc.stderr[-2000:])
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+            assert len(lines) == 1 and lines[0].startswith(needle), proc.stderr
+            assert lines[0].endswith(f"Ray's traceback: {out / 'logs' / 'driver.log'}")
+            assert "Traceback" not in proc.stdout + proc.stderr
+            assert "Traceback" in (out / "logs" / "driver.log").read_text()
+            assert {p.name for p in out.iterdir()} == {".owner", "config.yaml", "logs"}

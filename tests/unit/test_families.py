@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.model.families import (
     FAMILIES,
+    TRANSFORMERS_PIN,
     UnsupportedModel,
     family_for,
     profile_for,
@@ -30,7 +31,12 @@ def test_a_family_missing_from_the_installed_transformers_is_refused(tmp_path):
     (tmp_path / "models" / "qwen2").mkdir(parents=True)
     assert transformers_lacks("qwen2", tmp_path) == ""
     why = transformers_lacks("qwen3_vl", tmp_path)
-    assert "has no qwen3_vl models; upgrade it" in why
+    pin = f"install the project's pin: pip install 'transformers{TRANSFORMERS_PIN}'"
+    assert why.endswith(f"has no qwen3_vl models; {pin}")
+
+
+def test_the_advice_names_the_pin_of_pyproject():
+    assert f'"transformers{TRANSFORMERS_PIN}"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_every_family_loads_with_the_pinned_transformers():

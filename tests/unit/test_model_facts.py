@@ -49,14 +49,16 @@ def test_a_saved_model_gives_the_same_facts_as_transformers(tmp_path):
 
 
 def test_input_checks_on_a_local_model_import_no_heavy_framework(tmp_path):
-    """A complete config.json (as save_pretrained writes it) also gives the memory plan's size."""
+    """A complete config.json (as save_pretrained writes it) also gives the memory plan's size.
+    Synthetic data: text would need the model's tokenizer, which the checks load (transformers)."""
     from orchestrator.model.loading import resolve_config
 
     resolve_config("tiny-qwen2.5-vl").save_pretrained(tmp_path)
     code = (
         "import sys; from orchestrator import sweep; "
         f"a = sweep.parse_args(['--output', {str(tmp_path / 'out')!r}, "
-        f"'--set', 'model.source={tmp_path}']); inp = sweep.check_inputs(a); "
+        f"'--set', 'model.source={tmp_path}', '--set', 'data.source=synthetic']); "
+        "inp, data = sweep.check_inputs(a); "
         "print(inp.profile, [m for m in ('torch', 'transformers', 'mlflow', 'ray') "
         "if m in sys.modules])"
     )
