@@ -7,7 +7,9 @@ name by name.
 Two sweeps that differ in how they calibrate and score (text only vs image+text, other records,
 other step counts) but were evaluated on the same evaluation set can be compared paired: for each
 scheme name, each sweep's KL on the chosen objective's tokens with its 95% bootstrap interval, and
-the ratio B / A with its paired interval and a verdict (``better``: B's scheme has less KL). A
+the ratio B / A with its paired interval and a verdict (``better``: B's scheme has less KL,
+beyond ``--margin``; ``equivalent``, ``worse`` or ``inconclusive`` by the rules of
+``orchestrator.core.stats``, Holm-corrected across the names compared). A
 name bound to the same modules in both still differs when calibration did (other ranges), so it
 is compared like any other (``same_modules`` says so). The evaluation sets must be the same
 tokens, images and processor settings (``sweep.json``'s eval data hash); otherwise the command
@@ -31,8 +33,10 @@ from orchestrator import cli
 from orchestrator.core.config import ConfigError, Override
 from orchestrator.core.objectives import KL_MEAN, OBJECTIVES, Objective, missing_rows
 from orchestrator.core.records import TrialResult, stable_seed
-from orchestrator.core.stats import paired_ratio_ci, ratio_ci, verdict
+from orchestrator.core.stats import MARGIN, holm, paired_comparison, ratio_ci, verdict
+from orchestrator.core.verdicts import verdict_rule
 from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs.summary import rule_line
 from orchestrator.outputs.tables import load_results
 from orchestrator.runtime.logs import setup_logging
 
@@ -52,33 +56,40 @@ def _side(r: TrialResult, objective: Objective, seed: int) -> dict[str, Any]:
 
 
 def compare_named(
-    a: Mapping[str, TrialResult], b: Mapping[str, TrialResult], objective: Objective
+    a: Mapping[str, TrialResult],
+    b: Mapping[str, TrialResult],
+    objective: Objective,
+    margin: float = MARGIN,
 ) -> list[dict[str, Any]]:
-    """Per scheme name both sweeps published: each side's KL with CI, and B / A paired. A name
-    whose trial lacks the objective's per-sequence sums reads ``not measured``."""
+    """Per scheme name both sweeps published: each side's KL with CI, and B / A paired, judged
+    with ``margin`` and Holm's correction across the names. A name whose trial lacks the
+    objective's per-sequence sums reads ``not measured``."""
     rows: list[dict[str, Any]] = []
+    tests = []
     for name in [n for n in a if n in b]:
         ra, rb = a[name], b[name]
         sa, sb = objective.per_sequence(ra.per_sequence), objective.per_sequence(rb.per_sequence)
         if sa is None or sb is None or len(sa[0]) != len(sb[0]):
             rows.append({"scheme": name, "verdict": "not measured"})
             continue
-        row = {
-            "scheme": name,
-            "objective": objective.metric,
-            "a": _side(ra, objective, stable_seed(name, ra.plan_hash)),
-            "b": _side(rb, objective, stable_seed(name, rb.plan_hash)),
-            "same_modules": ra.plan_hash == rb.plan_hash,
-        }
-        ratio = paired_ratio_ci(sb[0], sa[0], stable_seed(name, ra.plan_hash, rb.plan_hash))
+        test = paired_comparison(
+            sb[0], sa[0], stable_seed(name, ra.plan_hash, rb.plan_hash), margin
+        )
+        tests.append((len(rows), test))
         rows.append(
             {
-                **row,
-                "ratio": ratio.estimate,
-                "ratio_ci": [ratio.low, ratio.high],
-                "verdict": verdict(ratio),
+                "scheme": name,
+                "objective": objective.metric,
+                "a": _side(ra, objective, stable_seed(name, ra.plan_hash)),
+                "b": _side(rb, objective, stable_seed(name, rb.plan_hash)),
+                "same_modules": ra.plan_hash == rb.plan_hash,
+                "ratio": test.ratio.estimate,
+                "ratio_ci": [test.ratio.low, test.ratio.high],
+                "p": test.p,
             }
         )
+    for (i, test), p_holm in zip(tests, holm([t.p for _, t in tests]), strict=True):
+        rows[i] = {**rows[i], "p_holm": p_holm, "verdict": verdict(test, p_holm)}
     return rows
 
 
@@ -144,6 +155,12 @@ def parser() -> cli.Parser:
         default=None,
         help="the KL compared (default: kl_mean; = --set selection.objective)",
     )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN,
+        help="materiality margin: a ratio within it of 1 is no difference (default 0.05)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     p.add_argument("folders", nargs="*", type=Path, help=argparse.SUPPRESS)  # the old A B form
     return p
@@ -153,6 +170,8 @@ def parser() -> cli.Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if not 0.0 <= args.margin <= 1.0:
+        raise ConfigError(f"--margin={args.margin}: use a share in [0, 1], e.g. 0.05")
     a_dir, b_dir = _folders(p, args)
     given = p.overrides(args, objective=args.objective)
     setup_logging(args.verbose)
@@ -164,10 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = missing_rows(objective, given[-1].flag if given else "--objective", has_rows)
     if problem:
         raise ConfigError(problem)
-    rows = compare_named(a, b, objective)
+    rows = compare_named(a, b, objective, args.margin)
     print(f"A: {a_dir} ({sweep_a.get('name')})\nB: {b_dir} ({sweep_b.get('name')})")
     for line in table_lines(rows, objective):
         print(line)
+    print(rule_line(verdict_rule([rows], args.margin)))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return cli.ExitCode.OK

@@ -4,8 +4,10 @@
 
 One block per published scheme: at its FP8 share, the best measured point of every scored
 (method, strategy) pair within the name's tolerance, and every control measured at the scheme's
-exact share, each with its KL, 95% bootstrap interval and top-1 agreement; the controls also carry
-the paired KL ratio (scheme / control) with its interval and the verdict from ``schemes.yaml``.
+share (the share each reached, and its difference in points), each with its KL, 95% bootstrap
+interval and top-1 agreement; the controls also carry the paired KL ratio (scheme / control) with
+its interval and the verdict from ``schemes.yaml``, the random orders as one row over their seeds
+(an interval over seeds and sequences, the per-seed spread and the scheme's rank among them).
 It reads a finished sweep and computes nothing, so it needs no ``--smoke`` path:
 tests/e2e/test_sweep.py runs it on the demo's output.
 """
@@ -17,11 +19,40 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.core.records import TrialResult
 from orchestrator.outputs.tables import load_results
 
 
 def _kl(m: dict) -> str:
     return f"{m['kl_mean']:.3g} [{m['kl_ci_low']:.3g}, {m['kl_ci_high']:.3g}]"
+
+
+def _control(row: dict, r: TrialResult | None) -> str:
+    """A control's row: the share it reached (its difference from the scheme's, in points), KL,
+    top-1, the paired ratio and the verdict; the random orders as one row over their seeds."""
+    if "kl_ratio" not in row:
+        return f"| control {row['control']} | | | | {row['verdict']} |"
+    diff = f"{100 * row['fp8_fraction_diff']:+.1f}"
+    lo, hi = row["kl_ci"]
+    rlo, rhi = row["kl_ratio_ci"]
+    ratio = f"{row['kl_ratio']:.3g} [{rlo:.3g}, {rhi:.3g}]"
+    if "by_seed" in row:
+        slo, shi = row["fp8_fraction_range"]
+        spread = row["seed_kl_ratio"]
+        at = f"{slo:.1%}" if round(slo, 3) == round(shi, 3) else f"{slo:.1%}-{shi:.1%}"
+        share = f"{row['seeds']} seeds, {at} ({diff} at most)"
+        ratio += (
+            f" over seeds and sequences; per seed {spread['min']:.3g}-{spread['max']:.3g}, "
+            f"rank {row['scheme_rank']} of {row['seeds'] + 1}"
+        )
+        top1 = ""
+    else:
+        share = f"{row['fp8_fraction']:.1%} ({diff})"
+        top1 = f"{r.metrics['top1_agreement']:.4f}" if r else ""
+    return (
+        f"| control {row['control']} | {share} | {row['kl_mean']:.3g} [{lo:.3g}, {hi:.3g}] | "
+        f"{top1} | {ratio}: {row['verdict']} |"
+    )
 
 
 def main(output: Path) -> None:
@@ -44,19 +75,8 @@ def main(output: Path) -> None:
                 f"{_kl(r.metrics)} | {r.metrics['top1_agreement']:.4f} | |"
             )
         for row in s["controls"]:
-            r = by_hash.get(row.get("plan_hash", ""))
-            if "kl_ratio" not in row:
-                print(f"| control {row['control']} | | | | {row['verdict']} |")
-                continue
-            share = f"{r.fp8_fraction:.1%}" if r else "(pooled)"
-            top1 = f"{r.metrics['top1_agreement']:.4f}" if r else ""
-            lo, hi = row["kl_ci"]
-            rlo, rhi = row["kl_ratio_ci"]
-            print(
-                f"| control {row['control']} | {share} | {row['kl_mean']:.3g} [{lo:.3g}, "
-                f"{hi:.3g}] | {top1} | {row['kl_ratio']:.3g} [{rlo:.3g}, {rhi:.3g}]: "
-                f"{row['verdict']} |"
-            )
+            print(_control(row, by_hash.get(row.get("plan_hash", ""))))
+    print(f"\nverdict rule: {doc.get('verdict_rule')}")
     print(f"\nknee: {doc['knee']}; Spearman(score, KL): {doc['score_kl_spearman']}")
 
 

@@ -189,14 +189,20 @@ class TrackingConfig(_Strict):
 
 
 class ControlConfig(_Strict):
-    """What a person would do without the scores, measured at each published scheme's exact FP8
-    share and compared with it on the same tokens; never published."""
+    """What a person would do without the scores, measured at each published scheme's FP8 share
+    (within half a group) and compared with it on the same tokens; never published. How the
+    comparisons are judged lives here too: ``margin``, the materiality margin of the verdicts."""
 
     enabled: bool = True
-    random_seeds: int = Field(3, ge=0, le=32)  # random group orders, one control each
+    # random group orders, judged as one distribution (an interval over seeds and sequences);
+    # one trial per seed and scheme: more = a steadier "better than random", more control trials
+    random_seeds: int = Field(20, ge=0, le=100)
     inverse: bool = True  # most sensitive first: the floor any ranking must clear
     ends_fixed: list[int] = Field(default_factory=lambda: [1])  # first/last N blocks BF16
     attn_bf16: bool = True  # attention BF16, the MLP quantized in block order
+    # a KL ratio within this of 1 is no difference: better/worse need the 95% interval below
+    # 1/(1+m) / above 1+m, equivalent needs it inside (docs/SCHEMES.md); 0: any difference counts
+    margin: float = Field(0.05, ge=0.0, le=1.0)
 
     @field_validator("ends_fixed")
     @classmethod

@@ -24,8 +24,9 @@ selector compares every strategy, method and coverage at each share.
 
 Controls are what a person does without the scores (a seeded random order, the first and last
 blocks or the attention kept BF16 with the rest taken in block order) and, as a floor, the scores
-read backwards. They are planned only at a published scheme's exact FP8 share, for a paired
-comparison, and are never published.
+read backwards. They are planned only at a published scheme's FP8 share, for a paired
+comparison, each filled in its own order to within half a group of that share (``_fill_to``), and
+are never published.
 
 Ties break on group name, so a plan is a pure function of its inputs on every host. Pure module.
 """
@@ -209,19 +210,44 @@ CONTROLS = ("random", "inverse", "ends_fixed", "attn_bf16")
 _KIND_ORDER = {k: i for i, k in enumerate(("qkv", "o", "gate_up", "down"))}
 
 
-def _closest_fill(order: Sequence[ScoreGroup], need: int) -> list[ScoreGroup] | None:
-    """The prefix of ``order`` whose size is nearest ``need`` (the larger on a tie), so a control
-    holds as nearly as it can the FP8 share of the scheme it is compared with; None when the whole
-    order cannot reach ``need``."""
+def _fill_to(order: Sequence[ScoreGroup], need: int) -> list[ScoreGroup] | None:
+    """The groups a control takes to hold as nearly as its groups can the FP8 share of the scheme
+    it is compared with; None when the whole order cannot reach ``need``.
+
+    The target is the size nearest ``need`` that any subset of the control's groups makes (the
+    larger on a tie), and the control takes its groups in its own order, each one whenever the
+    groups after it can still complete that size. A plain prefix stops at the group that crosses
+    ``need`` and is off by up to half of *that* group (a gate/up group is a few points of the
+    weights on a small model); this lands on ``need`` exactly whenever the groups can, as a
+    scheme's share, itself a sum of groups, usually can be, and otherwise no nearer plan exists.
+
+    Sizes are counted in units of their gcd, and ``reach[i]`` is a bitset (a Python int) of the
+    sizes the groups from ``i`` on can make, capped one group above ``need``: the nearest size
+    above ``need`` is below that, or a group could be dropped from it.
+    """
     if sum(g.params for g in order) < need:
         return None
-    covered = 0
-    for i, g in enumerate(order):
-        if covered + g.params >= need:
-            over = covered + g.params - need
-            return list(order[: i + 1]) if over <= need - covered else list(order[:i])
-        covered += g.params
-    return list(order)
+    if need <= 0:
+        return []
+    unit = reduce(math.gcd, (g.params for g in order))
+    sizes = [g.params // unit for g in order]
+    cap = need // unit + max(sizes) + 1
+    mask = (1 << (cap + 1)) - 1
+    reach = [1]
+    for w in reversed(sizes):
+        reach.append((reach[-1] | (reach[-1] << w)) & mask)
+    reach.reverse()  # reach[i]: what order[i:] can make; reach[len(order)] == 1 (nothing)
+    below = reach[0] & ((1 << (need // unit + 1)) - 1)
+    above = reach[0] >> -(-need // unit)
+    low = below.bit_length() - 1
+    high = -(-need // unit) + (above & -above).bit_length() - 1
+    target = high if high * unit - need <= need - low * unit else low
+    chosen: list[ScoreGroup] = []
+    for i, (g, w) in enumerate(zip(order, sizes, strict=True)):
+        if target >= w and reach[i + 1] >> (target - w) & 1:
+            chosen.append(g)
+            target -= w
+    return chosen
 
 
 def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
@@ -247,10 +273,10 @@ def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
 
 
 def control_plan(table: ScoreTable, spec: str, effective_bits: float) -> Plan | None:
-    """A control at the FP8 share of ``effective_bits`` (coverage 1.0); None if it cannot get
-    there."""
+    """A control at the FP8 share of ``effective_bits`` (coverage 1.0), within half of its
+    smallest group left out; None if it cannot get there."""
     need = _need(table, effective_bits)
-    chosen = _closest_fill(control_order(table, spec), need)
+    chosen = _fill_to(control_order(table, spec), need)
     if chosen is None:
         return None
     blocks = tuple(sorted({g.block for g in table.groups}))

@@ -5,9 +5,10 @@ strategy, resolved to its plan; a plan reached from several points is measured o
 point in a fixed order keeps it), so the grid's size says little about its cost.
 
 Round 2, the paired round: once the names are bound, every control is planned at each published
-scheme's exact FP8 share (with that scheme's scores, for the control that reads them backwards),
-and the plans no trial has measured yet become points of their own. They are measured on the same
-sequences as the scheme, which is what makes the comparison paired.
+scheme's FP8 share (as near as the control's groups can make it; with that scheme's scores, for
+the control that reads them backwards), and the plans no trial has measured yet become points of
+their own. They are measured on the same sequences as the scheme, which is what makes the
+comparison paired.
 
 A point is a frozen ``Point`` (``orchestrator.core.records``); ``planning.plan_for`` gives its plan,
 and Ray Tune carries its dict form through the grid and back.
@@ -57,7 +58,7 @@ def control_points(
     specs: Sequence[str],
     measured: Collection[str],
 ) -> list[Point]:
-    """Each control at each scheme's exact share, for the plans nothing has measured yet."""
+    """Each control at each scheme's share, for the plans nothing has measured yet."""
     seen = set(measured)
     out = []
     for s in schemes:

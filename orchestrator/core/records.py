@@ -226,8 +226,9 @@ class Point:
 
     @classmethod
     def control_at(cls, scheme: NamedScheme, spec: str) -> Point:
-        """Control ``spec`` at a published scheme's exact share, on the scheme's scores (the
-        paired round measures it; the verdicts compare the two)."""
+        """Control ``spec`` at a published scheme's share (its plan lands as near it as its
+        groups can), on the scheme's scores (the paired round measures it; the verdicts compare
+        the two)."""
         return cls(
             method=scheme.method,
             fp8_recipe=scheme.fp8_recipe,

@@ -1,13 +1,21 @@
-"""Each published scheme against each control at its exact FP8 share, on the same tokens; and how
-well the summed scores predicted the measured KL.
+"""Each published scheme against each control at its FP8 share, on the same tokens; and how well
+the summed scores predicted the measured KL.
 
 A control's plan is re-derived here from the score table (planning is pure), so ``select`` can
-re-run on an old sweep and find the same measurements by plan hash. The random controls are also
-pooled: per sequence, the mean KL over the seeds, which is the comparison a user means by "better
-than random choice". Verdicts come from the paired ratio (scheme KL / control KL) and its 95%
-bootstrap interval (``orchestrator.core.stats``), on the selection objective's tokens (every target,
-or the image answers alone: ``orchestrator.core.objectives``); each row names its objective. Pure
-module: numpy only.
+re-run on an old sweep and find the same measurements by plan hash. Each row says the share the
+control reached and its difference from the scheme's (``fp8_fraction``, ``fp8_fraction_diff``).
+
+The random orders are one control, ``random``, read as a distribution: the scheme against the
+seeds' mean KL with an interval over seeds and sequences (``stats.seeds_comparison``), each
+seed's own ratio in ``by_seed`` with their spread, and the scheme's rank among the seeds. That is
+the comparison a user means by "better than random choice"; a single seed is a draw, not a
+control.
+
+Verdicts (``stats``): ``better`` / ``worse`` when the paired ratio's 95% interval clears the
+materiality margin, ``equivalent`` when it lies inside it, ``inconclusive`` otherwise, with Holm's
+correction across every comparison of the sweep (:func:`compare_schemes`); all on the selection
+objective's tokens (every target, or the image answers alone: ``orchestrator.core.objectives``),
+which each row names. Pure module: numpy only.
 """
 
 from __future__ import annotations
@@ -19,10 +27,22 @@ import numpy as np
 
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import Unreachable, plan_for
-from orchestrator.core.records import NamedScheme, Point, ScoreTable, TrialResult, stable_seed
-from orchestrator.core.stats import paired_ratio_ci, ratio_ci, spearman, verdict
+from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult, stable_seed
+from orchestrator.core.stats import (
+    ALPHA,
+    LEVEL,
+    MARGIN,
+    Comparison,
+    holm,
+    paired_comparison,
+    ratio_ci,
+    seeds_comparison,
+    seeds_ratio_ci,
+    spearman,
+    verdict,
+)
 
-RANDOM = "random"  # the pooled random controls' name
+RANDOM = "random"  # the random orders' name, as one control
 
 
 def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
@@ -34,73 +54,180 @@ def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
     return out
 
 
-def _row(base: Mapping[str, Any], kl: np.ndarray, tokens: np.ndarray, seed: int) -> dict[str, Any]:
-    ci = ratio_ci(kl, tokens, seed)
-    return {**base, "kl_mean": ci.estimate, "kl_ci": [ci.low, ci.high]}
-
-
-def _paired(
-    row: dict[str, Any], scheme_kl: np.ndarray, control_kl: np.ndarray, seed: int
-) -> dict[str, Any]:
-    ratio = paired_ratio_ci(scheme_kl, control_kl, seed)
+def _judged(row: dict[str, Any], test: Comparison) -> dict[str, Any]:
+    """The ratio, its interval and the unadjusted p; the verdict waits for the whole sweep."""
     return {
         **row,
-        "kl_ratio": ratio.estimate,
-        "kl_ratio_ci": [ratio.low, ratio.high],
-        "verdict": verdict(ratio),
+        "kl_ratio": test.ratio.estimate,
+        "kl_ratio_ci": [test.ratio.low, test.ratio.high],
+        "p": test.p,
     }
 
 
-def compare_scheme(
-    scheme: NamedScheme,
+class _Scheme:
+    """One scheme's side of its comparisons: its per-sequence KL and tokens on the objective, and
+    what it takes to plan and look up a control at its share."""
+
+    def __init__(
+        self,
+        scheme: NamedScheme,
+        tables: Mapping[str, ScoreTable],
+        measured: Mapping[str, TrialResult],
+        objective: Objective,
+        seed: int,
+        margin: float,
+    ) -> None:
+        self.scheme, self.tables, self.measured = scheme, tables, measured
+        self.objective, self.seed, self.margin = objective, seed, margin
+        mine = measured.get(scheme.plan_hash)
+        sums = objective.per_sequence(mine.per_sequence) if mine is not None else None
+        kl, tokens = sums if sums is not None else ([], [])
+        self.kl: np.ndarray = np.asarray(kl, dtype=float)
+        self.tokens: np.ndarray = np.asarray(tokens, dtype=float)
+
+    def plan(self, spec: str) -> Plan:
+        return plan_for(Point.control_at(self.scheme, spec), self.tables)
+
+    def base(self, spec: str, plan: Plan) -> dict[str, Any]:
+        return {
+            "control": spec,
+            "objective": self.objective.metric,
+            "plan_hash": plan.plan_hash,
+            "fp8_fraction": round(plan.fp8_fraction, 6),
+            "fp8_fraction_diff": round(plan.fp8_fraction - self.scheme.fp8_fraction, 6),
+        }
+
+    def kl_of(self, plan: Plan) -> np.ndarray | None:
+        """The plan's per-sequence KL on the scheme's sequences, or None if not measured so."""
+        r = self.measured.get(plan.plan_hash)
+        sums = self.objective.per_sequence(r.per_sequence) if r is not None else None
+        if sums is None or len(sums[0]) != len(self.kl):
+            return None
+        return np.asarray(sums[0], dtype=float)
+
+    def seed_of(self, *parts: str) -> int:
+        return stable_seed(self.seed, *parts)
+
+
+def _one_control(me: _Scheme, spec: str) -> tuple[dict[str, Any], Comparison | None]:
+    try:
+        plan = me.plan(spec)
+    except Unreachable:
+        return {"control": spec, "verdict": "cannot reach this share"}, None
+    base = me.base(spec, plan)
+    if plan.plan_hash == me.scheme.plan_hash:
+        return {**base, "verdict": "same plan"}, None
+    theirs = me.kl_of(plan)
+    if theirs is None:
+        return {**base, "verdict": "not measured"}, None
+    ci = ratio_ci(theirs, me.tokens, me.seed_of(plan.plan_hash))
+    test = paired_comparison(me.kl, theirs, me.seed_of(me.scheme.plan_hash, spec), me.margin)
+    return _judged({**base, "kl_mean": ci.estimate, "kl_ci": [ci.low, ci.high]}, test), test
+
+
+def _random_control(me: _Scheme, specs: Sequence[str]) -> tuple[dict[str, Any], Comparison | None]:
+    """The random orders as one control: every seed measured at the scheme's share is a draw."""
+    draws: list[tuple[dict[str, Any], np.ndarray]] = []
+    unreachable = missing = 0
+    for spec in specs:
+        try:
+            plan = me.plan(spec)
+        except Unreachable:
+            unreachable += 1
+            continue
+        theirs = me.kl if plan.plan_hash == me.scheme.plan_hash else me.kl_of(plan)
+        if theirs is None:
+            missing += 1
+            continue
+        draws.append((me.base(spec, plan), theirs))
+    if not draws:
+        word = "cannot reach this share" if unreachable == len(specs) else "not measured"
+        return {"control": RANDOM, "verdict": word, "seeds": 0}, None
+    same = sum(row["plan_hash"] == me.scheme.plan_hash for row, _ in draws)
+    base = {"control": RANDOM, "objective": me.objective.metric, "seeds": len(draws)}
+    if missing:
+        base["seeds_not_measured"] = missing
+    if same == len(draws):
+        return {**base, "verdict": "same plan"}, None
+    per_seed = np.stack([kl for _, kl in draws])
+    seed_kl = per_seed.sum(axis=1)
+    ratios = [float(me.kl.sum() / k) if k > 0 else float("inf") for k in seed_kl]
+    shares = [row["fp8_fraction"] for row, _ in draws]
+    ci = seeds_ratio_ci(per_seed, me.tokens, me.seed_of(RANDOM))
+    test = seeds_comparison(me.kl, per_seed, me.seed_of(me.scheme.plan_hash, RANDOM), me.margin)
+    row = {
+        **base,
+        "fp8_fraction_range": [min(shares), max(shares)],
+        "fp8_fraction_diff": max((row["fp8_fraction_diff"] for row, _ in draws), key=abs),
+        "kl_mean": ci.estimate,
+        "kl_ci": [ci.low, ci.high],
+        "seed_kl_ratio": {
+            "min": min(ratios),
+            "median": float(np.median(ratios)),
+            "max": max(ratios),
+        },
+        # 1: less KL than every seed; seeds + 1: more than every one
+        "scheme_rank": 1 + int((seed_kl < me.kl.sum()).sum()),
+        "by_seed": [
+            {**r, "kl_mean": float(kl.sum() / me.tokens.sum()), "kl_ratio": q}
+            for (r, kl), q in zip(draws, ratios, strict=True)
+        ],
+    }
+    return _judged(row, test), test
+
+
+def _scheme_rows(
+    me: _Scheme, specs: Sequence[str]
+) -> list[tuple[dict[str, Any], Comparison | None]]:
+    if not len(me.kl):
+        return [({"control": s, "verdict": "not measured"}, None) for s in _names(specs)]
+    randoms = [s for s in specs if s.startswith(RANDOM + ":")]
+    out = [_one_control(me, s) for s in specs if s not in randoms]
+    return out + ([_random_control(me, randoms)] if randoms else [])
+
+
+def _names(specs: Sequence[str]) -> list[str]:
+    """The controls as compared: each spec, the random seeds as one ``random``."""
+    names = [s for s in specs if not s.startswith(RANDOM + ":")]
+    return names + ([RANDOM] if len(names) < len(specs) else [])
+
+
+def compare_schemes(
+    schemes: Sequence[NamedScheme],
     tables: Mapping[str, ScoreTable],
     measured: Mapping[str, TrialResult],
     specs: Sequence[str],
     seed: int,
     objective: Objective = KL_MEAN,
-) -> list[dict[str, Any]]:
-    """One row per control (and one for the pooled random ones): its share, KL with CI, the ratio
-    of the scheme's KL to it with CI, and a verdict (``better`` / ``indistinguishable`` /
-    ``worse``; ``same plan``, ``not measured`` or ``cannot reach this share`` otherwise)."""
-    mine = measured.get(scheme.plan_hash)
-    sums = objective.per_sequence(mine.per_sequence) if mine is not None else None
-    if sums is None:
-        return [{"control": s, "verdict": "not measured"} for s in specs]
-    kl, tokens = (np.asarray(x, dtype=float) for x in sums)
-    rows: list[dict[str, Any]] = []
-    randoms: list[np.ndarray] = []
-    for spec in specs:
-        point = Point.control_at(scheme, spec)
-        try:
-            plan = plan_for(point, tables)
-        except Unreachable:
-            rows.append({"control": spec, "verdict": "cannot reach this share"})
-            continue
-        base = {
-            "control": spec,
-            "objective": objective.metric,
-            "plan_hash": plan.plan_hash,
-            "fp8_fraction": plan.fp8_fraction,
-        }
-        if plan.plan_hash == scheme.plan_hash:
-            rows.append({**base, "verdict": "same plan"})
-            continue
-        other = measured.get(plan.plan_hash)
-        their_sums = objective.per_sequence(other.per_sequence) if other is not None else None
-        if their_sums is None or len(their_sums[0]) != len(kl):
-            rows.append({**base, "verdict": "not measured"})
-            continue
-        theirs = np.asarray(their_sums[0], dtype=float)
-        if spec.startswith(RANDOM + ":"):
-            randoms.append(theirs)
-        row = _row(base, theirs, tokens, stable_seed(seed, plan.plan_hash))
-        rows.append(_paired(row, kl, theirs, stable_seed(seed, scheme.plan_hash, spec)))
-    if len(randoms) > 1:
-        pooled = np.mean(randoms, axis=0)
-        base = {"control": RANDOM, "objective": objective.metric, "seeds": len(randoms)}
-        row = _row(base, pooled, tokens, stable_seed(seed, RANDOM))
-        rows.append(_paired(row, kl, pooled, stable_seed(seed, scheme.plan_hash, RANDOM)))
-    return rows
+    margin: float = MARGIN,
+    alpha: float = ALPHA,
+) -> list[list[dict[str, Any]]]:
+    """Per scheme, one row per control (the random seeds as one, ``random``): the share it
+    reached and its difference from the scheme's, its KL with CI, the ratio of the scheme's KL to
+    it with CI, p and Holm's p across every comparison of the sweep, and a verdict (``better`` /
+    ``worse`` / ``equivalent`` / ``inconclusive``; ``same plan``, ``not measured`` or ``cannot
+    reach this share`` otherwise)."""
+    per_scheme = [
+        _scheme_rows(_Scheme(s, tables, measured, objective, seed, margin), specs) for s in schemes
+    ]
+    tested = [(row, test) for rows in per_scheme for row, test in rows if test is not None]
+    for (row, test), p_holm in zip(tested, holm([t.p for _, t in tested]), strict=True):
+        row["p_holm"] = p_holm
+        row["verdict"] = verdict(test, p_holm, alpha)
+    return [[row for row, _ in rows] for rows in per_scheme]
+
+
+def verdict_rule(rows: Sequence[Sequence[Mapping[str, Any]]], margin: float) -> dict[str, Any]:
+    """What the verdicts of a sweep mean, for its schemes.yaml: the margin's bounds on the KL
+    ratio, the interval's level and the correction over the comparisons that were tested."""
+    return {
+        "margin": margin,
+        "better_below": round(1.0 / (1.0 + margin), 6),
+        "worse_above": round(1.0 + margin, 6),
+        "level": LEVEL,
+        "correction": "holm",
+        "comparisons": sum("p" in r for rs in rows for r in rs),
+    }
 
 
 def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:

@@ -19,11 +19,13 @@ from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
 from orchestrator.core.selection import Selection, SelectionError, select
+from orchestrator.core.stats import MARGIN
 from orchestrator.core.verdicts import (
-    compare_scheme,
+    compare_schemes,
     measured_by_plan,
     score_kl_correlation,
     score_kl_within_share,
+    verdict_rule,
     verdicts,
 )
 from orchestrator.outputs.files import write_json, write_text
@@ -63,6 +65,7 @@ class SweepFacts:
     scoring: Mapping[str, Any]  # num_score_steps, num_calib_steps of the scoring that ran
     data_hashes: Mapping[str, str]
     grid: SearchConfig | None = None  # the budgets asked for: an unbound name's advice names others
+    margin: float = MARGIN  # materiality margin of the verdicts (controls.margin)
 
     @classmethod
     def of(cls, cfg: SweepConfig, data_hashes: Mapping[str, str]) -> SweepFacts:
@@ -76,6 +79,7 @@ class SweepFacts:
             },
             data_hashes=dict(sorted(data_hashes.items())),  # as sweep.json has them
             grid=cfg.search,
+            margin=cfg.controls.margin,
         )
 
 
@@ -86,6 +90,7 @@ class Finalized:
     entries: tuple[dict[str, Any], ...] = ()  # schemes.yaml's scheme entries
     correlation: Mapping[str, float] = field(default_factory=dict)  # Spearman per method
     within_share: Mapping[str, float] = field(default_factory=dict)  # the same per budget
+    verdict_rule: Mapping[str, Any] = field(default_factory=dict)  # schemes.yaml's verdict_rule
 
 
 def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
@@ -186,14 +191,17 @@ def finalize(
         return Finalized(None, str(e), (), correlation, within)
     write_trials(results, output / "trials.parquet")
     measured = measured_by_plan(results)
+    compared = compare_schemes(
+        sel.schemes, tables, measured, facts.controls, facts.seed, objective, facts.margin
+    )
     entries = []
-    for s in sel.schemes:
+    for s, rows in zip(sel.schemes, compared, strict=True):
         plan = plan_for(Point.of(s), tables)
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
-        rows = compare_scheme(s, tables, measured, facts.controls, facts.seed, objective)
         spec = next(c for c in catalog.schemes if c.name == s.name)
         entries.append(_entry(s, plan, plan_path, rows, facts, spec))
+    rule = verdict_rule(compared, facts.margin)
     doc = {
         **header,
         "catalog_version": catalog.version,
@@ -201,6 +209,7 @@ def finalize(
         "knee": _point_summary(sel.knee, objective),
         "score_kl_spearman": correlation,
         "score_kl_spearman_within_share": within,
+        "verdict_rule": rule,
         "front": list(sel.front),
         "notes": list(sel.notes),
         "schemes": entries,
@@ -212,17 +221,28 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within)
+    return Finalized(sel, None, tuple(entries), correlation, within, rule)
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
-    """(tags, metrics) for a scheme's MLflow run: its name, its verdicts, the KL ratios."""
+    """(tags, metrics) for a scheme's MLflow run: its name, its verdicts, the KL ratios with their
+    intervals and Holm's p, each control's share difference; for the random orders also each
+    seed's ratio, their spread and the scheme's rank among them."""
     tags = {"scheme_name": str(entry["name"])}
     metrics: dict[str, float] = {}
     for row in entry["controls"]:
-        tags[f"verdict.{row['control']}"] = str(row["verdict"])
+        name = row["control"]
+        tags[f"verdict.{name}"] = str(row["verdict"])
         if "kl_ratio" in row:
-            metrics[f"kl_ratio.{row['control']}"] = float(row["kl_ratio"])
-            metrics[f"kl_ratio_ci_low.{row['control']}"] = float(row["kl_ratio_ci"][0])
-            metrics[f"kl_ratio_ci_high.{row['control']}"] = float(row["kl_ratio_ci"][1])
+            metrics[f"kl_ratio.{name}"] = float(row["kl_ratio"])
+            metrics[f"kl_ratio_ci_low.{name}"] = float(row["kl_ratio_ci"][0])
+            metrics[f"kl_ratio_ci_high.{name}"] = float(row["kl_ratio_ci"][1])
+            metrics[f"p_holm.{name}"] = float(row["p_holm"])
+            metrics[f"fp8_fraction_diff.{name}"] = float(row["fp8_fraction_diff"])
+        for seed in row.get("by_seed", ()):
+            metrics[f"kl_ratio.{seed['control']}"] = float(seed["kl_ratio"])
+        if "seed_kl_ratio" in row:
+            for k, v in row["seed_kl_ratio"].items():
+                metrics[f"seed_kl_ratio_{k}.{name}"] = float(v)
+            metrics[f"scheme_rank.{name}"] = float(row["scheme_rank"])
     return tags, metrics

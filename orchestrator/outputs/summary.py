@@ -1,10 +1,12 @@
 """The console's closing lines: trials finished and failed, each scheme with its share, KL and
-interval, its verdicts against the controls, the knee and the score-KL correlation."""
+interval, its verdicts against the controls (each with the share it reached; random as the
+distribution of its seeds), the rule the verdicts follow, the knee and the score-KL correlation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator.core.records import TrialResult
 from orchestrator.outputs.publish import Finalized
@@ -12,6 +14,41 @@ from orchestrator.outputs.publish import Finalized
 
 def _ci(v: Sequence[float]) -> str:
     return f"[{v[0]:.3g}, {v[1]:.3g}]"
+
+
+def _points(diff: float) -> str:
+    return f"{100 * diff:+.1f} points"
+
+
+def control_lines(row: Mapping[str, Any]) -> list[str]:
+    """One control's verdict, ratio and interval, and the share it reached (its difference from
+    the scheme's); the random orders over their seeds, with a second line for the per-seed
+    ratios' spread and the scheme's rank among the seeds."""
+    head = f"    vs {row['control']:<14} {row['verdict']:<14}"
+    if "kl_ratio" not in row:
+        return [head.rstrip()]
+    ratio = f"KL ratio {row['kl_ratio']:.3g} {_ci(row['kl_ratio_ci'])}"
+    diff = _points(row["fp8_fraction_diff"])
+    if "by_seed" not in row:
+        return [f"{head}{ratio} at {row['fp8_fraction']:.1%} FP8 ({diff})"]
+    low, high = row["fp8_fraction_range"]
+    share = f"{low:.1%}" if round(low, 3) == round(high, 3) else f"{low:.1%}-{high:.1%}"
+    spread = row["seed_kl_ratio"]
+    return [
+        f"{head}{ratio} over {row['seeds']} seeds and the sequences, at {share} FP8 "
+        f"({diff} at most)",
+        f"{'':<{len(head)}}per seed {spread['min']:.3g}-{spread['max']:.3g} (median "
+        f"{spread['median']:.3g}); the scheme ranks {row['scheme_rank']} of {row['seeds'] + 1}",
+    ]
+
+
+def rule_line(rule: Mapping[str, Any]) -> str:
+    return (
+        f"verdicts: better / worse when the {rule['level']:.0%} interval of the KL ratio lies "
+        f"below {rule['better_below']:.3g} / above {rule['worse_above']:.3g} (margin "
+        f"{rule['margin']:.0%}), equivalent inside, else inconclusive; Holm-corrected over the "
+        f"{rule['comparisons']} comparisons"
+    )
 
 
 def summary_lines(done: Finalized, output: Path) -> list[str]:
@@ -37,20 +74,14 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
             f"{m.get(top1, float('nan')):>8.4f}  {s.method} {s.strategy} "
             f"c={s.coverage:g}"
         )
-        for row in e["controls"]:
-            if str(row["control"]).startswith("random:"):
-                continue  # each seed is in schemes.yaml; the console shows them pooled
-            ratio = (
-                f" (KL ratio {row['kl_ratio']:.3g} {_ci(row['kl_ratio_ci'])})"
-                if "kl_ratio" in row
-                else ""
-            )
-            lines.append(f"    vs {row['control']:<14} {row['verdict']}{ratio}")
+        lines += [line for row in e["controls"] for line in control_lines(row)]
         if e["knobs_differ_from_catalog"]:
             lines.append(
                 "    knobs that differ from the catalog's recommendation: "
                 + ", ".join(e["knobs_differ_from_catalog"])
             )
+    if done.verdict_rule:
+        lines.append(rule_line(done.verdict_rule))
     k = done.selection.knee
     if k is not None:
         lines.append(

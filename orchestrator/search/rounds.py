@@ -1,5 +1,5 @@
 """The sweep's Ray stages after start-up: scoring fanned out over the workers, then the two Tune
-rounds (the grid; the controls at each published scheme's exact share), each resumable."""
+rounds (the grid; the controls at each published scheme's share), each resumable."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def trial_context(
 
 
 def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult]:
-    """Round 1, the grid; then round 2, the controls at each published scheme's exact share.
+    """Round 1, the grid; then round 2, the controls at each published scheme's share.
 
     Each round is a Tune experiment of its own under the output folder, so each resumes.
     """

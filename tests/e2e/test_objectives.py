@@ -89,7 +89,7 @@ def test_two_sweeps_compare_name_by_name_paired(two_sweeps, tmp_path):
         "fp8_autoquant_full",
     ]
     for r in rows:
-        assert r["verdict"] in {"better", "worse", "indistinguishable"}
+        assert r["verdict"] in {"better", "worse", "equivalent", "inconclusive"}
         for side in (r["a"], r["b"]):
             assert side["ci"][0] <= side["image_kl_mean"] <= side["ci"][1]
         assert r["ratio_ci"][0] <= r["ratio"] <= r["ratio_ci"][1]

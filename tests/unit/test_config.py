@@ -49,6 +49,12 @@ def test_overrides_win_and_parse_yaml_values(tmp_path):
         ("scoring.shards=0", "scoring.shards=0: is 0; use a positive integer or auto"),
         ("scoring.shards=two", "scoring.shards.literal['auto']='two': Input should be 'auto'"),
         ("scoring.shards=3", "scoring.shards=3 exceeds scoring.num_score_steps=2"),
+        (
+            "controls.margin=-0.1",
+            "controls.margin=-0.1: Input should be greater than or equal to 0",
+        ),
+        ("controls.margin=5", "controls.margin=5: Input should be less than or equal to 1"),
+        ("controls.random_seeds=500", "controls.random_seeds=500: Input should be less than or"),
     ],
 )
 def test_bad_values_name_field_value_and_what_is_allowed(tmp_path, override, needle):
@@ -262,13 +268,21 @@ def test_config_hash_ignores_tracking_only(tmp_path):
     assert a.config_hash() == b.config_hash() != c.config_hash()
 
 
+def test_controls_default_to_20_random_seeds_and_a_5_percent_margin(tmp_path):
+    controls = load_config(_cfg(tmp_path, BASE)).controls
+    assert controls.random_seeds == 20 and controls.margin == 0.05
+    assert controls.specs()[:3] == ["random:0", "random:1", "random:2"]
+    assert len([s for s in controls.specs() if s.startswith("random:")]) == 20
+
+
 def test_the_demo_config_hash_is_pinned():
     """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
     it: a change to the schema that changes it must be deliberate (and say so). The default
-    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string
-    (the value main gave before faults left the config, 9a9316d)."""
+    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string.
+    Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin`` (a
+    demo folder from before refuses to resume; its controls were other plans anyway)."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "c530280a393279a1"
+    assert cfg.config_hash() == "bc09a2dc39406d3f"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):

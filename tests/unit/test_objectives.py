@@ -12,7 +12,7 @@ from orchestrator.core.config import load_catalog
 from orchestrator.core.objectives import KL_MEAN, Objective, missing_rows
 from orchestrator.core.planning import control_plan
 from orchestrator.core.selection import select
-from orchestrator.core.verdicts import compare_scheme, measured_by_plan
+from orchestrator.core.verdicts import compare_schemes, measured_by_plan
 
 from .helpers import result
 from .test_points import _scheme, _table
@@ -81,15 +81,17 @@ def test_controls_are_compared_on_the_objective_tokens():
         ),
     ]
     tables = {"kl_div|FP8_DEFAULT_CFG": t}
-    on_all = compare_scheme(s, tables, measured_by_plan(rows), ["inverse"], 0)[0]
-    on_image = compare_scheme(s, tables, measured_by_plan(rows), ["inverse"], 0, IMAGE)[0]
+    on_all = compare_schemes([s], tables, measured_by_plan(rows), ["inverse"], 0)[0][0]
+    on_image = compare_schemes([s], tables, measured_by_plan(rows), ["inverse"], 0, IMAGE)[0][0]
     assert on_all["kl_ratio"] == pytest.approx(0.5) and on_all["objective"] == "kl_mean"
     assert on_image["kl_ratio"] == pytest.approx(0.5) and on_image["objective"] == "image_kl_mean"
     assert on_image["kl_mean"] == pytest.approx(2 * sum(image) / (2.0 * len(image)))
     no_image = replace(
         rows[0], per_sequence={k: v for k, v in rows[0].per_sequence.items() if "image" not in k}
     )
-    got = compare_scheme(s, tables, measured_by_plan([no_image, rows[1]]), ["inverse"], 0, IMAGE)
+    (got,) = compare_schemes(
+        [s], tables, measured_by_plan([no_image, rows[1]]), ["inverse"], 0, IMAGE
+    )
     assert got == [{"control": "inverse", "verdict": "not measured"}]
 
 
@@ -110,7 +112,7 @@ def test_two_sweeps_compared_name_by_name_on_one_evaluation_set():
     assert top["ratio"] == pytest.approx(0.6) and top["verdict"] == "better"
     assert top["ratio_ci"][1] < 1.0 and top["a"]["ci"][0] <= top["a"]["image_kl_mean"]
     full = rows["full"]  # the same trial on both sides: the same KL, a ratio of exactly 1
-    assert full["same_modules"] and full["ratio"] == 1.0 and full["verdict"] == "indistinguishable"
+    assert full["same_modules"] and full["ratio"] == 1.0 and full["verdict"] == "equivalent"
     lines = table_lines(list(rows.values()), IMAGE)
     assert lines[1].startswith("top25") and "0.6 [" in lines[1] and "better" in lines[1]
 

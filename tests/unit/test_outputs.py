@@ -36,3 +36,83 @@ def test_a_sweep_that_cannot_bind_a_name_is_advised_by_its_own_grid(tmp_path):
     assert done.selection is None and done.error is not None
     assert "no plan lands in the band (nearest: 31.0% FP8)" in done.error
     assert "add effective_bits" not in done.error
+
+
+def _rows():
+    ends = {
+        "control": "ends_fixed:1",
+        "plan_hash": "e1",
+        "fp8_fraction": 0.259259,
+        "fp8_fraction_diff": 0.009259,
+        "kl_mean": 6e-5,
+        "kl_ci": [5.8e-5, 6.2e-5],
+        "kl_ratio": 0.63,
+        "kl_ratio_ci": [0.61, 0.65],
+        "p": 0.001,
+        "p_holm": 0.004,
+        "verdict": "better",
+    }
+    seeds = [
+        {"control": f"random:{s}", "fp8_fraction": 0.25, "fp8_fraction_diff": 0.0, "kl_ratio": q}
+        for s, q in enumerate((0.15, 0.35))
+    ]
+    rnd = {
+        "control": "random",
+        "seeds": 2,
+        "fp8_fraction_range": [0.25, 0.25],
+        "fp8_fraction_diff": 0.0,
+        "kl_mean": 2e-4,
+        "kl_ci": [1e-4, 3e-4],
+        "kl_ratio": 0.21,
+        "kl_ratio_ci": [0.14, 0.33],
+        "p": 0.001,
+        "p_holm": 0.003,
+        "verdict": "better",
+        "seed_kl_ratio": {"min": 0.15, "median": 0.25, "max": 0.35},
+        "scheme_rank": 1,
+        "by_seed": seeds,
+    }
+    return [ends, {"control": "attn_bf16", "verdict": "cannot reach this share"}, rnd]
+
+
+def test_console_names_each_controls_share_and_random_as_a_distribution():
+    from orchestrator.outputs.summary import control_lines, rule_line
+
+    (ends,), (attn,), (rnd, seeds) = (control_lines(r) for r in _rows())
+    assert "vs ends_fixed:1" in ends and "better" in ends
+    assert ends.endswith("KL ratio 0.63 [0.61, 0.65] at 25.9% FP8 (+0.9 points)")
+    assert attn.endswith("cannot reach this share")
+    assert rnd.endswith(
+        "KL ratio 0.21 [0.14, 0.33] over 2 seeds and the sequences, at 25.0% FP8 "
+        "(+0.0 points at most)"
+    )
+    assert seeds.endswith("per seed 0.15-0.35 (median 0.25); the scheme ranks 1 of 3")
+    rule = {
+        "margin": 0.05,
+        "better_below": 0.952381,
+        "worse_above": 1.05,
+        "level": 0.95,
+        "correction": "holm",
+        "comparisons": 8,
+    }
+    assert rule_line(rule) == (
+        "verdicts: better / worse when the 95% interval of the KL ratio lies below 0.952 / "
+        "above 1.05 (margin 5%), equivalent inside, else inconclusive; Holm-corrected over the "
+        "8 comparisons"
+    )
+
+
+def test_mlflow_gets_each_verdict_ratio_and_the_seeds_spread():
+    from orchestrator.outputs.publish import scheme_tracking
+
+    tags, metrics = scheme_tracking({"name": "top25", "controls": _rows()})
+    assert tags == {
+        "scheme_name": "top25",
+        "verdict.ends_fixed:1": "better",
+        "verdict.attn_bf16": "cannot reach this share",
+        "verdict.random": "better",
+    }
+    assert metrics["kl_ratio.random"] == 0.21 and metrics["p_holm.ends_fixed:1"] == 0.004
+    assert metrics["fp8_fraction_diff.ends_fixed:1"] == 0.009259
+    assert metrics["kl_ratio.random:1"] == 0.35 and metrics["scheme_rank.random"] == 1
+    assert metrics["seed_kl_ratio_min.random"] == 0.15

@@ -8,7 +8,7 @@ from orchestrator.core.planning import Unreachable, control_plan, make_plan, pla
 from orchestrator.core.points import control_points, grid_points, unreachable_names
 from orchestrator.core.records import NamedScheme, Point, table_key
 from orchestrator.core.verdicts import (
-    compare_scheme,
+    compare_schemes,
     measured_by_plan,
     score_kl_correlation,
     score_kl_within_share,
@@ -106,15 +106,29 @@ def test_scheme_against_controls_on_the_same_sequences():
     for spec, scale in (("random:0", 1.0), ("random:1", 1.2), ("inverse", 0.5)):
         p = control_plan(t, spec, s.achieved_bits)
         rows.append(_measured(p.plan_hash, 14, [scale * x for x in base], "control", spec))
-    specs = ["random:0", "random:1", "inverse", "ends_fixed:1", "attn_bf16"]
-    got = {r["control"]: r for r in compare_scheme(s, tables, measured_by_plan(rows), specs, 0)}
-    assert got["random:0"]["verdict"] == "better"
-    assert got["random:0"]["kl_ratio"] == pytest.approx(0.5)
-    assert got["inverse"]["verdict"] == "indistinguishable"  # the same KL on every sequence
-    assert got["random"]["kl_ratio"] == pytest.approx(0.5 / 1.1) and got["random"]["seeds"] == 2
-    assert got["ends_fixed:1"]["verdict"] == "not measured"
-    lo, hi = got["random:1"]["kl_ratio_ci"]
-    assert lo <= got["random:1"]["kl_ratio"] <= hi < 1.0
+    specs = ["random:0", "random:1", "random:2", "inverse", "ends_fixed:1", "attn_bf16"]
+    (got,) = compare_schemes([s], tables, measured_by_plan(rows), specs, 0)
+    by = {r["control"]: r for r in got}
+    assert list(by) == ["inverse", "ends_fixed:1", "attn_bf16", "random"]  # seeds are one control
+    assert by["inverse"]["verdict"] == "equivalent"  # the same KL on every sequence
+    assert by["inverse"]["kl_ratio_ci"] == [1.0, 1.0]
+    assert by["ends_fixed:1"]["verdict"] == "not measured"
+    rnd = by["random"]
+    assert rnd["verdict"] == "better" and rnd["seeds"] == 2 and rnd["seeds_not_measured"] == 1
+    assert rnd["kl_ratio"] == pytest.approx(0.5 / 1.1)  # against the seeds' mean KL
+    lo, hi = rnd["kl_ratio_ci"]
+    assert lo <= rnd["kl_ratio"] <= hi < 1.0
+    assert [x["control"] for x in rnd["by_seed"]] == ["random:0", "random:1"]
+    assert [x["kl_ratio"] for x in rnd["by_seed"]] == pytest.approx([0.5, 0.5 / 1.2])
+    assert rnd["seed_kl_ratio"]["min"] == pytest.approx(0.5 / 1.2)
+    assert rnd["seed_kl_ratio"]["max"] == pytest.approx(0.5)
+    assert rnd["scheme_rank"] == 1  # less KL than both seeds
+    # every control lands on the scheme's share: its groups can make it exactly
+    for r in (by["inverse"], *rnd["by_seed"]):
+        assert r["fp8_fraction"] == pytest.approx(s.fp8_fraction) and r["fp8_fraction_diff"] == 0
+    assert rnd["fp8_fraction_range"] == pytest.approx([s.fp8_fraction] * 2)
+    tested = [r for r in got if "p" in r]
+    assert all(r["p"] <= r["p_holm"] <= 1 for r in tested) and len(tested) == 2
 
 
 def test_score_kl_correlation_per_method():
