@@ -285,12 +285,13 @@ def verdict_rule(rows: Sequence[Sequence[Mapping[str, Any]]], margin: float) -> 
         "worse_above": round(1.0 + margin, 6),
         "level": LEVEL,
         "correction": "holm",
-        # one per scheme and plan tested: controls that share a plan share its test
+        # one per scheme and plan tested (controls that share a plan share its test); a row with
+        # no plan hash (the random seeds, compare_sweeps' names) counts one
         "comparisons": len(
             {
-                (i, r.get("plan_hash", r["control"]))
+                (i, r.get("plan_hash", j))
                 for i, rs in enumerate(rows)
-                for r in rs
+                for j, r in enumerate(rs)
                 if "p" in r
             }
         ),

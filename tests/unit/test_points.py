@@ -302,6 +302,8 @@ def test_modelopt_row_comes_first_and_a_shared_plan_is_one_comparison():
     assert "same_plan_as" not in by["inverse"]
     # one test per plan: Holm over modelopt (= ends_fixed:1) and inverse, not three
     assert verdict_rule([got], 0.05)["comparisons"] == 2
+    names = [{"scheme": "a", "p": 0.1}, {"scheme": "b", "p": 0.2}]  # compare_sweeps' rows
+    assert verdict_rule([names], 0.05)["comparisons"] == 2
     from orchestrator.core.stats import holm
 
     assert mo["p_holm"] == holm([mo["p"], by["inverse"]["p"]])[0]
