@@ -157,10 +157,14 @@ def solve_with_modelopt(
 ) -> dict[str, ScoreTable]:
     """ModelOpt's own solve at each scheme's share, stored in the tables (and in ``scores/``, so
     ``select`` reads the same plans without ModelOpt); a resumed sweep solves again, the same."""
-    from orchestrator.model.modelopt_plan import with_modelopt_solves
-
     t0 = time.perf_counter()
+    from orchestrator.model.modelopt_plan import with_modelopt_solves  # torch, then ModelOpt
+
     solved = with_modelopt_solves(tables, schemes, score_cache(inp))
     write_score_tables(inp.output, list(solved.values()))
-    log.info("ModelOpt's own solves at %d share(s): %.1fs", len(schemes), time.perf_counter() - t0)
+    log.info(
+        "ModelOpt's own solves at %d share(s): %.1fs with the imports",
+        len(schemes),
+        time.perf_counter() - t0,
+    )
     return solved

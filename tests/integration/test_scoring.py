@@ -145,13 +145,30 @@ def test_modelopt_control_is_modelopts_own_solve_at_each_share(score_tables, met
 
 
 def test_modelopt_budget_is_read_on_modelopts_own_scale(score_tables):
-    """With twice the denominator (as if the vision tower were in the cost, with no choice), the
-    same share is another effective_bits for ModelOpt, and ModelOpt's plan is the same."""
+    """With a module outside the eligible weights in ModelOpt's cost (BF16, as large as all of them:
+    twice the denominator), the same share is another effective_bits for ModelOpt, and ModelOpt's
+    plan is the same."""
     from orchestrator.model.modelopt_plan import modelopt_groups
 
     table, setup, cache = score_tables["kl_div"]
     state = read_search_state(cache_path(cache, setup.key()))
-    wide = {**state, "cost_denominator": 2 * state["cost_denominator"]}
+    size = float(table.eligible_params)
+    extra = {
+        "formats": ["NONE"],
+        "scores": [0.0],
+        "costs": [size],
+        "module_names": ["model.visual.extra"],
+        "quantizer_attrs": {},
+        "cost_weight": 1.0,
+        "uncompressed_cost": size,
+        "allow_no_quant": True,
+        "is_fixed": False,
+    }
+    wide = {
+        **state,
+        "cost_denominator": 2 * size,
+        "candidate_stats": {**state["candidate_stats"], "model.visual.extra.quant_recipe": extra},
+    }
     for asked in (10, 12, 14):
         bits = make_plan(table, asked, 1.0).achieved_bits
         share = (16 - bits) / 8
