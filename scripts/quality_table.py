@@ -35,9 +35,10 @@ def _control(row: dict, r: TrialResult | None) -> str:
     same = f"same plan as {', '.join(row['same_plan_as'])}; " if row.get("same_plan_as") else ""
     asked = ""
     if "modelopt_effective_bits" in row:
-        asked = f", ModelOpt asked {row['modelopt_effective_bits']:.6g} bits"
+        asked = f"ModelOpt asked {row['modelopt_effective_bits']:.6g} bits"
     if "kl_ratio" not in row:
-        return f"| control {row['control']} | | | | {same}{row['verdict']}{asked} |"
+        cell = f" {asked} " if asked else " "
+        return f"| control {row['control']} |{cell}| | | {same}{row['verdict']} |"
     diff = f"{100 * row['fp8_fraction_diff']:+.1f}"
     lo, hi = row["kl_ci"]
     rlo, rhi = row["kl_ratio_ci"]
@@ -53,7 +54,7 @@ def _control(row: dict, r: TrialResult | None) -> str:
         )
         top1 = ""
     else:
-        share = f"{row['fp8_fraction']:.1%} ({diff}{asked})"
+        share = f"{row['fp8_fraction']:.1%} ({diff}{', ' + asked if asked else ''})"
         top1 = f"{r.metrics['top1_agreement']:.4f}" if r else ""
     return (
         f"| control {row['control']} | {share} | {row['kl_mean']:.3g} [{lo:.3g}, {hi:.3g}] | "
