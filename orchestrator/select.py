@@ -7,7 +7,8 @@
 
 Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
 rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
-comparisons reuse the controls the sweep measured; a scheme that moved to another share (another
+comparisons reuse the controls the sweep measured (ModelOpt's own plans from what the sweep stored
+in ``scores/``, so no ModelOpt is needed here); a scheme that moved to another share (another
 catalog, cap or objective) reads ``not measured`` against them until the sweep is run again.
 ``--set`` takes the sweep's ``selection`` keys; ``--max-kl``, ``--objective`` and ``--catalog``
 spell ``selection.max_kl``, ``selection.objective`` and ``selection.catalog``. It takes the folder

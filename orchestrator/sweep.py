@@ -100,8 +100,8 @@ def run(inp: Inputs, data: DataSets) -> int:
         tracked = side.submit(prepare, inp, data)  # MLflow while Ray and the workers start
         with ray_session(inp) as session:
             target = tracked.result()
-            tables, ctx = score(inp, session, data, target)
-            results = run_rounds(inp, ctx, session.workers)
+            ctx = score(inp, session, data, target)
+            results, tables = run_rounds(inp, ctx, session.workers)
             write_json(inp.output / "workers.json", session.pool.log_startup())
     return conclude(inp, target, tables, results, data)
 
@@ -124,11 +124,9 @@ def record_config(inp: Inputs) -> None:
     )
 
 
-def score(
-    inp: Inputs, session: Session, data: DataSets, target: TrackingTarget
-) -> tuple[list[ScoreTable], TrialContext]:
+def score(inp: Inputs, session: Session, data: DataSets, target: TrackingTarget) -> TrialContext:
     """The score tables (cached or scored by the workers), then the resident calibrated models;
-    returns the tables and what every trial needs."""
+    returns what every trial needs, the tables included."""
     from orchestrator.search.pool import put  # imports Ray: only once main set its environment
 
     data_ref = put(data)
@@ -136,8 +134,7 @@ def score(
     reference_cache_bytes = int(inp.cfg.search.reference_cache_gib * (1 << 30))
     session.pool.prepare(data_ref, inp.cfg.scoring.fp8_recipes[0], reference_cache_bytes)
     write_score_tables(inp.output, tables)
-    ctx = trial_context(inp, session.pool, data_ref, data, tables, target, reference_cache_bytes)
-    return tables, ctx
+    return trial_context(inp, session.pool, data_ref, data, tables, target, reference_cache_bytes)
 
 
 def conclude(

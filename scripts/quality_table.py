@@ -8,6 +8,8 @@ share (the share each reached, and its difference in points), each with its KL, 
 interval and top-1 agreement; the controls also carry the paired KL ratio (scheme / control) with
 its interval and the verdict from ``schemes.yaml``, the random orders as one row over their seeds
 (an interval over seeds and sequences, the per-seed spread and the scheme's rank among them).
+ModelOpt's own solve (``control modelopt``) comes first, with the budget ModelOpt was asked; a
+control that holds another's plan says so before its ratio.
 It reads a finished sweep and computes nothing, so it needs no ``--smoke`` path:
 tests/e2e/test_sweep.py runs it on the demo's output.
 """
@@ -30,12 +32,17 @@ def _kl(m: dict) -> str:
 def _control(row: dict, r: TrialResult | None) -> str:
     """A control's row: the share it reached (its difference from the scheme's, in points), KL,
     top-1, the paired ratio and the verdict; the random orders as one row over their seeds."""
+    same = f"same plan as {', '.join(row['same_plan_as'])}; " if row.get("same_plan_as") else ""
+    asked = ""
+    if "modelopt_effective_bits" in row:
+        asked = f"ModelOpt asked {row['modelopt_effective_bits']:.6g} bits"
     if "kl_ratio" not in row:
-        return f"| control {row['control']} | | | | {row['verdict']} |"
+        cell = f" {asked} " if asked else " "
+        return f"| control {row['control']} |{cell}| | | {same}{row['verdict']} |"
     diff = f"{100 * row['fp8_fraction_diff']:+.1f}"
     lo, hi = row["kl_ci"]
     rlo, rhi = row["kl_ratio_ci"]
-    ratio = f"{row['kl_ratio']:.3g} [{rlo:.3g}, {rhi:.3g}]"
+    ratio = f"{same}{row['kl_ratio']:.3g} [{rlo:.3g}, {rhi:.3g}]"
     if "by_seed" in row:
         slo, shi = row["fp8_fraction_range"]
         spread = row["seed_kl_ratio"]
@@ -47,7 +54,7 @@ def _control(row: dict, r: TrialResult | None) -> str:
         )
         top1 = ""
     else:
-        share = f"{row['fp8_fraction']:.1%} ({diff})"
+        share = f"{row['fp8_fraction']:.1%} ({diff}{', ' + asked if asked else ''})"
         top1 = f"{r.metrics['top1_agreement']:.4f}" if r else ""
     return (
         f"| control {row['control']} | {share} | {row['kl_mean']:.3g} [{lo:.3g}, {hi:.3g}] | "

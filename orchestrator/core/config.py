@@ -194,6 +194,9 @@ class ControlConfig(_Strict):
     comparisons are judged lives here too: ``margin``, the materiality margin of the verdicts."""
 
     enabled: bool = True
+    # ModelOpt's own AutoQuantize solve at the scheme's share from the same raw scores (its
+    # solver, not ours): what the scores give without this project; compared first
+    modelopt: bool = True
     # random group orders, judged as one distribution (an interval over seeds and sequences);
     # one trial per seed and scheme: more = a steadier "better than random", more control trials
     random_seeds: int = Field(20, ge=0, le=100)
@@ -215,7 +218,8 @@ class ControlConfig(_Strict):
     def specs(self) -> list[str]:
         if not self.enabled:
             return []
-        out = [f"random:{s}" for s in range(self.random_seeds)]
+        out = ["modelopt"] if self.modelopt else []
+        out += [f"random:{s}" for s in range(self.random_seeds)]
         out += ["inverse"] if self.inverse else []
         out += [f"ends_fixed:{n}" for n in self.ends_fixed]
         return out + (["attn_bf16"] if self.attn_bf16 else [])

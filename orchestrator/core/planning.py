@@ -26,7 +26,11 @@ Controls are what a person does without the scores (a seeded random order, the f
 blocks or the attention kept BF16 with the rest taken in block order) and, as a floor, the scores
 read backwards. They are planned only at a published scheme's FP8 share, for a paired
 comparison, each filled in its own order to within half a group of that share (``_fill_to``), and
-are never published.
+are never published. One control reads the scores the way ModelOpt does: ``modelopt``, the groups
+ModelOpt's own AutoQuantize solve returns for that share from the same raw scores. Its solver
+needs ModelOpt, so the sweep solves it once per scheme (``orchestrator.model.modelopt_plan``) and
+stores the group names in the score table's ``meta``; here it is only looked up, so ``select`` finds
+the same plan on an old sweep without ModelOpt.
 
 Ties break on group name, so a plan is a pure function of its inputs on every host. Pure module.
 """
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from functools import reduce
+from typing import Any
 
 import numpy as np
 
@@ -206,7 +212,9 @@ def _plan_from_groups(
     )
 
 
-CONTROLS = ("random", "inverse", "ends_fixed", "attn_bf16")
+MODELOPT = "modelopt"  # the control whose groups ModelOpt's own solve chose
+ORDERS = ("random", "inverse", "ends_fixed", "attn_bf16")  # the controls that fill an order
+MODELOPT_PLANS = "modelopt_plans"  # the score table's meta key: budget key -> ModelOpt's solve
 _KIND_ORDER = {k: i for i, k in enumerate(("qkv", "o", "gate_up", "down"))}
 
 
@@ -258,7 +266,7 @@ def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
     * ``ends_fixed:N``: the first and last N blocks kept BF16, the rest in block order, no scores;
     * ``attn_bf16``: attention kept BF16, the MLP in block order, no scores.
     """
-    kind, n = parse_spec(spec, CONTROLS)
+    kind, n = parse_spec(spec, ORDERS)
     fixed = sorted(table.groups, key=lambda g: (g.block, _KIND_ORDER.get(g.kind, 9), g.name))
     if kind == "random":
         order = sorted(table.groups, key=lambda g: g.name)
@@ -272,20 +280,66 @@ def control_order(table: ScoreTable, spec: str) -> list[ScoreGroup]:
     return [g for g in fixed if g.kind in MLP_KINDS]
 
 
+def budget_key(effective_bits: float) -> str:
+    """How a budget names ModelOpt's solve in the table's meta (JSON keys are strings): six
+    decimals, finer than any share a group can move."""
+    return f"{effective_bits:.6f}"
+
+
+def modelopt_solve(table: ScoreTable, effective_bits: float) -> Mapping[str, Any] | None:
+    """ModelOpt's own solve stored for this budget (``groups``: its FP8 groups;
+    ``modelopt_effective_bits``: the budget ModelOpt was given), or None if none is stored."""
+    solves = table.meta.get(MODELOPT_PLANS) or {}
+    found: Mapping[str, Any] | None = solves.get(budget_key(effective_bits))
+    return found
+
+
+def with_modelopt_solve(
+    table: ScoreTable,
+    effective_bits: float,
+    groups: Collection[str],
+    modelopt_effective_bits: float,
+) -> ScoreTable:
+    """``table`` with ModelOpt's solve for ``effective_bits`` stored in its meta, the form
+    :func:`modelopt_solve` reads back (and the score files under ``scores/`` keep)."""
+    known = {g.name for g in table.groups}
+    unknown = sorted(set(groups) - known)
+    if unknown:
+        raise ValueError(f"ModelOpt's solve names groups {unknown[:3]} that the table lacks")
+    entry = {"groups": sorted(groups), "modelopt_effective_bits": float(modelopt_effective_bits)}
+    solves = {**(table.meta.get(MODELOPT_PLANS) or {}), budget_key(effective_bits): entry}
+    return replace(table, meta={**table.meta, MODELOPT_PLANS: solves})
+
+
 def control_plan(table: ScoreTable, spec: str, effective_bits: float) -> Plan | None:
     """A control at the FP8 share of ``effective_bits`` (coverage 1.0), within half of its
-    smallest group left out; None if it cannot get there."""
+    smallest group left out; None if it cannot get there. ``modelopt`` is the groups ModelOpt's
+    solve returned for that share, as they are: its share is ModelOpt's, not refilled."""
     need = _need(table, effective_bits)
-    chosen = _fill_to(control_order(table, spec), need)
-    if chosen is None:
-        return None
     blocks = tuple(sorted({g.block for g in table.groups}))
-    return _plan_from_groups(table, chosen, effective_bits, 1.0, blocks, need, "control")
+    if spec == MODELOPT:
+        solve = modelopt_solve(table, effective_bits)
+        if solve is None:
+            raise NotSolved(
+                f"no ModelOpt solve at {effective_bits:g} bits in the {table.method} scores"
+            )
+        chosen = [g for g in table.groups if g.name in set(solve["groups"])]
+        return _plan_from_groups(table, chosen, effective_bits, 1.0, blocks, need, "control")
+    picked = _fill_to(control_order(table, spec), need)
+    if picked is None:
+        return None
+    return _plan_from_groups(table, picked, effective_bits, 1.0, blocks, need, "control")
 
 
 class Unreachable(ValueError):
     """A control cannot reach the FP8 share its point asks for (every order it may take falls
     short); the paired round and the verdicts skip that control at that share."""
+
+
+class NotSolved(LookupError):
+    """ModelOpt's solve at this share is not in the score table: the sweep stores it when it plans
+    the paired round, so a scheme that ``select`` moved to another share reads ``not measured``
+    against it until the sweep runs again."""
 
 
 def plan_for(point: Point, tables: Mapping[str, ScoreTable]) -> Plan:

@@ -5,6 +5,12 @@ A control's plan is re-derived here from the score table (planning is pure), so 
 re-run on an old sweep and find the same measurements by plan hash. Each row says the share the
 control reached and its difference from the scheme's (``fp8_fraction``, ``fp8_fraction_diff``).
 
+ModelOpt's own solve (``modelopt``) comes first: the plan its AutoQuantize solver returns for the
+scheme's share from the same raw scores (stored in the score table by the sweep), with the budget
+it was given (``modelopt_effective_bits``) beside the scheme's (``effective_bits``). Controls whose
+plans coincide are one comparison: the first in order is tested, the others repeat its numbers,
+and each names the others (``same_plan_as``), so Holm counts that plan once.
+
 The random orders are one control, ``random``, read as a distribution: the scheme against the
 seeds' mean KL with an interval over seeds and sequences (``stats.seeds_comparison``), each
 seed's own ratio in ``by_seed`` with their spread, and the scheme's rank among the seeds. That is
@@ -26,8 +32,16 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.objectives import KL_MEAN, Objective
-from orchestrator.core.planning import Unreachable, plan_for
-from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult, stable_seed
+from orchestrator.core.planning import MODELOPT, NotSolved, Unreachable, modelopt_solve, plan_for
+from orchestrator.core.records import (
+    NamedScheme,
+    Plan,
+    Point,
+    ScoreTable,
+    TrialResult,
+    stable_seed,
+    table_key,
+)
 from orchestrator.core.stats import (
     ALPHA,
     LEVEL,
@@ -43,6 +57,8 @@ from orchestrator.core.stats import (
 )
 
 RANDOM = "random"  # the random orders' name, as one control
+# what a control whose plan an earlier control shares takes from that control's row
+_COMPARISON = ("kl_mean", "kl_ci", "kl_ratio", "kl_ratio_ci", "p", "p_holm", "verdict")
 
 
 def measured_by_plan(results: Sequence[TrialResult]) -> dict[str, TrialResult]:
@@ -89,12 +105,25 @@ class _Scheme:
         return plan_for(Point.control_at(self.scheme, spec), self.tables)
 
     def base(self, spec: str, plan: Plan) -> dict[str, Any]:
-        return {
+        row = {
             "control": spec,
             "objective": self.objective.metric,
             "plan_hash": plan.plan_hash,
             "fp8_fraction": round(plan.fp8_fraction, 6),
             "fp8_fraction_diff": round(plan.fp8_fraction - self.scheme.fp8_fraction, 6),
+        }
+        if spec == MODELOPT:
+            row.update(self.modelopt_budget(plan))
+        return row
+
+    def modelopt_budget(self, plan: Plan) -> dict[str, float]:
+        """The scheme's share as effective bits over the eligible weights, and the budget
+        ModelOpt's solve was given for it (its effective bits over its own cost denominator)."""
+        table = self.tables[table_key(self.scheme.method, self.scheme.fp8_recipe)]
+        solve = modelopt_solve(table, plan.target_bits) or {}
+        return {
+            "effective_bits": round(plan.target_bits, 6),
+            "modelopt_effective_bits": float(solve.get("modelopt_effective_bits", float("nan"))),
         }
 
     def kl_of(self, plan: Plan) -> np.ndarray | None:
@@ -109,14 +138,23 @@ class _Scheme:
         return stable_seed(self.seed, *parts)
 
 
-def _one_control(me: _Scheme, spec: str) -> tuple[dict[str, Any], Comparison | None]:
+def _one_control(
+    me: _Scheme, spec: str, seen: set[str]
+) -> tuple[dict[str, Any], Comparison | None]:
+    """One control's row and its test; none when its plan is the scheme's, or one that an earlier
+    control in ``seen`` already tests (its row then waits for that one's numbers)."""
     try:
         plan = me.plan(spec)
     except Unreachable:
         return {"control": spec, "verdict": "cannot reach this share"}, None
+    except NotSolved:  # a scheme that select moved to a share the sweep never solved
+        return {"control": spec, "verdict": "not measured"}, None
     base = me.base(spec, plan)
     if plan.plan_hash == me.scheme.plan_hash:
         return {**base, "verdict": "same plan"}, None
+    if plan.plan_hash in seen:
+        return base, None
+    seen.add(plan.plan_hash)
     theirs = me.kl_of(plan)
     if theirs is None:
         return {**base, "verdict": "not measured"}, None
@@ -182,8 +220,25 @@ def _scheme_rows(
     if not len(me.kl):
         return [({"control": s, "verdict": "not measured"}, None) for s in _names(specs)]
     randoms = [s for s in specs if s.startswith(RANDOM + ":")]
-    out = [_one_control(me, s) for s in specs if s not in randoms]
+    seen: set[str] = set()
+    out = [_one_control(me, s, seen) for s in specs if s not in randoms]
     return out + ([_random_control(me, randoms)] if randoms else [])
+
+
+def _share_comparisons(rows: Sequence[dict[str, Any]]) -> None:
+    """Controls of one scheme whose plans coincide: each names the others (``same_plan_as``), and
+    every one after the first takes the first's comparison, verdict included (one test)."""
+    by_plan: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "plan_hash" in r and r.get("verdict") != "same plan":
+            by_plan.setdefault(r["plan_hash"], []).append(r)
+    for group in by_plan.values():
+        if len(group) < 2:
+            continue
+        for r in group:
+            r["same_plan_as"] = [o["control"] for o in group if o is not r]
+        for r in group[1:]:
+            r.update({k: group[0][k] for k in _COMPARISON if k in group[0]})
 
 
 def _names(specs: Sequence[str]) -> list[str]:
@@ -202,11 +257,12 @@ def compare_schemes(
     margin: float = MARGIN,
     alpha: float = ALPHA,
 ) -> list[list[dict[str, Any]]]:
-    """Per scheme, one row per control (the random seeds as one, ``random``): the share it
-    reached and its difference from the scheme's, its KL with CI, the ratio of the scheme's KL to
-    it with CI, p and Holm's p across every comparison of the sweep, and a verdict (``better`` /
-    ``worse`` / ``equivalent`` / ``inconclusive``; ``same plan``, ``not measured`` or ``cannot
-    reach this share`` otherwise)."""
+    """Per scheme, one row per control in ``specs`` order (ModelOpt's own solve first when the
+    config has it; the random seeds as one, ``random``, last): the share it reached and its
+    difference from the scheme's, its KL with CI, the ratio of the scheme's KL to it with CI, p
+    and Holm's p across every comparison of the sweep, and a verdict (``better`` / ``worse`` /
+    ``equivalent`` / ``inconclusive``; ``same plan``, ``not measured`` or ``cannot reach this
+    share`` otherwise); ``same_plan_as`` names the other controls with the same plan."""
     per_scheme = [
         _scheme_rows(_Scheme(s, tables, measured, objective, seed, margin), specs) for s in schemes
     ]
@@ -214,7 +270,10 @@ def compare_schemes(
     for (row, test), p_holm in zip(tested, holm([t.p for _, t in tested]), strict=True):
         row["p_holm"] = p_holm
         row["verdict"] = verdict(test, p_holm, alpha)
-    return [[row for row, _ in rows] for rows in per_scheme]
+    out = [[row for row, _ in rows] for rows in per_scheme]
+    for rows in out:
+        _share_comparisons(rows)
+    return out
 
 
 def verdict_rule(rows: Sequence[Sequence[Mapping[str, Any]]], margin: float) -> dict[str, Any]:
@@ -226,7 +285,16 @@ def verdict_rule(rows: Sequence[Sequence[Mapping[str, Any]]], margin: float) -> 
         "worse_above": round(1.0 + margin, 6),
         "level": LEVEL,
         "correction": "holm",
-        "comparisons": sum("p" in r for rs in rows for r in rs),
+        # one per scheme and plan tested (controls that share a plan share its test); a row with
+        # no plan hash (the random seeds, compare_sweeps' names) counts one
+        "comparisons": len(
+            {
+                (i, r.get("plan_hash", j))
+                for i, rs in enumerate(rows)
+                for j, r in enumerate(rs)
+                if "p" in r
+            }
+        ),
     }
 
 

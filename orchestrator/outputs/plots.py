@@ -40,7 +40,13 @@ from orchestrator.core.selection import knee
 from orchestrator.outputs.files import atomic_path
 
 # one marker per control kind (all random seeds share one), in the order drawn right of a scheme
-CONTROL_MARKERS = {"random": "x", "inverse": "v", "ends_fixed": "^", "attn_bf16": "D"}
+CONTROL_MARKERS = {
+    "modelopt": "P",
+    "random": "x",
+    "inverse": "v",
+    "ends_fixed": "^",
+    "attn_bf16": "D",
+}
 METHOD_COLOURS = {"gradient": "tab:blue", "kl_div": "tab:green"}
 # a scheme's colour and outline style, by its place in the catalog: the same in both figures
 SCHEME_STYLES = (("crimson", "-"), ("darkorange", "--"), ("darkviolet", ":"))

@@ -226,13 +226,18 @@ def finalize(
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
     """(tags, metrics) for a scheme's MLflow run: its name, its verdicts, the KL ratios with their
-    intervals and Holm's p, each control's share difference; for the random orders also each
-    seed's ratio, their spread and the scheme's rank among them."""
+    intervals and Holm's p, each control's share difference, the controls that share a plan
+    (``same_plan_as.<control>``) and the budget ModelOpt's own solve was given; for the random
+    orders also each seed's ratio, their spread and the scheme's rank among them."""
     tags = {"scheme_name": str(entry["name"])}
     metrics: dict[str, float] = {}
     for row in entry["controls"]:
         name = row["control"]
         tags[f"verdict.{name}"] = str(row["verdict"])
+        if row.get("same_plan_as"):
+            tags[f"same_plan_as.{name}"] = ",".join(row["same_plan_as"])
+        if "modelopt_effective_bits" in row:
+            metrics[f"modelopt_effective_bits.{name}"] = float(row["modelopt_effective_bits"])
         if "kl_ratio" in row:
             metrics[f"kl_ratio.{name}"] = float(row["kl_ratio"])
             metrics[f"kl_ratio_ci_low.{name}"] = float(row["kl_ratio_ci"][0])
@@ -246,3 +251,27 @@ def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str,
                 metrics[f"seed_kl_ratio_{k}.{name}"] = float(v)
             metrics[f"scheme_rank.{name}"] = float(row["scheme_rank"])
     return tags, metrics
+
+
+def modelopt_run_tags(
+    entries: Sequence[Mapping[str, Any]], results: Sequence[TrialResult]
+) -> dict[str, dict[str, str]]:
+    """Per MLflow run that measured ModelOpt's own plan for a scheme (a control's run, or the
+    scheme's own when ModelOpt returns its plan): ``modelopt_solve_for``, the schemes whose share
+    it was solved for, and the budget ModelOpt was given, so the runs table finds it."""
+    runs = {r.plan_hash: r.mlflow_run_id for r in results if r.mlflow_run_id}
+    out: dict[str, dict[str, list[str]]] = {}
+    for e in entries:
+        for row in e["controls"]:
+            run = runs.get(row.get("plan_hash", ""))
+            if "modelopt_effective_bits" in row and run:
+                tags = out.setdefault(run, {"for": [], "bits": []})
+                tags["for"].append(str(e["name"]))
+                tags["bits"].append(f"{row['modelopt_effective_bits']:.6g}")
+    return {
+        run: {
+            "modelopt_solve_for": ",".join(t["for"]),
+            "modelopt_effective_bits": ",".join(t["bits"]),
+        }
+        for run, t in out.items()
+    }

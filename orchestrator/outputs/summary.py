@@ -1,6 +1,7 @@
 """The console's closing lines: trials finished and failed, each scheme with its share, KL and
-interval, its verdicts against the controls (each with the share it reached; random as the
-distribution of its seeds), the rule the verdicts follow, the knee and the score-KL correlation."""
+interval, its verdicts against the controls (ModelOpt's own solve first; each with the share it
+reached; random as the distribution of its seeds; controls with one plan say so), the rule the
+verdicts follow, the knee and the score-KL correlation."""
 
 from __future__ import annotations
 
@@ -20,17 +21,30 @@ def _points(diff: float) -> str:
     return f"{100 * diff:+.1f} points"
 
 
+def _notes(row: Mapping[str, Any]) -> str:
+    """What ModelOpt was asked, and which other controls hold the very same plan."""
+    notes = []
+    if "modelopt_effective_bits" in row:
+        whose = ", the scheme's plan" if row["verdict"] == "same plan" else ""
+        notes.append(
+            f"ModelOpt's own solve at effective_bits={row['modelopt_effective_bits']:.6g}{whose}"
+        )
+    if row.get("same_plan_as"):
+        notes.append(f"same plan as {', '.join(row['same_plan_as'])}")
+    return "".join(f"; {n}" for n in notes)
+
+
 def control_lines(row: Mapping[str, Any]) -> list[str]:
     """One control's verdict, ratio and interval, and the share it reached (its difference from
     the scheme's); the random orders over their seeds, with a second line for the per-seed
     ratios' spread and the scheme's rank among the seeds."""
     head = f"    vs {row['control']:<14} {row['verdict']:<14}"
     if "kl_ratio" not in row:
-        return [head.rstrip()]
+        return [head.rstrip() + _notes(row)]
     ratio = f"KL ratio {row['kl_ratio']:.3g} {_ci(row['kl_ratio_ci'])}"
     diff = _points(row["fp8_fraction_diff"])
     if "by_seed" not in row:
-        return [f"{head}{ratio} at {row['fp8_fraction']:.1%} FP8 ({diff})"]
+        return [f"{head}{ratio} at {row['fp8_fraction']:.1%} FP8 ({diff}){_notes(row)}"]
     low, high = row["fp8_fraction_range"]
     share = f"{low:.1%}" if round(low, 3) == round(high, 3) else f"{low:.1%}-{high:.1%}"
     spread = row["seed_kl_ratio"]

@@ -1,18 +1,23 @@
 """The sweep's Ray stages after start-up: scoring fanned out over the workers, then the two Tune
-rounds (the grid; the controls at each published scheme's share), each resumable."""
+rounds (the grid; the controls at each published scheme's share), each resumable. Between them
+the driver asks ModelOpt's own solver for each scheme's share (the ``modelopt`` control) and
+stores its answer in the score tables, which the paired round and the outputs then read."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
+from orchestrator.core.planning import MODELOPT
 from orchestrator.core.points import control_points, grid_points
-from orchestrator.core.records import ScoreTable, TrialResult, table_key
+from orchestrator.core.records import NamedScheme, ScoreTable, TrialResult, table_key
+from orchestrator.outputs.tables import write_score_tables
 from orchestrator.tracking.sweep_run import run_tags
 
 if TYPE_CHECKING:
@@ -45,7 +50,7 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
         for method in cfg.scoring.methods
         for recipe in cfg.scoring.fp8_recipes
     ]
-    cache = inp.output / "score_cache"
+    cache = score_cache(inp)
     cached = {s: load_cached(cache, s) for s in setups}
     missing = [s for s, t in cached.items() if t is None]
     t0 = time.perf_counter()
@@ -60,6 +65,11 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
         time.perf_counter() - t0,
     )
     return [cached[s] or fresh[s] for s in setups]
+
+
+def score_cache(inp: Inputs) -> Path:
+    """Where the score tables are cached, each with ModelOpt's search state."""
+    return inp.output / "score_cache"
 
 
 def trial_context(
@@ -86,8 +96,12 @@ def trial_context(
     )
 
 
-def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult]:
-    """Round 1, the grid; then round 2, the controls at each published scheme's share.
+def run_rounds(
+    inp: Inputs, ctx: TrialContext, workers: int
+) -> tuple[list[TrialResult], list[ScoreTable]]:
+    """Round 1, the grid; then round 2, the controls at each published scheme's share. Returns
+    the results and the score tables, with ModelOpt's solves at the schemes' shares when the
+    controls include it.
 
     Each round is a Tune experiment of its own under the output folder, so each resumes.
     """
@@ -118,10 +132,12 @@ def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult
     objective = Objective(cfg.selection.objective)
     try:
         schemes = select(results, inp.catalog, cfg.selection.max_kl, objective).schemes
-    except SelectionError:
-        return results  # conclude reports why; there is nothing to compare with
+    except SelectionError:  # conclude reports why; there is nothing to compare with
+        return results, list(ctx.tables.values())
     measured = {r.plan_hash for r in results if r.status == "FINISHED"}
     specs = cfg.controls.specs()
+    if MODELOPT in specs:
+        ctx = replace(ctx, tables=solve_with_modelopt(inp, ctx.tables, schemes))
     extra = control_points(ctx.tables, schemes, specs, measured)
     log.info(
         "paired round: %d control(s) x %d scheme(s) -> %d plan(s) not yet measured",
@@ -129,7 +145,26 @@ def run_rounds(inp: Inputs, ctx: TrialContext, workers: int) -> list[TrialResult
         len(schemes),
         len(extra),
     )
+    tables = list(ctx.tables.values())
     if not extra:
-        return results
+        return results, tables
     grid = replace(settings, name="tune-controls", searcher="grid")
-    return results + tuner.run_trials(ctx, extra, space, grid, workers)
+    return results + tuner.run_trials(ctx, extra, space, grid, workers), tables
+
+
+def solve_with_modelopt(
+    inp: Inputs, tables: Mapping[str, ScoreTable], schemes: Sequence[NamedScheme]
+) -> dict[str, ScoreTable]:
+    """ModelOpt's own solve at each scheme's share, stored in the tables (and in ``scores/``, so
+    ``select`` reads the same plans without ModelOpt); a resumed sweep solves again, the same."""
+    t0 = time.perf_counter()
+    from orchestrator.model.modelopt_plan import with_modelopt_solves  # torch, then ModelOpt
+
+    solved = with_modelopt_solves(tables, schemes, score_cache(inp))
+    write_score_tables(inp.output, list(solved.values()))
+    log.info(
+        "ModelOpt's own solves at %d share(s): %.1fs with the imports",
+        len(schemes),
+        time.perf_counter() - t0,
+    )
+    return solved

@@ -1,6 +1,7 @@
 """What a sweep writes to MLflow beside its trials: the experiment and the parent run with their
 descriptions, the runs-table view, the tags every run carries; at the end, runs left RUNNING
-closed, trials the store missed logged, the parent's outputs and the three schemes' tags."""
+closed, trials the store missed logged, the parent's outputs, the three schemes' tags and the tags
+of the runs that measured ModelOpt's own plan."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import read_sweep_json
-from orchestrator.outputs.publish import Finalized, scheme_tracking
+from orchestrator.outputs.publish import Finalized, modelopt_run_tags, scheme_tracking
 
 if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's environment is set
     from orchestrator.model.data import DataSets
@@ -172,6 +173,8 @@ def publish(
                 client.tag_run(target.uri, s.mlflow_run_id, tags)
                 client.log_metrics(target.uri, s.mlflow_run_id, metrics)
                 client.name_scheme_run(target.uri, s.mlflow_run_id, s.name)
+        for run_id, tags in modelopt_run_tags(done.entries, results).items():
+            client.tag_run(target.uri, run_id, tags)
         client.end_run(target.uri, target.parent_run_id, "FINISHED")
     except Exception as e:  # noqa: BLE001
         return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]

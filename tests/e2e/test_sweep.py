@@ -215,7 +215,7 @@ def test_mlflow_opens_on_the_sweep_with_its_key_columns_and_description(demo):
     assert all(name.startswith(f"{s} (") for s, name in schemes.items()) and len(schemes) == 3
 
 
-CONTROLS = {"random", "inverse", "ends_fixed:1", "attn_bf16"}
+CONTROLS = {"modelopt", "random", "inverse", "ends_fixed:1", "attn_bf16"}
 VERDICTS = ("better", "equivalent", "inconclusive", "worse")
 # the demo's groups, as shares of its eligible weights: o 0.93%, q/k/v and down 1.85%, gate/up
 # 3.70%; a control lands within half of the smallest group it may take (attention BF16: down)
@@ -233,7 +233,7 @@ def test_every_scheme_is_compared_with_every_control_at_its_own_share(demo):
     assert "over 20 seeds and the sequences" in proc.stdout
     for s in doc["schemes"]:
         rows = {r["control"]: r for r in s["controls"]}
-        assert set(rows) == CONTROLS
+        assert set(rows) == CONTROLS and s["controls"][0]["control"] == "modelopt"
         for spec, r in rows.items():
             if s["name"] == "fp8_autoquant_full":  # every control that reaches 100% is the scheme
                 assert r["verdict"] in ("same plan", "cannot reach this share"), (spec, r)
@@ -243,7 +243,8 @@ def test_every_scheme_is_compared_with_every_control_at_its_own_share(demo):
             assert lo <= r["kl_ratio"] <= hi
             assert r["p"] <= r["p_holm"] <= 1
             for x in r.get("by_seed", [r]):
-                assert abs(x["fp8_fraction_diff"]) <= HALF_GROUP.get(spec, 0.00463), (spec, x)
+                if spec != "modelopt":  # ModelOpt's own solve holds the share it returns
+                    assert abs(x["fp8_fraction_diff"]) <= HALF_GROUP.get(spec, 0.00463), (spec, x)
                 assert x["fp8_fraction"] == pytest.approx(
                     s["fp8_fraction"] + x["fp8_fraction_diff"]
                 )
@@ -253,6 +254,63 @@ def test_every_scheme_is_compared_with_every_control_at_its_own_share(demo):
             spread = rnd["seed_kl_ratio"]
             assert spread["min"] <= spread["median"] <= spread["max"]
             assert 1 <= rnd["scheme_rank"] <= 21
+
+
+def test_modelopt_control_is_modelopts_own_solve_on_the_sweeps_raw_scores(demo):
+    """ModelOpt's own AutoQuantize re-solve, called here on the search state the sweep saved
+    with its scores (raw, not rescaled) for each scheme's budget, enables exactly the modules of
+    the ``modelopt`` control's plan, which select re-derives from the files without ModelOpt and
+    the sweep measured (or found to be the scheme's or another control's plan, and said so)."""
+    import warnings
+
+    import modelopt.torch.quantization as mtq
+
+    from orchestrator.core.planning import plan_for
+    from orchestrator.core.records import NamedScheme, Point, plan_hash, table_key
+    from orchestrator.model.scoring import cache_path, state_from_json
+    from orchestrator.outputs.summary import control_lines
+    from orchestrator.outputs.tables import load_results, read_score_tables, read_search_state
+
+    out, proc, _ = demo
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    tables = read_score_tables(out)
+    measured = {r.plan_hash for r in load_results(out) if r.status == "FINISHED"}
+    for s in doc["schemes"]:
+        table = tables[table_key(s["method"], s["fp8_recipe"])]
+        state = read_search_state(cache_path(out / "score_cache", table.key))
+        # ModelOpt's bits are over its cost denominator, the project's over the eligible weights:
+        # the sweep keeps everything else out of the cost, so here they are one scale
+        assert state["cost_denominator"] == table.eligible_params
+        row = s["controls"][0]
+        assert row["control"] == "modelopt"
+        assert row["effective_bits"] == pytest.approx(s["achieved_effective_bits"], abs=1e-6)
+        assert row["modelopt_effective_bits"] == pytest.approx(row["effective_bits"], abs=1e-6)
+        bits = row["modelopt_effective_bits"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = mtq.get_auto_quantize_config(state_from_json(state), {"effective_bits": bits})
+        theirs = {
+            e["quantizer_name"].removesuffix(".weight_quantizer")
+            for e in cfg["quant_cfg"]
+            if e.get("enable", True) and e["quantizer_name"].endswith(".weight_quantizer")
+        }
+        assert theirs
+        scheme = NamedScheme.from_dict({**s, "achieved_bits": s["achieved_effective_bits"]})
+        plan = plan_for(Point.control_at(scheme, "modelopt"), tables)
+        assert set(plan.fp8_modules) == theirs, s["name"]
+        assert row["plan_hash"] == plan.plan_hash == plan_hash(sorted(theirs), s["fp8_recipe"])
+        if row["verdict"] == "same plan":
+            assert plan.plan_hash == s["plan_hash"]
+        else:
+            assert plan.plan_hash in measured and row["verdict"] in VERDICTS
+        for other in row.get("same_plan_as", []):  # the same plan, one comparison
+            twin = next(r for r in s["controls"] if r["control"] == other)
+            assert twin["plan_hash"] == row["plan_hash"] and twin["verdict"] == row["verdict"]
+            assert "modelopt" in twin["same_plan_as"]
+            assert twin.get("kl_ratio") == row.get("kl_ratio")
+        # the console says what ModelOpt was asked, and which control's plan it is
+        assert all(line in proc.stdout for line in control_lines(row)), row
+    assert "ModelOpt's own solve for fp8_autoquant_top25" in proc.stdout
 
 
 def test_published_schemes_beat_random_and_lose_to_no_control(demo):
@@ -282,6 +340,7 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     assert len(children) == len({r["plan_hash"] for r in rows})  # one run per distinct plan
     controls = [r for r in rows if r["kind"] == "control"]
     assert {r["control"].split(":")[0] for r in controls} <= {
+        "modelopt",
         "random",
         "inverse",
         "ends_fixed",
@@ -326,6 +385,13 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
         top50.data.metrics["kl_ratio_ci_high.random"],
     )
     assert lo <= top50.data.metrics["kl_ratio.random"] <= hi < 1
+    assert "verdict.modelopt" in top50.data.tags
+    assert "modelopt_effective_bits.modelopt" in top50.data.metrics
+    # the run that measured ModelOpt's own plan for each scheme says so
+    solved = {
+        c.data.tags["modelopt_solve_for"] for c in children if "modelopt_solve_for" in c.data.tags
+    }
+    assert {n for v in solved for n in v.split(",")} == set(named) - {None}
     assert "score_kl_spearman.kl_div" in parent.data.metrics
 
 

@@ -124,3 +124,55 @@ def test_shard_indices_cover_every_score_batch_once():
     assert shard_indices(10, 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert shard_indices(2, 8) == [[0], [1]]  # never an empty shard
     assert shard_indices(5, 1) == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("method", ["gradient", "kl_div"])
+def test_modelopt_control_is_modelopts_own_solve_at_each_share(score_tables, method):
+    """The ``modelopt`` control's groups are the weight quantizers ModelOpt's own re-solve enables
+    on the raw scores (no rescaling), at the shares schemes can hold; on these states ModelOpt's
+    effective bits are the project's (the denominator is the eligible weights)."""
+    from orchestrator.model.modelopt_plan import modelopt_groups
+
+    table, setup, cache = score_tables[method]
+    state = read_search_state(cache_path(cache, setup.key()))
+    by_module = {m: g.name for g in table.groups for m in g.modules}
+    for asked in (9, 11, 12, 13, 14, 15):
+        bits = make_plan(table, asked, 1.0).achieved_bits  # a share made of whole groups
+        groups, given = modelopt_groups(state, table, bits)
+        assert given == pytest.approx(bits, abs=1e-12)
+        theirs = {by_module[m] for m in _modelopt_fp8_modules(state, given)}
+        assert set(groups) == theirs, bits
+
+
+def test_modelopt_budget_is_read_on_modelopts_own_scale(score_tables):
+    """With a module outside the eligible weights in ModelOpt's cost (BF16, as large as all of them:
+    twice the denominator), the same share is another effective_bits for ModelOpt, and ModelOpt's
+    plan is the same."""
+    from orchestrator.model.modelopt_plan import modelopt_groups
+
+    table, setup, cache = score_tables["kl_div"]
+    state = read_search_state(cache_path(cache, setup.key()))
+    size = float(table.eligible_params)
+    extra = {
+        "formats": ["NONE"],
+        "scores": [0.0],
+        "costs": [size],
+        "module_names": ["model.visual.extra"],
+        "quantizer_attrs": {},
+        "cost_weight": 1.0,
+        "uncompressed_cost": size,
+        "allow_no_quant": True,
+        "is_fixed": False,
+    }
+    wide = {
+        **state,
+        "cost_denominator": 2 * size,
+        "candidate_stats": {**state["candidate_stats"], "model.visual.extra.quant_recipe": extra},
+    }
+    for asked in (10, 12, 14):
+        bits = make_plan(table, asked, 1.0).achieved_bits
+        share = (16 - bits) / 8
+        groups, given = modelopt_groups(state, table, bits)
+        groups_wide, given_wide = modelopt_groups(wide, table, bits)
+        assert given_wide == pytest.approx(16 - 4 * share) and given == pytest.approx(bits)
+        assert groups_wide == groups == sorted(make_plan(table, bits, 1.0).fp8_groups)

@@ -271,7 +271,7 @@ def test_config_hash_ignores_tracking_only(tmp_path):
 def test_controls_default_to_20_random_seeds_and_a_5_percent_margin(tmp_path):
     controls = load_config(_cfg(tmp_path, BASE)).controls
     assert controls.random_seeds == 20 and controls.margin == 0.05
-    assert controls.specs()[:3] == ["random:0", "random:1", "random:2"]
+    assert controls.specs()[:3] == ["modelopt", "random:0", "random:1"]  # ModelOpt's own first
     assert len([s for s in controls.specs() if s.startswith("random:")]) == 20
 
 
@@ -279,10 +279,11 @@ def test_the_demo_config_hash_is_pinned():
     """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
     it: a change to the schema that changes it must be deliberate (and say so). The default
     catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string.
-    Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin`` (a
-    demo folder from before refuses to resume; its controls were other plans anyway)."""
+    Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin``, then
+    ``controls.modelopt`` (a demo folder from before refuses to resume; its controls were other
+    plans anyway)."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "bc09a2dc39406d3f"
+    assert cfg.config_hash() == "fba63fa138d92db6"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):

@@ -116,3 +116,56 @@ def test_mlflow_gets_each_verdict_ratio_and_the_seeds_spread():
     assert metrics["fp8_fraction_diff.ends_fixed:1"] == 0.009259
     assert metrics["kl_ratio.random:1"] == 0.35 and metrics["scheme_rank.random"] == 1
     assert metrics["seed_kl_ratio_min.random"] == 0.15
+
+
+def _modelopt_rows():
+    """ModelOpt's own solve holding the ends_fixed:1 plan (as on the demo's gradient scores)."""
+    ends, *_ = _rows()
+    mo = {
+        **ends,
+        "control": "modelopt",
+        "effective_bits": 14.0,
+        "modelopt_effective_bits": 14.0,
+        "same_plan_as": ["ends_fixed:1"],
+    }
+    return [mo, {**ends, "same_plan_as": ["modelopt"]}]
+
+
+def test_console_shows_modelopt_first_with_its_budget_and_the_plan_it_shares():
+    from orchestrator.outputs.summary import control_lines
+
+    (mo,), (ends,) = (control_lines(r) for r in _modelopt_rows())
+    assert mo.startswith("    vs modelopt") and "KL ratio 0.63 [0.61, 0.65]" in mo
+    assert mo.endswith(
+        "(+0.9 points); ModelOpt's own solve at effective_bits=14; same plan as ends_fixed:1"
+    )
+    assert ends.endswith("(+0.9 points); same plan as modelopt")
+    same = {"control": "modelopt", "verdict": "same plan", "modelopt_effective_bits": 12.0}
+    assert control_lines(same) == [
+        "    vs modelopt       same plan; ModelOpt's own solve at effective_bits=12, the "
+        "scheme's plan"
+    ]
+
+
+def test_mlflow_tags_the_shared_plan_and_the_run_that_measured_modelopts_plan():
+    from orchestrator.outputs.publish import modelopt_run_tags, scheme_tracking
+
+    rows = _modelopt_rows()
+    tags, metrics = scheme_tracking({"name": "top25", "controls": rows})
+    assert tags["verdict.modelopt"] == "better" and tags["same_plan_as.modelopt"] == "ends_fixed:1"
+    assert tags["same_plan_as.ends_fixed:1"] == "modelopt"
+    assert metrics["modelopt_effective_bits.modelopt"] == 14.0
+    assert metrics["kl_ratio.modelopt"] == metrics["kl_ratio.ends_fixed:1"] == 0.63
+    full = {"control": "modelopt", "verdict": "same plan", "plan_hash": "s8"}
+    entries = [
+        {"name": "top25", "controls": rows},
+        {"name": "full", "controls": [{**full, "modelopt_effective_bits": 8.0}]},
+    ]
+    trials = [
+        replace(result("e1", 14, 1e-3), mlflow_run_id="run-e1", kind="control", control="modelopt"),
+        replace(result("s8", 8, 1e-2), mlflow_run_id="run-s8"),
+    ]
+    assert modelopt_run_tags(entries, trials) == {
+        "run-e1": {"modelopt_solve_for": "top25", "modelopt_effective_bits": "14"},
+        "run-s8": {"modelopt_solve_for": "full", "modelopt_effective_bits": "8"},
+    }

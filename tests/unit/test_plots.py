@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 # KL per effective bits: flat to 12 bits, steep below; on selection's normalised axes the front
 # bends at 10 bits (75% FP8)
 CURVE = {15: 1e-5, 14: 2e-5, 13: 3e-5, 12: 5e-5, 10: 4e-4, 8: 2e-3}
-CONTROLS = ("random:0", "random:1", "inverse", "attn_bf16")
+CONTROLS = ("modelopt", "random:0", "random:1", "inverse", "attn_bf16")
 
 
 def _result(h, bits, kl, method):
@@ -68,6 +68,7 @@ def test_pareto_reads_share_bits_nats_methods_controls_and_the_knee(sweep):
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[:2] == ["trial, gradient scores", "trial, kl_div scores"]
     assert {"Pareto front", KNEE_LABEL, "control: random", "control: inverse"} <= set(legend)
+    assert "control: modelopt" in legend  # ModelOpt's own solve, in the first slot
     assert "control: attn_bf16" in legend and "control: ends_fixed" not in legend
     assert all(any(t.startswith(s.name) for t in legend) for s in sel.schemes)
     colours = {c.get_label(): c.lines[0].get_color() for c in ax.containers}

@@ -12,6 +12,7 @@ from orchestrator.core.verdicts import (
     measured_by_plan,
     score_kl_correlation,
     score_kl_within_share,
+    verdict_rule,
 )
 
 from .helpers import SIZES, result, table
@@ -213,3 +214,109 @@ def test_plan_for_a_control_is_its_fill_at_the_share(spec):
 def test_plan_for_a_control_that_cannot_reach_its_share_says_so():
     with pytest.raises(Unreachable, match="'attn_bf16' cannot reach 8 bits"):
         plan_for(_point(effective_bits=8.0, control="attn_bf16"), _by_key(_table()))
+
+
+def _solved(t, bits, groups, given=None):
+    """``t`` with ModelOpt's solve at ``bits`` stored, as the sweep stores it."""
+    from orchestrator.core.planning import with_modelopt_solve
+
+    return with_modelopt_solve(t, bits, groups, bits if given is None else given)
+
+
+def test_modelopt_control_is_the_stored_solve_and_reads_back_from_the_score_file(tmp_path):
+    """The plan of ``modelopt`` is exactly the groups ModelOpt returned (its share, not refilled),
+    found by budget; it survives the score file that select reads, and is absent elsewhere."""
+    from orchestrator.core.planning import NotSolved
+    from orchestrator.outputs.tables import read_scores, write_scores
+
+    t = _table()
+    ends = control_plan(t, "ends_fixed:1", 14.0)
+    solved = _solved(t, 14.0, ends.fp8_groups, 14.000001)
+    p = plan_for(_point(effective_bits=14.0, control="modelopt"), _by_key(solved))
+    assert p.plan_hash == ends.plan_hash and p.fp8_groups == ends.fp8_groups
+    assert p.strategy == "control" and p.budget_met
+    odd = ("model.layers.5.qkv",)  # far from the share: kept as ModelOpt returned it
+    short = control_plan(_solved(t, 12.0, odd), "modelopt", 12.0)
+    assert short.fp8_groups == odd and not short.budget_met
+    write_scores(solved, tmp_path / "s.parquet")
+    back = read_scores(tmp_path / "s.parquet")
+    assert (
+        back == solved
+        and plan_for(_point(effective_bits=14.0, control="modelopt"), _by_key(back)) == p
+    )
+    with pytest.raises(NotSolved, match="no ModelOpt solve at 12 bits"):
+        plan_for(_point(effective_bits=12.0, control="modelopt"), _by_key(solved))
+    with pytest.raises(ValueError, match="that the table lacks"):
+        _solved(t, 12.0, ["model.layers.9.qkv"])
+    # ModelOpt's control fills no order of its own
+    with pytest.raises(ValueError, match="not one of"):
+        control_plan(t, "modelopt:1", 14.0)
+
+
+def test_paired_round_measures_modelopt_first_and_a_shared_plan_once():
+    t = _table()
+    s = _scheme(t, 14)
+    ends = control_plan(t, "ends_fixed:1", s.achieved_bits)
+    tables = _by_key(_solved(t, s.achieved_bits, ends.fp8_groups))
+    specs = ["modelopt", "inverse", "ends_fixed:1"]
+    pts = control_points(tables, [s], specs, {s.plan_hash})
+    assert [p.control for p in pts] == ["modelopt", "inverse"]  # ends_fixed:1 is that plan
+    # ModelOpt returns the scheme's own plan: nothing to measure for it
+    same = _by_key(_solved(t, s.achieved_bits, make_plan(t, 14, 1.0).fp8_groups))
+    assert [p.control for p in control_points(same, [s], specs, {s.plan_hash})] == [
+        "inverse",
+        "ends_fixed:1",
+    ]
+
+
+def test_modelopt_row_comes_first_and_a_shared_plan_is_one_comparison():
+    t = _table()
+    s = _scheme(t, 14)
+    base = [1.0, 2.0, 1.5, 3.0, 1.0, 2.5, 2.0, 1.0]
+    ends = control_plan(t, "ends_fixed:1", s.achieved_bits)
+    inverse = control_plan(t, "inverse", s.achieved_bits)
+    tables = _by_key(_solved(t, s.achieved_bits, ends.fp8_groups, 14.000001))
+    rows = [
+        _measured(s.plan_hash, 14, [0.5 * x for x in base]),
+        _measured(ends.plan_hash, 14, base, "control", "modelopt"),  # measured under the first
+        _measured(inverse.plan_hash, 14, [4 * x for x in base], "control", "inverse"),
+    ]
+    specs = ["modelopt", "random:0", "inverse", "ends_fixed:1", "attn_bf16"]
+    (got,) = compare_schemes([s], tables, measured_by_plan(rows), specs, 0)
+    assert [r["control"] for r in got] == [
+        "modelopt",
+        "inverse",
+        "ends_fixed:1",
+        "attn_bf16",
+        "random",
+    ]
+    by = {r["control"]: r for r in got}
+    mo, ends_row = by["modelopt"], by["ends_fixed:1"]
+    assert mo["effective_bits"] == pytest.approx(s.achieved_bits, abs=1e-6)  # the scheme's share
+    assert mo["modelopt_effective_bits"] == 14.000001  # what ModelOpt was asked
+    assert mo["plan_hash"] == ends_row["plan_hash"] == ends.plan_hash
+    assert mo["same_plan_as"] == ["ends_fixed:1"] and ends_row["same_plan_as"] == ["modelopt"]
+    assert mo["verdict"] == ends_row["verdict"] == "better"
+    for k in ("kl_ratio", "kl_ratio_ci", "p", "p_holm", "kl_mean", "kl_ci"):
+        assert ends_row[k] == mo[k], k
+    assert "same_plan_as" not in by["inverse"]
+    # one test per plan: Holm over modelopt (= ends_fixed:1) and inverse, not three
+    assert verdict_rule([got], 0.05)["comparisons"] == 2
+    names = [{"scheme": "a", "p": 0.1}, {"scheme": "b", "p": 0.2}]  # compare_sweeps' rows
+    assert verdict_rule([names], 0.05)["comparisons"] == 2
+    from orchestrator.core.stats import holm
+
+    assert mo["p_holm"] == holm([mo["p"], by["inverse"]["p"]])[0]
+
+
+def test_modelopt_row_says_same_plan_or_not_measured():
+    t = _table()
+    s = _scheme(t, 14)
+    rows = [_measured(s.plan_hash, 14, [1.0] * 8)]
+    mine = _by_key(_solved(t, s.achieved_bits, make_plan(t, 14, 1.0).fp8_groups))
+    (got,) = compare_schemes([s], mine, measured_by_plan(rows), ["modelopt"], 0)
+    assert got[0]["verdict"] == "same plan"
+    assert got[0]["modelopt_effective_bits"] == s.achieved_bits  # as stored
+    # a scheme that select moved to a share the sweep never solved
+    (got,) = compare_schemes([s], _by_key(t), measured_by_plan(rows), ["modelopt"], 0)
+    assert got == [{"control": "modelopt", "verdict": "not measured"}]
