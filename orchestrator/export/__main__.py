@@ -65,7 +65,9 @@ def parser() -> cli.Parser:
         verbose="show what ModelOpt and transformers print",
     )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--scheme", help="a name from its schemes.yaml")
+    which.add_argument(
+        "--scheme", help="a name from its schemes.yaml, or knee for the knee of the front"
+    )
     which.add_argument("--all", action="store_true", help="every scheme, each to DEST/<name>")
     p.add_argument("--dest", type=Path, help="folder for the checkpoint")
     p.add_argument("--format", choices=FORMATS, default="modelopt", help="checkpoint layout")

@@ -55,9 +55,14 @@ def scheme_names(output: Path) -> list[str]:
 
 
 def find_scheme(output: Path, name: str) -> dict[str, Any]:
+    """A published scheme by name, or the knee of the front as ``knee`` when the sweep wrote its
+    plan (the console's summary offers it beside the schemes)."""
     doc = _schemes_doc(output)
     path = output / "schemes.yaml"
-    names = [s["name"] for s in doc["schemes"]]
+    knee = doc.get("knee") or {}
+    if name == "knee" and knee.get("modules"):
+        return dict(knee)
+    names = [s["name"] for s in doc["schemes"]] + (["knee"] if knee.get("modules") else [])
     if name not in names:
         raise ConfigError(f"--scheme {name!r}: not in {path}; choose one of {', '.join(names)}")
     return next(s for s in doc["schemes"] if s["name"] == name)

@@ -46,6 +46,7 @@ _PER_MODALITY = (
 
 
 # overall, then the text rows' and the image answers' where the evaluation set has both
+KNEE = "knee"  # the name under which the knee is exported (``export --scheme knee``)
 QUALITY_METRICS = (
     *_PER_MODALITY,
     "nll",
@@ -202,17 +203,31 @@ def finalize(
         spec = next(c for c in catalog.schemes if c.name == s.name)
         entries.append(_entry(s, plan, plan_path, rows, facts, spec))
     rule = verdict_rule(compared, facts.margin)
+    knee = _point_summary(sel.knee, objective)
+    if knee is not None and sel.knee is not None:
+        # The knee is exportable as ``--scheme knee``: its plan is written beside the schemes'.
+        knee_plan = plan_for(Point.of(sel.knee), tables)
+        knee_path = Path("plans") / f"{knee_plan.plan_hash}.json"
+        write_json(output / knee_path, knee_plan.to_dict())
+        knee = {
+            "name": KNEE,
+            **knee,
+            "fp8_recipe": sel.knee.fp8_recipe,
+            "modules": str(knee_path),
+            "mlflow_run_id": sel.knee.mlflow_run_id,
+        }
+    # The schemes come first: they are what a reader opens the file for.
     doc = {
+        "schemes": entries,
+        "knee": knee,
+        "verdict_rule": rule,
+        "score_kl_spearman": correlation,
+        "score_kl_spearman_within_share": within,
+        "front": list(sel.front),
+        "notes": list(sel.notes),
         **header,
         "catalog_version": catalog.version,
         "objective": objective.metric,
-        "knee": _point_summary(sel.knee, objective),
-        "score_kl_spearman": correlation,
-        "score_kl_spearman_within_share": within,
-        "verdict_rule": rule,
-        "front": list(sel.front),
-        "notes": list(sel.notes),
-        "schemes": entries,
     }
     write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
     sensitivity_png(
