@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.records import TrialResult
-from orchestrator.outputs.publish import Finalized
+from orchestrator.outputs.console import WIDTH, duration, kl_with_ci, wrap
+from orchestrator.outputs.publish import KNEE, Finalized
 
 
 def _ci(v: Sequence[float]) -> str:
@@ -19,6 +20,10 @@ def _ci(v: Sequence[float]) -> str:
 
 def _points(diff: float) -> str:
     return f"{100 * diff:+.1f} points"
+
+
+# a ratio's direction, said where it is read: the KL ratio is the scheme's KL over the control's
+BETTER_BELOW_1 = "(<1: scheme closer to BF16)"
 
 
 def _notes(row: Mapping[str, Any]) -> str:
@@ -34,26 +39,32 @@ def _notes(row: Mapping[str, Any]) -> str:
     return "".join(f"; {n}" for n in notes)
 
 
+def _fit(text: str, indent: int) -> list[str]:
+    """A verdict sentence within the console's width, continued under its own text."""
+    return wrap(text, WIDTH, " " * indent)
+
+
 def control_lines(row: Mapping[str, Any]) -> list[str]:
-    """One control's verdict, ratio and interval, and the share it reached (its difference from
-    the scheme's); the random orders over their seeds, with a second line for the per-seed
-    ratios' spread and the scheme's rank among the seeds."""
-    head = f"    vs {row['control']:<14} {row['verdict']:<14}"
+    """One control's verdict, ratio (with the direction that is better) and interval, and the
+    share it reached (its difference from the scheme's); the random orders over their seeds,
+    with the per-seed ratios' spread and the scheme's rank among the seeds."""
+    head = f"  vs {row['control']:<13}{row['verdict']:<13}"
     if "kl_ratio" not in row:
-        return [head.rstrip() + _notes(row)]
-    ratio = f"KL ratio {row['kl_ratio']:.3g} {_ci(row['kl_ratio_ci'])}"
+        return _fit(head.rstrip() + _notes(row), len(head))
+    ratio = f"KL ratio {row['kl_ratio']:.3g} {BETTER_BELOW_1} {_ci(row['kl_ratio_ci'])}"
     diff = _points(row["fp8_fraction_diff"])
     if "by_seed" not in row:
-        return [f"{head}{ratio} at {row['fp8_fraction']:.1%} FP8 ({diff}){_notes(row)}"]
+        text = f"{head}{ratio} at {row['fp8_fraction']:.1%} FP8 ({diff}){_notes(row)}"
+        return _fit(text, len(head))
     low, high = row["fp8_fraction_range"]
     share = f"{low:.1%}" if round(low, 3) == round(high, 3) else f"{low:.1%}-{high:.1%}"
     spread = row["seed_kl_ratio"]
-    return [
-        f"{head}{ratio} over {row['seeds']} seeds and the sequences, at {share} FP8 "
-        f"({diff} at most)",
-        f"{'':<{len(head)}}per seed {spread['min']:.3g}-{spread['max']:.3g} (median "
-        f"{spread['median']:.3g}); the scheme ranks {row['scheme_rank']} of {row['seeds'] + 1}",
-    ]
+    return _fit(f"{head}{ratio} at {share} FP8 ({diff} at most)", len(head)) + _fit(
+        f"{'':<{len(head)}}over {row['seeds']} seeds and the sequences; per seed "
+        f"{spread['min']:.3g}-{spread['max']:.3g} (median {spread['median']:.3g}); "
+        f"the scheme ranks {row['scheme_rank']} of {row['seeds'] + 1}",
+        len(head),
+    )
 
 
 def rule_line(rule: Mapping[str, Any]) -> str:
@@ -65,6 +76,48 @@ def rule_line(rule: Mapping[str, Any]) -> str:
     )
 
 
+def knob_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the schemes' knobs differ from the catalog's recommendation, with both values;
+    once for all schemes when they differ alike (one sweep's settings usually do)."""
+
+    def diffs(e: Mapping[str, Any]) -> str:
+        return ", ".join(
+            f"{k} {e['knobs'].get(k)} (catalog: {e['catalog_knobs'].get(k)})"
+            for k in e.get("knobs_differ_from_catalog", ())
+        )
+
+    said = [(e["name"], diffs(e)) for e in entries if e.get("knobs_differ_from_catalog")]
+    if not said:
+        return []
+    if len({d for _, d in said}) == 1 and len(said) == len(entries):
+        return wrap(f"knobs unlike the catalog's recommendation, all schemes: {said[0][1]}", WIDTH)
+    return [
+        line
+        for name, d in said
+        for line in wrap(f"knobs unlike the catalog's recommendation, {name}: {d}", WIDTH)
+    ]
+
+
+def export_lines(done: Finalized, output: Path) -> list[str]:
+    """The next step: the command that writes a scheme (or the knee) as a checkpoint."""
+    if done.selection is None or not done.entries:
+        return []
+    names = [e["name"] for e in done.entries]
+    if done.selection.knee is not None:
+        names.append(KNEE)
+    first = names[min(1, len(names) - 1)]
+    return [
+        "",
+        *wrap(
+            f"export: python -m orchestrator.export --output {output} --scheme {first} "
+            f"--dest {output / 'export' / first}",
+            WIDTH,
+            "    ",
+        ),
+        *wrap(f"  --scheme takes {', '.join(names)}; --all exports every scheme", WIDTH, "    "),
+    ]
+
+
 def summary_lines(done: Finalized, output: Path) -> list[str]:
     """The console's account of the selection: each scheme with its share, KL and CI, its
     verdict against every control measured at its share, the knee, the score-KL correlation."""
@@ -74,33 +127,29 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
     top1 = f"{obj.prefix}top1_agreement"
     lines = [
         "",
-        f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {obj.label + ' [95% CI]':<30}{'top-1':>8}  "
+        f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {obj.label + ' [95% CI]':<24}{'top-1':>8}  "
         "picked from",
     ]
     for s, e in zip(done.selection.schemes, done.entries, strict=True):
         m = s.metrics
-        kl = f"{obj.value(m):.3g}"
         ci = obj.ci(m)
-        if ci is not None:
-            kl += f" {_ci(ci)}"
+        kl = kl_with_ci(obj.value(m), *ci) if ci is not None else f"{obj.value(m):.3g}"
         lines.append(
-            f"{s.name:<22}{s.fp8_fraction:>7.1%}{s.achieved_bits:>7.2f}  {kl:<30}"
+            f"{s.name:<22}{s.fp8_fraction:>7.1%}{s.achieved_bits:>7.2f}  {kl:<24}"
             f"{m.get(top1, float('nan')):>8.4f}  {s.method} {s.strategy} "
             f"c={s.coverage:g}"
         )
         lines += [line for row in e["controls"] for line in control_lines(row)]
-        if e["knobs_differ_from_catalog"]:
-            lines.append(
-                "    knobs that differ from the catalog's recommendation: "
-                + ", ".join(e["knobs_differ_from_catalog"])
-            )
+    lines += knob_lines(done.entries)
     if done.verdict_rule:
-        lines.append(rule_line(done.verdict_rule))
+        lines += wrap(rule_line(done.verdict_rule), WIDTH)
     k = done.selection.knee
     if k is not None:
-        lines.append(
-            f"knee of the front: {k.fp8_fraction:.1%} FP8, {k.achieved_bits:.2f} bits, "
-            f"{obj.label} {obj.value(k.metrics):.3g} ({k.method} {k.strategy} c={k.coverage:g})"
+        lines += wrap(
+            f"knee of the front, exported as '{KNEE}': {k.fp8_fraction:.1%} FP8, "
+            f"{k.achieved_bits:.2f} bits, {obj.label} {obj.value(k.metrics):.3g} "
+            f"({k.method} {k.strategy} c={k.coverage:g})",
+            WIDTH,
         )
     if done.correlation:
         rho = ", ".join(f"{m} {v:.2f}" for m, v in done.correlation.items())
@@ -108,9 +157,17 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
             rho += "; among the plans of one budget: " + ", ".join(
                 f"{m} {v:.2f}" for m, v in done.within_share.items()
             )
-        lines.append(f"summed score vs measured KL over the sweep's plans (Spearman): {rho}")
-    lines += [f"note: {n}" for n in done.selection.notes]
-    lines.append(f"schemes: {output / 'schemes.yaml'} (plots: pareto.png, sensitivity.png)")
+        lines += wrap(f"summed score vs measured KL over the sweep's plans (Spearman): {rho}", WIDTH)
+    lines += [line for n in done.selection.notes for line in wrap(f"note: {n}", WIDTH)]
+    lines += wrap(f"schemes: {output / 'schemes.yaml'} (plots: pareto.png, sensitivity.png)", WIDTH)
+    return lines
+
+
+def closing_lines(done: Finalized, output: Path, wall_seconds: float | None) -> list[str]:
+    """The console's last lines: the export command, then how long the whole run took."""
+    lines = export_lines(done, output)
+    if wall_seconds is not None:
+        lines.append(f"done in {duration(wall_seconds)} (wall time, start-up included)")
     return lines
 
 
@@ -122,6 +179,11 @@ def print_summary(results: Sequence[TrialResult], done: Finalized, output: Path)
         f"({len(results) - controls} scored, {controls} control)"
     )
     for r in failed:
-        print(f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method} {r.label}: {r.error}")
+        for line in wrap(
+            f"  FAILED b={r.effective_bits:g} c={r.coverage:g} {r.method} {r.label}: {r.error}",
+            WIDTH,
+            "    ",
+        ):
+            print(line)
     for line in summary_lines(done, output):
         print(line)

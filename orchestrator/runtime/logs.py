@@ -12,6 +12,23 @@ from pathlib import Path
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class ConsoleFormatter(logging.Formatter):
+    """The console's short prefix: the time, the level only when it is not INFO, and the worker's
+    label; the logger's name stays in the log files, so a line keeps its width for the message."""
+
+    def __init__(self, label: str = "") -> None:
+        super().__init__(datefmt="%H:%M:%S")
+        self.label = f" [{label}]" if label else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        level = "" if record.levelno == logging.INFO else f" {record.levelname}"
+        line = f"{self.formatTime(record, self.datefmt)}{level}{self.label} {record.message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 # Ray, Tune, MLflow and friends log at INFO what a user of the sweep need not see even in a file.
 _NOISY = ("alembic", "urllib3", "filelock", "ray.tune", "mlflow")
 
@@ -33,8 +50,10 @@ def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     the console with the rest of its output.
     """
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
-    if not verbose:
+    if verbose:  # other libraries' records too: their names say whose they are
+        console.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    else:
+        console.setFormatter(ConsoleFormatter())
         console.addFilter(_is_ours)
     logging.basicConfig(level=level, handlers=[console], force=True)
     logging.captureWarnings(True)
@@ -116,7 +135,7 @@ def route_worker_output(log_file: str | None, label: str, verbose: bool = False)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
-    console.setFormatter(fmt)
+    console.setFormatter(fmt if verbose else ConsoleFormatter(label))
     handlers: list[logging.Handler] = [console]
     if not verbose:
         rest = logging.StreamHandler(sys.stderr)

@@ -18,45 +18,34 @@ from ray import tune
 
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Point, ScoreTable, TrialResult
+from orchestrator.outputs.console import eta_seconds, trial_line
 from orchestrator.search.trial import TrialContext, point_of, trainable
 
 log = logging.getLogger(__name__)
 
 
 class Progress(tune.Callback):
-    """A line per finished trial, with an overall count, elapsed time and ETA."""
+    """A line per finished trial: the count, the trial's FP8 share, bits and KL, the time so far
+    and an ETA from the measured trial times (startup and reused results do not skew it)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, concurrent: int = 1) -> None:
         self.total = total
+        self.concurrent = concurrent
         self.done = 0
+        self.seconds: list[float] = []
         self.t0 = time.monotonic()
 
     def _line(self, trial: Any, status: str) -> None:
         self.done += 1
-        elapsed = time.monotonic() - self.t0
-        eta = elapsed / self.done * max(self.total - self.done, 0)
-        p = point_of(trial.config)
         r = trial.last_result or {}
-        what = (
-            f"control {p.control} at {p.effective_bits:.2f} bits ({p.method} share)"
-            if p.control
-            else f"b={p.effective_bits:g} c={p.coverage:g} {p.method} {p.strategy}"
-        )
-        bar = "#" * int(20 * self.done / max(self.total, 1))
+        if not r.get("reused"):
+            self.seconds.append(float(r.get("trial_seconds", 0.0)))
+        remaining = max(self.total - self.done, 0)
+        eta = eta_seconds(self.seconds, remaining, min(self.concurrent, remaining or 1))
+        elapsed = time.monotonic() - self.t0
         log.info(
-            "[%-20s] %d/%d %s %s -> bits %.2f kl %.3g [%.3g, %.3g] top1 %.4f | %.0fs, ETA %.0fs",
-            bar,
-            self.done,
-            self.total,
-            status,
-            what,
-            r.get("achieved_bits", float("nan")),
-            r.get("kl_mean", float("nan")),
-            r.get("kl_ci_low", float("nan")),
-            r.get("kl_ci_high", float("nan")),
-            r.get("top1_agreement", float("nan")),
-            elapsed,
-            eta,
+            "%s",
+            trial_line(self.done, self.total, status, point_of(trial.config), r, elapsed, eta),
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -135,7 +124,7 @@ def run_trials(
                 name=settings.name,
                 storage_path=str(settings.storage_path),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                callbacks=[Progress(total)],
+                callbacks=[Progress(total, workers)],
                 verbose=0,
             ),
         )

@@ -165,7 +165,7 @@ def test_the_console_holds_only_the_sweeps_own_lines_and_the_rest_is_in_logs(dem
     for noise in NOISE:
         assert noise not in proc.stdout, noise
     assert "ETA" in proc.stdout and "trial(s) finished" in proc.stdout
-    assert "orchestrator.model.loading [worker 1]: loaded" in proc.stdout  # a worker's own record
+    assert "[worker 1] loaded" in proc.stdout  # a worker's own record
     assert f"logs of Ray, Tune, ModelOpt and transformers: {out / 'logs'}/" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     logs = out / "logs"
