@@ -37,7 +37,7 @@ from orchestrator.core.selection import KlCap
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
-from orchestrator.outputs.summary import summary_lines
+from orchestrator.outputs.summary import closing_lines, summary_lines
 from orchestrator.outputs.tables import CorruptTable, load_results, read_score_tables
 from orchestrator.runtime.logs import setup_logging
 
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return cli.ExitCode.NO_FRONT
-    for line in summary_lines(done, output):
+    for line in summary_lines(done, output) + closing_lines(done, output, None):
         print(line)
     return cli.ExitCode.OK
 

@@ -37,9 +37,10 @@ from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
 from orchestrator.outputs import ownership
+from orchestrator.outputs.console import WIDTH, log_wrapped, wrap
 from orchestrator.outputs.files import write_json, write_text
 from orchestrator.outputs.publish import SweepFacts, finalize
-from orchestrator.outputs.summary import print_summary
+from orchestrator.outputs.summary import closing_lines, print_summary
 from orchestrator.outputs.tables import write_score_tables
 from orchestrator.runtime.host import process_age
 from orchestrator.runtime.logs import setup_logging
@@ -114,13 +115,11 @@ def record_config(inp: Inputs) -> None:
     write_text(
         inp.output / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
-    log.info(
-        "resolved config %s in %s (model %s; %s scores; inputs checked %.1fs after start)",
-        inp.config_hash,
-        inp.output / "config.yaml",
-        cfg.model.source,
-        " + ".join(cfg.scoring.methods),
-        process_age() or float("nan"),
+    log_wrapped(
+        log,
+        f"resolved config {inp.config_hash} in {inp.output / 'config.yaml'} (model "
+        f"{cfg.model.source}; {' + '.join(cfg.scoring.methods)} scores; inputs checked "
+        f"{process_age() or float('nan'):.1f}s after start)",
     )
 
 
@@ -171,10 +170,14 @@ def conclude(
     print_where(inp, target)
     if problems:
         write_json(inp.output / "unlogged.json", {"problems": problems})
-        print(
+        warning = (
             f"warning: {len(problems)} item(s) could not be written to MLflow at {target.uri}; "
             f"see {inp.output / 'unlogged.json'} (results are in trials.parquet)"
         )
+        for line in wrap(warning, WIDTH):
+            print(line)
+    for line in closing_lines(done, inp.output, process_age()):  # the next step, the time taken
+        print(line)
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return cli.ExitCode.NO_FRONT

@@ -368,18 +368,19 @@ class ScoringProgress:
         log.info("%s", self.line(now - self.t0))
 
     def line(self, elapsed: float) -> str:
-        """E.g. ``kl_div/FP8_DEFAULT_CFG: 40/68 forwards (59%): 2/4 batches done, 5/16 groups
-        of batch 3; 12s elapsed, ETA 8s`` (a kl_div batch starts with its unquantized forward)."""
+        """E.g. ``scoring kl_div/FP8_DEFAULT_CFG batches 0-1: 59% (batch 2 of 2, group 5/16),
+        12s, ETA 8s``: short enough for a worker's line to fit 120 columns (a kl_div batch
+        starts with its unquantized forward, counted in the share done)."""
         batches, within = divmod(self.done, self.per_batch)
         groups = self.per_batch - 1
-        where = f"{batches}/{self.batches} batches done"
+        where = f"{batches} of {self.batches} batches"
         if within and groups:
-            where += f", {within - 1}/{groups} groups of batch {batches + 1}"
+            where = f"batch {batches + 1} of {self.batches}, group {within - 1}/{groups}"
         eta = elapsed * (self.total - self.done) / max(1, self.done)
+        left = f", ETA {eta:.0f}s" if self.done < self.total else ""
         return (
-            f"scoring {self.label}: {self.done}/{self.total} forwards"
-            f" ({100 * self.done / max(1, self.total):.0f}%): {where};"
-            f" {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+            f"scoring {self.label}: {100 * self.done / max(1, self.total):.0f}% ({where}),"
+            f" {elapsed:.0f}s{left}"
         )
 
 
@@ -421,8 +422,9 @@ def scoring_step(
             reuse.detach()
             blocks = len(reuse.decoder.layers) * max(1, reuse.counts["replayed"])
             log.info(
-                "prefix reuse %s: forwards %s, %.0f%% of replayed forwards' blocks skipped",
+                "prefix reuse %s: %d of %d forwards replayed, %.0f%% of their blocks skipped",
                 label,
-                reuse.counts,
+                reuse.counts["replayed"],
+                sum(reuse.counts.values()),
                 100 * reuse.skipped_blocks / blocks,
             )

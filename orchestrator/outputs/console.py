@@ -4,6 +4,7 @@ measured. Pure text, so the tests can pin it without a sweep."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -87,3 +88,10 @@ def duration(seconds: float) -> str:
     """``4 min 12 s`` for a person; seconds alone under a minute."""
     s = round(seconds)
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+def log_wrapped(logger: logging.Logger, text: str, width: int = MESSAGE_WIDTH) -> None:
+    """A long INFO message as several records of whole words, each within the console's width
+    after its time prefix; the continuation records are indented."""
+    for line in wrap(text, width):
+        logger.info("%s", line)

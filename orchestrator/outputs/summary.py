@@ -157,7 +157,9 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
             rho += "; among the plans of one budget: " + ", ".join(
                 f"{m} {v:.2f}" for m, v in done.within_share.items()
             )
-        lines += wrap(f"summed score vs measured KL over the sweep's plans (Spearman): {rho}", WIDTH)
+        lines += wrap(
+            f"summed score vs measured KL over the sweep's plans (Spearman): {rho}", WIDTH
+        )
     lines += [line for n in done.selection.notes for line in wrap(f"note: {n}", WIDTH)]
     lines += wrap(f"schemes: {output / 'schemes.yaml'} (plots: pareto.png, sensitivity.png)", WIDTH)
     return lines

@@ -20,6 +20,7 @@ import logging
 from orchestrator.core.config import ConfigError, SweepConfig
 from orchestrator.core.memory import Node, WorkerNeed, cpu_workers, place, worker_need
 from orchestrator.model.loading import ModelFacts
+from orchestrator.outputs.console import log_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,13 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
 
     if address:
         need = need_of(cfg, facts, on_gpu=True)
-        log.info("memory plan: %s; placed once the cluster's nodes are known", need.describe())
+        log_wrapped(
+            log, f"memory plan: {need.describe()}; placed once the cluster's nodes are known"
+        )
         return need
     gpus = local_gpu_memory_gib()
     need = need_of(cfg, facts, on_gpu=bool(gpus) or cfg.search.gpus == "required")
-    log.info("memory plan: %s", need.describe())
+    log_wrapped(log, f"memory plan: {need.describe()}")
     source = f"model.source={cfg.model.source!r}"
     if not gpus:
         if cfg.search.gpus == "required":
@@ -60,7 +63,7 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
             )
         wanted = cfg.search.max_concurrent or 1
         count, line = cpu_workers(need.worker_gib, host_memory_gib(), wanted)
-        log.info("memory plan: %s", line)
+        log_wrapped(log, f"memory plan: {line}")
         if count < wanted:
             raise ConfigError(
                 f"{source}: {need.describe()}; {line}; lower search.max_concurrent to "
@@ -74,7 +77,7 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
         need.worker_gib, [node], cfg.search.gpus_per_worker, cfg.search.max_concurrent
     )
     for line in placement.lines:
-        log.info("memory plan: %s", line)
+        log_wrapped(log, f"memory plan: {line}")
     if not placement.workers:
         raise ConfigError(f"{source}: {need.describe()}; {placement.lines[0]}")
     return need

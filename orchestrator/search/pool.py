@@ -33,6 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.core.config import ConfigError, ModelConfig
 from orchestrator.core.memory import Slot, WorkerNeed
 from orchestrator.core.records import ScoreTable
+from orchestrator.outputs.console import log_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,12 @@ class WorkerPool:
         to the console; ``log_dir`` None leaves everything on the console (``--verbose``).
         """
         actor = ray.remote(_worker_actor())
+        gpus = sorted({s.gpus for s in slots})
         log.info(
-            "%d worker(s), placed on node(s) %s, GPUs each %s",
+            "%d worker(s) on %d node(s), %s GPU(s) each",
             len(slots),
-            [s.node[:8] for s in slots],
-            [s.gpus for s in slots],
+            len({s.node for s in slots}),
+            f"{gpus[0]}" if len(gpus) == 1 else f"{gpus[0]}-{gpus[-1]}",
         )
         names = [f"fp8-sweep-worker-{uuid.uuid4().hex[:12]}" for _ in slots]
         workers = [
@@ -183,16 +185,16 @@ class WorkerPool:
             if not info:  # the worker died before it could say (Ray restarted it)
                 continue
             out.append({"worker": i, **info, **b})
-            log.info(
-                "worker %d on %s: ModelOpt import %.1fs, model load %.1fs%s",
-                i,
-                info["hostname"],
-                info["import_seconds"],
-                info["load_seconds"],
-                ""
-                if not b
-                else f", quantizer insertion {b['setup_seconds']:.1f}s, calibration "
-                f"{b['calibration_seconds']:.1f}s, reference {b['reference_seconds']:.1f}s",
+            log_wrapped(
+                log,
+                f"worker {i} on {info['hostname']}: ModelOpt import {info['import_seconds']:.1f}s,"
+                f" model load {info['load_seconds']:.1f}s"
+                + (
+                    ""
+                    if not b
+                    else f", quantizer insertion {b['setup_seconds']:.1f}s, calibration "
+                    f"{b['calibration_seconds']:.1f}s, reference {b['reference_seconds']:.1f}s"
+                ),
             )
         return out
 
@@ -241,7 +243,7 @@ def plan_workers(
     ]
     placement = place(need.worker_gib, nodes, gpus_per_worker, max_concurrent)
     for line in placement.lines:
-        log.info("memory plan: %s", line)
+        log_wrapped(log, f"memory plan: {line}")
     if not placement.workers:
         raise ConfigError(f"{need.describe()}; no node can hold a worker: {placement.lines}")
     by_address = {n["NodeManagerAddress"]: n["NodeID"] for n in gpu_nodes}
@@ -304,7 +306,9 @@ def run_scoring(
             turn += 1
         pending.append(refs)
     if any(len(p) > 1 for p in pending):
-        log.info("scoring %s shard(s) per setup", [len(p) for p in pending])
+        counts = sorted({len(p) for p in pending})
+        each = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        log.info("scoring %d setup(s), each in %s shard(s) over the workers", len(pending), each)
     out = []
     for refs in pending:
         parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in ray.get(refs)]

@@ -183,8 +183,11 @@ def publish(
 
 def print_where(inp: Inputs, target: TrackingTarget) -> None:
     """Where to look next: the MLflow UI on the sweep's experiment, and the libraries' logs."""
+    from orchestrator.outputs.console import WIDTH, wrap
     from orchestrator.tracking.client import ui_hint
 
-    print(f"\nMLflow: {ui_hint(target)}")
+    print()
+    for line in wrap(f"MLflow: {ui_hint(target)}", WIDTH):  # the page's URL on a line of its own
+        print(line)
     if not inp.verbose:
         print(f"logs of Ray, Tune, ModelOpt and transformers: {inp.output / 'logs'}/")

@@ -201,7 +201,7 @@ def test_sweep_on_a_two_node_cluster_uses_both_nodes(cluster, tmp_path):
         "scoring.shards=2",  # the score batches split over both nodes, the sums merged
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "scoring [2] shard(s) per setup" in proc.stdout
+    assert "scoring 1 setup(s), each in 2 shard(s)" in proc.stdout
     (table,) = read_score_tables(out).values()
     assert table.meta["shards"] == 2 and len(table.meta["shard_seconds"]) == 2
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
