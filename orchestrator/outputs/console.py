@@ -24,10 +24,10 @@ def kl_with_ci(mean: float, low: float, high: float) -> str:
 
 
 def point_label(point: Any) -> str:
-    """What a trial measured, short: ``gradient solve b=12 c=1`` or ``random:3 at b=14
+    """What a trial measured, short: ``gradient solve b=12 c=1`` or ``control random:3 b=14
     (gradient)`` for a control, which takes the share of that method's plan."""
     if point.control:
-        return f"control {point.control} at b={point.effective_bits:g} ({point.method})"
+        return f"control {point.control} b={point.effective_bits:g} ({point.method})"
     return f"{point.method} {point.strategy} b={point.effective_bits:g} c={point.coverage:g}"
 
 
@@ -64,7 +64,7 @@ def trial_line(
             f"{what}: FP8 {result.get('fp8_fraction', nan):.1%} "
             f"({result.get('achieved_bits', nan):.2f} bits), KL {kl}"
         )
-    left = "ETA once a trial is measured" if eta is None else f"ETA {eta:.0f}s"
+    left = "no ETA yet" if eta is None else f"ETA {eta:.0f}s"  # none before a measured trial
     return f"{body} | {elapsed:.0f}s, {left}"
 
 

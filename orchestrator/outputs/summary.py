@@ -99,7 +99,8 @@ def knob_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def export_lines(done: Finalized, output: Path) -> list[str]:
-    """The next step: the command that writes a scheme (or the knee) as a checkpoint."""
+    """The next step: the command that writes a scheme (or the knee) as a checkpoint, split with
+    a shell continuation so that it fits and still pastes as one command."""
     if done.selection is None or not done.entries:
         return []
     names = [e["name"] for e in done.entries]
@@ -109,12 +110,11 @@ def export_lines(done: Finalized, output: Path) -> list[str]:
     return [
         "",
         *wrap(
-            f"export: python -m orchestrator.export --output {output} --scheme {first} "
-            f"--dest {output / 'export' / first}",
+            f"next, a checkpoint: --scheme takes {', '.join(names)}; --all exports every scheme",
             WIDTH,
-            "    ",
         ),
-        *wrap(f"  --scheme takes {', '.join(names)}; --all exports every scheme", WIDTH, "    "),
+        f"  python -m orchestrator.export --output {output} \\",
+        f"      --scheme {first} --dest {Path('checkpoints') / first}",
     ]
 
 

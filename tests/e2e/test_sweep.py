@@ -165,6 +165,19 @@ def test_the_console_holds_only_the_sweeps_own_lines_and_the_rest_is_in_logs(dem
     for noise in NOISE:
         assert noise not in proc.stdout, noise
     assert "ETA" in proc.stdout and "trial(s) finished" in proc.stdout
+    # fits a terminal: 120 columns, the MLflow page's unbreakable URL alone on its line excepted
+    lines = proc.stdout.splitlines()
+    wide = [x for x in lines if len(x) > 120 and not x.strip().startswith("http")]
+    assert not wide, wide
+    assert not [x for x in lines if "{'" in x or "['" in x]  # no Python structures
+    trials = [x for x in lines if re.search(r" \d+/\d+ (kl_div|gradient|control) ", x)]
+    assert trials and all(re.search(r": FP8 \d+\.\d%", x) for x in trials if "FAILED" not in x)
+    assert "(<1: scheme closer to BF16)" in proc.stdout
+    assert proc.stdout.count("knobs unlike the catalog's recommendation") == 1
+    assert "num_score_steps 4 (catalog: 64)" in proc.stdout
+    assert f"  python -m orchestrator.export --output {out} \\\n      --scheme " in proc.stdout
+    assert ", knee; --all exports every scheme" in proc.stdout
+    assert re.fullmatch(r"done in (\d+ min )?\d+ s \(wall time, start-up included\)", lines[-1])
     assert "[worker 1] loaded" in proc.stdout  # a worker's own record
     assert f"logs of Ray, Tune, ModelOpt and transformers: {out / 'logs'}/" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout

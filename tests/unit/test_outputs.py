@@ -80,13 +80,17 @@ def test_console_names_each_controls_share_and_random_as_a_distribution():
 
     (ends,), (attn,), (rnd, seeds) = (control_lines(r) for r in _rows())
     assert "vs ends_fixed:1" in ends and "better" in ends
-    assert ends.endswith("KL ratio 0.63 [0.61, 0.65] at 25.9% FP8 (+0.9 points)")
+    assert ends.endswith(
+        "KL ratio 0.63 (<1: scheme closer to BF16) [0.61, 0.65] at 25.9% FP8 (+0.9 points)"
+    )
     assert attn.endswith("cannot reach this share")
     assert rnd.endswith(
-        "KL ratio 0.21 [0.14, 0.33] over 2 seeds and the sequences, at 25.0% FP8 "
-        "(+0.0 points at most)"
+        "KL ratio 0.21 (<1: scheme closer to BF16) [0.14, 0.33] at 25.0% FP8 (+0.0 points at most)"
     )
-    assert seeds.endswith("per seed 0.15-0.35 (median 0.25); the scheme ranks 1 of 3")
+    assert seeds.strip() == (
+        "over 2 seeds and the sequences; per seed 0.15-0.35 (median 0.25); the scheme ranks 1 of 3"
+    )
+    assert max(len(line) for line in (ends, attn, rnd, seeds)) <= 120
     rule = {
         "margin": 0.05,
         "better_below": 0.952381,
@@ -134,17 +138,17 @@ def _modelopt_rows():
 def test_console_shows_modelopt_first_with_its_budget_and_the_plan_it_shares():
     from orchestrator.outputs.summary import control_lines
 
-    (mo,), (ends,) = (control_lines(r) for r in _modelopt_rows())
-    assert mo.startswith("    vs modelopt") and "KL ratio 0.63 [0.61, 0.65]" in mo
+    mo, ends = (" ".join(w.strip() for w in control_lines(r)) for r in _modelopt_rows())
+    assert mo.startswith("vs modelopt") and "KL ratio 0.63 (<1: scheme closer to BF16)" in mo
     assert mo.endswith(
         "(+0.9 points); ModelOpt's own solve at effective_bits=14; same plan as ends_fixed:1"
     )
     assert ends.endswith("(+0.9 points); same plan as modelopt")
     same = {"control": "modelopt", "verdict": "same plan", "modelopt_effective_bits": 12.0}
     assert control_lines(same) == [
-        "    vs modelopt       same plan; ModelOpt's own solve at effective_bits=12, the "
-        "scheme's plan"
+        "  vs modelopt     same plan; ModelOpt's own solve at effective_bits=12, the scheme's plan"
     ]
+    assert all(len(line) <= 120 for r in _modelopt_rows() for line in control_lines(r))
 
 
 def test_mlflow_tags_the_shared_plan_and_the_run_that_measured_modelopts_plan():
