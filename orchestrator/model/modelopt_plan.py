@@ -40,6 +40,7 @@ from orchestrator.core.planning import (
 )
 from orchestrator.core.records import NamedScheme, Point, ScoreTable, table_key
 from orchestrator.model.scoring import cache_path, state_from_json
+from orchestrator.outputs.console import log_wrapped
 from orchestrator.outputs.tables import read_search_state
 
 log = logging.getLogger(__name__)
@@ -125,15 +126,10 @@ def with_modelopt_solves(
         t0 = time.perf_counter()
         groups, given = modelopt_groups(states[key], table, bits)
         out[key] = with_modelopt_solve(table, bits, groups, given)
-        log.info(
-            "ModelOpt's own solve for %s (%s scores, %.1f%% FP8): effective_bits %.6g to "
-            "ModelOpt, %d of %d groups in FP8, %.2fs",
-            s.name,
-            s.method,
-            100 * s.fp8_fraction,
-            given,
-            len(groups),
-            len(table.groups),
-            time.perf_counter() - t0,
+        log_wrapped(
+            log,
+            f"ModelOpt's own solve for {s.name} ({s.method} scores, {s.fp8_fraction:.1%} FP8): "
+            f"effective_bits {given:.6g} to ModelOpt, {len(groups)} of {len(table.groups)} "
+            f"groups in FP8, {time.perf_counter() - t0:.2f}s",
         )
     return out
