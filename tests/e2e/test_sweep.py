@@ -146,6 +146,8 @@ def test_demo_sweep_outputs(demo):
     assert 0.45 <= share["fp8_autoquant_top50"] <= 0.55
     assert share["fp8_autoquant_full"] == 1.0
     assert doc["knee"]["kl_mean"] > 0 and set(doc["score_kl_spearman"]) == {"kl_div", "gradient"}
+    assert list(doc)[:2] == ["schemes", "knee"]  # the schemes open the file; the knee follows
+    assert doc["knee"]["name"] == "knee" and (out / doc["knee"]["modules"]).exists()  # exportable
     within = doc["score_kl_spearman_within_share"]  # the demo's 3 strategies x 3 coverages
     assert set(within) == {"kl_div", "gradient"} and all(-1 <= v <= 1 for v in within.values())
     for f in ("trials.parquet", "scores.parquet", "pareto.png", "sensitivity.png", "sweep.json"):
