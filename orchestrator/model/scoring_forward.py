@@ -422,7 +422,7 @@ def scoring_step(
             reuse.detach()
             blocks = len(reuse.decoder.layers) * max(1, reuse.counts["replayed"])
             log.info(
-                "prefix reuse %s: %d of %d forwards replayed, %.0f%% of their blocks skipped",
+                "prefix reuse %s: %d/%d forwards replayed, %.0f%% of blocks skipped",
                 label,
                 reuse.counts["replayed"],
                 sum(reuse.counts.values()),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,13 +33,13 @@ def point_label(point: Any) -> str:
 
 
 def eta_seconds(trial_seconds: Sequence[float], remaining: int, concurrent: int) -> float | None:
-    """Time left from the measured trials: their mean duration times the trials left, over the
-    trials that run at once. ``None`` until a trial has measured anything (a reused result
-    takes no time and says nothing about the next)."""
+    """Time left from the measured trials: their median duration (the first trials carry the
+    workers' warm-up) times the trials left, over the trials that run at once. ``None`` until a
+    trial has measured anything (a reused result takes no time and says nothing about the next)."""
     measured = [t for t in trial_seconds if t > 0 and math.isfinite(t)]
     if not measured:
         return None
-    return sum(measured) / len(measured) * remaining / max(concurrent, 1)
+    return statistics.median(measured) * remaining / max(concurrent, 1)
 
 
 def trial_line(

@@ -64,7 +64,7 @@ def test_reference_preset_scores_and_plans_equal_full_forwards(tmp_path, caplog)
     # reuse really ran: every quantized forward (one per group and batch) started at its block;
     # the one full forward is calibration's
     groups = len(tables[True].groups)
-    assert f": {groups} of {groups + 2} forwards replayed" in caplog.text  # + recorded, full
+    assert f": {groups}/{groups + 2} forwards replayed" in caplog.text  # + recorded, full
     # the progress line counted ModelOpt's loop exactly: 1 batch x (1 + groups) forwards
     assert "kl_div/FP8_DEFAULT_CFG: 100% (1 of 1 batches)" in caplog.text
     _assert_same(tables[True], tables[False])

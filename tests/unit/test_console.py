@@ -59,6 +59,7 @@ def test_kl_and_its_interval_share_one_power_of_ten():
 def test_the_eta_comes_from_measured_trial_times_not_from_start_up():
     # two trials of 30 s measured, 10 left, 2 at a time: 150 s whatever the start-up took
     assert eta_seconds([30.0, 30.0], 10, 2) == 150.0
+    assert eta_seconds([18.0, 18.0, 6.0, 6.0, 6.0], 10, 2) == 30.0  # the warm-up does not count
     assert eta_seconds([0.0], 10, 2) is None  # only reused results: nothing measured yet
     assert eta_seconds([30.0], 0, 2) == 0.0
 
