@@ -14,6 +14,14 @@ WIDTH = 120  # the widest console line, time prefix included (``HH:MM:SS [worker
 MESSAGE_WIDTH = WIDTH - len("00:00:00 ")
 
 
+def sci(value: float) -> str:
+    """``2.66e-4``: three digits and a short exponent, as the KL is shown everywhere else."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:.3g}"
+    exp = math.floor(math.log10(value))
+    return f"{value / 10.0**exp:.2f}e{exp}"
+
+
 def kl_with_ci(mean: float, low: float, high: float) -> str:
     """``3.27e-4 [3.17, 3.38]``: the interval in the mean's power of ten, so three numbers of
     the same scale read as one."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.records import TrialResult
-from orchestrator.outputs.console import WIDTH, duration, kl_with_ci, wrap
+from orchestrator.outputs.console import WIDTH, duration, kl_with_ci, sci, wrap
 from orchestrator.outputs.publish import KNEE, Finalized
 
 
@@ -59,10 +59,10 @@ def control_lines(row: Mapping[str, Any]) -> list[str]:
     low, high = row["fp8_fraction_range"]
     share = f"{low:.1%}" if round(low, 3) == round(high, 3) else f"{low:.1%}-{high:.1%}"
     spread = row["seed_kl_ratio"]
-    return _fit(f"{head}{ratio} at {share} FP8 ({diff} at most)", len(head)) + _fit(
+    return _fit(f"{head}{ratio} at {share} FP8 ({diff} max)", len(head)) + _fit(
         f"{'':<{len(head)}}over {row['seeds']} seeds and the sequences; per seed "
         f"{spread['min']:.3g}-{spread['max']:.3g} (median {spread['median']:.3g}); "
-        f"the scheme ranks {row['scheme_rank']} of {row['seeds'] + 1}",
+        f"rank {row['scheme_rank']} of {row['seeds'] + 1}",
         len(head),
     )
 
@@ -147,7 +147,7 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
     if k is not None:
         lines += wrap(
             f"knee of the front, exported as '{KNEE}': {k.fp8_fraction:.1%} FP8, "
-            f"{k.achieved_bits:.2f} bits, {obj.label} {obj.value(k.metrics):.3g} "
+            f"{k.achieved_bits:.2f} bits, {obj.label} {sci(obj.value(k.metrics))} "
             f"({k.method} {k.strategy} c={k.coverage:g})",
             WIDTH,
         )

@@ -17,6 +17,7 @@ from orchestrator.outputs.console import (
     duration,
     eta_seconds,
     kl_with_ci,
+    sci,
     trial_line,
     wrap,
 )
@@ -54,6 +55,7 @@ def test_kl_and_its_interval_share_one_power_of_ten():
     assert kl_with_ci(1.92e-5, 1.84e-5, 1.98e-5) == "1.92e-5 [1.84, 1.98]"
     assert kl_with_ci(3.27e-4, 3.17e-4, 3.38e-4) == "3.27e-4 [3.17, 3.38]"
     assert kl_with_ci(float("nan"), 0.0, 1.0) == "nan [0, 1]"
+    assert sci(0.000266) == "2.66e-4"
 
 
 def test_the_eta_comes_from_measured_trial_times_not_from_start_up():

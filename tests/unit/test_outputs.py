@@ -85,10 +85,10 @@ def test_console_names_each_controls_share_and_random_as_a_distribution():
     )
     assert attn.endswith("cannot reach this share")
     assert rnd.endswith(
-        "KL ratio 0.21 (<1: scheme closer to BF16) [0.14, 0.33] at 25.0% FP8 (+0.0 points at most)"
+        "KL ratio 0.21 (<1: scheme closer to BF16) [0.14, 0.33] at 25.0% FP8 (+0.0 points max)"
     )
     assert seeds.strip() == (
-        "over 2 seeds and the sequences; per seed 0.15-0.35 (median 0.25); the scheme ranks 1 of 3"
+        "over 2 seeds and the sequences; per seed 0.15-0.35 (median 0.25); rank 1 of 3"
     )
     assert max(len(line) for line in (ends, attn, rnd, seeds)) <= 120
     rule = {
