@@ -8,8 +8,11 @@ then measure the controls at their shares and compare.
 
 Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
 Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
-point holds its FP8 share; the message names the budget to add); 1 anything else (a Ray that
-does not start or cannot be joined says so in one line; its traceback is in logs/driver.log).
+point holds its FP8 share; the message names the budget to add); 5 the storage refused a write
+(a full disk, an I/O error; ``outputs/storage.py``): the sweep stops within seconds with one
+line naming the file and the free space, and the same command resumes once there is space; 1
+anything else (a Ray that does not start or cannot be joined says so in one line; its traceback
+is in logs/driver.log).
 Running the same command on the same ``--output`` resumes: finished trials are not run again, and
 a start that failed before it recorded its sweep (config.yaml and logs/ only) is taken over.
 One driver per ``--output`` (``outputs/ownership.py``): while it runs, a second one exits 2 naming
@@ -36,7 +39,7 @@ from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
-from orchestrator.outputs import ownership
+from orchestrator.outputs import ownership, storage
 from orchestrator.outputs.files import write_json, write_text
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import print_summary
@@ -203,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli.ExitCode.ERROR
         except KeyboardInterrupt:
             return cli.ExitCode.ERROR
-        except Exception:
+        except Exception as e:
+            full = storage.find(e, inp.output)  # a full disk, wherever it was met: exit 5
+            if full is not None:
+                raise full from None
             where = "" if inp.verbose else f" (libraries' output: {inp.output / 'logs'}/)"
             log.exception("sweep failed%s", where)
             return cli.ExitCode.ERROR

@@ -3,7 +3,9 @@
 
 Every file here is written through :func:`atomic_path`, so a reader (a resume, ``select``, a
 second host on shared storage) sees the old file or the new one, never half of one, and a crash
-or a failed write leaves no temporary file behind.
+or a failed write leaves no temporary file behind. A write the storage refuses for good (a full
+disk, an I/O error) raises :class:`~orchestrator.outputs.storage.WriteFailed`, naming the file
+and the space left.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core.config import ConfigError
+from orchestrator.outputs import storage
 
 _SERIAL = itertools.count()  # per process: two writers of one file in one process differ too
 
@@ -30,13 +33,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
     writers of one file, in threads or processes, never write into each other's temporary file;
     the last rename wins whole.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_SERIAL)}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:
+        found = storage.find(e, path)
+        if found is None or found is e:
+            raise
+        raise found from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a file system that refused the write may refuse this too
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

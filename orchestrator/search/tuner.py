@@ -19,6 +19,7 @@ from ray import tune
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Point, ScoreTable, TrialResult
 from orchestrator.search.trial import TrialContext, point_of, trainable
+from orchestrator.search.write_watch import StopOnWriteFailure
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def run_trials(
                 name=settings.name,
                 storage_path=str(settings.storage_path),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                callbacks=[Progress(total)],
+                callbacks=[Progress(total), StopOnWriteFailure(settings.storage_path)],
                 verbose=0,
             ),
         )

@@ -7,8 +7,9 @@ or ``setup_mlflow``, which lose artifacts or leave runs RUNNING. A child run is 
 trial whose plan already finished reads its metrics back instead of running again.
 
 Every call to the tracking store is retried with backoff: a tracking server that goes away for a
-while costs time, not results. What still cannot be written is left to the driver, which
-backfills finished trials from Ray Tune's results at the end and reports what it could not log.
+while costs time, not results (a full disk under the store is not retried: it stays full). What
+still cannot be written is left to the driver, which backfills finished trials from Ray Tune's
+results at the end and reports what it could not log.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from orchestrator.outputs import storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,14 +59,16 @@ VIEW_TAG = "mlflow.sharedViewState."
 def retry(
     fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5
 ) -> T:
-    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s)."""
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s); a
+    store whose storage refuses the write for good (SQLite's "database or disk is full") fails
+    at once: a full disk stays full, and the sweep stops on it (``outputs/storage.py``)."""
     attempts = attempts or RETRY_ATTEMPTS
     wait = first_wait
     for i in range(attempts):
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - any store error is worth a retry
-            if i == attempts - 1:
+        except Exception as e:  # noqa: BLE001 - any other store error is worth a retry
+            if i == attempts - 1 or storage.refused_for_good(e):
                 raise
             log.warning("tracking: %s failed (%s); retrying in %.1fs", what, e, wait)
             time.sleep(wait)
