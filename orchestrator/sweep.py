@@ -51,6 +51,7 @@ from orchestrator.search.ray_env import ray_environment
 from orchestrator.search.rounds import run_rounds, score_all, trial_context
 from orchestrator.search.session import RayUnavailable, Session, in_output_folder, ray_session
 from orchestrator.tracking.sweep_run import print_where, publish, settle_tracking, start_tracking
+from orchestrator.tracking.uri import default_tracking_uri
 
 if TYPE_CHECKING:  # Ray and MLflow are imported once the environment they read is set
     from orchestrator.search.trial import TrialContext
@@ -77,9 +78,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
-    """The MLflow parent run, and sweep.json that records it with the data sets' hashes."""
+    """The MLflow parent run, and sweep.json that records it with the data sets' hashes. Every
+    path in it is relative to ``--output``, and the tracking URI is there only when the user gave
+    one (``tracking/uri.py``): a copied or moved folder keeps writing to itself."""
     cfg = inp.cfg
     target = start_tracking(inp, data)
+    given = inp.tracking_uri != default_tracking_uri(inp.output)
     write_json(
         inp.output / "sweep.json",
         {
@@ -87,8 +91,8 @@ def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
             "config_hash": inp.config_hash,
             "parent_run_id": target.parent_run_id,
             "experiment_id": target.experiment_id,
-            "tracking_uri": inp.tracking_uri,
-            "ray_storage_path": str(inp.output / "ray_results"),
+            **({"tracking_uri": inp.tracking_uri} if given else {}),
+            "ray_storage_path": "ray_results",
             "data_hashes": data.hashes(),
         },
     )

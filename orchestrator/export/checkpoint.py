@@ -5,7 +5,9 @@ calibrated on the sweep's own calibration tokens and exported with ModelOpt's un
 :mod:`orchestrator.export.formats` finishes that folder as ``--format modelopt`` (vLLM,
 TensorRT-LLM) or rewrites it as ``compressed-tensors`` (vLLM and plain transformers).
 ``scheme.json`` records the plan, the sweep, the MLflow run and the library versions; the
-scheme's MLflow run is tagged ``export.<format>`` with the folder.
+scheme's MLflow run is tagged ``export.<format>`` with the folder, in the store of the folder the
+scheme was read from (its own ``mlflow.db`` unless the sweep was given a tracking URI: a copy
+tags the copy's runs).
 :mod:`orchestrator.export.check` then checks the files as each loader will read them; only a
 folder that passes is renamed into place, so a failed export leaves nothing behind.
 Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
@@ -36,6 +38,7 @@ from orchestrator.export.formats import (
 )
 from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
+from orchestrator.tracking.uri import OWN_STORE, default_tracking_uri, folder_uri
 
 log = logging.getLogger(__name__)
 FP8_MAX = 448.0
@@ -163,9 +166,9 @@ def provenance(
 def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> None:
     """Tag the scheme's MLflow run ``export.<format>`` = the folder; warn, never fail, if not."""
     sweep = read_sweep_json(output) or {}
-    run_id, uri = scheme.get("mlflow_run_id"), sweep.get("tracking_uri")
-    if not run_id or not uri:
-        log.warning("%s: no MLflow run or tracking URI recorded; run not tagged", scheme["name"])
+    run_id, uri = scheme.get("mlflow_run_id"), folder_uri(sweep, output)
+    if not run_id or (uri == default_tracking_uri(output) and not (output / OWN_STORE).exists()):
+        log.warning("%s: no MLflow run or store recorded; run not tagged", scheme["name"])
         return
     from orchestrator.tracking import client
 
