@@ -35,7 +35,7 @@ from orchestrator.core.objectives import Objective, missing_rows
 from orchestrator.core.points import unreachable_names
 from orchestrator.model.data import DataSets, check_source
 from orchestrator.model.images import eval_image_fraction, image_source
-from orchestrator.outputs import ownership
+from orchestrator.outputs import integrity, ownership
 from orchestrator.outputs.files import read_sweep_json
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,14 @@ def check_output(output: Path, config_hash: str, cfg: SweepConfig) -> dict[str, 
         raise ConfigError(
             f"--output {output} holds sweep {previous.get('name')!r} with config hash "
             f"{previous.get('config_hash')}, not {config_hash}; use another --output"
+        )
+    damaged = integrity.changed(output, previous) if previous is not None else []
+    if damaged:  # the resume writes every one of them again from Tune's results and the scores
+        log.warning(
+            "--output %s: %s changed since the sweep wrote it (sha256 differs from sweep.json's "
+            "record); not read, and written again by this run",
+            output,
+            ", ".join(damaged),
         )
     if previous is None and output.exists():
         held = {p.name for p in output.iterdir()} - {ownership.OWNER_DIR}

@@ -39,8 +39,8 @@ from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
-from orchestrator.outputs import ownership, storage
-from orchestrator.outputs.files import write_json, write_text
+from orchestrator.outputs import integrity, ownership, storage
+from orchestrator.outputs.files import read_sweep_json, write_json, write_sweep_json, write_text
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import print_summary
 from orchestrator.outputs.tables import write_score_tables
@@ -83,9 +83,10 @@ def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
     one (``tracking/uri.py``): a copied or moved folder keeps writing to itself."""
     cfg = inp.cfg
     target = start_tracking(inp, data)
+    previous = read_sweep_json(inp.output) or {}
     given = inp.tracking_uri != default_tracking_uri(inp.output)
-    write_json(
-        inp.output / "sweep.json",
+    write_sweep_json(
+        inp.output,
         {
             "name": cfg.name,
             "config_hash": inp.config_hash,
@@ -94,6 +95,10 @@ def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
             **({"tracking_uri": inp.tracking_uri} if given else {}),
             "ray_storage_path": "ray_results",
             "data_hashes": data.hashes(),
+            # the files of an earlier run keep their hashes until this run rewrites them
+            integrity.FILES: integrity.hashed(
+                inp.output, ["config.yaml"], previous.get(integrity.FILES) or {}
+            ),
         },
     )
     return target
@@ -142,7 +147,7 @@ def score(
     tables = score_all(inp, session.pool, data_ref, data)
     reference_cache_bytes = int(inp.cfg.search.reference_cache_gib * (1 << 30))
     session.pool.prepare(data_ref, inp.cfg.scoring.fp8_recipes[0], reference_cache_bytes)
-    write_score_tables(inp.output, tables)
+    integrity.record(inp.output, write_score_tables(inp.output, tables))
     ctx = trial_context(inp, session.pool, data_ref, data, tables, target, reference_cache_bytes)
     return tables, ctx
 
@@ -176,6 +181,7 @@ def conclude(
         SweepFacts.of(cfg, data.hashes()),
         objective=Objective(cfg.selection.objective),
     )
+    integrity.record(inp.output, integrity.published(done.entries))
     problems = settled.problems + publish(inp, target, tables, results, done)
     print_summary(results, done, inp.output)
     print_where(inp, target)

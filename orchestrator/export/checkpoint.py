@@ -7,7 +7,8 @@ TensorRT-LLM) or rewrites it as ``compressed-tensors`` (vLLM and plain transform
 ``scheme.json`` records the plan, the sweep, the MLflow run and the library versions; the
 scheme's MLflow run is tagged ``export.<format>`` with the folder, in the store of the folder the
 scheme was read from (its own ``mlflow.db`` unless the sweep was given a tracking URI: a copy
-tags the copy's runs).
+tags the copy's runs). ``schemes.yaml``, ``config.yaml`` and the plans are checked against the
+hashes the sweep recorded before anything is built (a changed one: exit 2).
 :mod:`orchestrator.export.check` then checks the files as each loader will read them; only a
 folder that passes is renamed into place, so a failed export leaves nothing behind.
 Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
@@ -36,6 +37,7 @@ from orchestrator.export.formats import (
     finish_modelopt,
     write_compressed_tensors,
 )
+from orchestrator.outputs import integrity
 from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
 from orchestrator.tracking.uri import OWN_STORE, default_tracking_uri, folder_uri
@@ -47,10 +49,19 @@ EXPORT_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "compressed-tens
 
 
 def _schemes_doc(output: Path) -> dict[str, Any]:
+    """schemes.yaml, once it, the sweep's config and every plan it names are what the sweep
+    wrote (``outputs/integrity.py``): an export never builds from a damaged file."""
     path = output / "schemes.yaml"
     if not path.exists():
         raise ConfigError(f"--output {output}: no schemes.yaml (run the sweep or select first)")
-    return dict(yaml.safe_load(path.read_text()))
+    sweep = read_sweep_json(output) or {}
+    integrity.refuse_changed(output, sweep, ["schemes.yaml"])
+    doc = dict(yaml.safe_load(path.read_text()))
+    plans = [str(s["modules"]) for s in doc["schemes"]]
+    for plan in plans:
+        integrity.inside(output, plan, "schemes.yaml names the plan")
+    integrity.refuse_changed(output, sweep, ["config.yaml", *plans])
+    return doc
 
 
 def scheme_names(output: Path) -> list[str]:

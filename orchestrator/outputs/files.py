@@ -10,6 +10,7 @@ and the space left.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -61,10 +62,27 @@ def write_json(path: Path, payload: Mapping[str, Any] | Sequence[Mapping[str, An
     write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+SWEEP_JSON = "sweep.json"
+SEAL = "sha256"  # sweep.json's own content hash, over the rest of the record
+
+
+def write_sweep_json(output: Path, record: Mapping[str, Any]) -> None:
+    """The folder's sweep record, sealed with its own hash: a record changed since (cut short,
+    edited by hand) is refused rather than trusted."""
+    doc = {k: v for k, v in record.items() if k != SEAL}
+    write_json(output / SWEEP_JSON, {**doc, SEAL: _seal(doc)})
+
+
+def _seal(doc: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def read_sweep_json(output: Path) -> dict[str, Any] | None:
     """The folder's sweep record, None when there is none; one that is not a JSON object (cut
-    short or edited by hand: the sweep writes it atomically) is bad input, named with the file."""
-    path = output / "sweep.json"
+    short or edited by hand: the sweep writes it atomically), or that does not match its seal,
+    is bad input, named with the file. Records written before the seal have none."""
+    path = output / SWEEP_JSON
     if not path.exists():
         return None
     try:
@@ -78,5 +96,10 @@ def read_sweep_json(output: Path) -> dict[str, Any] | None:
         raise ConfigError(
             f"--output {output}: sweep.json holds a {type(doc).__name__}, not the sweep's record "
             "(a JSON object); restore it from a copy, or use another --output"
+        )
+    if SEAL in doc and doc[SEAL] != _seal(doc):
+        raise ConfigError(
+            f"--output {output}: sweep.json does not match its own sha256 (damaged or edited "
+            "since the sweep wrote it); restore it from a copy, or use another --output"
         )
     return doc
