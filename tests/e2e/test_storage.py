@@ -21,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.outputs.ownership import OWNER_DIR
+from orchestrator.outputs.storage import WriteFailed
 from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri
 from tests.conftest import ROOT, fill, resize, tmpfs
 from tests.e2e.test_sweep import SMALL, run_module, sweep
@@ -115,6 +116,23 @@ def test_a_copied_store_keeps_its_new_artifacts_in_the_copy(tmp_path):
     run = MlflowClient(default_tracking_uri(copy)).get_run(parent)
     assert run.info.artifact_uri.startswith((copy / ARTIFACTS).resolve().as_uri() + "/")
     assert snapshot(original) == before
+
+
+def test_a_store_on_a_full_disk_fails_at_once_naming_itself(tmp_path):
+    """SQLite's "database or disk is full" is not retried for half a minute: it stays full."""
+    from orchestrator.tracking import client
+
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        uri = default_tracking_uri(disk)
+        exp = client.ensure_experiment(uri, "e", disk / ARTIFACTS, "store test")
+        fill(disk)
+        started = time.monotonic()
+        with pytest.raises(WriteFailed) as e:
+            client.start_parent(uri, exp, "p", {"a": 1}, {"kind": "sweep"})
+        assert time.monotonic() - started < 5
+        line = str(e.value)
+        assert line.startswith(f"cannot write {disk / 'mlflow.db'}: database or disk is full (")
+        assert f"B free on {disk})" in line and "\n" not in line
 
 
 def test_a_copy_resumes_and_exports_into_itself_and_rebuilds_a_damaged_table(finished, tmp_path):
