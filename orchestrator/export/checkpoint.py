@@ -37,7 +37,7 @@ from orchestrator.export.formats import (
     finish_modelopt,
     write_compressed_tensors,
 )
-from orchestrator.outputs import integrity
+from orchestrator.outputs import integrity, storage
 from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
 from orchestrator.tracking.uri import OWN_STORE, default_tracking_uri, folder_uri
@@ -94,8 +94,11 @@ def export_scheme(
         problems = check_export(tmp)
         if problems:
             raise ExportCheckError(problems)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = storage.find(e, dest) if isinstance(e, Exception) else None
+        if full is not None and full is not e:  # --dest's disk is full: one line, exit 5
+            raise full from e
         raise
     if dest.exists():
         dest.rmdir()

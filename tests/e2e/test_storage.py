@@ -168,6 +168,19 @@ def test_a_copy_resumes_and_exports_into_itself_and_rebuilds_a_damaged_table(fin
     assert logged.is_relative_to(copy) and logged.read_text() == (copy / "sweep.json").read_text()
 
 
+def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(finished, tmp_path):
+    scheme = yaml.safe_load((finished / "schemes.yaml").read_text())["schemes"][0]
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        args = ["--output", str(finished), "--scheme", scheme["name"], "--dest", str(disk / "c")]
+        proc = run_module("orchestrator.export", *args)
+        assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith("error: cannot write ") and f"B free on {disk})" in line
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
 def _cut(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 3 // 4])
