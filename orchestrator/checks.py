@@ -35,7 +35,7 @@ from orchestrator.core.objectives import Objective, missing_rows
 from orchestrator.core.points import unreachable_names
 from orchestrator.model.data import DataSets, check_source
 from orchestrator.model.images import eval_image_fraction, image_source
-from orchestrator.outputs import ownership
+from orchestrator.outputs import integrity, ownership
 from orchestrator.outputs.files import read_sweep_json
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,25 @@ def check_inputs(args: argparse.Namespace) -> tuple[Inputs, DataSets]:
     profile = _check_model(cfg)
     need = plan_memory(cfg, args.address)
     data = build_sets(cfg)
-    from orchestrator.tracking.uri import absolute_uri, default_tracking_uri
-
-    uri = absolute_uri(
-        args.tracking_uri
-        or (previous or {}).get("tracking_uri")
-        or os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
-        or default_tracking_uri(output)
-    )
+    uri = tracking_uri(args.tracking_uri, previous, output)
     inputs = Inputs(
         cfg, written.config_hash(), output, uri, args.address, catalog, profile, need, args.verbose
     )
     return inputs, data
+
+
+def tracking_uri(given: str | None, previous: dict[str, Any] | None, output: Path) -> str:
+    """``--tracking-uri``; else, resuming, the store the sweep started with (one the user gave,
+    else this folder's own, wherever the folder is now); else ``MLFLOW_TRACKING_URI``; else the
+    folder's own store. A copied or moved folder so never writes into the original's store."""
+    from orchestrator.tracking.uri import absolute_uri, default_tracking_uri, recorded_uri
+
+    if given:
+        return absolute_uri(given)
+    if previous is not None:
+        return recorded_uri(previous) or default_tracking_uri(output)
+    env = os.environ.get("MLFLOW_TRACKING_URI")  # set by `mlflow run` and by MLflow users
+    return absolute_uri(env) if env else default_tracking_uri(output)
 
 
 # What a start writes before sweep.json binds the folder to its sweep (sweep.record_config,
@@ -118,6 +125,14 @@ def check_output(output: Path, config_hash: str, cfg: SweepConfig) -> dict[str, 
         raise ConfigError(
             f"--output {output} holds sweep {previous.get('name')!r} with config hash "
             f"{previous.get('config_hash')}, not {config_hash}; use another --output"
+        )
+    damaged = integrity.changed(output, previous) if previous is not None else []
+    if damaged:  # the resume writes every one of them again from Tune's results and the scores
+        log.warning(
+            "--output %s: %s changed since the sweep wrote it (sha256 differs from sweep.json's "
+            "record); not read, and written again by this run",
+            output,
+            ", ".join(damaged),
         )
     if previous is None and output.exists():
         held = {p.name for p in output.iterdir()} - {ownership.OWNER_DIR}

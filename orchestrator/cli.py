@@ -29,6 +29,7 @@ from typing import Any, NoReturn, ParamSpec
 
 from orchestrator.core.config import ConfigError, DataError, Override, parse_overrides
 from orchestrator.outputs.ownership import OutputInUse
+from orchestrator.outputs.storage import WriteFailed
 
 P = ParamSpec("P")
 
@@ -45,6 +46,7 @@ class ExitCode(IntEnum):
     ERROR = 1  # the sweep failed (logged with its traceback); an exported folder fails its check
     BAD_INPUT = 2  # flags, config, model, data, output folder (or one in use): one line on stderr
     NO_FRONT = 3  # a catalog name no measured point can carry (sweep, select): says what to change
+    WRITE_FAILED = 5  # storage refused a write (full disk, I/O error): one line; a rerun resumes
 
 
 # What ``--set`` takes in a sweep, shown by its --help; each example is one kind of value.
@@ -136,7 +138,8 @@ def _set_epilog(set_keys: Mapping[str, str] | None) -> str:
 
 def command(main: Callable[P, int]) -> Callable[P, int]:
     """An entry point's ``main``: bad input raised anywhere in it (:data:`BAD_INPUT`) ends the
-    command with ``error: <message>`` on stderr and exit 2."""
+    command with ``error: <message>`` on stderr and exit 2, a write the storage refused
+    (:class:`WriteFailed`) with its one line and exit 5."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
@@ -145,5 +148,8 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
         except BAD_INPUT as e:
             print(f"error: {e}", file=sys.stderr)
             return ExitCode.BAD_INPUT
+        except WriteFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return ExitCode.WRITE_FAILED
 
     return run

@@ -35,7 +35,8 @@ from orchestrator.core.objectives import KL_MEAN, OBJECTIVES, Objective, missing
 from orchestrator.core.records import TrialResult, stable_seed
 from orchestrator.core.stats import MARGIN, holm, paired_comparison, ratio_ci, verdict
 from orchestrator.core.verdicts import verdict_rule
-from orchestrator.outputs.files import read_sweep_json
+from orchestrator.outputs import integrity
+from orchestrator.outputs.files import read_sweep_json, write_text
 from orchestrator.outputs.summary import rule_line
 from orchestrator.outputs.tables import load_results
 from orchestrator.runtime.logs import setup_logging
@@ -98,6 +99,7 @@ def _published(output: Path, field: str) -> tuple[dict[str, Any], dict[str, Tria
     sweep = read_sweep_json(output)
     if sweep is None or not (output / "schemes.yaml").exists():
         raise ConfigError(f"{field} {output}: no finished sweep (sweep.json, schemes.yaml)")
+    integrity.refuse_changed(output, sweep, ["schemes.yaml", "trials.parquet"], field)
     doc = yaml.safe_load((output / "schemes.yaml").read_text())
     by_plan = {r.plan_hash: r for r in load_results(output) if r.status == "FINISHED"}
     named = {
@@ -189,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(rule_line(verdict_rule([rows], args.margin)))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return cli.ExitCode.OK
 
 

@@ -5,11 +5,13 @@
     python -m orchestrator.select --output runs/demo-tiny --set selection.max_kl=1e-4   # the same
     python -m orchestrator.select --output runs/demo-mm --objective image_kl_mean
 
-Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml`` and
-rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The paired
-comparisons reuse the controls the sweep measured (ModelOpt's own plans from what the sweep stored
-in ``scores/``, so no ModelOpt is needed here); a scheme that moved to another share (another
-catalog, cap or objective) reads ``not measured`` against them until the sweep is run again.
+Reads ``trials.parquet``, the score tables under ``scores/`` and the sweep's ``config.yaml``
+(each checked against the sha256 the sweep recorded in ``sweep.json``: a changed one is refused,
+exit 2) and rewrites ``schemes.yaml``, ``plans/``, ``pareto.png`` and ``sensitivity.png``. The
+paired comparisons reuse the controls the sweep measured (ModelOpt's own plans from what the sweep
+stored in ``scores/``, so no ModelOpt is needed here); a scheme that moved to another share
+(another catalog, cap or objective) reads ``not measured`` against them until the sweep is run
+again.
 ``--set`` takes the sweep's ``selection`` keys; ``--max-kl``, ``--objective`` and ``--catalog``
 spell ``selection.max_kl``, ``selection.objective`` and ``selection.catalog``. It takes the folder
 like a sweep driver does (``outputs/ownership.py``): while the folder's sweep runs, its driver owns
@@ -34,6 +36,7 @@ from orchestrator.core.config import (
 )
 from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
 from orchestrator.core.selection import KlCap
+from orchestrator.outputs import integrity
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
 from orchestrator.outputs.publish import SweepFacts, finalize
@@ -89,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = read_sweep_json(output)
     if sweep is None or not (output / "trials.parquet").exists():
         raise ConfigError(f"--output {output}: no finished sweep (sweep.json, trials.parquet)")
+    scores = [f"scores/{p.name}" for p in sorted((output / "scores").glob("*.parquet"))]
+    integrity.refuse_changed(output, sweep, ["config.yaml", "trials.parquet", *scores])
     written = output / "config.yaml"
     cfg = override_config(read_written_config(written), given, str(written))
     catalog = load_catalog(cfg.selection.catalog)
@@ -125,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             replace_on_error=False,
             objective=objective,
         )
+        if not done.error:
+            integrity.record(output, integrity.published(done.entries))
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return cli.ExitCode.NO_FRONT

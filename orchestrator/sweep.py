@@ -8,8 +8,11 @@ then measure the controls at their shares and compare.
 
 Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
 Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
-point holds its FP8 share; the message names the budget to add); 1 anything else (a Ray that
-does not start or cannot be joined says so in one line; its traceback is in logs/driver.log).
+point holds its FP8 share; the message names the budget to add); 5 the storage refused a write
+(a full disk, an I/O error; ``outputs/storage.py``): the sweep stops within seconds with one
+line naming the file and the free space, and the same command resumes once there is space; 1
+anything else (a Ray that does not start or cannot be joined says so in one line; its traceback
+is in logs/driver.log).
 Running the same command on the same ``--output`` resumes: finished trials are not run again, and
 a start that failed before it recorded its sweep (config.yaml and logs/ only) is taken over.
 One driver per ``--output`` (``outputs/ownership.py``): while it runs, a second one exits 2 naming
@@ -36,9 +39,9 @@ from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
-from orchestrator.outputs import ownership
+from orchestrator.outputs import integrity, ownership, storage
 from orchestrator.outputs.console import WIDTH, log_wrapped, wrap
-from orchestrator.outputs.files import write_json, write_text
+from orchestrator.outputs.files import read_sweep_json, write_json, write_sweep_json, write_text
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import closing_lines, print_summary
 from orchestrator.outputs.tables import write_score_tables
@@ -49,6 +52,7 @@ from orchestrator.search.ray_env import ray_environment
 from orchestrator.search.rounds import run_rounds, score_all, trial_context
 from orchestrator.search.session import RayUnavailable, Session, in_output_folder, ray_session
 from orchestrator.tracking.sweep_run import print_where, publish, settle_tracking, start_tracking
+from orchestrator.tracking.uri import default_tracking_uri
 
 if TYPE_CHECKING:  # Ray and MLflow are imported once the environment they read is set
     from orchestrator.search.trial import TrialContext
@@ -75,19 +79,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def prepare(inp: Inputs, data: DataSets) -> TrackingTarget:
-    """The MLflow parent run, and sweep.json that records it with the data sets' hashes."""
+    """The MLflow parent run, and sweep.json that records it with the data sets' hashes. Every
+    path in it is relative to ``--output``, and the tracking URI is there only when the user gave
+    one (``tracking/uri.py``): a copied or moved folder keeps writing to itself."""
     cfg = inp.cfg
     target = start_tracking(inp, data)
-    write_json(
-        inp.output / "sweep.json",
+    previous = read_sweep_json(inp.output) or {}
+    given = inp.tracking_uri != default_tracking_uri(inp.output)
+    write_sweep_json(
+        inp.output,
         {
             "name": cfg.name,
             "config_hash": inp.config_hash,
             "parent_run_id": target.parent_run_id,
             "experiment_id": target.experiment_id,
-            "tracking_uri": inp.tracking_uri,
-            "ray_storage_path": str(inp.output / "ray_results"),
+            **({"tracking_uri": inp.tracking_uri} if given else {}),
+            "ray_storage_path": "ray_results",
             "data_hashes": data.hashes(),
+            # the files of an earlier run keep their hashes until this run rewrites them
+            integrity.FILES: integrity.hashed(
+                inp.output, ["config.yaml"], previous.get(integrity.FILES) or {}
+            ),
         },
     )
     return target
@@ -132,7 +144,7 @@ def score(inp: Inputs, session: Session, data: DataSets, target: TrackingTarget)
     tables = score_all(inp, session.pool, data_ref, data)
     reference_cache_bytes = int(inp.cfg.search.reference_cache_gib * (1 << 30))
     session.pool.prepare(data_ref, inp.cfg.scoring.fp8_recipes[0], reference_cache_bytes)
-    write_score_tables(inp.output, tables)
+    integrity.record(inp.output, write_score_tables(inp.output, tables))
     return trial_context(inp, session.pool, data_ref, data, tables, target, reference_cache_bytes)
 
 
@@ -165,6 +177,7 @@ def conclude(
         SweepFacts.of(cfg, data.hashes()),
         objective=Objective(cfg.selection.objective),
     )
+    integrity.record(inp.output, integrity.published(done.entries))
     problems = settled.problems + publish(inp, target, tables, results, done)
     print_summary(results, done, inp.output)
     print_where(inp, target)
@@ -203,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli.ExitCode.ERROR
         except KeyboardInterrupt:
             return cli.ExitCode.ERROR
-        except Exception:
+        except Exception as e:
+            full = storage.find(e, inp.output)  # a full disk, wherever it was met: exit 5
+            if full is not None:
+                raise full from None
             where = "" if inp.verbose else f" (libraries' output: {inp.output / 'logs'}/)"
             log.exception("sweep failed%s", where)
             return cli.ExitCode.ERROR

@@ -4,8 +4,11 @@ cannot break joins."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,37 @@ def score_tables(tmp_path_factory, tiny_data):
         )
         out[method] = (score(model, profile, tiny_data.score, setup, cache), setup, cache)
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (``mount -t tmpfs``) at ``path``, unmounted on the way out:
+    a disk that fills up for real. Skips the test, with the reason, where mounting is not
+    permitted (CI runs as root; a developer's account usually cannot)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize(path: Path, size: str) -> None:
+    """A mounted tmpfs made larger (or smaller) in place, its files kept."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def fill(path: Path) -> Path:
+    """Fill the file system holding ``path`` until it refuses; returns the filler file."""
+    filler = path / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(b"\0" * (1 << 16))
+            f.flush()
+    return filler

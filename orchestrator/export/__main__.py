@@ -4,7 +4,8 @@
     python -m orchestrator.export --output runs/demo --all --dest ct --format compressed-tensors
     python -m orchestrator.export --check ckpt/          # exit 1 with the reasons if it fails
 
-Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input.
+Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input, 5
+``--dest``'s disk is full (one line; nothing is left there).
 ``--set`` takes no config key here: a checkpoint is the scheme as the sweep measured it, built
 from the sweep's own ``config.yaml``; the flag exists so that every entry point reads alike.
 """

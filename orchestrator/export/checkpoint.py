@@ -5,7 +5,10 @@ calibrated on the sweep's own calibration tokens and exported with ModelOpt's un
 :mod:`orchestrator.export.formats` finishes that folder as ``--format modelopt`` (vLLM,
 TensorRT-LLM) or rewrites it as ``compressed-tensors`` (vLLM and plain transformers).
 ``scheme.json`` records the plan, the sweep, the MLflow run and the library versions; the
-scheme's MLflow run is tagged ``export.<format>`` with the folder.
+scheme's MLflow run is tagged ``export.<format>`` with the folder, in the store of the folder the
+scheme was read from (its own ``mlflow.db`` unless the sweep was given a tracking URI: a copy
+tags the copy's runs). ``schemes.yaml``, ``config.yaml`` and the plans are checked against the
+hashes the sweep recorded before anything is built (a changed one: exit 2).
 :mod:`orchestrator.export.check` then checks the files as each loader will read them; only a
 folder that passes is renamed into place, so a failed export leaves nothing behind.
 Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
@@ -34,8 +37,10 @@ from orchestrator.export.formats import (
     finish_modelopt,
     write_compressed_tensors,
 )
+from orchestrator.outputs import integrity, storage
 from orchestrator.outputs.files import read_sweep_json, write_json
 from orchestrator.runtime.host import library_versions
+from orchestrator.tracking.uri import OWN_STORE, default_tracking_uri, folder_uri
 
 log = logging.getLogger(__name__)
 FP8_MAX = 448.0
@@ -44,10 +49,19 @@ EXPORT_LIBRARIES = ("torch", "transformers", "nvidia-modelopt", "compressed-tens
 
 
 def _schemes_doc(output: Path) -> dict[str, Any]:
+    """schemes.yaml, once it, the sweep's config and every plan it names are what the sweep
+    wrote (``outputs/integrity.py``): an export never builds from a damaged file."""
     path = output / "schemes.yaml"
     if not path.exists():
         raise ConfigError(f"--output {output}: no schemes.yaml (run the sweep or select first)")
-    return dict(yaml.safe_load(path.read_text()))
+    sweep = read_sweep_json(output) or {}
+    integrity.refuse_changed(output, sweep, ["schemes.yaml"])
+    doc = dict(yaml.safe_load(path.read_text()))
+    plans = [str(s["modules"]) for s in doc["schemes"]]
+    for plan in plans:
+        integrity.inside(output, plan, "schemes.yaml names the plan")
+    integrity.refuse_changed(output, sweep, ["config.yaml", *plans])
+    return doc
 
 
 def scheme_names(output: Path) -> list[str]:
@@ -85,8 +99,11 @@ def export_scheme(
         problems = check_export(tmp)
         if problems:
             raise ExportCheckError(problems)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = storage.find(e, dest) if isinstance(e, Exception) else None
+        if full is not None and full is not e:  # --dest's disk is full: one line, exit 5
+            raise full from e
         raise
     if dest.exists():
         dest.rmdir()
@@ -168,9 +185,9 @@ def provenance(
 def tag_run(output: Path, scheme: Mapping[str, Any], dest: Path, fmt: str) -> None:
     """Tag the scheme's MLflow run ``export.<format>`` = the folder; warn, never fail, if not."""
     sweep = read_sweep_json(output) or {}
-    run_id, uri = scheme.get("mlflow_run_id"), sweep.get("tracking_uri")
-    if not run_id or not uri:
-        log.warning("%s: no MLflow run or tracking URI recorded; run not tagged", scheme["name"])
+    run_id, uri = scheme.get("mlflow_run_id"), folder_uri(sweep, output)
+    if not run_id or (uri == default_tracking_uri(output) and not (output / OWN_STORE).exists()):
+        log.warning("%s: no MLflow run or store recorded; run not tagged", scheme["name"])
         return
     from orchestrator.tracking import client
 

@@ -27,11 +27,15 @@ create and atomic renames:
 
 Released on every way out of the driver: normal return, exception and SIGTERM (turned into
 ``SystemExit`` so that ``finally`` blocks run, as Ray's driver does); a SIGKILL leaves the
-record behind, and the next driver on the same host takes over at once.
+record behind, and the next driver on the same host takes over at once. On a full disk the
+released record is written in place (no new block needed), and a heartbeat the storage refuses
+for good is reported (``outputs/storage.py``): the sweep stops on it instead of running on
+without a place to write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.config import ConfigError
+from orchestrator.outputs import storage
 from orchestrator.outputs.files import write_text
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 10 * HEARTBEAT_SECONDS  # another host's owner is dead after this silence
 ADVICE = "wait for it, stop it, or use another --output"
 _ATTEMPTS = 5  # a lost race re-reads the winner; only a chain of dead winners needs more
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EIO)  # a folder fine but for its storage: exit 5
 
 
 class OutputInUse(Exception):
@@ -122,6 +128,9 @@ def acquire(
     try:
         return _acquire(output, advice, heartbeat_seconds, on_lost)
     except OSError as e:
+        full = storage.from_os_error(e) if e.errno in _NO_SPACE else None
+        if full is not None:
+            raise full from None
         raise ConfigError(
             f"--output {output}: cannot write there ({e.strerror or e}); use a writable folder"
         ) from None
@@ -197,7 +206,7 @@ class Ownership:
             newest = _highest(self.path.parent)
             if newest is None or newest[0] <= int(self.path.stem):
                 self.record = replace(self.record, heartbeat=time.time())
-                write_text(self.path, _dumps(self.record))
+                write_text(self.path, _dumps(self.record))  # a full disk: storage.WriteFailed
                 return
             self.lost = True
             self._stop.set()
@@ -210,16 +219,27 @@ class Ownership:
         self.on_lost(newer or self.record)
 
     def release(self) -> None:
+        """Mark the record released; never raises, as it runs on the way out of every error."""
         self._stop.set()
         with self._lock:
             if not self.lost and not self.record.released:
                 self.record = replace(self.record, heartbeat=time.time(), released=True)
-                write_text(self.path, _dumps(self.record))
+                try:
+                    _write_record(self.path, _dumps(self.record))
+                except (OSError, storage.WriteFailed) as e:
+                    log.warning(
+                        "could not mark --output %s released (%s); the next driver on this host "
+                        "takes it over at once",
+                        self.path.parent.parent,
+                        e,
+                    )
 
     def _beat_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
                 self.beat()
+            except storage.WriteFailed as e:  # a full disk: the sweep stops (storage.reported)
+                storage.report(e)
             except OSError as e:  # storage hiccup: the next beat retries, well inside the timeout
                 log.warning("owner heartbeat not written: %s", e)
 
@@ -291,17 +311,30 @@ def _create(path: Path, record: Owner) -> bool:
     """Exclusively create ``path`` holding ``record``: True when this process won it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{record.token}.tmp")
-    tmp.write_text(_dumps(record))
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        # NFS may answer EEXIST to a retransmitted link that did succeed: the link count tells
-        if os.stat(tmp).st_nlink != 2:
-            tmp.unlink()
-            return False
-    won = _load(path)
-    tmp.unlink()
+        tmp.write_text(_dumps(record))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            # NFS may answer EEXIST to a retransmitted link that did succeed: the link count tells
+            if os.stat(tmp).st_nlink != 2:
+                return False
+        won = _load(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk fails the write: no empty file stays behind
     return won is not None and won.token == record.token
+
+
+def _write_record(path: Path, text: str) -> None:
+    """The owner's record replaced atomically; on a full disk, rewritten in place instead, in the
+    block it already holds (a record is a few hundred bytes): a reader who catches it half
+    written finds it unreadable, which counts as released, as it is about to be."""
+    try:
+        write_text(path, text)
+    except storage.WriteFailed:
+        with open(path, "r+b") as f:
+            f.write(text.encode())
+            f.truncate()
 
 
 def _dumps(record: Owner) -> str:

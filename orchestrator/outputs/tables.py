@@ -140,8 +140,9 @@ def score_file(output: Path, table: ScoreTable) -> Path:
     return output / "scores" / f"{table.method}__{table.fp8_recipe}.parquet"
 
 
-def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> None:
-    """One file per scoring setup (re-solvable), and scores.parquet with all rows for reading."""
+def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> list[str]:
+    """One file per scoring setup (re-solvable), and scores.parquet with all rows for reading;
+    returns the files written, relative to ``output``."""
     rows: dict[str, list[Any]] = {
         k: [] for k in ("method", "fp8_recipe", "key", "group", "block", "kind", "params", "score")
     }
@@ -160,6 +161,7 @@ def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> None:
             ):
                 rows[k].append(v)
     _write_table(pa.table(rows), output / "scores.parquet")
+    return ["scores.parquet", *(str(score_file(output, t).relative_to(output)) for t in tables)]
 
 
 def read_score_tables(output: Path) -> dict[str, ScoreTable]:

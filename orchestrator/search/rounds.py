@@ -17,6 +17,7 @@ from orchestrator.core.objectives import Objective
 from orchestrator.core.planning import MODELOPT
 from orchestrator.core.points import control_points, grid_points
 from orchestrator.core.records import NamedScheme, ScoreTable, TrialResult, table_key
+from orchestrator.outputs import integrity
 from orchestrator.outputs.tables import write_score_tables
 from orchestrator.tracking.sweep_run import run_tags
 
@@ -161,7 +162,8 @@ def solve_with_modelopt(
     from orchestrator.model.modelopt_plan import with_modelopt_solves  # torch, then ModelOpt
 
     solved = with_modelopt_solves(tables, schemes, score_cache(inp))
-    write_score_tables(inp.output, list(solved.values()))
+    # rewritten with the plans: their hashes recorded again, or select would refuse them
+    integrity.record(inp.output, write_score_tables(inp.output, list(solved.values())))
     log.info(
         "ModelOpt's own solves at %d share(s): %.1fs with the imports",
         len(schemes),

@@ -20,6 +20,7 @@ from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Point, ScoreTable, TrialResult
 from orchestrator.outputs.console import eta_seconds, trial_line
 from orchestrator.search.trial import TrialContext, point_of, trainable
+from orchestrator.search.write_watch import StopOnWriteFailure
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def run_trials(
                 name=settings.name,
                 storage_path=str(settings.storage_path),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                callbacks=[Progress(total, workers)],
+                callbacks=[Progress(total, workers), StopOnWriteFailure(settings.storage_path)],
                 verbose=0,
             ),
         )

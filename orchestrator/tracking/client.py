@@ -7,12 +7,14 @@ or ``setup_mlflow``, which lose artifacts or leave runs RUNNING. A child run is 
 trial whose plan already finished reads its metrics back instead of running again.
 
 Every call to the tracking store is retried with backoff: a tracking server that goes away for a
-while costs time, not results. What still cannot be written is left to the driver, which
-backfills finished trials from Ray Tune's results at the end and reports what it could not log.
+while costs time, not results (a full disk under the store is not retried: it stays full). What
+still cannot be written is left to the driver, which backfills finished trials from Ray Tune's
+results at the end and reports what it could not log.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,14 +24,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.outputs import storage
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 # MLflow's own HTTP retries back off up to minutes per call; ours (below) pace the outage instead.
@@ -56,14 +61,16 @@ VIEW_TAG = "mlflow.sharedViewState."
 def retry(
     fn: Callable[[], T], what: str, attempts: int | None = None, first_wait: float = 0.5
 ) -> T:
-    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s)."""
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, 4, 8, 16 s between tries (~30 s); a
+    store whose storage refuses the write for good (SQLite's "database or disk is full") fails
+    at once: a full disk stays full, and the sweep stops on it (``outputs/storage.py``)."""
     attempts = attempts or RETRY_ATTEMPTS
     wait = first_wait
     for i in range(attempts):
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - any store error is worth a retry
-            if i == attempts - 1:
+        except Exception as e:  # noqa: BLE001 - any other store error is worth a retry
+            if i == attempts - 1 or storage.refused_for_good(e):
                 raise
             log.warning("tracking: %s failed (%s); retrying in %.1fs", what, e, wait)
             time.sleep(wait)
@@ -84,6 +91,34 @@ class TrackingTarget:
     parent_run_id: str
 
 
+def _store_refusals(fn: Callable[P, T]) -> Callable[P, T]:
+    """A call whose store refused a write for good raises one line naming the store and the
+    space left (``storage.WriteFailed``) instead of MLflow's error with its SQL; the first
+    argument is the store's URI or a :class:`TrackingTarget`."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if isinstance(e, storage.WriteFailed) or not storage.refused_for_good(e):
+                raise
+            first = args[0]
+            raise _refused(first.uri if isinstance(first, TrackingTarget) else str(first), e) from e
+
+    return call
+
+
+def _refused(uri: str, e: Exception) -> storage.WriteFailed:
+    if _is_local_store(uri):
+        found = storage.find(e, uri.removeprefix("sqlite:///"))
+        if found is not None:
+            return found
+    reason = storage.phrase_in(str(e)) or e.__class__.__name__
+    return storage.WriteFailed(uri, reason, "the tracking server", None)
+
+
+@_store_refusals
 def ensure_experiment(uri: str, name: str, artifact_root: Path, description: str) -> str:
     """The experiment's id, created on first use; local stores keep artifacts beside the output."""
     client = MlflowClient(uri)
@@ -102,6 +137,7 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path, description: str
     return exp_id
 
 
+@_store_refusals
 def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
     """The kind that opens the UI on the runs table, and the description shown above them."""
     client = MlflowClient(uri)
@@ -109,11 +145,13 @@ def describe_experiment(uri: str, experiment_id: str, description: str) -> None:
         retry(partial(client.set_experiment_tag, experiment_id, k, v), f"tag {k}")
 
 
+@_store_refusals
 def run_experiment(uri: str, run_id: str) -> str:
     """The experiment an existing run lives in (children must share it to nest in the UI)."""
     return str(retry(lambda: MlflowClient(uri).get_run(run_id), "get run").info.experiment_id)
 
 
+@_store_refusals
 def share_view(
     target: TrackingTarget, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]
 ) -> None:
@@ -150,6 +188,7 @@ def ui_hint(target: TrackingTarget) -> str:
     return f"{target.uri.rstrip('/')}/{page}"
 
 
+@_store_refusals
 def start_parent(
     uri: str,
     experiment_id: str,
@@ -194,6 +233,7 @@ def _metric_batch(metrics: Mapping[str, float]) -> list[Any]:
     ]
 
 
+@_store_refusals
 def find_child(target: TrackingTarget, plan_hash: str) -> Any | None:
     client = MlflowClient(target.uri)
     runs = retry(
@@ -208,6 +248,7 @@ def find_child(target: TrackingTarget, plan_hash: str) -> Any | None:
     return runs[0] if runs else None
 
 
+@_store_refusals
 def start_child(
     target: TrackingTarget,
     plan_hash: str,
@@ -235,6 +276,7 @@ def start_child(
     return run_id, None
 
 
+@_store_refusals
 def finish_child(
     target: TrackingTarget,
     run_id: str,
@@ -254,6 +296,7 @@ def finish_child(
     retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish child")
 
 
+@_store_refusals
 def backfill_child(
     target: TrackingTarget, plan_hash: str, record: Mapping[str, Any], metrics: Mapping[str, float]
 ) -> str:
@@ -294,6 +337,7 @@ def fail_child(target: TrackingTarget, run_id: str, error: str) -> None:
         log.warning("could not mark child %s FAILED: %s", run_id, e)
 
 
+@_store_refusals
 def children(target: TrackingTarget) -> list[Any]:
     client = MlflowClient(target.uri)
     return list(
@@ -308,6 +352,7 @@ def children(target: TrackingTarget) -> list[Any]:
     )
 
 
+@_store_refusals
 def close_stale_children(target: TrackingTarget, reason: str) -> list[str]:
     """Children still RUNNING after the sweep (their process was killed) become FAILED."""
     client = MlflowClient(target.uri)
@@ -320,6 +365,7 @@ def close_stale_children(target: TrackingTarget, reason: str) -> list[str]:
     return closed
 
 
+@_store_refusals
 def log_parent_outputs(
     target: TrackingTarget, files: Sequence[Path], metrics: Mapping[str, float]
 ) -> None:
@@ -334,12 +380,14 @@ def log_parent_outputs(
         )
 
 
+@_store_refusals
 def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client = MlflowClient(uri)
     for k, v in tags.items():
         retry(partial(client.set_tag, run_id, k, v), f"tag {k}")
 
 
+@_store_refusals
 def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
     """The run a published scheme came from, findable by name in the runs table too."""
     client = MlflowClient(uri)
@@ -348,11 +396,13 @@ def name_scheme_run(uri: str, run_id: str, scheme: str) -> None:
         retry(lambda: client.update_run(run_id, name=f"{scheme} ({name})"), "name scheme run")
 
 
+@_store_refusals
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
     if metrics:
         client = MlflowClient(uri)
         retry(lambda: client.log_batch(run_id, metrics=_metric_batch(metrics)), "log metrics")
 
 
+@_store_refusals
 def end_run(uri: str, run_id: str, status: str) -> None:
     retry(lambda: MlflowClient(uri).set_terminated(run_id, status), "end run")

@@ -15,6 +15,7 @@ from orchestrator.core.inputs import Inputs
 from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.publish import Finalized, modelopt_run_tags, scheme_tracking
+from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri, follow_folder
 
 if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's environment is set
     from orchestrator.model.data import DataSets
@@ -36,15 +37,18 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
     from orchestrator.tracking import client
 
     cfg = inp.cfg
+    moved = follow_own_store(inp)
     previous = read_sweep_json(inp.output) or {}
     existing = previous.get("parent_run_id") or os.environ.get("MLFLOW_RUN_ID")
     exp_id = (
         client.run_experiment(inp.tracking_uri, existing)
         if existing
         else client.ensure_experiment(
-            inp.tracking_uri, cfg.experiment, inp.output / "mlartifacts", describe(inp, False)
+            inp.tracking_uri, cfg.experiment, inp.output / ARTIFACTS, describe(inp, False)
         )
     )
+    if moved:  # its description names where the outputs are
+        client.describe_experiment(inp.tracking_uri, exp_id, describe(inp, False))
     flat = _flatten(cfg.model_dump(mode="json"))
     tags = {
         client.NOTE_TAG: describe(inp, True),
@@ -57,6 +61,23 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
     target = client.TrackingTarget(inp.tracking_uri, exp_id, parent)
     client.share_view(target, KEY_COLUMNS, ("metrics", "achieved_bits"))
     return target
+
+
+def follow_own_store(inp: Inputs) -> bool:
+    """A copied or moved folder's own store, pointed at the folder's own artifacts before MLflow
+    opens it (``uri.follow_folder``); a store the user gave is left as it is. True when it moved.
+    """
+    if inp.tracking_uri != default_tracking_uri(inp.output):
+        return False
+    original = follow_folder(inp.output)
+    if original is not None:
+        log.info(
+            "--output %s was copied or moved from %s: its MLflow store keeps artifacts in %s",
+            inp.output,
+            original,
+            inp.output / ARTIFACTS,
+        )
+    return original is not None
 
 
 # What the runs table shows beside each trial's name (the point, the plan's size, its quality)

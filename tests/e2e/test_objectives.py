@@ -9,6 +9,7 @@ import shutil
 import pytest
 import yaml
 
+from orchestrator.outputs.files import write_sweep_json
 from tests.e2e.test_sweep import SMALL, run_module, sweep
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,7 @@ def test_sweeps_evaluated_on_different_sets_are_refused(two_sweeps, tmp_path):
     shutil.copytree(two_sweeps["image"][0], other, ignore=shutil.ignore_patterns(".owner"))
     meta = json.loads((other / "sweep.json").read_text())
     meta["data_hashes"]["eval"] = "0" * 16  # as a sweep with other evaluation settings has
-    (other / "sweep.json").write_text(json.dumps(meta))
+    write_sweep_json(other, meta)  # sealed as that sweep would have sealed it
     proc = run_module(
         "orchestrator.compare_sweeps",
         "--output",
