@@ -25,9 +25,10 @@ create and atomic renames:
 * An owner that finds a newer generation than its own (it was only slow, and was taken over)
   stops instead of writing beside the new owner: by default it sends itself SIGTERM.
 
-Released on every way out of the driver: normal return, exception and SIGTERM (turned into
-``SystemExit`` so that ``finally`` blocks run, as Ray's driver does); a SIGKILL leaves the
-record behind, and the next driver on the same host takes over at once.
+Released on every way out of the driver: normal return, exception, SIGTERM and SIGINT (the
+entry points' handler, ``runtime/stops.py``, unwinds with ``KeyboardInterrupt`` and exits 143 or
+130; where no handler is set, as under a bare ``acquire``, SIGTERM becomes ``SystemExit(143)``);
+a SIGKILL leaves the record behind, and the next driver on the same host takes over at once.
 """
 
 from __future__ import annotations
