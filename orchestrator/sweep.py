@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inp, data = check_inputs(args)
     owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
     ray_environment(inp.address, inp.verbose)
-    with owned:
+    with owned, stops.on_overrun(owned.release):  # a stop stuck in Ray still releases it
         try:
             return run(inp, data)
         except ConfigError:  # no node of the cluster can hold a worker (known once Ray is up)

@@ -18,20 +18,36 @@ loses the last seconds of it, and a resume would run those trials again); the st
 
 ``ray.init`` installs its own SIGTERM handler in the driver; :func:`take_back` re-installs this
 one once Ray is up.
+
+The clean stop is bounded (:data:`GRACE_SECONDS`). A SIGTERM sent to the whole process group
+(Slurm's ``scancel``, systemd) also stops the local Ray instance's own processes, and then Ray's
+calls in the driver wait a minute for them before Ray ends the process with status 1, the folder
+still held. So once the grace has passed, a watchdog runs what must not be skipped
+(:func:`on_overrun`: the folder's release), says so in one line and exits 128 + the signal.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+log = logging.getLogger(__name__)
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Job runners wait 30 s by default before SIGKILL (Kubernetes, Slurm's KillWait); a clean stop
+# takes a few seconds (Tune saves its state, Ray shuts down)
+GRACE_SECONDS = 20.0
 
 _received: list[int] = []  # the signals received while installed, in order
 _gentle: list[Callable[[], bool]] = []  # innermost last; True: it will stop, do not raise
+_overrun: list[Callable[[], None]] = []  # what the watchdog runs before it exits
 _installed = False
 
 
@@ -88,6 +104,17 @@ def gently(stop: Callable[[], bool]) -> Iterator[None]:
         _gentle.remove(stop)
 
 
+@contextmanager
+def on_overrun(action: Callable[[], None]) -> Iterator[None]:
+    """While inside, a stop that overruns its grace runs ``action`` before the process exits
+    (it runs on the watchdog's thread, beside a main thread stuck in Ray)."""
+    _overrun.append(action)
+    try:
+        yield
+    finally:
+        _overrun.remove(action)
+
+
 def raise_if_stopped() -> None:
     """After a gentle stop: unwind as the handler would have."""
     if _received:
@@ -97,6 +124,31 @@ def raise_if_stopped() -> None:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     first = not _received
     _received.append(signum)
-    if first and _gentle and _gentle[-1]():
-        return
+    if first:
+        watchdog = threading.Thread(target=_watchdog, args=(signum,), name="stop", daemon=True)
+        watchdog.start()  # armed until the process exits
+        if _gentle and _gentle[-1]():
+            return
     raise KeyboardInterrupt
+
+
+def _watchdog(signum: int, grace: float | None = None) -> None:
+    """Exit 128 + ``signum`` if the process is still here ``grace`` seconds after the signal."""
+    time.sleep(GRACE_SECONDS if grace is None else grace)
+    for action in list(_overrun):
+        try:
+            action()
+        except Exception:  # noqa: BLE001 - exiting regardless; the others still run
+            pass
+    try:
+        log.error(
+            "stopped by %s: the clean stop took over %.0fs (Ray's own processes may have been "
+            "stopped too); exiting now",
+            signal.Signals(signum).name,
+            GRACE_SECONDS,
+        )
+        for h in logging.getLogger().handlers:
+            h.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(128 + signum)

@@ -264,7 +264,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(tmp_path, undistu
     done = int(re.search(r"(\d+) of 8 trial\(s\) already done", head)[1])
     assert done >= 2  # every trial reported before SIGTERM, none run again
     second.wait_for(rf"\] {done + 1}/8 done")  # the count goes on from there
-    second.proc.send_signal(signal.SIGINT)
+    os.killpg(second.proc.pid, signal.SIGINT)  # Ctrl+C: the terminal's whole process group
     log = second.finish(timeout=120)
     assert second.proc.returncode == 130, log[-3000:]
     assert "stopped by SIGINT" in log and "Traceback" not in log and _released(out)
