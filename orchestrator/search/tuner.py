@@ -187,10 +187,12 @@ def _stops_gently() -> Iterator[None]:
     Tune then saves the experiment's state with every trial finished so far, and ``fit`` returns;
     running trials stay unfinished and run again on resume. Tune installs the handler that does
     this on SIGUSR1 when ``fit`` starts (and on SIGINT, which ``ray_env`` turns off), and never
-    removes it: SIGUSR1 is reset around ``fit`` so that an earlier round's stale handler is not
-    mistaken for this one's; before Tune installs its own, a signal stops abruptly instead.
+    removes it: SIGUSR1 is reset before ``fit`` so that an earlier round's stale handler is not
+    mistaken for this one's (until Tune installs its own, a signal stops abruptly instead), and
+    restored after it.
     """
     main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGUSR1)
     if main:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
@@ -206,7 +208,7 @@ def _stops_gently() -> Iterator[None]:
             yield
         finally:
             if main:
-                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+                signal.signal(signal.SIGUSR1, previous)
 
 
 def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:

@@ -85,6 +85,10 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
         assert f"b={b} c=1 kl_div solve (plan {by_bits[b]['plan_hash'][:8]})" in line
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     assert {m["plan_hash"] for m in doc["missing_plans"]} == failed_hashes
+    select = run_module("orchestrator.select", "--output", str(out))  # it says so, too
+    assert select.returncode == 4, select.stdout[-3000:] + select.stderr[-3000:]
+    assert "error: the schemes were chosen without 3 trial(s) that failed: " in select.stderr
+    assert "run the sweep's command on this --output again" in select.stderr
 
 
 def _strip_run_ids(text: str) -> dict:
@@ -96,13 +100,15 @@ def _strip_run_ids(text: str) -> dict:
 
 
 # one worker, eight plans: the driver-kill, worker-kill and signal tests, and their one
-# undisturbed run to compare with
+# undisturbed run to compare with; two score steps halve the scoring each fresh folder pays
 GRID = [
     *SMALL,
     "--set",
     "search.effective_bits=[8,9,10,11,12,13,14,15]",
     "--set",
     "search.max_concurrent=1",
+    "--set",
+    "scoring.num_score_steps=2",
 ]
 
 
