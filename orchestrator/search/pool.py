@@ -117,8 +117,10 @@ class _Dispatcher:
     call (Ray restarts it) is not the plan's failure: the call runs again on the next worker free,
     which is this one once it answers after its restart, without the trial ever seeing the loss
     (a failure Tune saw would spend the retries meant for the plan's own errors, and a retry sent
-    to a restarting worker fails again at once). Bounded: :data:`RESTART_WAIT_SECONDS` without a
-    free worker, or :data:`LOSSES_PER_EVALUATION` losses, and the call raises :class:`WorkerLost`.
+    to a restarting worker fails again at once). An evaluation only measures, so running it again
+    is safe even when Ray cannot say whether the lost call ran. Bounded: after
+    :data:`RESTART_WAIT_SECONDS` without a free worker, or :data:`LOSSES_PER_EVALUATION` losses,
+    the call raises :class:`WorkerLost`.
     It knows the workers by name, not by handle: handles in the constructor's arguments are
     references that a restart after the driver let them go could not resolve (Ray warns about
     exactly that, ray#53727).
