@@ -13,6 +13,9 @@ refuses others, naming what it takes), ``--verbose`` shows what the libraries pr
 own flags (``select --max-kl``) are spellings of config keys (``selection.max_kl``), so both work
 and a message names the one the user typed.
 
+SIGTERM and SIGINT stop every command the same way (``runtime/stops.py``): exit 143 or 130,
+with ``finally`` blocks run (``--output`` released, Ray shut down) and no traceback.
+
 Imports only ``core``, ``runtime`` and ``outputs``, so a bad flag is answered without loading
 torch, Ray or MLflow (``tests/unit/test_cli.py``).
 """
@@ -30,6 +33,7 @@ from typing import Any, NoReturn, ParamSpec
 from orchestrator.core.config import ConfigError, DataError, Override, parse_overrides
 from orchestrator.outputs.ownership import OutputInUse
 from orchestrator.outputs.storage import WriteFailed
+from orchestrator.runtime import stops
 
 P = ParamSpec("P")
 
@@ -39,14 +43,17 @@ BAD_INPUT = (ConfigError, DataError, OutputInUse)
 
 class ExitCode(IntEnum):
     """What a command's exit status means; each entry point's docstring says which it can return,
-    and the README's one table all of them. A driver stopped by SIGTERM exits 128 + 15
-    (``outputs/ownership.py``)."""
+    and the README's one table all of them. A command stopped by SIGTERM or SIGINT exits 128 + the
+    signal, 143 or 130 (``runtime/stops.py``)."""
 
     OK = 0
     ERROR = 1  # the sweep failed (logged with its traceback); an exported folder fails its check
     BAD_INPUT = 2  # flags, config, model, data, output folder (or one in use): one line on stderr
     NO_FRONT = 3  # a catalog name no measured point can carry (sweep, select): says what to change
+    MISSING_TRIALS = 4  # schemes chosen without some trials (failed): one line names their plans
     WRITE_FAILED = 5  # storage refused a write (full disk, I/O error): one line; a rerun resumes
+    STOPPED_SIGINT = 130  # 128 + SIGINT: Ctrl+C
+    STOPPED_SIGTERM = 143  # 128 + SIGTERM: a job runner's stop
 
 
 # What ``--set`` takes in a sweep, shown by its --help; each example is one kind of value.
@@ -139,10 +146,12 @@ def _set_epilog(set_keys: Mapping[str, str] | None) -> str:
 def command(main: Callable[P, int]) -> Callable[P, int]:
     """An entry point's ``main``: bad input raised anywhere in it (:data:`BAD_INPUT`) ends the
     command with ``error: <message>`` on stderr and exit 2, a write the storage refused
-    (:class:`WriteFailed`) with its one line and exit 5."""
+    (:class:`WriteFailed`) with its one line and exit 5; SIGTERM or SIGINT with one line,
+    ``stopped by SIGTERM``, and 128 + the signal."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        restore = stops.install()
         try:
             return main(*args, **kwargs)
         except BAD_INPUT as e:
@@ -151,5 +160,10 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
         except WriteFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return ExitCode.WRITE_FAILED
+        except KeyboardInterrupt:
+            print(f"stopped by {stops.name()}", file=sys.stderr)
+            return stops.exit_code()
+        finally:
+            restore()
 
     return run

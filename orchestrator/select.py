@@ -16,8 +16,9 @@ again.
 spell ``selection.max_kl``, ``selection.objective`` and ``selection.catalog``. It takes the folder
 like a sweep driver does (``outputs/ownership.py``): while the folder's sweep runs, its driver owns
 those files, and select exits 2 naming it and rewrites nothing; while select rewrites, a sweep
-started on the folder refuses. Exit 0, 2 (bad input, or the sweep is running) or 3 (a name no
-measured point can carry; then nothing is rewritten).
+started on the folder refuses. Exit 0, 2 (bad input, or the sweep is running), 3 (a name no
+measured point can carry; then nothing is rewritten) or 4 (rewritten, but the sweep has trials
+that failed: one line names their plans, ``schemes.yaml`` lists them; rerun the sweep).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from orchestrator.core.config import (
     override_config,
     read_written_config,
 )
+from orchestrator.core.missing import missing_entries, missing_line
 from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
 from orchestrator.core.selection import KlCap
 from orchestrator.outputs import integrity
@@ -45,6 +47,7 @@ from orchestrator.outputs.tables import CorruptTable, load_results, read_score_t
 from orchestrator.runtime.logs import setup_logging
 
 IN_USE_ADVICE = "run select when it has finished, or stop it"
+RERUN_THE_SWEEP = "run the sweep's command on this --output again to retry them"
 
 
 def parser() -> cli.Parser:
@@ -118,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": cfg.seed,
         "parent_run_id": sweep.get("parent_run_id"),
     }
+    if missing_entries(results):
+        header["missing_plans"] = missing_entries(results)
     with owned:
         done = finalize(
             output,
@@ -137,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.ExitCode.NO_FRONT
     for line in summary_lines(done, output) + closing_lines(done, output, None):
         print(line)
+    gone = missing_line(results, RERUN_THE_SWEEP)
+    if gone:
+        print(f"error: {gone}", file=sys.stderr)
+        return cli.ExitCode.MISSING_TRIALS
     return cli.ExitCode.OK
 
 

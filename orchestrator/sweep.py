@@ -8,13 +8,17 @@ then measure the controls at their shares and compare.
 
 Exit codes: 0 done; 2 bad input (config, flags, model, data, output folder), reported before any
 Ray, MLflow or model work; 3 the sweep ended but a catalog name cannot be honoured (no measured
-point holds its FP8 share; the message names the budget to add); 5 the storage refused a write
+point holds its FP8 share; the message names the budget to add); 4 the schemes were chosen
+without trials that failed (published all the same; one line names their plans, and
+schemes.yaml lists them under ``missing_plans``; 4 wins over 3); 5 the storage refused a write
 (a full disk, an I/O error; ``outputs/storage.py``): the sweep stops within seconds with one
-line naming the file and the free space, and the same command resumes once there is space; 1
-anything else (a Ray that does not start or cannot be joined says so in one line; its traceback
-is in logs/driver.log).
-Running the same command on the same ``--output`` resumes: finished trials are not run again, and
-a start that failed before it recorded its sweep (config.yaml and logs/ only) is taken over.
+line naming the file and the free space, and the same command resumes once there is space;
+143 / 130 stopped by SIGTERM / SIGINT (Ray shut down, the folder released, finished trials
+kept); 1 anything else (a Ray that does not start or cannot be joined says so in one line; its
+traceback is in logs/driver.log).
+Running the same command on the same ``--output`` resumes: finished trials are not run again
+(failed ones are), and a start that failed before it recorded its sweep (config.yaml and logs/
+only) is taken over.
 One driver per ``--output`` (``outputs/ownership.py``): while it runs, a second one exits 2 naming
 it; one that died is taken over.
 """
@@ -36,6 +40,7 @@ from orchestrator import cli
 from orchestrator.checks import check_inputs
 from orchestrator.core.config import ConfigError
 from orchestrator.core.inputs import Inputs
+from orchestrator.core.missing import missing_entries, missing_line
 from orchestrator.core.objectives import Objective
 from orchestrator.core.records import ScoreTable, TrialResult, table_key
 from orchestrator.model.data import DataSets
@@ -45,6 +50,7 @@ from orchestrator.outputs.files import read_sweep_json, write_json, write_sweep_
 from orchestrator.outputs.publish import SweepFacts, finalize
 from orchestrator.outputs.summary import closing_lines, print_summary
 from orchestrator.outputs.tables import write_score_tables
+from orchestrator.runtime import stops
 from orchestrator.runtime.host import process_age
 from orchestrator.runtime.logs import setup_logging
 from orchestrator.runtime.seeds import seed_everything
@@ -167,6 +173,8 @@ def conclude(
         "seed": cfg.seed,
         "parent_run_id": target.parent_run_id,
     }
+    if missing_entries(results):  # published all the same, but never silently
+        header["missing_plans"] = missing_entries(results)
     done = finalize(
         inp.output,
         results,
@@ -193,8 +201,11 @@ def conclude(
         print(line)
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
-        return cli.ExitCode.NO_FRONT
-    return cli.ExitCode.OK
+    gone = missing_line(results)
+    if gone:  # before exit 3: the missing trials may be what a name lacks
+        print(f"error: {gone}", file=sys.stderr)
+        return cli.ExitCode.MISSING_TRIALS
+    return cli.ExitCode.NO_FRONT if done.error else cli.ExitCode.OK
 
 
 @cli.command  # bad input, wherever raised: one line on stderr, exit 2
@@ -206,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inp, data = check_inputs(args)
     owned = ownership.acquire(inp.output)  # held until the driver exits, SIGTERM included
     ray_environment(inp.address, inp.verbose)
-    with owned:
+    with owned, stops.on_overrun(owned.release):  # a stop stuck in Ray still releases it
         try:
             return run(inp, data)
         except ConfigError:  # no node of the cluster can hold a worker (known once Ray is up)
@@ -214,8 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RayUnavailable as e:  # one line; Ray's traceback is in logs/driver.log
             print(f"error: {e}", file=sys.stderr)
             return cli.ExitCode.ERROR
-        except KeyboardInterrupt:
-            return cli.ExitCode.ERROR
+        except KeyboardInterrupt:  # SIGTERM or SIGINT (runtime/stops.py): Ray is shut down
+            log.warning(
+                "stopped by %s; finished trials are kept: the same command resumes the sweep",
+                stops.name(),
+            )
+            return stops.exit_code()
         except Exception as e:
             full = storage.find(e, inp.output)  # a full disk, wherever it was met: exit 5
             if full is not None:

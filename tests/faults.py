@@ -23,6 +23,8 @@ from orchestrator.runtime.hooks import HOOKS_ENV
 
 SPEC_ENV = "FP8_SWEEP_TEST_FAULTS"  # this module's faults, as JSON
 KILLED = 137  # the exit status the OOM killer leaves behind
+HELD_PID = "held_worker.pid"  # in ``markers``: the held worker's pid, for the test to kill
+HOLD_SECONDS = 300.0  # a held worker that nobody kills goes on after this (the test fails)
 
 T = TypeVar("T")
 
@@ -35,6 +37,9 @@ class Faults:
     kill_on_bits: tuple[float, ...] = ()  # the trial process dies, every attempt
     kill_once_on_bits: tuple[float, ...] = ()  # ... on the first attempt only
     kill_worker_once_on_bits: tuple[float, ...] = ()  # the worker dies mid-evaluation, once
+    # the worker that takes the plan, once, writes its pid to ``held_worker.pid`` in ``markers``
+    # and waits in mid-evaluation for the test to kill it (a real SIGKILL from outside)
+    hold_worker_once_on_bits: tuple[float, ...] = ()
     sleep_seconds: float = 0.0  # every trial sleeps this long first (slow-trial tests)
 
 
@@ -63,11 +68,11 @@ def _first_time(faults: Faults, name: str) -> bool:
     return True
 
 
-def _kill_request(faults: Faults, fp8_modules: Sequence[str]) -> Path:
-    """Where a trial asks the worker that measures its plan to die (the worker knows the modules,
-    not the plan hash)."""
+def _request(faults: Faults, fp8_modules: Sequence[str], what: str = "kill_worker") -> Path:
+    """Where a trial asks the worker that measures its plan to die or to hold still (the worker
+    knows the modules, not the plan hash)."""
     key = hashlib.sha256(json.dumps(list(fp8_modules)).encode()).hexdigest()[:16]
-    return Path(faults.markers) / f"{key}.kill_worker"
+    return Path(faults.markers) / f"{key}.{what}"
 
 
 def evaluate(
@@ -88,7 +93,9 @@ def evaluate(
     if hit(faults.kill_once_on_bits) and _first_time(faults, f"{plan_hash}.killed"):
         os._exit(KILLED)
     if hit(faults.kill_worker_once_on_bits) and _first_time(faults, f"{plan_hash}.worker_killed"):
-        _kill_request(faults, plan.fp8_modules).write_text(plan_hash)
+        _request(faults, plan.fp8_modules).write_text(plan_hash)
+    if hit(faults.hold_worker_once_on_bits) and _first_time(faults, f"{plan_hash}.worker_held"):
+        _request(faults, plan.fp8_modules, "hold_worker").write_text(plan_hash)
     metrics, where = measure()
     if hit(faults.nan_on_bits):
         metrics["kl_mean"] = float("nan")
@@ -96,8 +103,17 @@ def evaluate(
 
 
 def worker_evaluates(fp8_modules: Sequence[str]) -> None:
-    """The worker's fault: it dies before measuring a plan some trial asked it to die on."""
-    request = _kill_request(_faults(), fp8_modules)
+    """The worker's faults: it dies before measuring a plan some trial asked it to die on, or
+    says its pid and waits to be killed."""
+    faults = _faults()
+    request = _request(faults, fp8_modules)
     if request.exists():
         request.unlink()
         os._exit(KILLED)
+    hold = _request(faults, fp8_modules, "hold_worker")
+    if hold.exists():
+        hold.unlink()
+        pid = Path(faults.markers) / HELD_PID
+        pid.with_suffix(".tmp").write_text(str(os.getpid()))
+        pid.with_suffix(".tmp").rename(pid)  # whole, never half-written, when the test reads it
+        time.sleep(HOLD_SECONDS)

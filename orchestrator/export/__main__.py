@@ -31,7 +31,9 @@ from orchestrator.export.checkpoint import (
 from orchestrator.outputs.ownership import in_use_line, live_owner
 from orchestrator.runtime.logs import setup_logging
 
-log = logging.getLogger(__name__)
+# named, not __name__: run as ``python -m`` that is "__main__", which the console leaves out
+# (runtime/logs.py shows the orchestrator's loggers only)
+log = logging.getLogger("orchestrator.export")
 
 
 @cli.command  # bad input: one line on stderr, exit 2
@@ -50,7 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
     dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
     try:
-        for name, dest in dests.items():  # every destination checked before the first model loads
+        for i, (name, dest) in enumerate(dests.items(), 1):  # every one checked before any load
+            log.info(
+                "exporting %s as %s (%d of %d): load, calibrate, write, check",
+                name,
+                args.format,
+                i,
+                len(dests),
+            )
             export_scheme(output, name, dest, args.format)
     except ExportCheckError as e:
         return _report(args.dest, e.problems)

@@ -25,12 +25,13 @@ create and atomic renames:
 * An owner that finds a newer generation than its own (it was only slow, and was taken over)
   stops instead of writing beside the new owner: by default it sends itself SIGTERM.
 
-Released on every way out of the driver: normal return, exception and SIGTERM (turned into
-``SystemExit`` so that ``finally`` blocks run, as Ray's driver does); a SIGKILL leaves the
-record behind, and the next driver on the same host takes over at once. On a full disk the
-released record is written in place (no new block needed), and a heartbeat the storage refuses
-for good is reported (``outputs/storage.py``): the sweep stops on it instead of running on
-without a place to write.
+Released on every way out of the driver: normal return, exception, SIGTERM and SIGINT (the
+entry points' handler, ``runtime/stops.py``, unwinds with ``KeyboardInterrupt`` and exits 143 or
+130; where no handler is set, as under a bare ``acquire``, SIGTERM becomes ``SystemExit(143)``);
+a SIGKILL leaves the record behind, and the next driver on the same host takes over at once. On a
+full disk the released record is written in place (no new block needed), and a heartbeat the
+storage refuses for good is reported (``outputs/storage.py``): the sweep stops on it instead of
+running on without a place to write.
 """
 
 from __future__ import annotations

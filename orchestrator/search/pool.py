@@ -11,7 +11,8 @@
   scoring its share of the batches; the driver adds them up and caches the table on the (shared)
   output folder.
 * Trials (``orchestrator.search.trial``) borrow a free worker through the dispatcher, an async actor
-  that takes the worker back even if the trial's process dies.
+  that takes the worker back even if the trial's process dies, and that runs a call again when
+  its worker dies under it (Ray restarts the worker): a lost worker is not the plan's failure.
 
 Ray is imported in ``orchestrator.search`` only (``tests/unit/test_layers.py``).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,30 +95,131 @@ def _here() -> dict[str, str]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
 
 
+# A worker lost under a call: its process died (ActorDiedError) or Ray is restarting it
+# (ActorUnavailableError, "The actor is restarting"); both are RayActorError.
+WORKER_LOST = ray.exceptions.RayActorError
+# How long a trial that lost its worker waits for one to be free again: a restarted worker imports
+# ModelOpt, loads the model and calibrates again before it can measure (minutes for a large model).
+RESTART_WAIT_SECONDS = 1800.0
+# A plan under which workers died this often is the plan's own failure (it runs them out of
+# memory, say): the trial fails, and Tune's retries (search.max_failures) take over.
+LOSSES_PER_EVALUATION = 3
+
+
+class WorkerLost(RuntimeError):
+    """No worker could measure the plan: they died under it too often, or none was back in time."""
+
+
 class _Dispatcher:
     """Lends each trial a free worker and takes it back, also when the trial or the worker dies.
 
     An async actor: a trial's call waits here until a worker is free. The worker is returned in
-    ``finally``, so a trial process that dies mid-call cannot keep one, and a worker that dies
-    (Ray restarts it) fails only the trial it was running. It knows the workers by name, not by
-    handle: handles in the constructor's arguments are references that a restart after the
-    driver let them go could not resolve (Ray warns about exactly that, ray#53727).
+    every case, so a trial process that dies mid-call cannot keep one. A worker that dies under a
+    call (Ray restarts it) is not the plan's failure: the call runs again on the next worker free,
+    which is this one once it answers after its restart, without the trial ever seeing the loss
+    (a failure Tune saw would spend the retries meant for the plan's own errors, and a retry sent
+    to a restarting worker fails again at once). An evaluation only measures, so running it again
+    is safe even when Ray cannot say whether the lost call ran. Bounded: after
+    :data:`RESTART_WAIT_SECONDS` without a free worker, or :data:`LOSSES_PER_EVALUATION` losses,
+    the call raises :class:`WorkerLost`.
+    It knows the workers by name, not by handle: handles in the constructor's arguments are
+    references that a restart after the driver let them go could not resolve (Ray warns about
+    exactly that, ray#53727).
     """
 
-    def __init__(self, worker_names: Sequence[str]) -> None:
-        self.worker_names = list(worker_names)
-        self.free: asyncio.Queue | None = None
+    def __init__(
+        self,
+        worker_names: Sequence[str],
+        verbose: bool = False,
+        restart_wait: float = RESTART_WAIT_SECONDS,
+    ) -> None:
+        from orchestrator.runtime.logs import route_worker_output
 
-    async def evaluate(self, data: list[Any], *args: Any) -> Any:
+        route_worker_output(None, "dispatcher", verbose)  # its records reach the console
+        self.worker_names = list(worker_names)
+        self.restart_wait = restart_wait
+        self.free: asyncio.Queue | None = None
+        self.returning: set[asyncio.Task] = set()  # workers lost, waited for until they answer
+
+    def _queue(self) -> asyncio.Queue:
         if self.free is None:
             self.free = asyncio.Queue()
-            for name in self.worker_names:
-                self.free.put_nowait(ray.get_actor(name))
-        w = await self.free.get()
-        try:
-            return await w.evaluate_here.remote(data[0], *args)
-        finally:
-            self.free.put_nowait(w)
+            for i, name in enumerate(self.worker_names):
+                self.free.put_nowait((i, ray.get_actor(name)))
+        return self.free
+
+    async def evaluate(self, data: list[Any], *args: Any, label: str = "a plan") -> Any:
+        free = self._queue()
+        losses: list[str] = []
+        lost_at = 0.0
+        while True:
+            wait = None if not losses else self.restart_wait - (time.monotonic() - lost_at)
+            try:
+                i, w = await asyncio.wait_for(free.get(), wait)
+            except TimeoutError:
+                raise WorkerLost(
+                    f"{label}: no worker came back within {self.restart_wait:.0f}s after "
+                    f"{'; '.join(losses)}"
+                ) from None
+            try:
+                result = await w.evaluate_here.remote(data[0], *args)
+            except WORKER_LOST as e:
+                losses.append(f"worker {i} was lost ({_first_line(e)})")
+                lost_at = time.monotonic()
+                self._return_when_back(i, w)
+                if len(losses) >= LOSSES_PER_EVALUATION:
+                    raise WorkerLost(f"{label}: {'; '.join(losses)}") from None
+                log.warning(
+                    "worker %d was lost while measuring %s (%s); it runs again on the next "
+                    "worker free (Ray restarts this one)",
+                    i,
+                    label,
+                    _first_line(e),
+                )
+                continue
+            except BaseException:
+                free.put_nowait((i, w))
+                raise
+            free.put_nowait((i, w))
+            if losses:
+                log.info("%s measured after %d lost worker(s)", label, len(losses))
+            return result
+
+    def _return_when_back(self, i: int, w: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._when_back(i, w))
+        self.returning.add(task)
+        task.add_done_callback(self.returning.discard)
+
+    async def _when_back(self, i: int, w: Any) -> None:
+        """Lend the worker again once it answers (Ray restarted it); calls to it fail at once while
+        it restarts, so ask again every few seconds, up to the restart wait."""
+        assert self.free is not None
+        t0 = time.monotonic()
+        while True:
+            left = self.restart_wait - (time.monotonic() - t0)
+            try:
+                await asyncio.wait_for(w.where.remote(), max(left, 1.0))
+            except WORKER_LOST:
+                if left > 0:
+                    await asyncio.sleep(2.0)
+                    continue
+            except TimeoutError:
+                pass
+            else:
+                log.info("worker %d is back after %.0fs", i, time.monotonic() - t0)
+                self.free.put_nowait((i, w))
+                return
+            log.error(
+                "worker %d did not come back within %.0fs; the sweep goes on without it",
+                i,
+                self.restart_wait,
+            )
+            return
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join((str(e).strip().splitlines() or [""])[0].split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclass
@@ -167,7 +270,11 @@ class WorkerPool:
             )
             for i, (s, name) in enumerate(zip(slots, names, strict=True))
         ]
-        dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_restarts=-1).remote(names)
+        dispatcher = (
+            ray.remote(_Dispatcher)
+            .options(num_cpus=0, max_restarts=-1)
+            .remote(names, verbose=log_dir is None)
+        )
         return cls(workers, dispatcher, [w.where.remote() for w in workers])
 
     def prepare(self, data_ref: Any, fp8_recipe: str, reference_cache_bytes: int) -> None:

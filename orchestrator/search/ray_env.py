@@ -19,12 +19,17 @@ def ray_environment(address: str | None, verbose: bool = False) -> None:
       a token of its own, in the environment only. Left unset, Ray 2.60 turns token auth on and
       saves a new token to ``~/.ray/auth_token``, which then turns it on for every cluster the user
       starts later (and unauthenticated joins to those fail).
+    * Tune leaves SIGINT alone (always: see below).
     * Unless ``verbose``: forwarded worker lines come as they are written, without Ray's
       ``(pid=...)`` prefix (a worker's records name the worker themselves) and without batching
       lines that differ only in their numbers (which would hold a progress line back for
       seconds); Tune's legacy reporter, silent at ``verbose=0``, replaces the new one, which
       prints its experiment table and a TensorBoard hint even then.
     """
+    # SIGINT stays with the entry point's handler (runtime/stops.py), which asks Tune to stop
+    # (through the handler Tune keeps on SIGUSR1) and then exits 130; Tune's own SIGINT handler
+    # would end the round quietly and the sweep would go on to publish from it
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     local = not address and not os.environ.get("RAY_ADDRESS")
     if local and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"

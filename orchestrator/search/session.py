@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.core.inputs import Inputs
+from orchestrator.runtime import stops
 from orchestrator.runtime.logs import FILE_ONLY, divert_output
 from orchestrator.search.ray_env import export_package_path
 
@@ -59,7 +60,8 @@ class RayUnavailable(Exception):
 @contextmanager
 def ray_session(inp: Inputs) -> Iterator[Session]:
     """Ray joined or started, and the workers created at once: each imports ModelOpt and loads the
-    model while the driver prepares the rest. Ray is shut down on the way out."""
+    model while the driver prepares the rest. Ray is shut down on the way out, SIGTERM and SIGINT
+    included (``runtime/stops.py``: the handlers are taken back from ``ray.init``)."""
     from orchestrator.search import pool
 
     try:
@@ -67,6 +69,7 @@ def ray_session(inp: Inputs) -> Iterator[Session]:
             pool.connect(inp.address, os.environ.get("FP8_SWEEP_NODE_IP"))
         except Exception as e:  # Ray's start-up and join raise bare Exception, too
             raise _unavailable(inp, e) from e
+        stops.take_back()  # ray.init set a SIGTERM handler that would exit 1, then abort (134)
         search = inp.cfg.search
         slots = pool.plan_workers(
             inp.need, search.gpus_per_worker, search.max_concurrent, local=not inp.address

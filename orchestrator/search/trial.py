@@ -9,6 +9,8 @@
   ``ray.train.*`` raises there in Ray 2.60.
 * A trial whose MLflow child already FINISHED reports the stored metrics instead of evaluating,
   and a trial restored from its checkpoint re-reports its result.
+* A worker that dies under the evaluation is the dispatcher's to handle (it runs the evaluation
+  again once a worker is back): what fails a trial, and spends its retries, is its own error.
 """
 
 from __future__ import annotations
@@ -189,7 +191,11 @@ def _measure(ctx: TrialContext, point: Point, plan: Plan) -> tuple[dict[str, Any
     def measure() -> tuple[dict[str, Any], dict[str, str]]:
         return ray.get(
             ctx.dispatcher.evaluate.remote(
-                ctx.data, plan.fp8_recipe, ctx.reference_cache_bytes, list(plan.fp8_modules)
+                ctx.data,
+                plan.fp8_recipe,
+                ctx.reference_cache_bytes,
+                list(plan.fp8_modules),
+                label=f"{run_name(point)} (plan {plan.plan_hash[:8]})",
             )
         )
 

@@ -8,8 +8,11 @@ the optional Optuna searcher is seeded with them.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from ray import tune
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Point, ScoreTable, TrialResult
 from orchestrator.outputs.console import eta_seconds, trial_line
+from orchestrator.runtime import stops
 from orchestrator.search.trial import TrialContext, point_of, trainable
 from orchestrator.search.write_watch import StopOnWriteFailure
 
@@ -26,28 +30,52 @@ log = logging.getLogger(__name__)
 
 
 class Progress(tune.Callback):
-    """A line per finished trial: the count, the trial's FP8 share, bits and KL, the time so far
-    and an ETA from the measured trial times (startup and reused results do not skew it)."""
+    """A line per finished trial: the overall count, the trial's FP8 share, bits and KL, the time
+    so far and an ETA from the measured trial times (startup and reused results do not skew it).
+
+    The count includes the trials a resumed experiment had already finished (the first step says
+    how many), and the elapsed time is this run's: Tune restores its callbacks from the
+    experiment's pickle, so each run starts afresh in :meth:`setup`.
+    """
 
     def __init__(self, total: int, concurrent: int = 1) -> None:
         self.total = total
         self.concurrent = concurrent
-        self.done = 0
-        self.seconds: list[float] = []
+        self.setup()
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         self.t0 = time.monotonic()
+        self.seconds: list[float] = []
+        self.finished: set[str] = set()  # trial ids, restored ones included
+        self.before: int | None = None  # finished when this run began (known at its first step)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.before is None:
+            # TERMINATED: finished (a restored ERROR trial runs again: resume_errored)
+            self.finished = {t.trial_id for t in trials if t.status == "TERMINATED"}
+            self.before = len(self.finished)
+            if self.before:
+                log.info(
+                    "%d of %d trial(s) already done; running the rest", self.before, self.total
+                )
 
     def _line(self, trial: Any, status: str) -> None:
-        self.done += 1
+        self.finished.add(trial.trial_id)
+        done = len(self.finished)
         r = trial.last_result or {}
         if not r.get("reused"):
             self.seconds.append(float(r.get("trial_seconds", 0.0)))
-        remaining = max(self.total - self.done, 0)
+        remaining = max(self.total - done, 0)
         eta = eta_seconds(self.seconds, remaining, min(self.concurrent, remaining or 1))
         elapsed = time.monotonic() - self.t0
-        log.info(
-            "%s",
-            trial_line(self.done, self.total, status, point_of(trial.config), r, elapsed, eta),
-        )
+        line = trial_line(done, self.total, status, point_of(trial.config), r, elapsed, eta)
+        log.info("%s", line)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, "done")
@@ -130,9 +158,44 @@ def run_trials(
             ),
         )
     log.info("%d trial(s), %d at a time on %d worker(s)", total, workers, workers)
-    grid = tuner.fit()
+    with _stops_gently():
+        grid = tuner.fit()
+    if stops.received():  # SIGTERM or SIGINT ended the round: nothing is concluded from it
+        log.warning("%s: Tune ended the round and saved its state", stops.name())
+        stops.raise_if_stopped()
     # ResultGrid iterates through __len__/__getitem__, which its types do not declare iterable
     return [_to_result(r, ctx.tables) for r in grid]  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _stops_gently() -> Iterator[None]:
+    """While Tune runs, SIGTERM and SIGINT ask it to end its loop (``runtime/stops.py``).
+
+    Tune then saves the experiment's state with every trial finished so far, and ``fit`` returns;
+    running trials stay unfinished and run again on resume. Tune installs the handler that does
+    this on SIGUSR1 when ``fit`` starts (and on SIGINT, which ``ray_env`` turns off), and never
+    removes it: SIGUSR1 is reset before ``fit`` so that an earlier round's stale handler is not
+    mistaken for this one's (until Tune installs its own, a signal stops abruptly instead), and
+    restored after it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGUSR1)
+    if main:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def ask_tune() -> bool:
+        handler = signal.getsignal(signal.SIGUSR1)
+        if not callable(handler) or getattr(handler, "__module__", "") != "ray.tune.tune":
+            return False
+        handler(signal.SIGUSR1, None)  # no logging here: the handler may interrupt a log call
+        return True
+
+    with stops.gently(ask_tune):
+        try:
+            yield
+        finally:
+            if main:
+                signal.signal(signal.SIGUSR1, previous)
 
 
 def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:

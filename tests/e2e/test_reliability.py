@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from orchestrator.outputs.ownership import OWNER_DIR
 from tests.conftest import ROOT
 from tests.e2e.test_sweep import SMALL as SMALL_SWEEP
 from tests.e2e.test_sweep import run_module, start_sweep, sweep
-from tests.faults import fault_env
+from tests.faults import HELD_PID, fault_env
 
 pytestmark = pytest.mark.e2e
 
@@ -50,13 +52,15 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
         kill_worker_once_on_bits=[11],  # the GPU worker process dies mid-evaluation
     )
     proc = sweep(out, *SMALL, "--set", "search.effective_bits=[8,10,11,12,13,14,15]", env=faults)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # published without the three failed plans, and says so: exit 4, one line naming them
+    assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     by_bits = {t["effective_bits"]: t for t in trials}
-    # the worker died under bits=11 once (Ray restarted it) and the trial finished on its retry
+    # the worker died under bits=11 once (Ray restarted it) and the dispatcher ran it again
     assert (markers / f"{by_bits[11]['plan_hash']}.worker_killed").exists()
     assert not list(markers.glob("*.kill_worker"))  # the worker took the request
     assert by_bits[11]["status"] == "FINISHED"
+    assert "worker 0 was lost while measuring kl_div-b11-c1" in proc.stdout
     assert by_bits[15]["status"] == "FAILED" and "injected fault" in by_bits[15]["error"]
     assert by_bits[13]["status"] == "FAILED" and "non-finite" in by_bits[13]["error"]
     assert by_bits[10]["status"] == "FAILED" and by_bits[10]["error"]
@@ -75,6 +79,16 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
     # a failure's cause is on the console, not only in logs/ (which hold Tune's tracebacks)
     assert "injected fault at effective_bits=15" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert line.startswith("error: the schemes were chosen without 3 trial(s) that failed: ")
+    for b in (10, 13, 15):
+        assert f"b={b} c=1 kl_div solve (plan {by_bits[b]['plan_hash'][:8]})" in line
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    assert {m["plan_hash"] for m in doc["missing_plans"]} == failed_hashes
+    select = run_module("orchestrator.select", "--output", str(out))  # it says so, too
+    assert select.returncode == 4, select.stdout[-3000:] + select.stderr[-3000:]
+    assert "error: the schemes were chosen without 3 trial(s) that failed: " in select.stderr
+    assert "run the sweep's command on this --output again" in select.stderr
 
 
 def _strip_run_ids(text: str) -> dict:
@@ -85,14 +99,29 @@ def _strip_run_ids(text: str) -> dict:
     return doc
 
 
-def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
-    grid = [
-        *SMALL,
-        "--set",
-        "search.effective_bits=[8,9,10,11,12,13,14,15]",
-        "--set",
-        "search.max_concurrent=1",
-    ]
+# one worker, eight plans: the driver-kill, worker-kill and signal tests, and their one
+# undisturbed run to compare with; two score steps halve the scoring each fresh folder pays
+GRID = [
+    *SMALL,
+    "--set",
+    "search.effective_bits=[8,9,10,11,12,13,14,15]",
+    "--set",
+    "search.max_concurrent=1",
+    "--set",
+    "scoring.num_score_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("undisturbed") / "out"
+    proc = sweep(out, *GRID)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path, undisturbed):
+    grid = GRID
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
@@ -124,11 +153,134 @@ def test_driver_killed_mid_sweep_resumes_to_the_same_result(tmp_path):
     assert len({r.data.tags["plan_hash"] for r in after}) == len(after)  # no duplicate runs
     ends = {r.info.run_id: r.info.end_time for r in after}
     assert all(ends[k] == v for k, v in before.items())  # finished trials were not run again
-    clean = tmp_path / "clean"
-    proc = sweep(clean, *grid)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert _strip_run_ids((out / "schemes.yaml").read_text()) == _strip_run_ids(
-        (clean / "schemes.yaml").read_text()
+        (undisturbed / "schemes.yaml").read_text()
+    )
+
+
+class Driver:
+    """A sweep in the background, in its own process group, its lines read as they come."""
+
+    def __init__(self, out: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.sweep", "--output", str(out), *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self.lines.extend(self.proc.stdout)
+
+    def alive(self, deadline: float) -> None:
+        if self.proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError("".join(self.lines)[-3000:])
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            hit = [ln for ln in self.lines if re.search(pattern, ln)]
+            if hit:
+                return hit[0]
+            self.alive(deadline)
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 600) -> str:
+        """Its exit status and everything it printed."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.reader.join(timeout=30)
+        return "".join(self.lines)
+
+
+def _modules(out: Path) -> dict[str, tuple[str, list[str], float]]:
+    """Each scheme's plan, modules and KL."""
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    return {
+        s["name"]: (
+            s["plan_hash"],
+            json.loads((out / s["modules"]).read_text())["fp8_modules"],
+            s["metrics"]["kl_mean"],
+        )
+        for s in doc["schemes"]
+    }
+
+
+def test_a_worker_killed_mid_round_costs_no_trial_and_changes_no_scheme(tmp_path, undisturbed):
+    """SIGKILL of the (only) worker while it measures a plan: Ray restarts it, the dispatcher
+    runs the plan again on it, and Tune never sees the loss (``max_failures=0``: any failure
+    Tune saw would be final)."""
+    out, markers = tmp_path / "out", tmp_path / "faults"
+    faults = fault_env(markers, hold_worker_once_on_bits=[12])
+    driver = Driver(out, *GRID, "--set", "search.max_failures=0", env=faults)
+    held = markers / HELD_PID
+    deadline = time.monotonic() + 300
+    while not held.exists():
+        driver.alive(deadline)
+        time.sleep(0.2)
+    pid = int(held.read_text())
+    os.kill(pid, signal.SIGKILL)
+    log = driver.finish()
+    assert driver.proc.returncode == 0, log[-3000:]
+    assert not Path(f"/proc/{pid}").exists()  # the worker process itself died
+    assert "worker 0 was lost while measuring kl_div-b12-c1" in log
+    assert re.search(r"worker 0 is back after \d+s", log)
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == 8 and {t["status"] for t in trials} == {"FINISHED"}
+    runs = _children(out)
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert "8 trial(s) finished, 0 failed" in log
+    assert not [ln for ln in log.splitlines() if ln.startswith("error: ")]
+    assert _modules(out) == _modules(undisturbed)
+
+
+def _released(out: Path) -> bool:
+    records = sorted((out / OWNER_DIR).glob("*.json"))
+    return bool(records) and json.loads(records[-1].read_text())["released"]
+
+
+def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(tmp_path, undisturbed):
+    """SIGTERM (a job runner's stop) exits 143 and SIGINT (Ctrl+C) 130, each with Ray shut down
+    and the folder released, once Tune has saved every finished trial: the rerun counts them as
+    done, runs only the rest, and ends where an undisturbed sweep does."""
+    out = tmp_path / "out"
+    first = Driver(out, *GRID)
+    first.wait_for(r"\] 2/8 done")
+    first.proc.send_signal(signal.SIGTERM)
+    log = first.finish(timeout=120)
+    assert first.proc.returncode == 143, log[-3000:]
+    assert "stopped by SIGTERM; finished trials are kept" in log
+    assert "Traceback" not in log and _released(out)
+    finished = {r.info.run_id: r.info.end_time for r in _children(out, "FINISHED")}
+    assert len(finished) >= 2
+
+    second = Driver(out, *GRID)
+    head = second.wait_for(r"trial\(s\) already done")
+    done = int(re.search(r"(\d+) of 8 trial\(s\) already done", head)[1])
+    assert done >= 2  # every trial reported before SIGTERM, none run again
+    second.wait_for(rf"\] {done + 1}/8 done")  # the count goes on from there
+    os.killpg(second.proc.pid, signal.SIGINT)  # Ctrl+C: the terminal's whole process group
+    log = second.finish(timeout=120)
+    assert second.proc.returncode == 130, log[-3000:]
+    assert "stopped by SIGINT" in log and "Traceback" not in log and _released(out)
+
+    proc = sweep(out, *GRID)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {r.info.run_id: r.info.end_time for r in _children(out)}
+    assert len(runs) == 8 and all(runs[k] == v for k, v in finished.items())
+    assert _strip_run_ids((out / "schemes.yaml").read_text()) == _strip_run_ids(
+        (undisturbed / "schemes.yaml").read_text()
     )
 
 

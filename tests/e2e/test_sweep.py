@@ -516,12 +516,18 @@ def test_export_all_as_compressed_tensors_checks_and_tags_each_scheme(demo, tmp_
 
     out, *_ = demo
     dest = tmp_path / "ct"
-    assert (
-        main(["--output", str(out), "--all", "--format", "compressed-tensors", "--dest", str(dest)])
-        == 0
-    )
+    args = ["--output", str(out), "--all", "--format", "compressed-tensors", "--dest", str(dest)]
+    proc = run_module("orchestrator.export", *args)  # as a user runs it: its lines on the console
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parents, _ = _runs(out)
-    for s in yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]:
+    schemes = yaml.safe_load((out / "schemes.yaml").read_text())["schemes"]
+    for i, s in enumerate(schemes, 1):
+        assert f"exporting {s['name']} as compressed-tensors ({i} of 3)" in proc.stdout
+        assert f"exported {s['name']} as compressed-tensors (" in proc.stdout
+        assert f"FP8 modules) to {dest.resolve() / s['name']}" in proc.stdout
+    check = run_module("orchestrator.export", "--check", str(dest / schemes[0]["name"]))
+    assert check.returncode == 0 and "passes the export check" in check.stdout, check.stderr
+    for s in schemes:
         folder = dest / s["name"]
         assert main(["--check", str(folder)]) == 0
         info = json.loads((folder / "scheme.json").read_text())["export"]
