@@ -57,7 +57,8 @@ def _schemes_doc(output: Path) -> dict[str, Any]:
     sweep = read_sweep_json(output) or {}
     integrity.refuse_changed(output, sweep, ["schemes.yaml"])
     doc = dict(yaml.safe_load(path.read_text()))
-    plans = [str(s["modules"]) for s in doc["schemes"]]
+    named = [*doc["schemes"], doc.get("knee") or {}]  # the knee is exportable too
+    plans = [str(s["modules"]) for s in named if s.get("modules")]
     for plan in plans:
         integrity.inside(output, plan, "schemes.yaml names the plan")
     integrity.refuse_changed(output, sweep, ["config.yaml", *plans])
