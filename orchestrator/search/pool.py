@@ -35,6 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.core.config import ConfigError, ModelConfig
 from orchestrator.core.memory import Slot, WorkerNeed
 from orchestrator.core.records import ScoreTable
+from orchestrator.outputs import storage
 from orchestrator.outputs.console import log_wrapped
 
 log = logging.getLogger(__name__)
@@ -388,6 +389,19 @@ def scoring_shards(shards: int | str, num_score_steps: int, workers: int = 1) ->
     return max(1, min(n, num_score_steps))
 
 
+def _watching_storage(refs: list[Any], every_s: float = 2.0) -> list[Any]:
+    """``ray.get(refs)``, looking every ``every_s`` seconds whether a write was refused for good
+    meanwhile (the heartbeat reports a full disk, ``outputs/storage.py``): scoring can run for
+    minutes, and the sweep stops within seconds of the first such write, not when scoring ends."""
+    while True:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=every_s)
+        if len(ready) == len(refs):
+            return list(ray.get(refs))
+        found = storage.reported()
+        if found is not None:
+            raise found
+
+
 def run_scoring(
     pool: WorkerPool,
     data_ref: Any,
@@ -418,7 +432,7 @@ def run_scoring(
         log.info("scoring %d setup(s), each in %s shard(s) over the workers", len(pending), each)
     out = []
     for refs in pending:
-        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in ray.get(refs)]
+        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in _watching_storage(refs)]
         table, state = merge_shards(parts)
         save(table, state, cache_dir)
         out.append(table)
