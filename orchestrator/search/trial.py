@@ -115,6 +115,17 @@ def _report_with_checkpoint(result: dict[str, Any]) -> None:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def _stored_result(ckpt: Any) -> dict[str, Any] | None:
+    """The result a checkpoint holds, or None when its file is missing, empty or cut short
+    (Tune persisted it while the disk was full)."""
+    with ckpt.as_directory() as d:
+        try:
+            stored = json.loads(Path(d, "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+    return stored if isinstance(stored, dict) else None
+
+
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One point: plan it, measure it (or reuse what is stored), log the child run, report."""
     from orchestrator.runtime.logs import route_worker_output
@@ -124,9 +135,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # restored after the driver died between report and bookkeeping
-        with ckpt.as_directory() as d:
-            tune.report(json.loads(Path(d, "result.json").read_text()))
-        return
+        stored = _stored_result(ckpt)
+        if stored is not None:
+            tune.report(stored)
+            return
+        # a checkpoint a full disk cut short reads as none: the plan is measured again
     t0 = time.perf_counter()
     point = point_of(config)
     plan = plan_for(point, ctx.tables)
