@@ -82,3 +82,17 @@ def test_uncached_reference_gives_the_same_metrics(tiny_data, evaluator, score_t
     a, b = evaluator.evaluate(plan.fp8_modules), recompute.evaluate(plan.fp8_modules)
     for k in ("kl_mean", "top1_agreement", "nll", "nll_ref"):
         assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("content", ["", '{"kl_mean": 0.1', "[1, 2]"])
+def test_a_checkpoint_cut_short_reads_as_none_and_a_whole_one_as_its_result(tmp_path, content):
+    """Tune may persist a trial's checkpoint while the disk is full (an empty or cut-short
+    result.json): the restored trial measures its plan again instead of failing on it."""
+    from ray import tune
+
+    from orchestrator.search.trial import _stored_result
+
+    (tmp_path / "result.json").write_text(content)
+    assert _stored_result(tune.Checkpoint.from_directory(tmp_path)) is None
+    (tmp_path / "result.json").write_text('{"kl_mean": 0.1}')
+    assert _stored_result(tune.Checkpoint.from_directory(tmp_path)) == {"kl_mean": 0.1}
