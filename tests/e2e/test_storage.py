@@ -24,6 +24,7 @@ from orchestrator.outputs.ownership import OWNER_DIR
 from orchestrator.outputs.storage import WriteFailed
 from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri
 from tests.conftest import ROOT, fill, resize, tmpfs
+from tests.e2e.test_reliability import _strip_run_ids
 from tests.e2e.test_sweep import SMALL, run_module, sweep
 from tests.faults import fault_env
 
@@ -62,11 +63,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def _schemes(out: Path) -> dict:
     """schemes.yaml without what differs between two runs of one config (the MLflow run ids)."""
-    doc = yaml.safe_load((out / "schemes.yaml").read_text())
-    doc.pop("parent_run_id")
-    for s in doc["schemes"]:
-        s.pop("mlflow_run_id")
-    return doc
+    return _strip_run_ids((out / "schemes.yaml").read_text())
 
 
 # what a trial measured, apart from when, where and how fast
