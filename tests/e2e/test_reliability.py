@@ -258,7 +258,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(tmp_path, undistu
     done, runs only the rest, and ends where an undisturbed sweep does."""
     out = tmp_path / "out"
     first = Driver(out, *GRID)
-    first.wait_for(r"\] 2/8 done")
+    first.wait_for(r"(^|\s)2/8 ")  # the trial line: "HH:MM:SS 2/8 <point>: FP8 ..."
     first.proc.send_signal(signal.SIGTERM)
     log = first.finish(timeout=120)
     assert first.proc.returncode == 143, log[-3000:]
@@ -271,7 +271,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(tmp_path, undistu
     head = second.wait_for(r"trial\(s\) already done")
     done = int(re.search(r"(\d+) of 8 trial\(s\) already done", head)[1])
     assert done >= 2  # every trial reported before SIGTERM, none run again
-    second.wait_for(rf"\] {done + 1}/8 done")  # the count goes on from there
+    second.wait_for(rf"(^|\s){done + 1}/8 ")  # the count goes on from there
     os.killpg(second.proc.pid, signal.SIGINT)  # Ctrl+C: the terminal's whole process group
     log = second.finish(timeout=120)
     assert second.proc.returncode == 130, log[-3000:]
