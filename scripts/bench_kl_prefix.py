@@ -150,7 +150,9 @@ def run_variant(model: Any, profile: Any, data: Any, setup: Any, device: str) ->
     from orchestrator.model.scoring import run_auto_quantize, state_to_json
 
     timer, counts = PhaseTimer(), ReuseCounts()
-    logging.getLogger("orchestrator.model.scoring_forward").addHandler(counts)
+    reuse_log = logging.getLogger("orchestrator.model.scoring_forward")
+    reuse_log.addHandler(counts)
+    reuse_log.setLevel(min(reuse_log.getEffectiveLevel(), logging.DEBUG))  # its counts line
     cuda = device.startswith("cuda")
     sync(device)
     if cuda:

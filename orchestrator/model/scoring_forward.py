@@ -428,3 +428,5 @@ def scoring_step(
                 sum(reuse.counts.values()),
                 100 * reuse.skipped_blocks / blocks,
             )
+            # the counts by kind, for the logs and scripts/bench_kl_prefix.py (not the console)
+            log.debug("prefix reuse %s: forwards %s", label, dict(reuse.counts))
