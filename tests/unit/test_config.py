@@ -85,9 +85,8 @@ def test_a_missing_field_says_what_it_takes_not_the_mapping_around_it(tmp_path, 
 def test_an_unknown_key_lists_the_keys_of_its_section(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_cfg(tmp_path, BASE), ["model.sorce=x"])
-    assert "unknown key 'model.sorce' (allowed: source, revision, dtype, trust_remote_code)" in str(
-        e.value
-    )
+    allowed = "source, revision, dtype, trust_remote_code, fused_scales"
+    assert f"unknown key 'model.sorce' (allowed: {allowed})" in str(e.value)
 
 
 def test_a_missing_catalog_field_names_the_scheme_and_what_it_takes(tmp_path):
@@ -235,10 +234,14 @@ def test_config_hash_ignores_tracking_only(tmp_path):
 def test_the_demo_config_hash_is_pinned():
     """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
     it: a change to the schema that changes it must be deliberate (and say so). The default
-    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string
-    (the value main gave before faults left the config, 9a9316d)."""
+    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string.
+
+    Changed deliberately once, by ``model.fused_scales`` (issue 26): ``dtype: auto`` then became
+    BF16 on CPU too, and fused layers got vLLM's shared scales, so a sweep measured before (float32
+    on CPU, per-shard scales; hash c530280a393279a1, main's value since 9a9316d) must not resume
+    into one folder with trials measured after."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "c530280a393279a1"
+    assert cfg.config_hash() == "64235970397d2bc7"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):
