@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, SweepConfig
+from orchestrator.core.numerics import UNRECORDED, sweep_numerics
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
@@ -86,6 +87,7 @@ class Finalized:
     entries: tuple[dict[str, Any], ...] = ()  # schemes.yaml's scheme entries
     correlation: Mapping[str, float] = field(default_factory=dict)  # Spearman per method
     within_share: Mapping[str, float] = field(default_factory=dict)  # the same per budget
+    numerics: str = ""  # the dtype and fused-layer scales the trials ran in (core/numerics.py)
 
 
 def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def _entry(
     rows: Sequence[Mapping[str, Any]],
     facts: SweepFacts,
     catalog: CatalogScheme,
+    numerics: str,
 ) -> dict[str, Any]:
     return {
         "name": s.name,
@@ -129,6 +132,7 @@ def _entry(
         "plan_hash": s.plan_hash,
         "num_fp8_modules": len(plan.fp8_modules),
         "modules": str(plan_path),
+        "numerics": numerics,
         "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
         "lm_bytes": plan.lm_bytes,
         "model_bytes": plan.model_bytes,
@@ -173,6 +177,7 @@ def finalize(
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
     """
     sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
+    numerics = sweep_numerics(r.numerics for r in results if r.status == "FINISHED")
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
@@ -183,7 +188,7 @@ def finalize(
             title = f"{header.get('sweep')}: {e}"[:120]
             pareto_png(results, (), (), output / "pareto.png", title, objective)
             (output / "schemes.yaml").unlink(missing_ok=True)
-        return Finalized(None, str(e), (), correlation, within)
+        return Finalized(None, str(e), (), correlation, within, numerics)
     write_trials(results, output / "trials.parquet")
     measured = measured_by_plan(results)
     entries = []
@@ -193,9 +198,13 @@ def finalize(
         write_json(output / plan_path, plan.to_dict())
         rows = compare_scheme(s, tables, measured, facts.controls, facts.seed, objective)
         spec = next(c for c in catalog.schemes if c.name == s.name)
-        entries.append(_entry(s, plan, plan_path, rows, facts, spec))
+        ran = measured[s.plan_hash].numerics if s.plan_hash in measured else ""
+        entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED))
     doc = {
         **header,
+        # which numerics every number below assumes: the dtype the reference and the trials ran
+        # in, and whether fused q/k/v and gate/up had the scales vLLM serves them with
+        "numerics": numerics,
         "catalog_version": catalog.version,
         "objective": objective.metric,
         "knee": _point_summary(sel.knee, objective),
@@ -209,7 +218,7 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within)
+    return Finalized(sel, None, tuple(entries), correlation, within, numerics)
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
