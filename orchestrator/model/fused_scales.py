@@ -19,9 +19,12 @@ it.
 
 :func:`share_scales` applies the rule to a calibrated model: the input quantizers of a fused group
 get the group's largest ``amax``, and the weight quantizers, where the shards' ranges differ, the
-group's largest ``amax`` and a ModelOpt quant backend (:data:`BACKEND`) that computes
-:func:`served_weight`, vLLM's arithmetic, in the forward pass (about 5 % of a trial on the demo).
-The weights themselves are never changed, so a plan that keeps the group BF16 sees the original
+group's largest ``amax``, their own one kept as :data:`SHARD_AMAX`, and a forward hook that
+returns :func:`served_weight`, vLLM's arithmetic, while the quantizer is enabled (about 5 % of a
+trial on the demo). A hook, not a ModelOpt quant backend: a backend is a name in a per-process
+registry, and a calibrated model pickled into another process (a Ray actor) would name one that
+is not there; a hook is a module-level function, found by import wherever the model lands. The
+weights themselves are never changed, so a plan that keeps the group BF16 sees the original
 weights, and one calibrated model serves every plan.
 
 Groups are the families' (``layers.N.qkv``, ``layers.N.gate_up``), the same ones AutoQuantize
@@ -51,7 +54,7 @@ from orchestrator.model.families import ModelProfile, family_of
 if TYPE_CHECKING:  # types only: ModelOpt is imported where quantizers exist
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-BACKEND = "orchestrator-vllm-fused-fp8"  # the quant backend name the weight quantizers point to
+SHARD_AMAX = "_fused_shard_amax"  # a shared weight quantizer's own range, for its first rounding
 FP8_MAX = 448.0  # largest e4m3 magnitude: scale = amax / 448
 _TINY_AMAX = 1.0 / (1 << 24)  # below this a range is empty; its scale is 1, as ModelOpt does
 
@@ -90,11 +93,14 @@ def served_weight(
     return (codes.to(torch.float32) * scale).to(weight.dtype)
 
 
-def _served(inputs: torch.Tensor, quantizer: TensorQuantizer) -> torch.Tensor:
-    """The quant backend: ``quantizer.amax`` is the group's range, ``shard_amax`` the shard's."""
-    shard = quantizer.backend_extra_args["shard_amax"]
-    assert quantizer.amax is not None
-    return served_weight(inputs, shard, quantizer.amax)
+def serve_hook(
+    quantizer: TensorQuantizer, args: tuple[torch.Tensor, ...], output: torch.Tensor
+) -> torch.Tensor:
+    """Forward hook of a shared weight quantizer: while it is enabled, the served weight from the
+    raw one (``args[0]``) in place of ModelOpt's one rounding; disabled, the weight as it is."""
+    if not quantizer.is_enabled:
+        return output
+    return served_weight(args[0], getattr(quantizer, SHARD_AMAX), _amax(quantizer))
 
 
 def fused_groups(model: nn.Module) -> list[list[str]]:
@@ -130,13 +136,6 @@ def share_scales(model: nn.Module, groups: Iterable[Sequence[str]]) -> int:
     shared; one none of whose modules does (BF16 in a fresh plan, or a per-channel recipe) is left
     alone; one in between is a plan vLLM cannot load, and raises. Returns how many were shared.
     """
-    from modelopt.torch.quantization.nn.modules.tensor_quantizer import (
-        is_registered_quant_backend,
-        register_quant_backend,
-    )
-
-    if not is_registered_quant_backend(BACKEND):
-        register_quant_backend(BACKEND, _served)
     shared = 0
     for names in groups:
         mods = [model.get_submodule(n) for n in names]
@@ -168,9 +167,9 @@ def _share_weights(quantizers: Sequence[TensorQuantizer]) -> None:
     """Each shard keeps its own range (for its first rounding) and quantizes to the group's,
     unless all ranges are equal: vLLM then uses the checkpoint's codes as they are."""
     own = [_amax(q).clone() for q in quantizers]
-    if all(torch.equal(a, own[0]) for a in own):
-        return
+    if all(torch.equal(a, own[0]) for a in own) or hasattr(quantizers[0], SHARD_AMAX):
+        return  # one scale already (as calibrated, or shared before)
     _share_ranges(quantizers)
     for q, a in zip(quantizers, own, strict=True):
-        q.backend = BACKEND
-        q.backend_extra_args = {"shard_amax": a}
+        setattr(q, SHARD_AMAX, a)
+        q.register_forward_hook(serve_hook)

@@ -25,8 +25,8 @@ gives the same ranges (and the same KL) as quantizing and calibrating each plan 
 uses it too). Fused q/k/v and gate/up groups then get the scales vLLM serves them with, once, right
 after calibration (:mod:`~orchestrator.model.fused_scales`): the groups are fixed and every plan
 takes them whole, so the shared ranges hold for every plan and the resident model never changes
-between trials. Every trial's metrics carry ``numerics``, the dtype the model ran in and the
-fused-scale rule (``orchestrator/core/numerics.py``).
+between trials. The worker adds ``numerics`` to every trial's metrics: the dtype the model ran in
+and the fused-scale rule (``orchestrator/core/numerics.py``).
 
 Metrics, per next-token position of the evaluation set: mean KL(BF16 || quantized), top-1 agreement,
 NLL of both models and its delta. ``lm_head`` is never quantized, so the BF16 reference is fully
@@ -215,7 +215,8 @@ class Worker:
     ) -> dict[str, Any]:
         """Measure a plan on the resident model (prepared first if needed), on the model thread.
 
-        The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident).
+        The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident)
+        and ``numerics``, the label of the dtype and fused scales the model ran in.
         """
         hooks = fault_hooks()
         if hooks is not None:  # the reliability tests' worker fault may end this process here
@@ -223,8 +224,9 @@ class Worker:
 
         def run() -> dict[str, Any]:
             paid = self._prepare(data, fp8_recipe, reference_cache_bytes)
-            assert self._evaluator is not None
-            return {**self._evaluator.evaluate(fp8_modules), **paid}
+            ev = self._evaluator
+            assert ev is not None
+            return {**ev.evaluate(fp8_modules), **paid, "numerics": ev.numerics}
 
         return on_model_thread(run)
 
@@ -263,6 +265,7 @@ class Evaluator:
     ) -> None:
         self.device = device
         self.fp8_recipe = fp8_recipe
+        self.fused_scales = fused_scales
         self.eligible = [m.name for m in profile.eligible_modules(model)]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -379,7 +382,6 @@ class Evaluator:
                 )
                 per_sequence[f"{name}_tokens"] = part_tokens
         metrics["eval_seconds"] = time.perf_counter() - t0
-        metrics["numerics"] = self.numerics
         metrics.update(peak_memory(self.device))
         metrics["per_sequence"] = per_sequence
         return metrics

@@ -103,7 +103,7 @@ def write_trials(results: Sequence[TrialResult], path: Path) -> None:
     """One row per trial: knobs, plan hash, status, every metric as its own column, error text,
     the numerics it ran in (``numerics``), and the per-sequence sums (``seq_kl``, ``seq_agree``,
     ``seq_tokens``) as list columns."""
-    metric_names = sorted({k for r in results for k in r.metrics})
+    metric_names = sorted({k for r in results for k in r.metrics} - set(_FIXED))
     seq_names = sorted({k for r in results for k in r.per_sequence})
     rows: dict[str, list[Any]] = {k: [] for k in _FIXED}
     for m in metric_names:
