@@ -19,9 +19,10 @@ it.
 
 :func:`share_scales` applies the rule to a calibrated model: the input quantizers of a fused group
 get the group's largest ``amax``, and the weight quantizers, where the shards' ranges differ, the
-group's largest ``amax``, their own one kept as :data:`SHARD_AMAX`, and a forward hook that
-returns :func:`served_weight`, vLLM's arithmetic, while the quantizer is enabled (about 5 % of a
-trial on the demo). A hook, not a ModelOpt quant backend: a backend is a name in a per-process
+group's largest ``amax``, their own one kept as :data:`SHARD_AMAX`, ModelOpt's own rounding
+switched off (``disable_quant``; enabling and disabling the quantizer works as before), and a
+forward hook that returns :func:`served_weight`, vLLM's arithmetic, while the quantizer is
+enabled. A hook, not a ModelOpt quant backend: a backend is a name in a per-process
 registry, and a calibrated model pickled into another process (a Ray actor) would name one that
 is not there; a hook is a module-level function, found by import wherever the model lands. The
 weights themselves are never changed, so a plan that keeps the group BF16 sees the original
@@ -97,7 +98,7 @@ def serve_hook(
     quantizer: TensorQuantizer, args: tuple[torch.Tensor, ...], output: torch.Tensor
 ) -> torch.Tensor:
     """Forward hook of a shared weight quantizer: while it is enabled, the served weight from the
-    raw one (``args[0]``) in place of ModelOpt's one rounding; disabled, the weight as it is."""
+    raw one (``args[0]``, which ModelOpt passed through); disabled, the weight as it is."""
     if not quantizer.is_enabled:
         return output
     return served_weight(args[0], getattr(quantizer, SHARD_AMAX), _amax(quantizer))
@@ -172,4 +173,5 @@ def _share_weights(quantizers: Sequence[TensorQuantizer]) -> None:
     _share_ranges(quantizers)
     for q, a in zip(quantizers, own, strict=True):
         setattr(q, SHARD_AMAX, a)
+        q.disable_quant()  # ModelOpt's one rounding would be thrown away: the hook rounds
         q.register_forward_hook(serve_hook)
