@@ -5,7 +5,7 @@ Two choices decide that, and both are config knobs (``model.dtype``, ``model.fus
 
 * the dtype of the reference and of every trial: ``auto`` is BF16 on every device, the dtype every
   export is written in. On CPU, float32 used to be the default; KL(float32 model || BF16 model)
-  alone is 7.6e-5 on the reference preset, more than the whole FP8 cost of a 25 % plan, so a
+  alone is 7.5e-5 on the reference preset, more than the whole FP8 cost of a 25 % plan, so a
   float32 sweep measures another model than the one it exports;
 * how fused FP8 layers are scaled: vLLM serves q/k/v and gate/up as one layer with one weight scale
   (each shard's FP8 weights requantized to the largest shard's scale) and the largest input scale
