@@ -58,8 +58,8 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
     # vllm: fused q/k/v and gate/up FP8 layers measured with the scales vLLM serves them with (the
     # largest shard's weight scale, weights requantized to it; the largest input scale);
-    # per_shard: each shard its own calibrated scales, as ModelOpt writes them (no runtime serves
-    # a fused layer that way). Labelled in trials.parquet and schemes.yaml
+    # per_shard: each shard its own calibrated scales, as ModelOpt writes them (vLLM requantizes
+    # a fused layer to one scale). Labelled in trials.parquet and schemes.yaml
     fused_scales: Literal["vllm", "per_shard"] = "vllm"
 
 
