@@ -439,6 +439,7 @@ def _recalibrate(
             dev,
             worker.stack_size(data.calib),
             timings,
+            ev.fused_scales,  # the resident model's fused-layer scales, so like is compared
         )
         body, head = quantize.lm_parts(fresh)
         t0 = time.perf_counter()

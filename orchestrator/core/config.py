@@ -52,8 +52,16 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     source: str = Field("tiny-qwen2.5-vl", min_length=1)  # preset name, local folder or hub id
     revision: str | None = None
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # the reference's and every trial's dtype. auto: bfloat16, the dtype every export is written
+    # in, on every device (CPU too, where a float32 trial took 1.4-1.8x the CPU time of BF16).
+    # float32: not the exported checkpoint's numerics, and labelled so (core/numerics.py)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     trust_remote_code: bool = False
+    # vllm: fused q/k/v and gate/up FP8 layers measured with the scales vLLM serves them with (the
+    # largest shard's weight scale, weights requantized to it; the largest input scale);
+    # per_shard: each shard its own calibrated scales, as ModelOpt writes them (vLLM requantizes
+    # a fused layer to one scale). Labelled in trials.parquet and schemes.yaml
+    fused_scales: Literal["vllm", "per_shard"] = "vllm"
 
 
 class DataConfig(_Strict):

@@ -135,6 +135,9 @@ class TrialResult:
     # per evaluation sequence: summed KL ("kl"), top-1 agreements ("agree"), scored tokens
     # ("tokens"); what the error bars and the paired comparisons are computed from
     per_sequence: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # the dtype and fused-layer scales the worker measured with (core/numerics.py); "" for a
+    # trial recorded before the label existed
+    numerics: str = ""
 
     @property
     def label(self) -> str:

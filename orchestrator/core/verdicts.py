@@ -319,7 +319,9 @@ def _score_kl_pairs(
         if np.isfinite(kl):
             plan = plan_for(Point.of(r), tables)
             pairs.setdefault(r.plan_hash, (plan.score_sum, kl, round(r.effective_bits, 6)))
-    return pairs
+    # in plan-hash order, not the order trials finished: a resumed sweep gets its results in
+    # another order, and sums in that order moved schemes.yaml's correlations in the last digit
+    return dict(sorted(pairs.items()))
 
 
 def score_kl_correlation(
@@ -352,7 +354,7 @@ def score_kl_within_share(
         for score, kl, bits in pairs.values():
             budgets.setdefault(bits, []).append((score, kl))
         rhos = []
-        for group in budgets.values():
+        for _, group in sorted(budgets.items()):
             rho = spearman(*zip(*group, strict=True)) if len(group) >= 3 else float("nan")
             if np.isfinite(rho):
                 rhos.append((rho, len(group)))

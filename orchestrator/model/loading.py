@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch is imported where models are built: the driver's inpu
     import torch
     from torch import nn
 from orchestrator.core.config import ConfigError
+from orchestrator.core.numerics import resolved_dtype
 from orchestrator.model.families import (
     FAMILIES,
     ModelProfile,
@@ -146,15 +147,12 @@ def model_facts(
     return _facts_of(resolve_config(source, revision, trust_remote_code).to_dict())
 
 
-def pick_dtype(requested: str, device: str) -> torch.dtype:
-    """bf16 on GPU; fp32 on CPU unless bf16 is asked for (CPU bf16 matmuls are slow and noisy)."""
+def pick_dtype(requested: str) -> torch.dtype:
+    """The export's dtype (bfloat16) for ``auto`` on every device, CPU included: a trial measures
+    the checkpoint that ships. float32 only when asked for (``core/numerics.py``)."""
     import torch
 
-    if requested == "bfloat16":
-        return torch.bfloat16
-    if requested == "float32":
-        return torch.float32
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[resolved_dtype(requested)]
 
 
 def load_model(
@@ -173,7 +171,7 @@ def load_model(
     """
     import torch
 
-    torch_dtype = pick_dtype(dtype, device)
+    torch_dtype = pick_dtype(dtype)
     config = resolve_config(source, revision, trust_remote_code)
     profile = profile_for(config.model_type)
     cls = loader_class(config.model_type)

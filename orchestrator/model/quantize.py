@@ -16,12 +16,14 @@ from torch import nn
 from orchestrator.model.batches import calibration_batches
 from orchestrator.model.data import TokenSet
 from orchestrator.model.device import sync
+from orchestrator.model.fused_scales import fused_groups, share_scales
 
 if TYPE_CHECKING:  # types only: ModelOpt and transformers are imported where they are used
     from modelopt.torch.quantization.nn import TensorQuantizer
     from transformers import PreTrainedModel
 
 _QUANTIZER_ATTRS = ("weight_quantizer", "input_quantizer")
+FUSED_SCALES = ("vllm", "per_shard")  # model.fused_scales: as vLLM serves fused layers, or not
 
 
 def module_patterns(modules: Iterable[str], all_names: Collection[str]) -> list[str]:
@@ -77,14 +79,19 @@ def quantize_plan(
     device: str,
     per_forward: int = 1,
     timings: dict[str, float] | None = None,
+    fused_scales: str = "per_shard",
 ) -> nn.Module:
     """Insert FP8 quantizers on ``modules`` only and calibrate them (in place).
 
     The calibration forwards hold no padding (:func:`calibration_batches`). ``timings`` receives
-    ``calibration_seconds``, the forward passes alone.
+    ``calibration_seconds``, the forward passes alone. ``fused_scales="vllm"`` then gives each
+    fused q/k/v and gate/up group the scales vLLM serves it with (:mod:`.fused_scales`); the
+    default keeps ModelOpt's per-shard scales, which is what the export writes.
     """
     import modelopt.torch.quantization as mtq
 
+    if fused_scales not in FUSED_SCALES:
+        raise ValueError(f"fused_scales={fused_scales!r}; use one of {FUSED_SCALES}")
     calib_batches = calibration_batches(calib, device, per_forward)
 
     def forward_loop(m: nn.Module) -> None:  # the decoder alone: lm_head is never quantized
@@ -98,7 +105,10 @@ def quantize_plan(
             timings["calibration_seconds"] = time.perf_counter() - t0
 
     names = {n for n, _ in model.named_modules()}
-    return mtq.quantize(model, fp8_quant_config(recipe, modules, names), forward_loop=forward_loop)
+    model = mtq.quantize(model, fp8_quant_config(recipe, modules, names), forward_loop=forward_loop)
+    if fused_scales == "vllm":
+        share_scales(model, fused_groups(model))
+    return model
 
 
 def module_quantizers(model: nn.Module, modules: Iterable[str]) -> dict[str, list[TensorQuantizer]]:

@@ -22,7 +22,11 @@ disables the rest. With ``max`` calibration the ranges come from unquantized act
 gives the same ranges (and the same KL) as quantizing and calibrating each plan afresh;
 ``tests/integration/test_trial.py`` guards that claim, and
 :func:`~orchestrator.model.quantize.quantize_plan` is the fresh path it compares against (export
-uses it too).
+uses it too). Fused q/k/v and gate/up groups then get the scales vLLM serves them with, once, right
+after calibration (:mod:`~orchestrator.model.fused_scales`): the groups are fixed and every plan
+takes them whole, so the shared ranges hold for every plan and the resident model never changes
+between trials. The worker adds ``numerics`` to every trial's metrics: the dtype the model ran in
+and the fused-scale rule (``orchestrator/core/numerics.py``).
 
 Metrics, per next-token position of the evaluation set: mean KL(BF16 || quantized), top-1 agreement,
 NLL of both models and its delta. ``lm_head`` is never quantized, so the BF16 reference is fully
@@ -50,11 +54,13 @@ import torch
 from torch import nn
 
 from orchestrator.core.config import ModelConfig
+from orchestrator.core.numerics import numerics_label
 from orchestrator.core.records import stable_hash
 from orchestrator.model.batches import Batch, batches
 from orchestrator.model.data import DataSets, TokenSet
 from orchestrator.model.device import default_device, on_model_thread, peak_memory, sync
 from orchestrator.model.families import ModelProfile
+from orchestrator.model.fused_scales import fused_groups
 from orchestrator.model.loading import load_model
 from orchestrator.model.quantize import lm_parts, module_quantizers, quantize_plan
 from orchestrator.runtime.hooks import fault_hooks
@@ -189,6 +195,7 @@ class Worker:
             fp8_recipe,
             self.device,
             reference_cache_bytes,
+            self.model_cfg.fused_scales,
         )
         self._evaluator, self._key = ev, key
         return {
@@ -208,7 +215,8 @@ class Worker:
     ) -> dict[str, Any]:
         """Measure a plan on the resident model (prepared first if needed), on the model thread.
 
-        The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident).
+        The metrics carry what :meth:`prepare` paid for this call (zeros when it was resident)
+        and ``numerics``, the label of the dtype and fused scales the model ran in.
         """
         hooks = fault_hooks()
         if hooks is not None:  # the reliability tests' worker fault may end this process here
@@ -216,8 +224,9 @@ class Worker:
 
         def run() -> dict[str, Any]:
             paid = self._prepare(data, fp8_recipe, reference_cache_bytes)
-            assert self._evaluator is not None
-            return {**self._evaluator.evaluate(fp8_modules), **paid}
+            ev = self._evaluator
+            assert ev is not None
+            return {**ev.evaluate(fp8_modules), **paid, "numerics": ev.numerics}
 
         return on_model_thread(run)
 
@@ -252,18 +261,31 @@ class Evaluator:
         fp8_recipe: str,
         device: str,
         reference_cache_bytes: int = 8 << 30,
+        fused_scales: str = "vllm",
     ) -> None:
         self.device = device
         self.fp8_recipe = fp8_recipe
+        self.fused_scales = fused_scales
         self.eligible = [m.name for m in profile.eligible_modules(model)]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.model = quantize_plan(
-            model, fp8_recipe, self.eligible, calib, device, stack_size(calib), timings
+            model,
+            fp8_recipe,
+            self.eligible,
+            calib,
+            device,
+            stack_size(calib),
+            timings,
+            fused_scales,
         )
         self.calibration_seconds = timings.get("calibration_seconds", 0.0)
         self.setup_seconds = time.perf_counter() - t0 - self.calibration_seconds
         self.quantizers = module_quantizers(self.model, self.eligible)
+        # shared scales hold for whole groups only: a plan may not split one
+        self._fused = fused_groups(self.model) if fused_scales == "vllm" else []
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self.numerics = numerics_label(dtype, fused_scales)
         self.body, self.head = lm_parts(self.model)
         self.eval_batches = batches(eval_set, device, stack_size(eval_set))
         self._set_enabled(())
@@ -282,6 +304,12 @@ class Evaluator:
         unknown = on - set(self.quantizers)
         if unknown:
             raise KeyError(f"plan names modules that are not eligible: {sorted(unknown)[:3]}")
+        split = [g for g in self._fused if 0 < len(on.intersection(g)) < len(g)]
+        if split:
+            raise ValueError(
+                f"plan takes part of fused group {split[0]}; with fused_scales=vllm a plan "
+                "takes q/k/v and gate/up whole, as vLLM serves them"
+            )
         for name, qs in self.quantizers.items():
             for q in qs:
                 q.enable() if name in on else q.disable()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, SweepConfig
+from orchestrator.core.numerics import UNRECORDED, sweep_numerics
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
@@ -92,6 +93,7 @@ class Finalized:
     correlation: Mapping[str, float] = field(default_factory=dict)  # Spearman per method
     within_share: Mapping[str, float] = field(default_factory=dict)  # the same per budget
     verdict_rule: Mapping[str, Any] = field(default_factory=dict)  # schemes.yaml's verdict_rule
+    numerics: str = ""  # the dtype and fused-layer scales the trials ran in (core/numerics.py)
 
 
 def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
@@ -120,6 +122,7 @@ def _entry(
     rows: Sequence[Mapping[str, Any]],
     facts: SweepFacts,
     catalog: CatalogScheme,
+    numerics: str,
 ) -> dict[str, Any]:
     return {
         "name": s.name,
@@ -135,6 +138,7 @@ def _entry(
         "plan_hash": s.plan_hash,
         "num_fp8_modules": len(plan.fp8_modules),
         "modules": str(plan_path),
+        "numerics": numerics,
         "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
         "lm_bytes": plan.lm_bytes,
         "model_bytes": plan.model_bytes,
@@ -178,6 +182,7 @@ def finalize(
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
     """
+    numerics = sweep_numerics(r.numerics for r in results if r.status == "FINISHED")
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
@@ -189,7 +194,7 @@ def finalize(
             sensitivity_png(tables.values(), output / "sensitivity.png", str(header.get("sweep")))
             pareto_png(results, (), (), output / "pareto.png", title, objective)
             (output / "schemes.yaml").unlink(missing_ok=True)
-        return Finalized(None, str(e), (), correlation, within)
+        return Finalized(None, str(e), (), correlation, within, numerics=numerics)
     write_trials(results, output / "trials.parquet")
     measured = measured_by_plan(results)
     compared = compare_schemes(
@@ -201,7 +206,8 @@ def finalize(
         plan_path = Path("plans") / f"{plan.plan_hash}.json"
         write_json(output / plan_path, plan.to_dict())
         spec = next(c for c in catalog.schemes if c.name == s.name)
-        entries.append(_entry(s, plan, plan_path, rows, facts, spec))
+        ran = measured[s.plan_hash].numerics if s.plan_hash in measured else ""
+        entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED))
     rule = verdict_rule(compared, facts.margin)
     knee = _point_summary(sel.knee, objective)
     if knee is not None and sel.knee is not None:
@@ -220,6 +226,9 @@ def finalize(
     doc = {
         "schemes": entries,
         "knee": knee,
+        # which numerics every number assumes: the dtype the reference and the trials ran in, and
+        # whether fused q/k/v and gate/up had the scales vLLM serves them with
+        "numerics": numerics,
         "verdict_rule": rule,
         "score_kl_spearman": correlation,
         "score_kl_spearman_within_share": within,
@@ -236,7 +245,7 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within, rule)
+    return Finalized(sel, None, tuple(entries), correlation, within, rule, numerics)
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:

@@ -1,7 +1,7 @@
-"""The console's closing lines: trials finished and failed, each scheme with its share, KL and
-interval, its verdicts against the controls (ModelOpt's own solve first; each with the share it
-reached; random as the distribution of its seeds; controls with one plan say so), the rule the
-verdicts follow, the knee and the score-KL correlation."""
+"""The console's closing lines: trials finished and failed, the numerics they ran in, each scheme
+with its share, KL and interval, its verdicts against the controls (ModelOpt's own solve first;
+each with the share it reached; random as the distribution of its seeds; controls with one plan
+say so), the rule the verdicts follow, the knee and the score-KL correlation."""
 
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ def summary_lines(done: Finalized, output: Path) -> list[str]:
     top1 = f"{obj.prefix}top1_agreement"
     lines = [
         "",
+        f"numerics: {done.numerics}",
         f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {obj.label + ' [95% CI]':<24}{'top-1':>8}  "
         "picked from",
     ]

@@ -94,14 +94,16 @@ _FIXED = (
     "status",
     "mlflow_run_id",
     "error",
+    "numerics",
 )
 _SEQ_PREFIX = "seq_"  # per-sequence sums as list columns: seq_kl, seq_agree, seq_tokens
 
 
 def write_trials(results: Sequence[TrialResult], path: Path) -> None:
     """One row per trial: knobs, plan hash, status, every metric as its own column, error text,
-    and the per-sequence sums (``seq_kl``, ``seq_agree``, ``seq_tokens``) as list columns."""
-    metric_names = sorted({k for r in results for k in r.metrics})
+    the numerics it ran in (``numerics``), and the per-sequence sums (``seq_kl``, ``seq_agree``,
+    ``seq_tokens``) as list columns."""
+    metric_names = sorted({k for r in results for k in r.metrics} - set(_FIXED))
     seq_names = sorted({k for r in results for k in r.per_sequence})
     rows: dict[str, list[Any]] = {k: [] for k in _FIXED}
     for m in metric_names:

@@ -19,17 +19,17 @@ import logging
 
 from orchestrator.core.config import ConfigError, SweepConfig
 from orchestrator.core.memory import Node, WorkerNeed, cpu_workers, place, worker_need
+from orchestrator.core.numerics import resolved_dtype
 from orchestrator.model.loading import ModelFacts
 from orchestrator.outputs.console import log_wrapped
 
 log = logging.getLogger(__name__)
 
 
-def need_of(cfg: SweepConfig, facts: ModelFacts, on_gpu: bool) -> WorkerNeed:
-    """The worker's need in the dtype it will load (``auto``: BF16 on GPUs, float32 on CPU)."""
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if on_gpu else "float32"
+def need_of(cfg: SweepConfig, facts: ModelFacts) -> WorkerNeed:
+    """The worker's need in the dtype it will load (``auto``: BF16, the export's, on every
+    device)."""
+    dtype = resolved_dtype(cfg.model.dtype)
     return worker_need(
         facts.params,
         2 if dtype == "bfloat16" else 4,
@@ -44,14 +44,13 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
     """Log the plan; refuse a model that fits nowhere here. Returns the need for the cluster."""
     from orchestrator.runtime.host import host_memory_gib, local_gpu_count, local_gpu_memory_gib
 
+    need = need_of(cfg, facts)
     if address:
-        need = need_of(cfg, facts, on_gpu=True)
         log_wrapped(
             log, f"memory plan: {need.describe()}; placed once the cluster's nodes are known"
         )
         return need
     gpus = local_gpu_memory_gib()
-    need = need_of(cfg, facts, on_gpu=bool(gpus) or cfg.search.gpus == "required")
     log_wrapped(log, f"memory plan: {need.describe()}")
     source = f"model.source={cfg.model.source!r}"
     if not gpus:

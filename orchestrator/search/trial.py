@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # MLflow is imported where trials log, not before Ray starts
 
 log = logging.getLogger(__name__)
 
+NUMERICS = "numerics"  # the worker's label of what it ran (core/numerics.py): a tag and a column
+
 
 def bootstrap_seed(seed: int, plan_hash: str) -> int:
     """A trial's bootstrap seed: from the sweep seed and its plan, never from trial order."""
@@ -164,12 +166,18 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     if stored is not None:
         where = {"node_id": tags["ray_node_id"], "hostname": socket.gethostname()}
         per_seq = client.child_dict(ctx.tracking, run_id, client.PER_SEQUENCE_ARTIFACT)
-        stored_result = {**stored, **({"per_sequence": per_seq} if per_seq else {})}
+        numerics = client.child_tag(ctx.tracking, run_id, NUMERICS)
+        stored_result = {
+            **stored,
+            **({"per_sequence": per_seq} if per_seq else {}),
+            **({NUMERICS: numerics} if numerics else {}),
+        }
         _report_with_checkpoint({**stored_result, **base, **where, "reused": 1.0, "logged": 1.0})
         return
     try:
         metrics, where = _measure(ctx, point, plan)
         per_seq = metrics.pop("per_sequence")
+        numerics = str(metrics.pop(NUMERICS, ""))  # what the worker ran: a tag, not a metric
         metrics.update(error_bars(per_seq, bootstrap_seed(ctx.seed, plan.plan_hash)))
         metrics.update(plan_metrics(plan))
         metrics["trial_seconds"] = time.perf_counter() - t0
@@ -188,12 +196,16 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                 run_id,
                 metrics,
                 {"plan.json": plan.to_dict(), client.PER_SEQUENCE_ARTIFACT: per_seq},
-                {"ray_node_id": where["node_id"], "hostname": where["hostname"]},
+                {
+                    "ray_node_id": where["node_id"],
+                    "hostname": where["hostname"],
+                    **({NUMERICS: numerics} if numerics else {}),
+                },
             )
             logged = 1.0
         except Exception as e:  # noqa: BLE001 - results are kept in Tune; the driver retries
             log.warning("could not log trial %s (%s); the driver will retry", plan.plan_hash, e)
-    result = {**metrics, "per_sequence": per_seq, **base, **where}
+    result = {**metrics, "per_sequence": per_seq, NUMERICS: numerics, **base, **where}
     _report_with_checkpoint({**result, "reused": 0.0, "logged": logged})
 
 

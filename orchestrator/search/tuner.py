@@ -225,6 +225,7 @@ def _to_result(r: Any, tables: Mapping[str, ScoreTable]) -> TrialResult:
         strategy=p.strategy or "solve",  # a control's row: "solve", as trials.parquet always had
         control=p.control,
         per_sequence=_per_sequence(m) if status == "FINISHED" else {},
+        numerics=str(m.get("numerics") or "") if status == "FINISHED" else "",
     )
 
 

@@ -307,7 +307,11 @@ def backfill_child(
         plan_hash,
         f"b{params['effective_bits']:g}",
         params,
-        {"kind": str(record.get("kind", "trial")), "backfilled": "true"},
+        {
+            "kind": str(record.get("kind", "trial")),
+            "backfilled": "true",
+            **({"numerics": str(record["numerics"])} if record.get("numerics") else {}),
+        },
     )
     if stored is None:
         seq = record.get("per_sequence") or {}
@@ -326,6 +330,15 @@ def child_dict(target: TrackingTarget, run_id: str, name: str) -> dict[str, Any]
             return dict(json.loads(Path(path).read_text()))
     except Exception:  # noqa: BLE001 - an older run without it, or a store without artifacts
         return None
+
+
+def child_tag(target: TrackingTarget, run_id: str, key: str) -> str | None:
+    """One tag of a child run, or None when the run has none (or the store cannot say)."""
+    try:
+        value = MlflowClient(target.uri).get_run(run_id).data.tags.get(key)
+    except Exception:  # noqa: BLE001 - a missing tag must not fail a finished trial's reuse
+        return None
+    return None if value is None else str(value)
 
 
 def fail_child(target: TrackingTarget, run_id: str, error: str) -> None:

@@ -114,13 +114,14 @@ def test_an_unsupported_family_is_refused_with_the_supported_list(tmp_path):
 
 
 def test_the_72b_plan_is_printed_and_refused_on_a_cpu_machine(tmp_path):
-    """From config.json alone (no weights): 73.4 B parameters; no CPU worker fits this host."""
+    """From config.json alone (no weights): 73.4 B parameters in BF16, the dtype a CPU worker runs
+    in too; no CPU worker fits this host."""
     from orchestrator.model.loading import resolve_config
 
     resolve_config("qwen2.5-vl-72b-random").save_pretrained(tmp_path / "72b")
     out = tmp_path / "out"
     proc = sweep(out, "--set", f"model.source={tmp_path / '72b'}", "--set", "data.source=synthetic")
-    _refused(proc, out, "model 73.41 B parameters, 273.5 GiB in float32", "0 CPU worker(s)")
+    _refused(proc, out, "model 73.41 B parameters, 136.7 GiB in bfloat16", "0 CPU worker(s)")
     assert "memory plan: model 73.41 B parameters" in proc.stdout
 
 

@@ -131,6 +131,10 @@ def test_demo_sweep_outputs(demo):
     doc = yaml.safe_load((out / "schemes.yaml").read_text())
     names = [s["name"] for s in doc["schemes"]]
     assert names == ["fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"]
+    # the README's command on CPU measures the export's numbers: BF16, vLLM's fused scales
+    assert doc["numerics"] == "bfloat16, vLLM fused scales"
+    assert {s["numerics"] for s in doc["schemes"]} == {doc["numerics"]}
+    assert f"numerics: {doc['numerics']}" in proc.stdout
     for s in doc["schemes"]:
         assert {"effective_bits", "coverage", "strategy", "mlflow_run_id", "rationale"} <= set(s)
         m = s["metrics"]
@@ -350,6 +354,7 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert {r["numerics"] for r in rows} == {"bfloat16, vLLM fused scales"}  # each row, as run
     trials = [r["plan_hash"] for r in rows if r["kind"] == "trial"]
     assert len(set(trials)) == len(trials)  # the grid was de-duplicated by plan
     assert len(children) == len({r["plan_hash"] for r in rows})  # one run per distinct plan
@@ -368,6 +373,7 @@ def test_one_finished_child_per_distinct_plan_nested_under_the_parent(demo):
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["kind"] for c in children} == {"trial", "control"}
+    assert {c.data.tags["numerics"] for c in children} == {"bfloat16, vLLM fused scales"}
     for key in (
         "kl_mean",
         "top1_agreement",

@@ -43,7 +43,10 @@ def data():
 
 @pytest.fixture(scope="module")
 def evaluator(data):
-    model, profile = load_model("wikitext-qwen2.5-vl")
+    """In float32: these tests compare padded batches with rows alone, and a BF16 matmul rounds
+    differently for another batch shape (2 % on the image answers' KL), which would hide a mask
+    or position error as well as show one."""
+    model, profile = load_model("wikitext-qwen2.5-vl", dtype="float32")
     return Evaluator(model, profile, data.calib, data.eval, "FP8_DEFAULT_CFG", "cpu")
 
 
@@ -169,8 +172,9 @@ def _input_amax(model, modules) -> dict[str, torch.Tensor]:
 
 
 def _model(loud_token: int | None = None):
-    """The preset and its eligible modules; ``loud_token``'s embedding row scaled by 100."""
-    model, profile = load_model("wikitext-qwen2.5-vl")
+    """The preset and its eligible modules; ``loud_token``'s embedding row scaled by 100 (float32,
+    as the evaluator these ranges are compared with)."""
+    model, profile = load_model("wikitext-qwen2.5-vl", dtype="float32")
     if loud_token is not None:
         with torch.no_grad():
             model.get_input_embeddings().weight[loud_token] *= 100

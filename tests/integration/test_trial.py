@@ -54,10 +54,13 @@ def test_calibrate_once_then_toggle_equals_calibrating_each_plan(
 ):
     """The resident worker calibrates every eligible layer once; with `max` calibration the ranges
     come from unquantized activations, so a plan gets the same amax and the same KL as a fresh
-    quantize-and-calibrate of that plan alone."""
+    quantize-and-calibrate of that plan alone (fused groups shared as vLLM serves them in both:
+    the groups are fixed, so sharing once at calibration equals sharing per plan)."""
     plan = make_plan(score_tables["kl_div"][0], 11, 1.0)
     fresh, _ = load_model("tiny-qwen2.5-vl")
-    fresh = quantize_plan(fresh, RECIPE, plan.fp8_modules, tiny_data.calib, "cpu")
+    fresh = quantize_plan(
+        fresh, RECIPE, plan.fp8_modules, tiny_data.calib, "cpu", fused_scales="vllm"
+    )
     resident_q = module_quantizers(evaluator.model, plan.fp8_modules)
     for name, qs in module_quantizers(fresh, plan.fp8_modules).items():
         for a, b in zip(qs, resident_q[name], strict=True):

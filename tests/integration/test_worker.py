@@ -9,6 +9,7 @@ its plans' metrics must equal those of freshly loaded models.
 import threading
 
 import pytest
+import torch
 
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.planning import make_plan
@@ -60,6 +61,15 @@ def test_the_resident_model_measures_like_a_fresh_evaluator(worker, tiny_data, s
     assert got["kl_mean"] > 0
     for key in ("kl_mean", "top1_agreement", "nll", "nll_ref"):
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-9)
+
+
+def test_trials_run_in_bfloat16_with_vllm_scales_by_default_on_cpu(worker, tiny_data, score_tables):
+    """The default config's worker on CPU measures in the export's dtype, and says so."""
+    assert worker.device == "cpu"
+    plan = make_plan(score_tables["kl_div"][0], 12, 1.0)
+    got = worker.evaluate(tiny_data, RECIPE, 8 << 30, plan.fp8_modules)
+    assert got["numerics"] == "bfloat16, vLLM fused scales"
+    assert {p.dtype for p in worker._evaluator.model.parameters()} == {torch.bfloat16}
 
 
 def test_evaluations_from_several_threads_run_one_at_a_time(worker, tiny_data, score_tables):

@@ -91,9 +91,8 @@ def test_a_missing_field_says_what_it_takes_not_the_mapping_around_it(tmp_path, 
 def test_an_unknown_key_lists_the_keys_of_its_section(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_cfg(tmp_path, BASE), ["model.sorce=x"])
-    assert "unknown key 'model.sorce' (allowed: source, revision, dtype, trust_remote_code)" in str(
-        e.value
-    )
+    allowed = "source, revision, dtype, trust_remote_code, fused_scales"
+    assert f"unknown key 'model.sorce' (allowed: {allowed})" in str(e.value)
 
 
 def test_a_missing_catalog_field_names_the_scheme_and_what_it_takes(tmp_path):
@@ -279,11 +278,13 @@ def test_the_demo_config_hash_is_pinned():
     """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
     it: a change to the schema that changes it must be deliberate (and say so). The default
     catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string.
-    Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin``, then
+    Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin``,
     ``controls.modelopt`` (a demo folder from before refuses to resume; its controls were other
-    plans anyway)."""
+    plans anyway), and ``model.fused_scales``: ``dtype: auto`` became BF16 on CPU too and fused
+    layers got vLLM's shared scales, so a sweep measured before (float32 on CPU, per-shard scales)
+    must not resume into one folder with trials measured after."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "fba63fa138d92db6"
+    assert cfg.config_hash() == "9faebffbec64339c"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):

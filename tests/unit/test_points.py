@@ -1,6 +1,7 @@
 import dataclasses
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from orchestrator.core.config import DEMO_CONFIG, SearchConfig, load_catalog, load_config
@@ -320,3 +321,23 @@ def test_modelopt_row_says_same_plan_or_not_measured():
     # a scheme that select moved to a share the sweep never solved
     (got,) = compare_schemes([s], _by_key(t), measured_by_plan(rows), ["modelopt"], 0)
     assert got == [{"control": "modelopt", "verdict": "not measured"}]
+
+
+def test_score_kl_correlations_do_not_depend_on_the_order_trials_finished():
+    """A resumed sweep hands selection its trials in another order; schemes.yaml must not change
+    in the last digit (the weighted mean over budgets once summed in arrival order)."""
+    t = _table()
+    rng = np.random.default_rng(3)
+    rs, seen = [], set()  # one trial per plan, as a sweep's de-duplicated grid has
+    for bits in (15, 14, 13, 12, 11, 10):
+        for p, c, s in _plans_at_one_share(t, bits):
+            if p.plan_hash not in seen:
+                seen.add(p.plan_hash)
+                r = result(p.plan_hash, bits, float(rng.uniform(1, 2)), frac=p.fp8_fraction)
+                rs.append(replace(r, coverage=c, strategy=s))
+    tables = {"kl_div|FP8_DEFAULT_CFG": t}
+    for fn in (score_kl_within_share, score_kl_correlation):
+        want = fn(rs, tables)
+        for seed in range(8):
+            shuffled = [rs[i] for i in np.random.default_rng(seed).permutation(len(rs))]
+            assert fn(shuffled, tables) == want, fn.__name__
