@@ -208,9 +208,16 @@ def build_sets(cfg: SweepConfig) -> DataSets:
     started = time.monotonic()
     data = build_data(cfg, quiet=True)  # the console shows only the sweep's own lines
     d = cfg.data
+    report = data.report
+    spans = (
+        f", report {report.tokens.shape[0]} ({len(set(report.docs.ravel().tolist()))} documents)"
+        if report is not None and report.docs is not None
+        else ", no report set"
+    )
     log.info(
-        "data: calibration %d, scoring %d, evaluation %d batches of %d x %d tokens (%.1fs)",
+        "data: calibration %d, scoring %d, selection %d%s batches of %d x %d tokens (%.1fs)",
         *(s.tokens.shape[0] for s in (data.calib, data.score, data.eval)),
+        spans,
         d.batch_size,
         d.seq_len,
         time.monotonic() - started,
@@ -225,7 +232,7 @@ def check_set_sizes(cfg: SweepConfig) -> None:
     """No set larger than :data:`MAX_SET_TOKENS`: each field has its own bound, their product
     none (100000 batches of 1024 x 32768 tokens would exhaust the driver's memory)."""
     d = cfg.data
-    for knob in ("calib_batches", "score_batches", "eval_batches"):
+    for knob in ("calib_batches", "score_batches", "eval_batches", "report_batches"):
         tokens = getattr(d, knob) * d.batch_size * d.seq_len
         if tokens > MAX_SET_TOKENS:
             raise ConfigError(

@@ -185,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = missing_rows(objective, given[-1].flag if given else "--objective", has_rows)
     if problem:
         raise ConfigError(problem)
+    # the report set when both sweeps have one (the names were chosen on the selection set)
+    on_a = objective.judged(r.per_sequence for r in a.values())
+    on_b = objective.judged(r.per_sequence for r in b.values())
+    objective = on_a if on_a == on_b else objective
     rows = compare_named(a, b, objective, args.margin)
     print(f"A: {a_dir} ({sweep_a.get('name')})\nB: {b_dir} ({sweep_b.get('name')})")
+    print(f"measured on each sweep's {objective.set_name} set")
     for line in table_lines(rows, objective):
         print(line)
     print(rule_line(verdict_rule([rows], args.margin)))

@@ -80,8 +80,14 @@ class DataConfig(_Strict):
     score_batches: int = Field(  # scoring batches for AutoQuantize
         2, ge=1, le=MAX_BATCHES, description=f"scoring batches, 1 to {MAX_BATCHES}"
     )
-    eval_batches: int = Field(  # same ids for every trial
+    eval_batches: int = Field(  # the selection set: same ids for every trial; the front is
         2, ge=1, le=MAX_BATCHES, description=f"evaluation batches, 1 to {MAX_BATCHES}"
+    )  # chosen on these
+    # The report set: what schemes.yaml's numbers and verdicts are measured on, never what chose
+    # them. One window per document of the source (a WikiText section, a JSONL record, ...) as far
+    # as the documents go, drawn across the whole source; 0: judge on the selection set (labelled).
+    report_batches: int = Field(
+        2, ge=0, le=MAX_BATCHES, description=f"report batches, 0 to {MAX_BATCHES}"
     )
     # image+text records (a .jsonl/.parquet file, a folder with captions.tsv, or hf:<name>) mixed
     # into data.source's text; data.source may itself be such a file (then every row is image+text)

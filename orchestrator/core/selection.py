@@ -247,7 +247,7 @@ def _none_feasible(results: Sequence[TrialResult], max_kl: float | None, obj: Ob
 
 def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) -> str:
     m = r.metrics
-    chosen_on = f" (chosen on {obj.label}: {obj.value(m):.3g})" if obj.prefix else ""
+    chosen_on = f" (chosen on {obj.label}: {obj.value(m):.3g})" if obj.modality else ""
     return (
         f"{scheme.name} ({scheme.role}): {how}{chosen_on}. {r.fp8_fraction:.1%} of eligible LM "
         f"weights in FP8 ({r.achieved_bits:.2f} effective bits, asked {r.effective_bits:g}, "

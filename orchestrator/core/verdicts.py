@@ -20,8 +20,9 @@ control.
 Verdicts (``stats``): ``better`` / ``worse`` when the paired ratio's 95% interval clears the
 materiality margin, ``equivalent`` when it lies inside it, ``inconclusive`` otherwise, with Holm's
 correction across every comparison of the sweep (:func:`compare_schemes`); all on the selection
-objective's tokens (every target, or the image answers alone: ``orchestrator.core.objectives``),
-which each row names. Pure module: numpy only.
+objective's tokens (every target, or the image answers alone: ``orchestrator.core.objectives``)
+of the report set, which chose nothing (``measured_on``; the selection set only for a sweep
+without one), summed per document, so the intervals resample documents. Pure module: numpy only.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class _Scheme:
         row = {
             "control": spec,
             "objective": self.objective.metric,
+            "measured_on": self.objective.set_name,
             "plan_hash": plan.plan_hash,
             "fp8_fraction": round(plan.fp8_fraction, 6),
             "fp8_fraction_diff": round(plan.fp8_fraction - self.scheme.fp8_fraction, 6),
@@ -182,7 +184,12 @@ def _random_control(me: _Scheme, specs: Sequence[str]) -> tuple[dict[str, Any], 
         word = "cannot reach this share" if unreachable == len(specs) else "not measured"
         return {"control": RANDOM, "verdict": word, "seeds": 0}, None
     same = sum(row["plan_hash"] == me.scheme.plan_hash for row, _ in draws)
-    base = {"control": RANDOM, "objective": me.objective.metric, "seeds": len(draws)}
+    base = {
+        "control": RANDOM,
+        "objective": me.objective.metric,
+        "measured_on": me.objective.set_name,
+        "seeds": len(draws),
+    }
     if missing:
         base["seeds_not_measured"] = missing
     if same == len(draws):

@@ -1,16 +1,30 @@
-"""Calibration, scoring and evaluation token sets, each with fixed content and a content hash.
+"""Calibration, scoring, selection and report token sets, each with fixed content and a hash.
 
 Sources: deterministic synthetic tokens (``synthetic``), a local ``.txt``/``.jsonl``/``.parquet``
-file, or a Hugging Face dataset (``hf:<name>[:<config>[:<split>]]``) when the network allows. Text
-is cut into windows of ``seq_len`` tokens; the three sets take disjoint windows (calibration, then
-scoring from the front, evaluation from the back, or from ``eval_source`` when given), so a scheme
-is never judged on the text it was calibrated or scored on. Each set's hash (sha256 of its tokens)
-goes into the score-cache key and into the tracking tags. Arrays are numpy; torch stays in the GPU
-stages.
+file, or a Hugging Face dataset (``hf:<name>[:<config>[:<split>]]``) when the network allows.
 
-Image+text records (encoded by ``images.py``) mix in as rows of their own, right-padded to
-``seq_len``, split the same way (calibration and scoring from the front of the records, evaluation
-from the back); such a set also carries masks, pixels and the image files' hashes, all hashed.
+Text is read as **documents** (:func:`split_documents`): the sections of WikiText-style text (a
+line ``= Title =`` or ``= = Section = =`` starts one), else each record of a JSONL/Parquet/dataset
+source, else the blank-line paragraphs of a plain file. Each document is cut into windows of
+``seq_len`` tokens, and the sets take disjoint windows across the whole source, in an order drawn
+from the sweep's seed:
+
+- the **report** set (``data.report_batches``) takes one window from each of as many documents as
+  it has rows (a second window each only when the documents run out); those documents give no
+  window to any other set, so the numbers schemes.yaml publishes and judges come from text that
+  informed no choice;
+- calibration, scoring and the **selection** set (``data.eval_batches``: the front and the names
+  are chosen on it) take the other documents' windows round-robin, one document after another, so
+  each spans many documents. With ``eval_source``, selection and report come from that file.
+
+Each row of the selection and report sets carries its document's index (``docs``), so intervals on
+the report set resample documents. Each set's hash (sha256 of its tokens) goes into the score-cache
+key and into the tracking tags. Arrays are numpy; torch stays in the GPU stages.
+
+Image+text records (encoded by ``images.py``) are documents of their own and mix in as rows,
+right-padded to ``seq_len``: calibration and scoring from the front of the records, report from
+the back, selection just before it; such a set also carries masks, pixels and the image files'
+hashes, all hashed.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,11 +69,14 @@ class TokenSet:
     image_shas: tuple[str, ...] = ()
     settings: str = ""
     mm_types: np.ndarray | None = None
+    docs: np.ndarray | None = None  # (batches, batch_size): each row's document (selection, report)
 
     @property
     def hash(self) -> str:
         h = hashlib.sha256(str(self.tokens.shape).encode())
         h.update(np.ascontiguousarray(self.tokens, dtype=np.int64).tobytes())
+        if self.docs is not None:
+            h.update(b"docs" + np.ascontiguousarray(self.docs, dtype=np.int64).tobytes())
         if self.image_rows is None:
             return h.hexdigest()[:16]  # text-only: the hash it always had, so caches stay valid
         h.update(json.dumps([self.settings, *self.image_shas]).encode())
@@ -78,12 +95,19 @@ class TokenSet:
 
 @dataclass(frozen=True)
 class DataSets:
+    """``eval`` is the selection set; ``report`` (None when ``data.report_batches`` is 0) the set
+    the published numbers come from."""
+
     calib: TokenSet
     score: TokenSet
     eval: TokenSet
+    report: TokenSet | None = None
+
+    def all(self) -> tuple[TokenSet, ...]:
+        return tuple(s for s in (self.calib, self.score, self.eval, self.report) if s is not None)
 
     def hashes(self) -> dict[str, str]:
-        return {s.name: s.hash for s in (self.calib, self.score, self.eval)}
+        return {s.name: s.hash for s in self.all()}
 
 
 class Sample(Protocol):
@@ -192,10 +216,16 @@ _JSON_TYPES: dict[type, str] = {
 
 def read_text(path: Path, text_field: str = "text") -> str:
     """The text of a ``.txt`` file, or the ``text_field`` of every JSONL record or Parquet row
-    joined by newlines; a record that is not an object or lacks the field is a :class:`DataError`
-    naming its line (the caller adds the source)."""
+    joined by newlines (:func:`read_records`)."""
+    return "\n".join(read_records(path, text_field))
+
+
+def read_records(path: Path, text_field: str = "text") -> list[str]:
+    """The records of a file: a ``.txt`` file is one; each JSONL line's or Parquet row's
+    ``text_field`` is one. A record that is not an object or lacks the field is a
+    :class:`DataError` naming its line (the caller adds the source)."""
     if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8")
+        return [path.read_text(encoding="utf-8")]
     if path.suffix == ".jsonl":
         texts = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -215,7 +245,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
                     "set data.text_field to the key that holds the text"
                 )
             texts.append(str(record[text_field]))
-        return "\n".join(texts)
+        return texts
     import pyarrow.parquet as pq
 
     columns = pq.read_schema(path).names
@@ -225,10 +255,10 @@ def read_text(path: Path, text_field: str = "text") -> str:
             "set data.text_field to the column that holds the text"
         )
     table = pq.read_table(path, columns=[text_field])
-    return "\n".join(str(x) for x in table.column(text_field).to_pylist())
+    return [str(x) for x in table.column(text_field).to_pylist()]
 
 
-def _read_hf(spec: str, text_field: str) -> str:
+def _read_hf(spec: str, text_field: str) -> list[str]:
     import datasets  # optional: only when the network allows
 
     parts = spec.removeprefix("hf:").split(":")
@@ -238,13 +268,43 @@ def _read_hf(spec: str, text_field: str) -> str:
         parts[2] if len(parts) > 2 else "test",
     )
     ds = datasets.load_dataset(name, config, split=split)
-    return "\n".join(str(x) for x in ds[text_field])
+    return [str(x) for x in ds[text_field]]
 
 
-def _load_text(source: str, text_field: str) -> str:
+def _load_records(source: str, text_field: str) -> list[str]:
     if source.startswith("hf:"):
         return _read_hf(source, text_field)
-    return read_text(Path(source).expanduser(), text_field)
+    return read_records(Path(source).expanduser(), text_field)
+
+
+def _heading_level(line: str) -> int:
+    """1 for a WikiText title line ``= Title =``, 2 for ``= = Section = =``, ...; 0 otherwise."""
+    s, level = line.strip(), 0
+    if not (s.startswith("= ") and s.endswith(" =")):
+        return 0
+    while s.startswith("= ") and s.endswith(" ="):
+        s, level = s[2:-2].strip(), level + 1
+    return level if s and "=" not in (s[0], s[-1]) else 0
+
+
+def split_documents(records: Sequence[str]) -> list[str]:
+    """The documents of a text source: WikiText-style sections when the text has headings (a line
+    of level 1 or 2 starts one; deeper subsections stay in their section, the text before the
+    first heading is one); else the records, when there are several; else the blank-line
+    paragraphs of the one text. Empty documents are dropped."""
+    lines = "\n".join(records).split("\n")
+    if any(0 < _heading_level(line) <= 2 for line in lines):
+        docs: list[list[str]] = [[]]
+        for line in lines:
+            if 0 < _heading_level(line) <= 2:
+                docs.append([])
+            docs[-1].append(line)
+        texts = ["\n".join(d) for d in docs]
+    elif len(records) > 1:
+        texts = list(records)
+    else:
+        texts = [p for p in "\n".join(records).split("\n\n")]
+    return [t for t in texts if t.strip()]
 
 
 def _windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
@@ -277,54 +337,91 @@ def build_datasets(
     seed: int,
     images: ImageSamples | None = None,
 ) -> DataSets:
-    """The three disjoint sets of one sweep; same config and seed give the same tokens anywhere.
+    """The disjoint sets of one sweep; same config and seed give the same tokens anywhere.
 
     With ``images``, each set's rows are image+text at evenly spread places (``fraction`` of them)
-    and text windows elsewhere: records and windows alike are taken for calibration and scoring
-    from the front, for evaluation from the back (or from ``eval_source``), so no set shares one.
+    and text windows elsewhere: records for calibration and scoring from the front, for the
+    report from the back, for selection just before it, so no set shares one.
     """
     shape = (cfg.batch_size, cfg.seq_len)
-    counts = {"calib": cfg.calib_batches, "score": cfg.score_batches, "eval": cfg.eval_batches}
+    counts = {
+        "calib": cfg.calib_batches,
+        "score": cfg.score_batches,
+        "eval": cfg.eval_batches,
+        "report": cfg.report_batches,
+    }
+    counts = {k: n for k, n in counts.items() if n}
     if cfg.source == "synthetic":
         rng = np.random.default_rng(seed)
-        sets = {k: rng.integers(0, vocab_size, size=(n, *shape)) for k, n in counts.items()}
-        return DataSets(*(TokenSet(k, v, "synthetic") for k, v in sets.items()))
+        made = {k: rng.integers(0, vocab_size, size=(n, *shape)) for k, n in counts.items()}
+        docs = {k: np.arange(n * cfg.batch_size).reshape(n, *shape[:1]) for k, n in counts.items()}
+        return _data_sets(
+            {k: TokenSet(k, v, "synthetic", docs=_judged(k, docs[k])) for k, v in made.items()}
+        )
     fraction = {k: images.fraction_of(k) if images else 0.0 for k in counts}
     placed = {k: image_places(n * cfg.batch_size, fraction[k]) for k, n in counts.items()}
     need = {k: int((~v).sum()) for k, v in placed.items()}
-    text = _text_rows(cfg, tokenize, need) if any(need.values()) else {}
+    text, text_docs = _text_rows(cfg, tokenize, need, seed) if any(need.values()) else ({}, {})
     if images is None:
-        return DataSets(
-            *(TokenSet(k, text[k].reshape(n, *shape), cfg.source) for k, n in counts.items())
+        return _data_sets(
+            {
+                k: TokenSet(
+                    k,
+                    text[k].reshape(n, *shape),
+                    cfg.source,
+                    docs=_judged(k, text_docs[k].reshape(n, cfg.batch_size)),
+                )
+                for k, n in counts.items()
+            }
         )
     got = {k: int(v.sum()) for k, v in placed.items()}
     samples = list(images.samples)
     front = got["calib"] + got["score"]
-    if len(samples) < front + got["eval"]:
+    back = got.get("eval", 0) + got.get("report", 0)
+    if len(samples) < front + back:
         knob = (
             f"data.image_fraction={fraction['calib']:g}"
-            if fraction["eval"] == fraction["calib"]
+            if fraction.get("eval", fraction["calib"]) == fraction["calib"]
             else f"data.image_fraction={fraction['calib']:g}, eval_image_fraction="
             f"{fraction['eval']:g}"
         )
         raise DataError(
             f"{knob}: {images.source!r} holds {len(samples)} image+text "
-            f"records, the sets need {front + got['eval']} (calibration {got['calib']}, scoring "
-            f"{got['score']}, evaluation {got['eval']}); use more records, fewer batches or a "
-            "lower image_fraction"
+            f"records, the sets need {front + back} (calibration {got['calib']}, scoring "
+            f"{got['score']}, selection {got.get('eval', 0)}, report {got.get('report', 0)}); "
+            "use more records, fewer batches or a lower image_fraction"
         )
-    picked = {
-        "calib": samples[: got["calib"]],
-        "score": samples[got["calib"] : front],
-        "eval": samples[len(samples) - got["eval"] :],
+    end = len(samples)
+    ranges = {
+        "calib": (0, got["calib"]),
+        "score": (got["calib"], front),
+        "eval": (end - back, end - got.get("report", 0)),
+        "report": (end - got.get("report", 0), end),
     }
     empty = np.zeros((0, cfg.seq_len), dtype=np.int64)
-    return DataSets(
-        *(
-            _mixed(k, counts[k], cfg, text.get(k, empty), picked[k], placed[k], images)
-            for k in counts
-        )
-    )
+    sets: dict[str, TokenSet] = {}
+    for k in counts:
+        lo, hi = ranges[k]
+        # an image record is a document of its own, numbered after the text's documents
+        record_docs = np.arange(lo, hi) + _IMAGE_DOCS
+        rows_docs = np.zeros(len(placed[k]), dtype=np.int64)
+        rows_docs[placed[k]] = record_docs
+        rows_docs[~placed[k]] = text_docs.get(k, np.zeros(0, np.int64))
+        mixed = _mixed(k, counts[k], cfg, text.get(k, empty), samples[lo:hi], placed[k], images)
+        sets[k] = replace(mixed, docs=_judged(k, rows_docs.reshape(counts[k], cfg.batch_size)))
+    return _data_sets(sets)
+
+
+_IMAGE_DOCS = 1 << 40  # image records' document numbers start here, after any text's
+
+
+def _judged(name: str, docs: np.ndarray) -> np.ndarray | None:
+    """Rows' documents are kept for the sets measured per plan (selection and report)."""
+    return docs if name in ("eval", "report") else None
+
+
+def _data_sets(sets: dict[str, TokenSet]) -> DataSets:
+    return DataSets(sets["calib"], sets["score"], sets["eval"], sets.get("report"))
 
 
 def image_places(rows: int, fraction: float) -> np.ndarray:
@@ -336,35 +433,105 @@ def image_places(rows: int, fraction: float) -> np.ndarray:
     return out
 
 
-def _text_rows(cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int]) -> dict:
-    """``need[k]`` text windows per set: calibration, then scoring from the front; evaluation
-    from the back, or from ``eval_source``."""
+def _text_rows(
+    cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int], seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``need[k]`` text windows per set, and each window's document: the report set one window
+    per document first, then calibration, scoring and selection round-robin over the other
+    documents (module docstring); with ``eval_source``, selection and report from that file."""
     if tokenize is None:
         raise DataError(f"data.source={cfg.source!r}: text needs a tokenizer for this model")
-    windows = _windows(np.asarray(tokenize(_load_text(cfg.source, cfg.text_field))), cfg.seq_len)
-    front = need["calib"] + need["score"]
+    rng = np.random.default_rng([seed, 26])  # the documents' order: the sweep's seed decides
+    source = _documents(cfg.source, cfg, tokenize, rng)
+    report = need.get("report", 0)
+    choose = {k: need.get(k, 0) for k in ("calib", "score", "eval")}
+    front = {"calibration": choose["calib"], "scoring": choose["score"]}
+    judged = {"selection": choose["eval"], "report": report}
     if cfg.eval_source:
-        eval_windows = _windows(
-            np.asarray(tokenize(_load_text(cfg.eval_source, cfg.text_field))), cfg.seq_len
-        )
-        _require(cfg, "eval_source", len(eval_windows), {"evaluation": need["eval"]})
-        _require(
-            cfg, "source", len(windows), {"calibration": need["calib"], "scoring": need["score"]}
-        )
-        eval_rows = eval_windows[: need["eval"]]
+        held = _documents(cfg.eval_source, cfg, tokenize, rng, offset=1 << 32)
+        _require(cfg, "eval_source", _count(held), judged)
+        _require(cfg, "source", _count(source), front)
+        report_rows, rest = _one_per_document(held, report, choose["eval"])
+        picked = _round_robin(rest, {"eval": choose["eval"]}, cfg.seq_len)
+        picked |= _round_robin(source, {k: choose[k] for k in ("calib", "score")}, cfg.seq_len)
     else:
-        wanted = {
-            "calibration": need["calib"],
-            "scoring": need["score"],
-            "evaluation": need["eval"],
-        }
-        _require(cfg, "source", len(windows), wanted)
-        eval_rows = windows[len(windows) - need["eval"] :]
-    return {
-        "calib": windows[: need["calib"]],
-        "score": windows[need["calib"] : front],
-        "eval": eval_rows,
-    }
+        _require(cfg, "source", _count(source), front | judged)
+        report_rows, rest = _one_per_document(source, report, sum(choose.values()))
+        picked = _round_robin(rest, choose, cfg.seq_len)
+    picked["report"] = (
+        report_rows if report else (np.zeros((0, cfg.seq_len), np.int64), report_rows[1])
+    )
+    rows = {k: v[0] for k, v in picked.items()}
+    docs = {k: v[1] for k, v in picked.items()}
+    return rows, docs
+
+
+# one document's windows: (its number, its (n, seq_len) windows)
+_Doc = tuple[int, np.ndarray]
+
+
+def _documents(
+    source: str, cfg: DataConfig, tokenize: Tokenize, rng: np.random.Generator, offset: int = 0
+) -> list[_Doc]:
+    """The source's documents with at least one window, in an order drawn from ``rng``."""
+    texts = split_documents(_load_records(source, cfg.text_field))
+    docs = [
+        (offset + i, _windows(np.asarray(tokenize(t)), cfg.seq_len)) for i, t in enumerate(texts)
+    ]
+    docs = [d for d in docs if len(d[1])]
+    return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def _count(docs: Sequence[_Doc]) -> int:
+    return sum(len(w) for _, w in docs)
+
+
+def _one_per_document(
+    docs: Sequence[_Doc], rows: int, leave: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[_Doc]]:
+    """``rows`` windows for the report, one from each document in order (a second window each
+    only when the documents run out), leaving documents with at least ``leave`` windows for the
+    other sets; and those documents. A source with too few documents for both (one paragraph of
+    text, say) gives its windows, not its documents, to the sets: they then share documents, never
+    a window. The caller checked that the windows suffice."""
+    if not rows:
+        return (np.zeros((0, 0), np.int64), np.zeros(0, np.int64)), list(docs)
+    total, k, own = _count(docs), 0, 0
+    while k < min(rows, len(docs)) and total - own - len(docs[k][1]) >= leave:
+        own += len(docs[k][1])
+        k += 1
+    if own < rows and _count(docs) > len(docs):  # too few documents: each window on its own
+        units = [(n, w[i : i + 1]) for n, w in docs for i in range(len(w))]
+        return _one_per_document(units, rows, leave)
+    used = docs[:k]
+    taken: list[tuple[int, np.ndarray]] = []
+    depth = 0
+    while len(taken) < rows:
+        taken += [(n, w[depth]) for n, w in used if depth < len(w)][: rows - len(taken)]
+        depth += 1
+    windows = np.stack([w for _, w in taken])
+    return (windows, np.array([n for n, _ in taken], np.int64)), list(docs[k:])
+
+
+def _round_robin(
+    docs: Sequence[_Doc], need: dict[str, int], seq_len: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Windows taken one document after another (each document's first window, then second,
+    ...), handed to the sets in ``need``'s order."""
+    order: list[tuple[int, np.ndarray]] = []
+    deepest = max((len(w) for _, w in docs), default=0)
+    total = sum(need.values())
+    for depth in range(deepest):
+        order += [(n, w[depth]) for n, w in docs if depth < len(w)]
+        if len(order) >= total:
+            break
+    out, at = {}, 0
+    for k, n in need.items():
+        part = order[at : at + n]
+        at += n
+        windows = np.stack([w for _, w in part]) if part else np.zeros((0, seq_len), np.int64)
+        out[k] = (windows, np.array([d for d, _ in part], np.int64))
+    return out
 
 
 def _mixed(
@@ -419,11 +586,13 @@ def _mixed(
 
 def _require(cfg: DataConfig, field: str, have: int, wanted: dict[str, int]) -> None:
     """Enough windows of ``data.<field>``'s text for the text rows of the sets it feeds."""
+    wanted = {k: n for k, n in wanted.items() if n}
     want = sum(wanted.values())
     if have < want:
         rows = " + ".join(f"{k} {n}" for k, n in wanted.items())
         raise DataError(
             f"data.{field}={getattr(cfg, field)!r}: {have} windows of {cfg.seq_len} tokens, need "
             f"{want} ({rows}); use more text, or fewer batches (data.calib_batches, "
-            "score_batches, eval_batches), a smaller data.batch_size or a shorter data.seq_len"
+            "score_batches, eval_batches, report_batches), a smaller data.batch_size or a "
+            "shorter data.seq_len"
         )

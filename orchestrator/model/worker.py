@@ -55,6 +55,7 @@ from torch import nn
 
 from orchestrator.core.config import ModelConfig
 from orchestrator.core.numerics import numerics_label
+from orchestrator.core.objectives import REPORT
 from orchestrator.core.records import stable_hash
 from orchestrator.model.batches import Batch, batches
 from orchestrator.model.data import DataSets, TokenSet
@@ -196,6 +197,7 @@ class Worker:
             self.device,
             reference_cache_bytes,
             self.model_cfg.fused_scales,
+            data.report,
         )
         self._evaluator, self._key = ev, key
         return {
@@ -262,6 +264,7 @@ class Evaluator:
         device: str,
         reference_cache_bytes: int = 8 << 30,
         fused_scales: str = "vllm",
+        report_set: TokenSet | None = None,
     ) -> None:
         self.device = device
         self.fp8_recipe = fp8_recipe
@@ -287,14 +290,21 @@ class Evaluator:
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.numerics = numerics_label(dtype, fused_scales)
         self.body, self.head = lm_parts(self.model)
+        # the selection set's batches, then the report set's: one pass measures both
         self.eval_batches = batches(eval_set, device, stack_size(eval_set))
+        self._report_docs: list[int] = []
+        if report_set is not None:
+            self.eval_batches += batches(report_set, device, stack_size(report_set))
+            assert report_set.docs is not None
+            self._report_docs = [int(d) for d in report_set.docs.reshape(-1)]
         self._set_enabled(())
         config = cast("PreTrainedConfig", self.model.config)  # nn.Module types it Tensor | Module
         width = int(config.get_text_config().hidden_size)
         itemsize = torch.finfo(next(self.model.parameters()).dtype).bits // 8
         self._reference: list[torch.Tensor] | None = None
         t0 = time.perf_counter()
-        if eval_set.num_tokens * width * itemsize <= reference_cache_bytes:
+        measured = eval_set.num_tokens + (report_set.num_tokens if report_set is not None else 0)
+        if measured * width * itemsize <= reference_cache_bytes:
             self._reference = [self._hidden(b) for b in self.eval_batches]
         sync(device)
         self.reference_seconds = time.perf_counter() - t0
@@ -332,7 +342,8 @@ class Evaluator:
         tokens: overall; per modality (``text_*``, ``image_*``) when the set has image+text rows;
         and per evaluation sequence (``per_sequence``: summed KL, agreements and target tokens of
         each, in the evaluation set's order, and the same per modality under ``text_`` and
-        ``image_``: what error bars and paired comparisons are computed from).
+        ``image_``: what error bars and paired comparisons are computed from). All of that for the
+        selection set, and again under ``report_`` for the report set, summed per document.
 
         Sums stay on the device until the end: one synchronisation per plan.
         """
@@ -353,38 +364,60 @@ class Evaluator:
         per_seq = sums.cpu()
         tokens = [float(p.stop - p.start) for b in self.eval_batches for p in b.positions]
         image = [img for b in self.eval_batches for img in b.image_rows]
-        metrics: dict[str, Any] = summarize(per_seq.sum(dim=0).tolist(), sum(tokens))
-        metrics["eval_sequences"] = float(rows)
-        metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
-        metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
-        per_sequence = {
-            "kl": per_seq[:, 0].tolist(),
-            "agree": per_seq[:, 1].tolist(),
-            "tokens": tokens,
-        }
-        if any(image):
-            for name, keep in (("text", [not x for x in image]), ("image", image)):
-                if not any(keep):
-                    continue
-                part, part_tokens = (
-                    per_seq[torch.tensor(keep)],
-                    [t for t, k in zip(tokens, keep, strict=True) if k],
-                )
-                metrics.update(
-                    {
-                        f"{name}_{k}": v
-                        for k, v in summarize(part.sum(dim=0).tolist(), sum(part_tokens)).items()
-                    }
-                )
-                metrics[f"{name}_eval_sequences"] = float(len(part_tokens))
-                per_sequence.update(
-                    {f"{name}_kl": part[:, 0].tolist(), f"{name}_agree": part[:, 1].tolist()}
-                )
-                per_sequence[f"{name}_tokens"] = part_tokens
+        chosen = rows - len(self._report_docs)  # the selection set's rows come first
+        metrics, per_sequence = measured_part(per_seq[:chosen], tokens[:chosen], image[:chosen])
+        metrics["eval_sequences"] = float(chosen)
+        if self._report_docs:
+            # the report set, summed per document: its intervals resample documents
+            docs = self._report_docs
+            order = sorted(set(docs))
+            at = {d: i for i, d in enumerate(order)}
+            index = torch.tensor([at[d] for d in docs])
+            by_doc = torch.zeros(len(order), 4, dtype=torch.float64)
+            by_doc.index_add_(0, index, per_seq[chosen:])
+            doc_tokens = [0.0] * len(order)
+            doc_image = [False] * len(order)
+            for d, t, img in zip(docs, tokens[chosen:], image[chosen:], strict=True):
+                doc_tokens[at[d]] += t
+                doc_image[at[d]] = doc_image[at[d]] or img
+            report, report_seq = measured_part(by_doc, doc_tokens, doc_image)
+            metrics.update({f"{REPORT}{k}": v for k, v in report.items()})
+            metrics[f"{REPORT}documents"] = float(len(order))
+            metrics[f"{REPORT}sequences"] = float(len(docs))
+            per_sequence.update({f"{REPORT}{k}": v for k, v in report_seq.items()})
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics.update(peak_memory(self.device))
         metrics["per_sequence"] = per_sequence
         return metrics
+
+
+def measured_part(
+    per_seq: torch.Tensor, tokens: Sequence[float], image: Sequence[bool]
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Metrics and per-sequence sums of some rows (each row: summed KL, agreements, NLL of the
+    plan, NLL of BF16): overall, and per modality (``text_*``, ``image_*``) when image+text rows
+    are among them."""
+    metrics: dict[str, Any] = summarize(per_seq.sum(dim=0).tolist(), sum(tokens))
+    metrics["ppl"] = math.exp(min(metrics["nll"], 700.0))
+    metrics["ppl_ref"] = math.exp(min(metrics["nll_ref"], 700.0))
+    per_sequence = {
+        "kl": per_seq[:, 0].tolist(),
+        "agree": per_seq[:, 1].tolist(),
+        "tokens": list(tokens),
+    }
+    if any(image):
+        for name, keep in (("text", [not x for x in image]), ("image", list(image))):
+            if not any(keep):
+                continue
+            part = per_seq[torch.tensor(keep)]
+            part_tokens = [t for t, k in zip(tokens, keep, strict=True) if k]
+            sums = summarize(part.sum(dim=0).tolist(), sum(part_tokens))
+            metrics.update({f"{name}_{k}": v for k, v in sums.items()})
+            metrics[f"{name}_eval_sequences"] = float(len(part_tokens))
+            per_sequence[f"{name}_kl"] = part[:, 0].tolist()
+            per_sequence[f"{name}_agree"] = part[:, 1].tolist()
+            per_sequence[f"{name}_tokens"] = part_tokens
+    return metrics, per_sequence
 
 
 def summarize(sums: Sequence[float], count: float) -> dict[str, float]:

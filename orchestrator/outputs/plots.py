@@ -291,7 +291,7 @@ def _pareto_axes(ax: Any, frame: _Frame) -> None:
     sec = ax.secondary_xaxis("top", functions=(lambda x: 16 - 0.08 * x, lambda b: (16 - b) / 0.08))
     sec.set_xlabel("effective bits over eligible LM weights (16 - 8 x share)", fontsize=9)
     ax.set_xlabel("FP8 share of eligible LM weights (%)  -  more FP8 = smaller model", fontsize=9)
-    where = "image answer token" if frame.objective.prefix else "token"
+    where = "image answer token" if frame.objective.modality else "token"
     ax.set_ylabel(
         f"mean KL(BF16 || quantized), nats per {where}\nbars: 95% CI; lower = closer to BF16",
         fontsize=9,

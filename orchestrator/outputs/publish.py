@@ -16,7 +16,7 @@ import yaml
 
 from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, SweepConfig
 from orchestrator.core.numerics import UNRECORDED, sweep_numerics
-from orchestrator.core.objectives import KL_MEAN, Objective
+from orchestrator.core.objectives import KL_MEAN, REPORT, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
 from orchestrator.core.selection import Selection, SelectionError, select
@@ -94,6 +94,7 @@ class Finalized:
     within_share: Mapping[str, float] = field(default_factory=dict)  # the same per budget
     verdict_rule: Mapping[str, Any] = field(default_factory=dict)  # schemes.yaml's verdict_rule
     numerics: str = ""  # the dtype and fused-layer scales the trials ran in (core/numerics.py)
+    judged: Objective = KL_MEAN  # the objective on the set the numbers are published from
 
 
 def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
@@ -123,6 +124,7 @@ def _entry(
     facts: SweepFacts,
     catalog: CatalogScheme,
     numerics: str,
+    judged: Objective,
 ) -> dict[str, Any]:
     return {
         "name": s.name,
@@ -139,7 +141,12 @@ def _entry(
         "num_fp8_modules": len(plan.fp8_modules),
         "modules": str(plan_path),
         "numerics": numerics,
-        "metrics": {k: float(s.metrics[k]) for k in QUALITY_METRICS if k in s.metrics},
+        # the label: measured on the report set, which chose nothing (``metrics_set``); the
+        # selection set's numbers, which the front and the names were chosen on, apart
+        "metrics": _quality(s.metrics, judged.part),
+        "metrics_set": judged.set_name,
+        **_documents(s.metrics, judged.part),
+        **({"selection_metrics": _quality(s.metrics, "")} if judged.part else {}),
         "lm_bytes": plan.lm_bytes,
         "model_bytes": plan.model_bytes,
         "mlflow_run_id": s.mlflow_run_id,
@@ -147,6 +154,21 @@ def _entry(
         "controls": [dict(r) for r in rows],
         **_knobs(s, facts, catalog),
         "rationale": s.rationale,
+    }
+
+
+def _quality(metrics: Mapping[str, Any], part: str) -> dict[str, float]:
+    """The quality metrics of one set (``part``: "" selection, "report_" report), unprefixed."""
+    return {k: float(metrics[part + k]) for k in QUALITY_METRICS if part + k in metrics}
+
+
+def _documents(metrics: Mapping[str, Any], part: str) -> dict[str, int]:
+    """How many documents and sequences of the source the report set spans."""
+    if not part or f"{part}documents" not in metrics:
+        return {}
+    return {
+        "report_documents": int(metrics[f"{part}documents"]),
+        "report_sequences": int(metrics[f"{part}sequences"]),
     }
 
 
@@ -158,7 +180,12 @@ def _point_summary(r: TrialResult | None, objective: Objective) -> dict[str, Any
         "fp8_fraction": round(r.fp8_fraction, 6),
         "achieved_effective_bits": round(r.achieved_bits, 6),
         "kl_mean": r.metrics["kl_mean"],
-        **({objective.metric: objective.value(r.metrics)} if objective.prefix else {}),
+        **({objective.metric: objective.value(r.metrics)} if objective.modality else {}),
+        **(
+            {f"{REPORT}kl_mean": r.metrics[f"{REPORT}kl_mean"]}
+            if f"{REPORT}kl_mean" in r.metrics
+            else {}
+        ),
         "method": r.method,
         "strategy": r.strategy,
         "coverage": r.coverage,
@@ -197,8 +224,9 @@ def finalize(
         return Finalized(None, str(e), (), correlation, within, numerics=numerics)
     write_trials(results, output / "trials.parquet")
     measured = measured_by_plan(results)
+    judged = objective.judged(r.per_sequence for r in results if r.status == "FINISHED")
     compared = compare_schemes(
-        sel.schemes, tables, measured, facts.controls, facts.seed, objective, facts.margin
+        sel.schemes, tables, measured, facts.controls, facts.seed, judged, facts.margin
     )
     entries = []
     for s, rows in zip(sel.schemes, compared, strict=True):
@@ -207,7 +235,7 @@ def finalize(
         write_json(output / plan_path, plan.to_dict())
         spec = next(c for c in catalog.schemes if c.name == s.name)
         ran = measured[s.plan_hash].numerics if s.plan_hash in measured else ""
-        entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED))
+        entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED, judged))
     rule = verdict_rule(compared, facts.margin)
     knee = _point_summary(sel.knee, objective)
     if knee is not None and sel.knee is not None:
@@ -245,7 +273,7 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within, rule, numerics)
+    return Finalized(sel, None, tuple(entries), correlation, within, rule, numerics, judged)
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:

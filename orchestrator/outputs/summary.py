@@ -118,16 +118,29 @@ def export_lines(done: Finalized, output: Path) -> list[str]:
     ]
 
 
+def measured_on(done: Finalized) -> str:
+    """Which set the numbers below come from."""
+    if not done.judged.part:
+        return (
+            "measured on the selection set, which the schemes were chosen on "
+            "(data.report_batches is 0: no report set)"
+        )
+    docs = next((e.get("report_documents") for e in done.entries), None)
+    spans = f" ({docs} documents)" if docs else ""
+    return f"measured on the report set{spans}, which chose nothing; chosen on the selection set"
+
+
 def summary_lines(done: Finalized, output: Path) -> list[str]:
     """The console's account of the selection: each scheme with its share, KL and CI, its
     verdict against every control measured at its share, the knee, the score-KL correlation."""
     if done.selection is None:
         return []
-    obj = done.selection.objective
+    obj = done.judged
     top1 = f"{obj.prefix}top1_agreement"
     lines = [
         "",
         f"numerics: {done.numerics}",
+        *wrap(measured_on(done), WIDTH),
         f"{'scheme':<22}{'FP8':>7}{'bits':>7}  {obj.label + ' [95% CI]':<24}{'top-1':>8}  "
         "picked from",
     ]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
+from orchestrator.core.objectives import REPORT
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import Plan, Point, ScoreTable, stable_seed
 from orchestrator.core.stats import ratio_ci
@@ -92,9 +93,10 @@ def run_name(point: Point) -> str:
 
 def error_bars(per_sequence: Mapping[str, Sequence[float]], seed: int) -> dict[str, float]:
     """95% bootstrap intervals of KL and top-1 agreement over the evaluation sequences: all of
-    them, and the text and image+text ones apart (``text_``, ``image_``) when both are there."""
+    them, and the text and image+text ones apart (``text_``, ``image_``) when both are there; the
+    same over the report set's documents (``report_``)."""
     out = {}
-    for prefix in ("", "text_", "image_"):
+    for prefix in (f"{part}{m}" for part in ("", REPORT) for m in ("", "text_", "image_")):
         if f"{prefix}kl" not in per_sequence:
             continue
         tokens = per_sequence[f"{prefix}tokens"]

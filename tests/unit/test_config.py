@@ -282,9 +282,10 @@ def test_the_demo_config_hash_is_pinned():
     ``controls.modelopt`` (a demo folder from before refuses to resume; its controls were other
     plans anyway), and ``model.fused_scales``: ``dtype: auto`` became BF16 on CPU too and fused
     layers got vLLM's shared scales, so a sweep measured before (float32 on CPU, per-shard scales)
-    must not resume into one folder with trials measured after."""
+    must not resume into one folder with trials measured after; then ``data.report_batches``
+    and the demo's shorter windows (the report set)."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "9faebffbec64339c"
+    assert cfg.config_hash() == "09d70d37b3e1d032"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):

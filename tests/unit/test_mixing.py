@@ -39,7 +39,7 @@ def _cfg(tmp_path, **kw) -> DataConfig:
     f = tmp_path / "text.txt"
     f.write_text("".join(chr(97 + i % 26) for i in range(4000)))
     base = dict(source=str(f), seq_len=16, batch_size=4, calib_batches=1, score_batches=2)
-    return DataConfig(**{**base, "eval_batches": 2, **kw})
+    return DataConfig(**{**base, "eval_batches": 2, "report_batches": 0, **kw})
 
 
 @pytest.mark.parametrize("rows,fraction,want", [(4, 0.5, 2), (8, 0.25, 2), (4, 1.0, 4), (4, 0, 0)])
@@ -75,6 +75,23 @@ def test_mixed_sets_take_records_front_and_back_and_mask_padding(tmp_path):
     assert np.flatnonzero(ev.mm_types[0, 0]).tolist() == [1] and not ev.mm_types[0, 1].any()
     assert [p[:, 0].tolist() for p in ev.pixels] == [[8.0] * 4 + [9.0] * 4, [10.0] * 4 + [11.0] * 4]
     assert ev.image_shas == ("sha8", "sha9", "sha10", "sha11")
+
+
+def test_the_report_takes_the_last_records_and_selection_those_before(tmp_path):
+    """Each record is a document: the report set's come from the very back, the selection set's
+    just before them, and every row of both names its document."""
+    cfg = _cfg(tmp_path, report_batches=1)
+    images = ImageSamples(_samples(16), 0.5, "records.jsonl", 0, "settings")
+    data = build_datasets(cfg, 512, byte_tokenizer(512), 0, images)
+    assert data.report is not None and data.report.tokens.shape == (1, 4, 16)
+    assert data.report.image_shas == ("sha14", "sha15")
+    assert data.eval.image_shas == ("sha10", "sha11", "sha12", "sha13")
+    assert data.calib.docs is None and data.report.docs is not None
+    docs = data.report.docs.ravel().tolist()
+    # two records, and two windows of the text, which is one paragraph: one document
+    assert len(set(docs)) == 3 and docs.count(docs[1]) == 2
+    rows = {s.name: {r.tobytes() for r in s.tokens.reshape(-1, 16)} for s in data.all()}
+    assert not rows["report"] & (rows["calib"] | rows["score"] | rows["eval"])
 
 
 def test_text_only_sets_keep_their_shape_and_hash(tmp_path):

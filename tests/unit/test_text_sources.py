@@ -40,11 +40,12 @@ def test_windows_are_counted_per_file_and_set(tmp_path):
         calib_batches=1,
         score_batches=2,
         eval_batches=2,
+        report_batches=0,
     )
     with pytest.raises(DataError) as e:
         build_datasets(cfg, 512, byte_tokenizer(512), 0)
     assert str(e.value).startswith(
-        f"data.eval_source='{held_out}': 3 windows of 16 tokens, need 4 (evaluation 4); "
+        f"data.eval_source='{held_out}': 3 windows of 16 tokens, need 4 (selection 4); "
         "use more text, or fewer batches"
     )
     enough_held_out = cfg.model_copy(update={"score_batches": 6, "eval_batches": 1})
