@@ -26,7 +26,7 @@ SMALLEST = [
     *("--set", "scoring.num_score_steps=1", "--set", "search.coverage=[1.0]"),
     *("--set", "search.effective_bits=[8,11,12,14]", "--set", "controls.enabled=false"),
     *("--set", "search.strategies=[solve]"),
-    *("--set", "search.max_concurrent=1"),
+    *("--set", "search.max_concurrent=1", "--set", "data.report_batches=2"),
 ]
 
 

@@ -31,6 +31,7 @@ SETTINGS = [
     "data.calib_batches=1",
     "data.score_batches=2",
     "data.eval_batches=1",
+    "data.report_batches=1",
     "scoring.num_calib_steps=1",
     "scoring.num_score_steps=2",
 ]

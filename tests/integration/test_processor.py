@@ -37,6 +37,7 @@ def _settings(src) -> list[str]:
         "data.calib_batches=1",
         "data.score_batches=1",
         "data.eval_batches=1",
+        "data.report_batches=1",
         "scoring.num_calib_steps=1",
         "scoring.num_score_steps=1",
     ]
