@@ -9,7 +9,8 @@ import yaml
 
 from orchestrator.core.numerics import UNRECORDED
 from orchestrator.outputs.report import read_report
-from scripts.schemes_doc import END, MarkerError, blocks, main, splice
+from scripts.schemes_doc import END, START, TABLES, MarkerError, blocks, main, splice
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -127,3 +128,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     assert main(["--output", str(sweep), "--check"]) == 2
     assert "give --doc" in capsys.readouterr().err
     assert doc.read_text() == DOC
+
+
+def test_schemes_md_shows_every_table_between_markers_the_script_can_rewrite():
+    """docs/SCHEMES.md holds one block per table this script makes, and its markers parse (a
+    broken marker would make the next regeneration refuse the doc)."""
+    text = (ROOT / "docs" / "SCHEMES.md").read_text()
+    names = [m["name"] for line in text.splitlines() if (m := START.match(line))]
+    assert sorted(names) == sorted(TABLES)
+    splice(text, {name: f"<!-- generated: {name} -->" for name in TABLES})
