@@ -4,7 +4,7 @@ probe stage did, unseen, when batches became records).
 
 bench_sweep.py and diag_actor.py start Ray (on 127.0.0.2, tests/conftest.py), so they are e2e;
 diag_actor.py measures the model bench_sweep.py saves, so it reuses that run's --work.
-quality_table.py reads a finished sweep: tests/e2e/test_sweep.py runs it on the demo's output.
+schemes_doc.py reads a finished sweep: tests/e2e/test_sweep.py runs it on the demo's output.
 """
 
 from __future__ import annotations
