@@ -150,6 +150,8 @@ def _by_set(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
 
 def _control(row: Mapping[str, Any], top1: Mapping[str, float]) -> Control:
     row, set_ = _by_set(row)
+    if isinstance(row.get("measured_on"), str):
+        set_ = str(row["measured_on"])
     spread = _mapping(row, "seed_kl_ratio")
     lo, hi = _num(spread, "min"), _num(spread, "max")
     seeds = _num(row, "seeds")
@@ -179,15 +181,22 @@ def _control(row: Mapping[str, Any], top1: Mapping[str, float]) -> Control:
     )
 
 
+def _part(entry: Mapping[str, Any]) -> str:
+    """The trials' metric prefix of the set the scheme's numbers come from (``metrics_set``)."""
+    return "report_" if entry.get("metrics_set") == REPORT_SET else ""
+
+
 def _points(entry: Mapping[str, Any], results: Sequence[TrialResult]) -> tuple[Point, ...]:
-    """Per scored (method, strategy), its least-KL point within the name's share tolerance."""
+    """Per scored (method, strategy), its least-KL point within the name's share tolerance, on
+    the set the scheme's numbers come from."""
     band = _mapping(entry, "fp8_share")
     nominal, tolerance = _num(band, "nominal"), _num(band, "tolerance")
     if nominal is None or tolerance is None:
         return ()
+    p = _part(entry)
     best: dict[tuple[str, str], TrialResult] = {}
-    for r in sorted(results, key=lambda r: r.metrics.get("kl_mean", float("inf"))):
-        if r.kind == "trial" and "kl_mean" in r.metrics:
+    for r in sorted(results, key=lambda r: r.metrics.get(f"{p}kl_mean", float("inf"))):
+        if r.kind == "trial" and f"{p}kl_mean" in r.metrics:
             if abs(r.fp8_fraction - nominal) <= tolerance:
                 best.setdefault((r.method, r.strategy), r)
     return tuple(
@@ -196,9 +205,9 @@ def _points(entry: Mapping[str, Any], results: Sequence[TrialResult]) -> tuple[P
             strategy=strategy,
             coverage=r.coverage,
             share=r.fp8_fraction,
-            kl=r.metrics["kl_mean"],
-            kl_ci=_ci(r.metrics, "kl"),
-            top1=r.metrics.get("top1_agreement"),
+            kl=r.metrics[f"{p}kl_mean"],
+            kl_ci=_ci(r.metrics, f"{p}kl"),
+            top1=r.metrics.get(f"{p}top1_agreement"),
             published=r.plan_hash == entry.get("plan_hash"),
         )
         for (method, strategy), r in sorted(best.items())
@@ -207,9 +216,10 @@ def _points(entry: Mapping[str, Any], results: Sequence[TrialResult]) -> tuple[P
 
 def _scheme(entry: Mapping[str, Any], results: Sequence[TrialResult]) -> Scheme:
     metrics, set_ = _by_set(_mapping(entry, "metrics"))
-    top1 = {
-        r.plan_hash: r.metrics["top1_agreement"] for r in results if "top1_agreement" in r.metrics
-    }
+    if isinstance(entry.get("metrics_set"), str):
+        set_ = str(entry["metrics_set"])
+    key = f"{_part(entry)}top1_agreement"
+    top1 = {r.plan_hash: r.metrics[key] for r in results if key in r.metrics}
     rows = [_control(row, top1) for row in entry.get("controls") or () if isinstance(row, Mapping)]
     # ModelOpt's own plan is the first control (issue 26), whatever order a file lists them in
     rows.sort(key=lambda c: c.control != "modelopt")

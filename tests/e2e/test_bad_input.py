@@ -257,7 +257,8 @@ def _late_case(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
         return (
             out,
             ["--set", f"data.source={tmp_path / 'tiny.txt'}"],
-            "0 windows of 48 tokens, need 192 (calibration 16 + scoring 40 + selection 32 + report 104)",
+            "0 windows of 48 tokens, need 192 "
+            "(calibration 16 + scoring 40 + selection 32 + report 104)",
         )
     if case in ("not_an_object", "no_text_field"):
         f = tmp_path / "records.jsonl"
