@@ -5,17 +5,18 @@ file, or a Hugging Face dataset (``hf:<name>[:<config>[:<split>]]``) when the ne
 
 Text is read as **documents** (:func:`split_documents`): the sections of WikiText-style text (a
 line ``= Title =`` or ``= = Section = =`` starts one), else each record of a JSONL/Parquet/dataset
-source, else the blank-line paragraphs of a plain file. Each document is cut into windows of
-``seq_len`` tokens, and the sets take disjoint windows across the whole source, in an order drawn
-from the sweep's seed:
+source, else the blank-line paragraphs of a plain file. The sets take disjoint windows of
+``seq_len`` tokens, drawn with the sweep's seed across the whole source:
 
-- the **report** set (``data.report_batches``) takes one window from each of as many documents as
-  it has rows (a second window each only when the documents run out); those documents give no
-  window to any other set, so the numbers schemes.yaml publishes and judges come from text that
-  informed no choice;
+- the **report** set (``data.report_batches``) takes one window, at a random place, from each of
+  as many documents as it has rows, drawn at random from those at least a window long; those
+  documents give nothing to any other set, so the numbers schemes.yaml publishes and judges come
+  from text that informed no choice (a source of too few documents fills the rest of the report
+  with windows of the others);
 - calibration, scoring and the **selection** set (``data.eval_batches``: the front and the names
-  are chosen on it) take the other documents' windows round-robin, one document after another, so
-  each spans many documents. With ``eval_source``, selection and report come from that file.
+  are chosen on it) take windows drawn at random from the other documents, read one after another
+  as one text (a window may cross from one document into the next). With ``eval_source``,
+  selection and report come from that file.
 
 Each row of the selection and report sets carries its document's index (``docs``), so intervals on
 the report set resample documents. Each set's hash (sha256 of its tokens) goes into the score-cache
@@ -437,101 +438,97 @@ def _text_rows(
     cfg: DataConfig, tokenize: Tokenize | None, need: dict[str, int], seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``need[k]`` text windows per set, and each window's document: the report set one window
-    per document first, then calibration, scoring and selection round-robin over the other
-    documents (module docstring); with ``eval_source``, selection and report from that file."""
+    from each of as many documents first; calibration, scoring and selection then take windows
+    drawn across the rest of the text (module docstring); with ``eval_source``, selection and
+    report come from that file."""
     if tokenize is None:
         raise DataError(f"data.source={cfg.source!r}: text needs a tokenizer for this model")
-    rng = np.random.default_rng([seed, 26])  # the documents' order: the sweep's seed decides
-    source = _documents(cfg.source, cfg, tokenize, rng)
+    rng = np.random.default_rng([seed, 26])  # which documents and windows: the sweep's seed
+    source = _documents(cfg.source, cfg.text_field, tokenize)
     report = need.get("report", 0)
     choose = {k: need.get(k, 0) for k in ("calib", "score", "eval")}
-    front = {"calibration": choose["calib"], "scoring": choose["score"]}
-    judged = {"selection": choose["eval"], "report": report}
     if cfg.eval_source:
-        held = _documents(cfg.eval_source, cfg, tokenize, rng, offset=1 << 32)
-        _require(cfg, "eval_source", _count(held), judged)
-        _require(cfg, "source", _count(source), front)
-        report_rows, rest = _one_per_document(held, report, choose["eval"])
-        picked = _round_robin(rest, {"eval": choose["eval"]}, cfg.seq_len)
-        picked |= _round_robin(source, {k: choose[k] for k in ("calib", "score")}, cfg.seq_len)
+        held = _documents(cfg.eval_source, cfg.text_field, tokenize, offset=1 << 32)
+        picked = _report_and_rest(held, report, {"eval": choose["eval"]}, cfg, "eval_source", rng)
+        front = {"calib": choose["calib"], "score": choose["score"]}
+        picked |= _report_and_rest(source, 0, front, cfg, "source", rng)
     else:
-        _require(cfg, "source", _count(source), front | judged)
-        report_rows, rest = _one_per_document(source, report, sum(choose.values()))
-        picked = _round_robin(rest, choose, cfg.seq_len)
-    picked["report"] = (
-        report_rows if report else (np.zeros((0, cfg.seq_len), np.int64), report_rows[1])
-    )
+        picked = _report_and_rest(source, report, choose, cfg, "source", rng)
     rows = {k: v[0] for k, v in picked.items()}
     docs = {k: v[1] for k, v in picked.items()}
     return rows, docs
 
 
-# one document's windows: (its number, its (n, seq_len) windows)
+# a document: (its number, its token ids), in the source's order
 _Doc = tuple[int, np.ndarray]
+_Rows = tuple[np.ndarray, np.ndarray]  # (windows (n, seq_len), each window's document)
+_NAMES = {"calib": "calibration", "score": "scoring", "eval": "selection", "report": "report"}
 
 
-def _documents(
-    source: str, cfg: DataConfig, tokenize: Tokenize, rng: np.random.Generator, offset: int = 0
-) -> list[_Doc]:
-    """The source's documents with at least one window, in an order drawn from ``rng``."""
-    texts = split_documents(_load_records(source, cfg.text_field))
-    docs = [
-        (offset + i, _windows(np.asarray(tokenize(t)), cfg.seq_len)) for i, t in enumerate(texts)
-    ]
-    docs = [d for d in docs if len(d[1])]
-    return [docs[i] for i in rng.permutation(len(docs))]
+def _documents(source: str, field: str, tokenize: Tokenize, offset: int = 0) -> list[_Doc]:
+    texts = split_documents(_load_records(source, field))
+    docs = [(offset + i, np.asarray(tokenize(t), dtype=np.int64)) for i, t in enumerate(texts)]
+    return [d for d in docs if len(d[1])]
 
 
-def _count(docs: Sequence[_Doc]) -> int:
-    return sum(len(w) for _, w in docs)
-
-
-def _one_per_document(
-    docs: Sequence[_Doc], rows: int, leave: int
-) -> tuple[tuple[np.ndarray, np.ndarray], list[_Doc]]:
-    """``rows`` windows for the report, one from each document in order (a second window each
-    only when the documents run out), leaving documents with at least ``leave`` windows for the
-    other sets; and those documents. A source with too few documents for both (one paragraph of
-    text, say) gives its windows, not its documents, to the sets: they then share documents, never
-    a window. The caller checked that the windows suffice."""
-    if not rows:
-        return (np.zeros((0, 0), np.int64), np.zeros(0, np.int64)), list(docs)
-    total, k, own = _count(docs), 0, 0
-    while k < min(rows, len(docs)) and total - own - len(docs[k][1]) >= leave:
-        own += len(docs[k][1])
-        k += 1
-    if own < rows and _count(docs) > len(docs):  # too few documents: each window on its own
-        units = [(n, w[i : i + 1]) for n, w in docs for i in range(len(w))]
-        return _one_per_document(units, rows, leave)
-    used = docs[:k]
-    taken: list[tuple[int, np.ndarray]] = []
-    depth = 0
-    while len(taken) < rows:
-        taken += [(n, w[depth]) for n, w in used if depth < len(w)][: rows - len(taken)]
-        depth += 1
-    windows = np.stack([w for _, w in taken])
-    return (windows, np.array([n for n, _ in taken], np.int64)), list(docs[k:])
-
-
-def _round_robin(
-    docs: Sequence[_Doc], need: dict[str, int], seq_len: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Windows taken one document after another (each document's first window, then second,
-    ...), handed to the sets in ``need``'s order."""
-    order: list[tuple[int, np.ndarray]] = []
-    deepest = max((len(w) for _, w in docs), default=0)
-    total = sum(need.values())
-    for depth in range(deepest):
-        order += [(n, w[depth]) for n, w in docs if depth < len(w)]
-        if len(order) >= total:
+def _report_and_rest(
+    docs: Sequence[_Doc],
+    report: int,
+    rest: dict[str, int],
+    cfg: DataConfig,
+    field: str,
+    rng: np.random.Generator,
+) -> dict[str, _Rows]:
+    """The report's ``report`` windows, one from each of as many documents (drawn at random, a
+    window at a random place in each) as leave enough text for ``rest``; then the other
+    documents, in the source's order, as one stream cut into windows, drawn at random for the
+    report's shortfall (a source of too few documents) and for the sets of ``rest`` in order."""
+    seq = cfg.seq_len
+    leave = sum(rest.values())
+    left = sum(len(ids) for _, ids in docs)
+    taken: dict[int, np.ndarray] = {}
+    for i in rng.permutation(len(docs)):
+        if len(taken) == report:
             break
-    out, at = {}, 0
-    for k, n in need.items():
+        number, ids = docs[i]
+        if len(ids) >= seq and (left - len(ids)) // seq >= leave + report - len(taken) - 1:
+            at = int(rng.integers(0, len(ids) - seq + 1))
+            taken[number] = ids[at : at + seq]
+            left -= len(ids)
+    stream = _stream([d for d in docs if d[0] not in taken], seq)
+    short = report - len(taken)
+    wanted = {_NAMES[k]: n for k, n in rest.items()} | ({"report": short} if short else {})
+    _require(cfg, field, len(stream[0]), wanted, len(taken))
+    order = rng.permutation(len(stream[0]))
+    out: dict[str, _Rows] = {}
+    extra = order[:short]
+    numbers = np.array(list(taken), dtype=np.int64)
+    if report:
+        windows = [*taken.values(), *stream[0][extra]]
+        out["report"] = (
+            np.stack(windows) if windows else np.zeros((0, seq), np.int64),
+            np.concatenate([numbers, stream[1][extra]]),
+        )
+    at = short
+    for k, n in rest.items():
         part = order[at : at + n]
+        out[k] = (stream[0][part], stream[1][part])
         at += n
-        windows = np.stack([w for _, w in part]) if part else np.zeros((0, seq_len), np.int64)
-        out[k] = (windows, np.array([d for d, _ in part], np.int64))
     return out
+
+
+def _stream(docs: Sequence[_Doc], seq_len: int) -> _Rows:
+    """The documents one after another, cut into windows; each window's number is the document
+    it starts in."""
+    if not docs:
+        return np.zeros((0, seq_len), np.int64), np.zeros(0, np.int64)
+    ids = np.concatenate([d[1] for d in docs])
+    starts = np.cumsum([0, *(len(d[1]) for d in docs)])[:-1]
+    n = len(ids) // seq_len
+    first = np.arange(n) * seq_len
+    owner = np.searchsorted(starts, first, side="right") - 1
+    numbers = np.array([d[0] for d in docs], dtype=np.int64)
+    return ids[: n * seq_len].reshape(n, seq_len), numbers[owner]
 
 
 def _mixed(
@@ -584,15 +581,19 @@ def _mixed(
     )
 
 
-def _require(cfg: DataConfig, field: str, have: int, wanted: dict[str, int]) -> None:
-    """Enough windows of ``data.<field>``'s text for the text rows of the sets it feeds."""
+def _require(
+    cfg: DataConfig, field: str, have: int, wanted: dict[str, int], reported: int = 0
+) -> None:
+    """Enough windows of ``data.<field>``'s text for the text rows of the sets it feeds, once the
+    report set took its ``reported`` documents."""
     wanted = {k: n for k, n in wanted.items() if n}
     want = sum(wanted.values())
     if have < want:
         rows = " + ".join(f"{k} {n}" for k, n in wanted.items())
+        after = f" besides the report set's {reported} documents" if reported else ""
         raise DataError(
-            f"data.{field}={getattr(cfg, field)!r}: {have} windows of {cfg.seq_len} tokens, need "
-            f"{want} ({rows}); use more text, or fewer batches (data.calib_batches, "
+            f"data.{field}={getattr(cfg, field)!r}: {have} windows of {cfg.seq_len} tokens"
+            f"{after}, need {want} ({rows}); use more text, or fewer batches (data.calib_batches, "
             "score_batches, eval_batches, report_batches), a smaller data.batch_size or a "
             "shorter data.seq_len"
         )

@@ -80,8 +80,8 @@ def test_no_set_that_chooses_shares_a_window_or_a_document_with_the_report(wikit
     for a, b in (("calib", "score"), ("calib", "eval"), ("score", "eval")):
         assert not rows[a] & rows[b], (a, b)
     assert not set(data.report.docs.ravel()) & set(data.eval.docs.ravel())
-    # the selection set spans many documents too (one window each, round-robin)
-    assert len(set(data.eval.docs.ravel())) == 32
+    # the selection set is drawn across the file too: its 32 windows start in many documents
+    assert len(set(data.eval.docs.ravel())) >= 24
 
 
 def test_the_seed_draws_the_documents_and_the_same_seed_the_same_sets(wikitext_sets):

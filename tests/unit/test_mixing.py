@@ -35,9 +35,12 @@ def _samples(n: int) -> list[Encoded]:
     return out
 
 
-def _cfg(tmp_path, **kw) -> DataConfig:
+TEXT = "".join(chr(97 + i % 26) for i in range(4000))
+
+
+def _cfg(tmp_path, text=TEXT, **kw) -> DataConfig:
     f = tmp_path / "text.txt"
-    f.write_text("".join(chr(97 + i % 26) for i in range(4000)))
+    f.write_text(text)
     base = dict(source=str(f), seq_len=16, batch_size=4, calib_batches=1, score_batches=2)
     return DataConfig(**{**base, "eval_batches": 2, "report_batches": 0, **kw})
 
@@ -80,7 +83,8 @@ def test_mixed_sets_take_records_front_and_back_and_mask_padding(tmp_path):
 def test_the_report_takes_the_last_records_and_selection_those_before(tmp_path):
     """Each record is a document: the report set's come from the very back, the selection set's
     just before them, and every row of both names its document."""
-    cfg = _cfg(tmp_path, report_batches=1)
+    letters = np.random.default_rng(0).integers(97, 123, 4000)  # no two windows alike
+    cfg = _cfg(tmp_path, "".join(map(chr, letters)), report_batches=1)
     images = ImageSamples(_samples(16), 0.5, "records.jsonl", 0, "settings")
     data = build_datasets(cfg, 512, byte_tokenizer(512), 0, images)
     assert data.report is not None and data.report.tokens.shape == (1, 4, 16)
@@ -98,7 +102,9 @@ def test_text_only_sets_keep_their_shape_and_hash(tmp_path):
     cfg = _cfg(tmp_path)
     data = build_datasets(cfg, 512, byte_tokenizer(512), 0)
     assert data.eval.image_rows is None and data.eval.tokens.shape == (2, 4, 16)
-    assert data.calib.tokens[0, 0].tolist() == list(range(97, 113))
+    # a window of the text, at a multiple of seq_len
+    windows = {tuple(map(ord, TEXT[i : i + 16])) for i in range(0, 4000 - 15, 16)}
+    assert all(tuple(r.tolist()) in windows for r in data.calib.tokens.reshape(-1, 16))
 
 
 def test_too_few_records_names_the_knob(tmp_path):
