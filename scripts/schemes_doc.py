@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from orchestrator.cli import ExitCode, Parser, command
@@ -53,6 +53,7 @@ from orchestrator.outputs.report import (
 START = re.compile(r"^<!-- generated: (?P<name>[^\s()]+)(?: \(.*\))? -->$")
 END = "<!-- end generated -->"
 NONE = "not recorded"
+OTHERS = ("stability",)  # blocks scripts/stability.py writes, from several sweeps
 
 
 class MarkerError(ValueError):
@@ -62,12 +63,16 @@ class MarkerError(ValueError):
 # --- the marker rewrite (pure text) ---------------------------------------------------------
 
 
-def splice(text: str, blocks: Mapping[str, str]) -> tuple[str, list[str]]:
+def splice(
+    text: str, blocks: Mapping[str, str], others: Collection[str] = ()
+) -> tuple[str, list[str]]:
     """``text`` with each generated block (its start marker and body, up to the end marker)
     replaced by ``blocks[name]``, and the names of the blocks that changed, in doc order.
 
-    Lines outside the markers come back as they were. A marker naming no block, a start without
-    its end (or inside another block) and an end without a start raise :class:`MarkerError`."""
+    Lines outside the markers come back as they were, and so do the blocks named in ``others``
+    (written by another script: ``scripts/stability.py``). A marker naming neither, a start
+    without its end (or inside another block) and an end without a start raise
+    :class:`MarkerError`."""
     lines = text.split("\n")
     out: list[str] = []
     changed: list[str] = []
@@ -79,13 +84,13 @@ def splice(text: str, blocks: Mapping[str, str]) -> tuple[str, list[str]]:
             if open_at is not None:
                 raise MarkerError(f"line {i + 1}: a generated block starts inside {name!r}")
             name, open_at = m["name"], i
-            if name not in blocks:
+            if name not in blocks and name not in others:
                 made = ", ".join(blocks) or "none"
                 raise MarkerError(f"line {i + 1}: no generated table is called {name!r} ({made})")
         elif line == END:
             if open_at is None:
                 raise MarkerError(f"line {i + 1}: {END} without a start marker")
-            new = blocks[name].split("\n")
+            new = blocks[name].split("\n") if name in blocks else lines[open_at:i]
             if lines[open_at:i] != new and name not in changed:
                 changed.append(name)
             out += [*new, line]
@@ -311,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     text = args.doc.read_text()
     try:
-        new, changed = splice(text, made)
+        new, changed = splice(text, made, OTHERS)
     except MarkerError as e:
         raise ConfigError(f"--doc {args.doc}: {e}") from e
     if args.check:

@@ -89,6 +89,10 @@ class DataConfig(_Strict):
     report_batches: int = Field(
         2, ge=0, le=MAX_BATCHES, description=f"report batches, 0 to {MAX_BATCHES}"
     )
+    # Which draw of calibration, scoring and selection windows the seed gives; the report set
+    # stays the same. Sweeps that differ only here show how stable the picks are
+    # (scripts/stability.py).
+    draw: int = Field(0, ge=0, le=1_000_000)
     # image+text records (a .jsonl/.parquet file, a folder with captions.tsv, or hf:<name>) mixed
     # into data.source's text; data.source may itself be such a file (then every row is image+text)
     image_source: str | None = None

@@ -355,6 +355,10 @@ def build_datasets(
     if cfg.source == "synthetic":
         rng = np.random.default_rng(seed)
         made = {k: rng.integers(0, vocab_size, size=(n, *shape)) for k, n in counts.items()}
+        if cfg.draw:  # another draw of the sets that choose; the report set stays
+            other = np.random.default_rng([seed, cfg.draw])
+            for k in ("calib", "score", "eval"):
+                made[k] = other.integers(0, vocab_size, size=(counts[k], *shape))
         docs = {k: np.arange(n * cfg.batch_size).reshape(n, *shape[:1]) for k, n in counts.items()}
         return _data_sets(
             {k: TokenSet(k, v, "synthetic", docs=_judged(k, docs[k])) for k, v in made.items()}
@@ -500,6 +504,10 @@ def _report_and_rest(
     wanted = {_NAMES[k]: n for k, n in rest.items()} | ({"report": short} if short else {})
     _require(cfg, field, len(stream[0]), wanted, len(taken))
     order = rng.permutation(len(stream[0]))
+    if cfg.draw:  # another draw of the windows that choose; the report's stay
+        order = np.concatenate(
+            [order[:short], _drawn(rng, cfg.draw).permutation(order[short:])]
+        )
     out: dict[str, _Rows] = {}
     extra = order[:short]
     numbers = np.array(list(taken), dtype=np.int64)
@@ -515,6 +523,11 @@ def _report_and_rest(
         out[k] = (stream[0][part], stream[1][part])
         at += n
     return out
+
+
+def _drawn(rng: np.random.Generator, draw: int) -> np.random.Generator:
+    """The generator of draw ``draw``, itself drawn from the seed's."""
+    return np.random.default_rng([draw, int(rng.integers(1 << 31))])
 
 
 def _stream(docs: Sequence[_Doc], seq_len: int) -> _Rows:

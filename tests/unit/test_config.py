@@ -283,9 +283,9 @@ def test_the_demo_config_hash_is_pinned():
     plans anyway), and ``model.fused_scales``: ``dtype: auto`` became BF16 on CPU too and fused
     layers got vLLM's shared scales, so a sweep measured before (float32 on CPU, per-shard scales)
     must not resume into one folder with trials measured after; then ``data.report_batches``
-    and the demo's shorter windows (the report set)."""
+    and the demo's shorter windows (the report set), and ``data.draw``."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "09d70d37b3e1d032"
+    assert cfg.config_hash() == "b4a276881692c16b"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):

@@ -92,6 +92,16 @@ def test_the_seed_draws_the_documents_and_the_same_seed_the_same_sets(wikitext_s
     assert set(other.report.docs.ravel()) != set(data.report.docs.ravel())
 
 
+def test_another_draw_changes_the_sets_that_choose_and_keeps_the_report(wikitext_sets):
+    cfg, data, _ = wikitext_sets
+    other = build_datasets(cfg.model_copy(update={"draw": 1}), 512, byte_tokenizer(512), 0)
+    assert other.report.hash == data.report.hash
+    for name in ("calib", "score", "eval"):
+        assert other.hashes()[name] != data.hashes()[name], name
+    rows = {r.tobytes() for s in (other.calib, other.score, other.eval) for r in s.tokens[0]}
+    assert not rows & {r.tobytes() for r in data.report.tokens.reshape(-1, 48)}
+
+
 def test_jsonl_records_are_documents(tmp_path):
     f = tmp_path / "r.jsonl"
     lines = [json.dumps({"text": chr(97 + i) * 40}) for i in range(12)]
