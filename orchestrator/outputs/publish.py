@@ -8,7 +8,7 @@ crash never leaves a half-written one. No torch, ray or mlflow here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import yaml
 
 from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, SweepConfig
 from orchestrator.core.numerics import UNRECORDED, sweep_numerics
-from orchestrator.core.objectives import KL_MEAN, REPORT, Objective
+from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
 from orchestrator.core.selection import Selection, SelectionError, select
@@ -172,18 +172,23 @@ def _documents(metrics: Mapping[str, Any], part: str) -> dict[str, int]:
     }
 
 
-def _point_summary(r: TrialResult | None, objective: Objective) -> dict[str, Any] | None:
+def _point_summary(r: TrialResult | None, judged: Objective) -> dict[str, Any] | None:
+    """The knee: its share and its KL on the set the schemes' numbers come from (and on the
+    selection set, where it was chosen, apart)."""
     if r is None:
         return None
+    chosen = replace(judged, part="")
     return {
         "plan_hash": r.plan_hash,
         "fp8_fraction": round(r.fp8_fraction, 6),
         "achieved_effective_bits": round(r.achieved_bits, 6),
-        "kl_mean": r.metrics["kl_mean"],
-        **({objective.metric: objective.value(r.metrics)} if objective.modality else {}),
+        "metrics_set": judged.set_name,
+        "kl_mean": r.metrics.get(f"{judged.part}kl_mean", float("nan")),
+        **({judged.metric: judged.value(r.metrics)} if judged.modality else {}),
+        **({"selection_kl_mean": r.metrics["kl_mean"]} if judged.part else {}),
         **(
-            {f"{REPORT}kl_mean": r.metrics[f"{REPORT}kl_mean"]}
-            if f"{REPORT}kl_mean" in r.metrics
+            {f"selection_{chosen.metric}": chosen.value(r.metrics)}
+            if judged.part and judged.modality
             else {}
         ),
         "method": r.method,
@@ -237,7 +242,7 @@ def finalize(
         ran = measured[s.plan_hash].numerics if s.plan_hash in measured else ""
         entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED, judged))
     rule = verdict_rule(compared, facts.margin)
-    knee = _point_summary(sel.knee, objective)
+    knee = _point_summary(sel.knee, judged)
     if knee is not None and sel.knee is not None:
         # The knee is exportable as ``--scheme knee``: its plan is written beside the schemes'.
         knee_plan = plan_for(Point.of(sel.knee), tables)
