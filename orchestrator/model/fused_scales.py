@@ -97,6 +97,21 @@ def served_weight(
     return (codes.to(torch.float32) * scale).to(weight.dtype)
 
 
+def trial_codes(
+    weight: torch.Tensor, quantizer: TensorQuantizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP8 codes, float32 scale) of a calibrated static per-tensor weight quantizer's module, as
+    the trials compute them: a shard of a shared group requantized to the group's scale
+    (:func:`requantized_codes`), any other weight rounded once as ModelOpt's fake quantization
+    does (times 448 / amax, in float32). What an export writes, so that the checkpoint holds the
+    weights the trials measured."""
+    if hasattr(quantizer, SHARD_AMAX):
+        return requantized_codes(weight, getattr(quantizer, SHARD_AMAX), _amax(quantizer))
+    amax = _amax(quantizer).to(torch.float32)
+    safe = torch.where(amax <= _TINY_AMAX, torch.ones_like(amax), amax)
+    return _e4m3(weight.to(torch.float32) * (FP8_MAX / safe)), _scale(amax)
+
+
 def serve_hook(
     quantizer: TensorQuantizer, args: tuple[torch.Tensor, ...], output: torch.Tensor
 ) -> torch.Tensor:
