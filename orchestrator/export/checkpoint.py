@@ -9,8 +9,12 @@ scheme's MLflow run is tagged ``export.<format>`` with the folder, in the store 
 scheme was read from (its own ``mlflow.db`` unless the sweep was given a tracking URI: a copy
 tags the copy's runs). ``schemes.yaml``, ``config.yaml`` and the plans are checked against the
 hashes the sweep recorded before anything is built (a changed one: exit 2).
-:mod:`orchestrator.export.check` then checks the files as each loader will read them; only a
-folder that passes is renamed into place, so a failed export leaves nothing behind.
+The FP8 weights the exporter wrote are replaced by the codes and scales the trials computed
+(:func:`trial_weights`: vLLM's shared scales for fused groups when the sweep had them).
+:mod:`orchestrator.export.check` then checks the files as each loader will read them, and
+:mod:`orchestrator.export.artifact` measures the folder as its loader builds it against the
+label; only a folder that passes both is renamed into place, so a failed export leaves nothing
+behind.
 Nothing is written into ``--output``, so exporting from a folder whose sweep is still running is
 allowed; it uses the ``schemes.yaml`` there at that moment, and the log says so.
 
@@ -196,7 +200,8 @@ def trial_weights(model: Any, fp8_modules: Sequence[str]) -> dict[str, tuple[Any
     named = dict(model.named_modules())
     with torch.no_grad():
         for name, (wq, _) in module_quantizers(model, fp8_modules).items():
-            out[name] = trial_codes(named[name].weight, wq)
+            if wq.amax is not None and wq.amax.numel() == 1:  # per-channel: the exporter's own
+                out[name] = trial_codes(named[name].weight, wq)
     return out
 
 

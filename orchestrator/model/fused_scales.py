@@ -36,10 +36,11 @@ are and has no input scale to share.
 
 What an export needs so that every loader computes one set of numbers: one weight scale and one
 input scale for all shards of a group (vLLM then skips its requantization; plain transformers,
-which fuses nothing, otherwise decompresses each shard with its own scale). The codes are then
-either the requantized ones (:func:`requantized_codes`: the numbers trials measure now) or, better
-for the served model, each shard rounded once from BF16 at the group's scale; trials would then
-share the range without the second rounding.
+which fuses nothing, otherwise decompresses each shard with its own scale). The export writes the
+codes the trials measure (:func:`trial_codes`: a shard of a shared group requantized by
+:func:`requantized_codes`) with the group's scales; each shard rounded once from BF16 at the
+group's scale would be better for the served model, and trials would then share the range
+without the second rounding.
 """
 
 from __future__ import annotations
