@@ -188,9 +188,9 @@ def write_format(
 def trial_weights(model: Any, fp8_modules: Sequence[str]) -> dict[str, tuple[Any, Any]]:
     """Module name -> (FP8 codes, float32 scale) of each FP8 module as the trials computed them
     (:func:`~orchestrator.model.fused_scales.trial_codes`): a fused group's shards requantized to
-    the group's one scale when the sweep had vLLM's fused scales, and every weight divided in
+    the group's one scale when the sweep had vLLM's fused scales, and every weight rounded from
     float32, where ModelOpt's exporter divides in BF16 (2.7 % of the reference preset's codes one
-    step off)."""
+    step off). Per-channel weights (no single range) keep the exporter's codes."""
     import torch
 
     from orchestrator.model.fused_scales import trial_codes
