@@ -3,7 +3,11 @@
     python -m orchestrator.export --output runs/demo-tiny --scheme fp8_autoquant_top50 --dest ckpt/
     python -m orchestrator.export --output runs/demo --all --dest ct --format compressed-tensors
     python -m orchestrator.export --check ckpt/          # exit 1 with the reasons if it fails
+    python -m orchestrator.export --measure ckpt/        # reload, measure KL against the label
 
+Every export reloads what it wrote through the loader available here, measures it against the BF16
+base model on the sweep's judging set and writes that into ``scheme.json`` as ``artifact``; a KL
+outside the trial's 95 % interval fails the export (``orchestrator/export/artifact.py``).
 Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input, 5
 ``--dest``'s disk is full (one line; nothing is left there).
 ``--set`` takes no config key here: a checkpoint is the scheme as the sweep measured it, built
@@ -44,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.check is not None:
         return _report(args.check, check_export(args.check))
+    if args.measure is not None:
+        from orchestrator.export.artifact import remeasure
+
+        return _report(
+            args.measure, remeasure(args.measure), "measures inside its label's interval"
+        )
     output = args.output.resolve()
     owner = live_owner(output)
     if owner is not None:  # export only reads --output, so it may; say what it reads
@@ -81,7 +91,14 @@ def parser() -> cli.Parser:
     which.add_argument("--all", action="store_true", help="every scheme, each to DEST/<name>")
     p.add_argument("--dest", type=Path, help="folder for the checkpoint")
     p.add_argument("--format", choices=FORMATS, default="modelopt", help="checkpoint layout")
-    p.add_argument("--check", type=Path, metavar="DIR", help="only check an exported folder")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--check", type=Path, metavar="DIR", help="only check an exported folder")
+    only.add_argument(
+        "--measure",
+        type=Path,
+        metavar="DIR",
+        help="only measure an exported folder's KL again, against its label",
+    )
     return p
 
 
@@ -89,22 +106,26 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     p.overrides(args)  # refuses every key, naming none allowed
-    if args.check is None:
+    folder = args.check if args.check is not None else args.measure
+    if folder is None:
         missing = [f"--{k}" for k in ("output", "dest") if getattr(args, k) is None]
         if not (args.scheme or args.all):
             missing.append("--scheme or --all")
         if missing:
             p.error(f"missing {', '.join(missing)} (or use --check DIR)")
-    elif not args.check.is_dir():
-        p.error(f"--check {args.check}: not a folder")
+    elif not folder.is_dir():
+        flag = "--check" if args.check is not None else "--measure"
+        p.error(f"{flag} {folder}: not a folder")
+    elif args.measure is not None and not (folder / "scheme.json").is_file():
+        p.error(f"--measure {folder}: no scheme.json; not an export of this project")
     return args
 
 
-def _report(folder: Path, problems: Sequence[str]) -> int:
+def _report(folder: Path, problems: Sequence[str], passed: str = "passes the export check") -> int:
     for line in problems:
         print(f"check failed: {line}", file=sys.stderr)
     if not problems:
-        log.info("%s passes the export check", folder)
+        log.info("%s %s", folder, passed)
     return cli.ExitCode.ERROR if problems else cli.ExitCode.OK
 
 

@@ -2,7 +2,8 @@
 
 ``python -m orchestrator.export --check DIR`` (and every export, before the folder is renamed into
 place) reads the safetensors headers, ``config.json``, ``hf_quant_config.json`` and the export's
-``scheme.json``; it imports no torch, so it runs anywhere in milliseconds and reads no tensor data.
+``scheme.json``; it imports no torch, so it runs anywhere in milliseconds and reads no tensor data
+beyond the fused groups' scalar scales.
 
 A loader decides per module whether it is FP8 from the exclude/ignore list, not from the tensors,
 so the list is checked the way each target loader reads it, with the module names that loader
@@ -27,7 +28,9 @@ For every loader the set of Linear layers it would build as FP8 must equal the F
 files and the plan's ``fp8_modules``; every entry must select something; fused groups agree; no
 vision, embedding or ``lm_head`` weight is FP8 (the family table's rule, for the ``model_type`` in
 ``config.json``); each FP8 weight has its weight and input scales in the format's shape and dtype;
-and the tensor bytes equal the plan's ``model_bytes`` plus at most the scales. Problems are
+and the tensor bytes equal the plan's ``model_bytes`` plus at most the scales; where ``scheme.json``
+says the sweep had vLLM's fused scales (``export.fused_scales``), the shards of each fused group
+hold one weight scale and one input scale (the only tensor data read: a few scalars). Problems are
 returned as sentences, one per finding; an empty list means it passed.
 """
 
@@ -207,6 +210,8 @@ def check_export(folder: Path) -> list[str]:
     problems += _never_fp8_problems(family, fp8)
     problems += _fused_group_problems(tensors)
     problems += _scale_problems(tensors, fp8, fmt)
+    if (scheme.get("export") or {}).get("fused_scales") == "vllm":
+        problems += shared_scale_problems(folder, fp8)
     planned = {family.transformers_name(m) for m in scheme.get("fp8_modules", [])}
     written = {family.transformers_name(m) for m in fp8}
     if planned != written:
@@ -277,6 +282,41 @@ def _scale_problems(tensors: Mapping[str, Tensor], fp8: Sequence[str], fmt: str)
         for k in sorted(tensors)
         if k.rsplit(".", 1)[-1] in SCALES and k.rsplit(".", 1)[0] not in fp8_set
     ]
+    return out
+
+
+def read_bytes(folder: Path, names: Iterable[str]) -> dict[str, bytes]:
+    """The raw bytes of the named tensors (a few scalars: the rest of each file is not read)."""
+    wanted, out = set(names), {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+            for name in sorted(wanted & set(header)):
+                start, end = header[name]["data_offsets"]
+                f.seek(8 + size + start)
+                out[name] = f.read(end - start)
+    return out
+
+
+def shared_scale_problems(folder: Path, fp8: Sequence[str]) -> list[str]:
+    """With vLLM's fused scales, each fused group of FP8 shards (q/k/v, gate/up) must hold one
+    weight scale and one input scale: the same bytes in every shard, so that a loader that fuses
+    (vLLM) and one that does not (transformers) compute the numbers the trials measured."""
+    groups: dict[str, list[str]] = {}
+    for m in fp8:
+        if fused_name(m) != m:
+            groups.setdefault(fused_name(m), []).append(m)
+    names = [f"{m}.{s}" for shards in groups.values() for m in shards for s in SCALES]
+    raw = read_bytes(folder, names)
+    out = []
+    for group, shards in sorted(groups.items()):
+        for s in SCALES:
+            if len({raw.get(f"{m}.{s}") for m in shards}) > 1:
+                out.append(
+                    f"{group}: shards {', '.join(p.rsplit('.', 1)[-1] for p in sorted(shards))} "
+                    f"hold different {s}s; scheme.json says fused groups share one (vLLM's rule)"
+                )
     return out
 
 

@@ -36,10 +36,11 @@ are and has no input scale to share.
 
 What an export needs so that every loader computes one set of numbers: one weight scale and one
 input scale for all shards of a group (vLLM then skips its requantization; plain transformers,
-which fuses nothing, otherwise decompresses each shard with its own scale). The codes are then
-either the requantized ones (:func:`requantized_codes`: the numbers trials measure now) or, better
-for the served model, each shard rounded once from BF16 at the group's scale; trials would then
-share the range without the second rounding.
+which fuses nothing, otherwise decompresses each shard with its own scale). The export writes the
+codes the trials measure (:func:`trial_codes`: a shard of a shared group requantized by
+:func:`requantized_codes`) with the group's scales; each shard rounded once from BF16 at the
+group's scale would be better for the served model, and trials would then share the range
+without the second rounding.
 """
 
 from __future__ import annotations
@@ -95,6 +96,21 @@ def served_weight(
     dtype: what a trial's fake-quantized weight is in a fused group."""
     codes, scale = requantized_codes(weight, shard_amax, group_amax)
     return (codes.to(torch.float32) * scale).to(weight.dtype)
+
+
+def trial_codes(
+    weight: torch.Tensor, quantizer: TensorQuantizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP8 codes, float32 scale) of a calibrated static per-tensor weight quantizer's module, as
+    the trials compute them: a shard of a shared group requantized to the group's scale
+    (:func:`requantized_codes`), any other weight rounded once as ModelOpt's fake quantization
+    does (times 448 / amax, in float32). What an export writes, so that the checkpoint holds the
+    weights the trials measured."""
+    if hasattr(quantizer, SHARD_AMAX):
+        return requantized_codes(weight, getattr(quantizer, SHARD_AMAX), _amax(quantizer))
+    amax = _amax(quantizer).to(torch.float32)
+    safe = torch.where(amax <= _TINY_AMAX, torch.ones_like(amax), amax)
+    return _e4m3(weight.to(torch.float32) * (FP8_MAX / safe)), _scale(amax)
 
 
 def serve_hook(

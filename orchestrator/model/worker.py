@@ -47,7 +47,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -336,59 +336,120 @@ class Evaluator:
         self._set_enabled(fp8_modules)
         return ref
 
-    @torch.no_grad()
     def evaluate(self, fp8_modules: Sequence[str]) -> dict[str, Any]:
-        """KL, top-1 agreement and NLL of the plan against the unquantized model on the target
-        tokens: overall; per modality (``text_*``, ``image_*``) when the set has image+text rows;
-        and per evaluation sequence (``per_sequence``: summed KL, agreements and target tokens of
-        each, in the evaluation set's order, and the same per modality under ``text_`` and
-        ``image_``: what error bars and paired comparisons are computed from). All of that for the
-        selection set, and again under ``report_`` for the report set, summed per document.
+        """KL, top-1 agreement and NLL of the plan against the unquantized model (:func:`measure`):
+        on the selection set, and under ``report_`` on the report set, summed per document.
 
         Sums stay on the device until the end: one synchronisation per plan.
         """
-        t0 = time.perf_counter()
-        rows = sum(len(b.positions) for b in self.eval_batches)
-        sums = torch.zeros(rows, 4, dtype=torch.float64, device=self.device)
         self._set_enabled(fp8_modules)
         try:
-            offset = 0
-            for i, batch in enumerate(self.eval_batches):
-                q = self._hidden(batch)
-                ref = self._reference_hidden(i, fp8_modules)
-                n = len(batch.positions)
-                accumulate_metrics(sums[offset : offset + n], ref, q, batch, self.head)
-                offset += n
+            return measure(
+                self.eval_batches,
+                lambda i: self._reference_hidden(i, fp8_modules),
+                lambda i: self._hidden(self.eval_batches[i]),
+                self.head,
+                self.device,
+                report_docs=self._report_docs,
+            )
         finally:
             self._set_enabled(())
-        per_seq = sums.cpu()
-        tokens = [float(p.stop - p.start) for b in self.eval_batches for p in b.positions]
-        image = [img for b in self.eval_batches for img in b.image_rows]
-        chosen = rows - len(self._report_docs)  # the selection set's rows come first
+
+
+@torch.no_grad()
+def compare_models(
+    reference: nn.Module, model: nn.Module, tokens: TokenSet, device: str
+) -> dict[str, Any]:
+    """:func:`measure` of ``model`` against ``reference``, two separate models (an exported
+    checkpoint as its loader builds it against the BF16 base): the trials' batches and metrics,
+    each model's logits from its own output layer."""
+    ref_body, ref_head = lm_parts(reference)
+    body, head = lm_parts(model)
+    eval_batches = batches(tokens, device, stack_size(tokens))
+    # the report set is measured per document, as the trials measure it
+    docs = (
+        tokens.docs.reshape(-1).tolist()
+        if tokens.name == "report" and tokens.docs is not None
+        else []
+    )
+
+    def hidden(net: nn.Module, i: int) -> torch.Tensor:
+        return net(**eval_batches[i].inputs, use_cache=False)[0]
+
+    return measure(
+        eval_batches,
+        lambda i: hidden(ref_body, i),
+        lambda i: hidden(body, i),
+        ref_head,
+        device,
+        head,
+        report_docs=docs,
+    )
+
+
+@torch.no_grad()
+def measure(
+    eval_batches: Sequence[Batch],
+    reference: Callable[[int], torch.Tensor],
+    quantized: Callable[[int], torch.Tensor],
+    head: nn.Module,
+    device: str,
+    q_head: nn.Module | None = None,
+    report_docs: Sequence[int] = (),
+) -> dict[str, Any]:
+    """KL, top-1 agreement and NLL of the quantized model against the reference on the target
+    tokens of ``eval_batches`` (the hidden states of batch ``i`` from each callable): overall; per
+    modality (``text_*``, ``image_*``) when the set has image+text rows; and per evaluation
+    sequence (``per_sequence``: summed KL, agreements and target tokens of each, in the evaluation
+    set's order, and the same per modality under ``text_`` and ``image_``: what error bars and
+    paired comparisons are computed from). The last ``len(report_docs)`` rows are the report set's,
+    each of the document named: their metrics and sums, per document, carry the prefix
+    ``report_`` (none when every row is the report's). The trials and the export's measurement of
+    its checkpoint both come here.
+    """
+    t0 = time.perf_counter()
+    rows = sum(len(b.positions) for b in eval_batches)
+    sums = torch.zeros(rows, 4, dtype=torch.float64, device=device)
+    offset = 0
+    for i, batch in enumerate(eval_batches):
+        q = quantized(i)
+        ref = reference(i)
+        n = len(batch.positions)
+        accumulate_metrics(sums[offset : offset + n], ref, q, batch, head, q_head)
+        offset += n
+    per_seq = sums.cpu()
+    tokens = [float(p.stop - p.start) for b in eval_batches for p in b.positions]
+    image = [img for b in eval_batches for img in b.image_rows]
+    chosen = rows - len(report_docs)  # the selection set's rows come first
+    metrics: dict[str, Any] = {}
+    per_sequence: dict[str, list[float]] = {}
+    if chosen:
         metrics, per_sequence = measured_part(per_seq[:chosen], tokens[:chosen], image[:chosen])
         metrics["eval_sequences"] = float(chosen)
-        if self._report_docs:
-            # the report set, summed per document: its intervals resample documents
-            docs = self._report_docs
-            order = sorted(set(docs))
-            at = {d: i for i, d in enumerate(order)}
-            index = torch.tensor([at[d] for d in docs])
-            by_doc = torch.zeros(len(order), 4, dtype=torch.float64)
-            by_doc.index_add_(0, index, per_seq[chosen:])
-            doc_tokens = [0.0] * len(order)
-            doc_image = [False] * len(order)
-            for d, t, img in zip(docs, tokens[chosen:], image[chosen:], strict=True):
-                doc_tokens[at[d]] += t
-                doc_image[at[d]] = doc_image[at[d]] or img
-            report, report_seq = measured_part(by_doc, doc_tokens, doc_image)
-            metrics.update({f"{REPORT}{k}": v for k, v in report.items()})
-            metrics[f"{REPORT}documents"] = float(len(order))
-            metrics[f"{REPORT}sequences"] = float(len(docs))
-            per_sequence.update({f"{REPORT}{k}": v for k, v in report_seq.items()})
-        metrics["eval_seconds"] = time.perf_counter() - t0
-        metrics.update(peak_memory(self.device))
-        metrics["per_sequence"] = per_sequence
-        return metrics
+    if report_docs:
+        # the report set, summed per document: its intervals resample documents
+        order = sorted(set(report_docs))
+        at = {d: i for i, d in enumerate(order)}
+        index = torch.tensor([at[d] for d in report_docs])
+        by_doc = torch.zeros(len(order), 4, dtype=torch.float64)
+        by_doc.index_add_(0, index, per_seq[chosen:])
+        doc_tokens = [0.0] * len(order)
+        doc_image = [False] * len(order)
+        for d, t, img in zip(report_docs, tokens[chosen:], image[chosen:], strict=True):
+            doc_tokens[at[d]] += t
+            doc_image[at[d]] = doc_image[at[d]] or img
+        report, report_seq = measured_part(by_doc, doc_tokens, doc_image)
+        prefix = REPORT if chosen else ""
+        metrics.update({f"{prefix}{k}": v for k, v in report.items()})
+        metrics[f"{prefix}documents"] = float(len(order))
+        metrics[f"{prefix}sequences"] = float(len(report_docs))
+        if not chosen:
+            metrics["eval_sequences"] = float(len(report_docs))
+        per_sequence.update({f"{prefix}{k}": v for k, v in report_seq.items()})
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics.update(peak_memory(device))
+    metrics["per_sequence"] = per_sequence
+    return metrics
 
 
 def measured_part(
@@ -439,12 +500,14 @@ def accumulate_metrics(
     q_hidden: torch.Tensor,
     batch: Batch,
     head: nn.Module,
+    q_head: nn.Module | None = None,
 ) -> None:
     """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's target tokens to
     its row of ``sums`` (one row of 4 per sequence of ``batch``).
 
     Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
-    logits, so the float32 temporaries stay small next to the model. Only the positions that
+    logits (``q_head``, where given, those of the quantized model: a separately loaded one), so
+    the float32 temporaries stay small next to the model. Only the positions that
     predict a target count: never padding, never a prompt, never a row's last position.
     """
     ids = batch.input_ids
@@ -454,7 +517,7 @@ def accumulate_metrics(
         for s in range(0, targets.shape[0], _METRIC_ROWS):
             e = min(s + _METRIC_ROWS, targets.shape[0])
             lr = torch.log_softmax(head(ref_b[s:e]).float(), dim=-1)
-            lq = torch.log_softmax(head(q_b[s:e]).float(), dim=-1)
+            lq = torch.log_softmax((head if q_head is None else q_head)(q_b[s:e]).float(), dim=-1)
             agree = (lr.argmax(-1) == lq.argmax(-1)).sum()
             nll_q = -lq.gather(-1, targets[s:e]).sum()
             nll_ref = -lr.gather(-1, targets[s:e]).sum()

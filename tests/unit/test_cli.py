@@ -72,6 +72,8 @@ CASES = [
     ("orchestrator.export", ["--check", "{tmp}", "--bogus-flag"], "unrecognized arguments"),
     ("orchestrator.export", ["--check", "{tmp}", "--format", "onnx"], "invalid choice: 'onnx'"),
     ("orchestrator.export", ["--scheme", "x"], "missing --output, --dest (or use --check DIR)"),
+    ("orchestrator.export", ["--measure", "{tmp}"], "--measure {tmp}: no scheme.json"),
+    ("orchestrator.export", ["--measure", "{tmp}/none"], "--measure {tmp}/none: not a folder"),
     (
         "orchestrator.export",
         ["--output", "{tmp}", "--scheme", "x", "--dest", "{tmp}/ckpt", "--set", "seed=1"],

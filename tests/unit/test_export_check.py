@@ -357,3 +357,30 @@ def test_check_command_exits_1_with_the_reasons(tmp_path, capsys):
         in capsys.readouterr().err
     )
     assert main(["--check", str(make_export(tmp_path / "y", "modelopt", MIXED))]) == 0
+
+
+def poke(path: Path, name: str, value: bytes) -> None:
+    """Write ``value`` over the start of tensor ``name``'s data in a safetensors file."""
+    with path.open("r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        start, _ = json.loads(f.read(size))[name]["data_offsets"]
+        f.seek(8 + size + start)
+        f.write(value)
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+@pytest.mark.parametrize("scale", ["weight_scale", "input_scale"])
+def test_unequal_scales_in_a_fused_group_fail_when_the_sweep_shared_them(tmp_path, fmt, scale):
+    """With ``export.fused_scales: vllm`` each fused group's shards hold one weight and one input
+    scale (the bytes compared, not decoded); per-shard scales are fine when the sweep had them."""
+    folder = make_export(tmp_path / "x", fmt, MIXED)
+    poke(folder / "model.safetensors", f"model.layers.0.mlp.up_proj.{scale}", b"\x00\x40")
+    scheme = json.loads((folder / "scheme.json").read_text())
+    for rule, failing in (("per_shard", False), ("vllm", True)):
+        (folder / "scheme.json").write_text(
+            json.dumps({**scheme, "export": {"fused_scales": rule}})
+        )
+        problems = check_export(folder)
+        want = f"model.layers.0.mlp.gate_up_proj: shards gate_proj, up_proj hold different {scale}s"
+        assert any(want in p for p in problems) == failing, (rule, problems)
+        assert len(problems) == int(failing), problems
