@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.core.config import ConfigError, Override
-from orchestrator.core.objectives import KL_MEAN, OBJECTIVES, Objective, missing_rows
+from orchestrator.core.objectives import KL_MEAN, OBJECTIVES, REPORT, Objective, missing_rows
 from orchestrator.core.records import TrialResult, stable_seed
 from orchestrator.core.stats import MARGIN, holm, paired_comparison, ratio_ci, verdict
 from orchestrator.core.verdicts import verdict_rule
@@ -108,14 +109,20 @@ def _published(output: Path, field: str) -> tuple[dict[str, Any], dict[str, Tria
     return sweep, named
 
 
-def check_same_evaluation(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
-    ha, hb = (s.get("data_hashes", {}).get("eval") for s in (a, b))
-    if ha is None or ha != hb:
-        raise ConfigError(
-            f"--against: evaluated on set {hb}, --output on {ha}; a paired comparison needs one "
-            "evaluation set "
-            "(the same data.eval_batches, batch_size, seq_len, eval_image_fraction and records)"
-        )
+def check_same_evaluation(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """The set both sweeps were measured on, to pair them on: their report set when it is the same
+    one, else their selection set when that is (``report`` or ``selection``)."""
+    ha, hb = (s.get("data_hashes", {}) for s in (a, b))
+    if ha.get("report") is not None and ha.get("report") == hb.get("report"):
+        return "report"
+    if ha.get("eval") is not None and ha.get("eval") == hb.get("eval"):
+        return "selection"
+    raise ConfigError(
+        f"--against: measured on sets {hb.get('report') or hb.get('eval')}, --output on "
+        f"{ha.get('report') or ha.get('eval')}; a paired comparison needs one set (the same "
+        "data.report_batches or eval_batches, batch_size, seq_len, eval_image_fraction, records "
+        "and seed)"
+    )
 
 
 def _ci(v: Sequence[float]) -> str:
@@ -180,15 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     objective = _objective(given[-1] if given else None)
     sweep_a, a = _published(a_dir.resolve(), "--output")
     sweep_b, b = _published(b_dir.resolve(), "--against")
-    check_same_evaluation(sweep_a, sweep_b)
+    on = check_same_evaluation(sweep_a, sweep_b)
     has_rows = any(objective.per_sequence(r.per_sequence) for r in a.values())
     problem = missing_rows(objective, given[-1].flag if given else "--objective", has_rows)
     if problem:
         raise ConfigError(problem)
-    # the report set when both sweeps have one (the names were chosen on the selection set)
-    on_a = objective.judged(r.per_sequence for r in a.values())
-    on_b = objective.judged(r.per_sequence for r in b.values())
-    objective = on_a if on_a == on_b else objective
+    # the report set when both sweeps share it (the names were chosen on the selection set)
+    objective = replace(objective, part=REPORT if on == "report" else "")
     rows = compare_named(a, b, objective, args.margin)
     print(f"A: {a_dir} ({sweep_a.get('name')})\nB: {b_dir} ({sweep_b.get('name')})")
     print(f"measured on each sweep's {objective.set_name} set")

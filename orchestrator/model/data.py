@@ -316,7 +316,8 @@ def _windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
 @dataclass(frozen=True)
 class ImageSamples:
     """Encoded image+text records and how they mix into the sets: ``fraction`` of the rows of
-    calibration and scoring, ``eval_fraction`` (default: the same) of the evaluation's."""
+    calibration and scoring, ``eval_fraction`` (default: the same) of the selection and report
+    sets'."""
 
     samples: Sequence[Sample]
     fraction: float
@@ -326,7 +327,7 @@ class ImageSamples:
     eval_fraction: float | None = None
 
     def fraction_of(self, name: str) -> float:
-        if name == "eval" and self.eval_fraction is not None:
+        if name in ("eval", "report") and self.eval_fraction is not None:
             return self.eval_fraction
         return self.fraction
 

@@ -126,6 +126,13 @@ def test_evaluation_takes_its_own_fraction_and_the_same_records_either_way(tmp_p
     assert a.eval.image_rows.all() and a.eval.hash == b.eval.hash
     assert a.calib.hash != b.calib.hash
     assert a.eval.image_shas == tuple(f"sha{i}" for i in range(6, 14))  # the last 8, from the back
+    # the report set too: eval_fraction decides it, so two such sweeps share it
+    with_report = _cfg(tmp_path, report_batches=1)
+    a, b = (
+        build_datasets(with_report, 512, byte_tokenizer(512), 0, replace(x, samples=_samples(18)))
+        for x in (text_calib, mixed_calib)
+    )
+    assert a.report.image_rows.all() and a.report.hash == b.report.hash
 
 
 def _rows_of(parts) -> list[tuple]:
