@@ -300,7 +300,9 @@ def test_each_export_measures_what_it_wrote_within_the_trials_interval(exported)
         if fmt == "compressed-tensors":
             other = artifact["transformers"]
             assert "transformers" in other["loader"] and other["set"] == "report"
-            assert other["within_trial_ci"] in (True, False) and other["eval_tokens"] > 0
+            # on the test presets plain transformers lands inside the interval too (on the demo,
+            # full FP8, it reads +5 %: README)
+            assert other["within_trial_ci"] is True and other["eval_tokens"] > 0
         else:
             assert "transformers" not in artifact
 
