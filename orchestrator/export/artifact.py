@@ -24,11 +24,14 @@ from typing import Any
 from orchestrator.core.config import SweepConfig, read_written_config
 from orchestrator.core.stats import ratio_ci
 from orchestrator.model.data import DataSets, TokenSet
+from orchestrator.outputs.console import log_wrapped
 
 log = logging.getLogger("orchestrator.export")
 
-SERVED = "orchestrator.export.load_exported (the folder's codes and scales, the trials' arithmetic)"
-TRANSFORMERS = "transformers from_pretrained (compressed-tensors)"
+# how the folder was read back: its codes and scales in the trials' arithmetic (what vLLM serves),
+# or plain transformers' compressed-tensors layers
+SERVED = "load_exported"
+TRANSFORMERS = "transformers"
 
 
 def judging_set(data: DataSets) -> TokenSet:
@@ -75,13 +78,13 @@ def measure_artifact(
     block["within_trial_ci"] = inside
     if inside is False:
         raise ExportCheckError([line])
-    (log.info if inside else log.warning)("%s", line)
+    log_wrapped(log, line, level=logging.INFO if inside else logging.WARNING)
     if fmt == "compressed-tensors":
         other = _measured(load_transformers(folder, device), TRANSFORMERS, cfg, tokens, device)
         line, other["within_trial_ci"] = verdict(scheme, other)
         if other["within_trial_ci"] is False:
             line += "; plain transformers computes the input quantization in BF16 on CPU"
-        (log.info if other["within_trial_ci"] else log.warning)("%s", line)
+        log_wrapped(log, line, level=logging.INFO if other["within_trial_ci"] else logging.WARNING)
         block["transformers"] = other
     return block
 
@@ -118,7 +121,7 @@ def verdict(scheme: Mapping[str, Any], block: Mapping[str, Any]) -> tuple[str, b
     interval; None when the label has no interval to compare with)."""
     label = scheme.get("metrics") or {}
     name, fmt, kl = scheme.get("name"), scheme["export"]["format"], block["kl_mean"]
-    head = f"{name}: {fmt} checkpoint ({block['loader']}) KL {kl:.4g}"
+    head = f"{name}: {fmt} checkpoint read by {block['loader']}: KL {kl:.4g}"
     if "kl_ci_low" not in label or "kl_ci_high" not in label:
         return f"{head}; the label has no KL interval to compare it with", None
     low, high, mean = label["kl_ci_low"], label["kl_ci_high"], label.get("kl_mean", float("nan"))

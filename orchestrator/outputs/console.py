@@ -99,8 +99,11 @@ def duration(seconds: float) -> str:
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
-def log_wrapped(logger: logging.Logger, text: str, width: int = MESSAGE_WIDTH) -> None:
-    """A long INFO message as several records of whole words, each within the console's width
-    after its time prefix; the continuation records are indented."""
+def log_wrapped(
+    logger: logging.Logger, text: str, width: int = MESSAGE_WIDTH, level: int = logging.INFO
+) -> None:
+    """A long message (INFO unless ``level`` says otherwise) as several records of whole words,
+    each within the console's width after its time prefix; the continuation records are
+    indented."""
     for line in wrap(text, width):
-        logger.info("%s", line)
+        logger.log(level, "%s", line)
