@@ -9,7 +9,7 @@ import yaml
 
 from orchestrator.core.numerics import UNRECORDED
 from orchestrator.outputs.report import read_report
-from scripts.schemes_doc import END, START, TABLES, MarkerError, blocks, main, splice
+from scripts.schemes_doc import END, OTHERS, START, TABLES, MarkerError, blocks, main, splice
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -131,9 +131,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
 
 
 def test_schemes_md_shows_every_table_between_markers_the_script_can_rewrite():
-    """docs/SCHEMES.md holds one block per table this script makes, and its markers parse (a
-    broken marker would make the next regeneration refuse the doc)."""
+    """docs/SCHEMES.md holds one block per table this script makes and the stability script's, and
+    its markers parse (a broken marker would make the next regeneration refuse the doc); each
+    script's rewrite leaves the other's block as it is."""
     text = (ROOT / "docs" / "SCHEMES.md").read_text()
     names = [m["name"] for line in text.splitlines() if (m := START.match(line))]
-    assert sorted(names) == sorted(TABLES)
-    splice(text, {name: f"<!-- generated: {name} -->" for name in TABLES})
+    assert sorted(names) == sorted([*TABLES, *OTHERS])
+    new, _ = splice(text, {name: f"<!-- generated: {name} -->" for name in TABLES}, OTHERS)
+    stability = text[text.index("<!-- generated: stability") :].split("<!-- end generated -->")[0]
+    assert stability in new
