@@ -119,7 +119,8 @@ class Page:
         await self.js(
             """[...document.querySelectorAll('button')].filter(b => {
                  const l = (b.getAttribute('aria-label') || '').toLowerCase();
-                 return l === 'close' || l === 'hide banner' || l.includes('dismiss');
+                 return l === 'close' || l === 'hide banner' || l.includes('dismiss')
+                   || b.innerText.trim() === 'Got it';
                }).forEach(b => b.click())"""
         )
         await asyncio.sleep(0.5)
@@ -142,6 +143,14 @@ def anchor(test: str, within: str = "a") -> str:
     return f"[...document.querySelectorAll('{within}')].find(a => {test})"
 
 
+def deepest(text: str) -> str:
+    """JavaScript for the innermost element whose whole text is ``text`` (what a click hits)."""
+    return (
+        "[...document.querySelectorAll('body *')]"
+        f".filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)}).pop()"
+    )
+
+
 async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     await page.send("Page.navigate", url=f"{base}/")
@@ -150,14 +159,18 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     await page.tidy()
     await page.shot(shots / "mlflow-home.png")
 
-    await page.js(f"{link}.click()")  # click 1: the experiment, in the view the browser last used
+    await page.js(
+        f"{link}.click(), 1"
+    )  # click 1: the experiment, in the view the browser last used
     view = anchor("a.innerText.startsWith('Open the runs table')")
-    seen["experiment_page"] = await page.wait("location.hash", "the experiment page")
     seen["view_link"] = await page.wait(f"{view}?.getAttribute('href')", "the description's link")
+    seen["experiment_page"] = await page.js("location.hash")
     await page.tidy()
     await page.shot(shots / "mlflow-experiment.png")
 
-    await page.js(f"{view}.click()")  # click 2: the runs table, schemes first
+    # click 2: the runs table, schemes first; MLflow opens a description's links in a new tab,
+    # here the same one
+    await page.js(f"location.href = {view}.href")
     names = await page.wait(f"(n => n.length > 3 && n)({RUN_NAMES})", "the runs table's rows")
     seen["runs_page"] = await page.js("location.hash")
     seen["runs_in_order"] = names
@@ -176,8 +189,8 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     first = names[0]
     run = anchor(f"a.innerText.trim() === {json.dumps(first)}", 'a[href*=\\"/runs/\\"]')
     await page.js("location.hash = location.hash.replace('&compareRunsMode=CHART', '')")
-    await page.wait(f"{run}", "the first scheme's link")
-    await page.js(f"{run}.click()")
+    await page.wait(f"!!{run}", "the first scheme's link")
+    await page.js(f"{run}.click(), 1")
     seen["scheme_page"] = await page.wait(
         "(h => h.includes('/runs/') && !h.includes('runs?') && h)(location.hash)", "the run page"
     )
@@ -186,6 +199,7 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
         "the scheme's description",
     )
     await page.tidy()
+    await page.js(f"{deepest('Show more')}?.click(), 1")  # the verdict table below the fold
     await page.shot(shots / "mlflow-scheme.png")
 
     await page.js("location.hash = location.hash.split('?')[0].replace(/\\/?$/, '') + '/artifacts'")
@@ -193,6 +207,8 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
         "(t => t.includes('verdicts.md') && t)(document.body.innerText)", "the scheme's artifacts"
     )
     await page.tidy()
+    await page.js(f"{deepest('verdicts.md')}?.click(), 1")
+    await page.wait("document.body.innerText.includes('KL ratio')", "verdicts.md's preview", 20)
     await page.shot(shots / "mlflow-scheme-artifacts.png")
     return seen
 

@@ -185,7 +185,7 @@ def share_view(
         # the parent's fold: the UI drops ``runsExpanded`` from it) and the schemes come first
         "groupBy": {
             "groupByKeys": [{"mode": "tag", "groupByData": "kind"}],
-            "aggregateFunction": "average",
+            "aggregateFunction": "min",  # a group's row shows one of its (rounded) values
         },
         "groupsExpanded": {f"tag.kind.{k}": True for k in ("scheme", "trial", "control", "sweep")},
         "useGroupedValuesInCharts": False,  # one point per run, in its kind's colour

@@ -262,10 +262,10 @@ def scheme_run(target: TrackingTarget, output: Path, entry: Mapping[str, Any]) -
             if k in entry
         }
         | {"plan_hash": entry["plan_hash"], "metrics_set": entry.get("metrics_set", "")},
-        metrics={
-            **exact,
+        metrics={  # the readable ones first: the run's page lists metrics as logged
             **display_metrics(exact),
             **display_metrics(exact, REPORT),
+            **exact,
             **verdict_metrics,
         },
         tags={**tags, **({"source_run_id": str(source)} if source else {})},
