@@ -162,7 +162,7 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     await page.js(
         f"{link}.click(), 1"
     )  # click 1: the experiment, in the view the browser last used
-    view = anchor("a.innerText.startsWith('Open the runs table')")
+    view = anchor("(a.getAttribute('href') || '').includes('viewStateShareKey=')")
     seen["view_link"] = await page.wait(f"{view}?.getAttribute('href')", "the description's link")
     seen["experiment_page"] = await page.js("location.hash")
     await page.tidy()

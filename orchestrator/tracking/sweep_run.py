@@ -106,11 +106,12 @@ CHART = ("FP8 share (%) vs KL x 1e6, by kind", "fp8_share_pct", "kl_x1e6")
 
 def describe(inp: Inputs, parent: bool, view: str | None = None) -> str:
     """The description MLflow's UI shows for the sweep's parent run, or for its experiment; the
-    experiment's links ``view``, the runs table with the schemes first and the chart."""
+    experiment's links ``view``, the runs table with the schemes first and the chart, in words
+    that read as plain text too (the home page shows the description unrendered)."""
     cfg = inp.cfg
     start = (
-        f"**[Open the runs table: the three schemes first, every trial, the FP8-share-vs-KL "
-        f"chart]({view})** (MLflow's *Model training* view)\n\n"
+        f"Open the runs table: [the three schemes first, every trial, the FP8-share-vs-KL "
+        f"chart]({view}) (MLflow's *Model training* view)\n\n"
         if view
         else ""
     )
