@@ -505,7 +505,9 @@ def _report_and_rest(
     _require(cfg, field, len(stream[0]), wanted, len(taken))
     order = rng.permutation(len(stream[0]))
     if cfg.draw:  # another draw of the windows that choose; the report's stay
-        order = np.concatenate([order[:short], _drawn(rng, cfg.draw).permutation(order[short:])])
+        order = np.concatenate(
+            [order[:short], _drawn(rng, cfg.draw).permutation(order[short:])]
+        )
     out: dict[str, _Rows] = {}
     extra = order[:short]
     numbers = np.array(list(taken), dtype=np.int64)

@@ -75,9 +75,9 @@ def imports(path: Path) -> list[tuple[int, str]]:
                 out += [
                     (node.lineno, f"{node.module}.{a.name}")
                     for a in node.names
-                    if (PKG.parent / f"{node.module}.{a.name}".replace(".", "/"))
-                    .with_suffix(".py")
-                    .exists()
+                    if (PKG.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(
+                        ".py"
+                    ).exists()
                 ]
     return out
 
@@ -113,7 +113,9 @@ def test_imports_follow_the_layer_rules(path):
 
 
 LIGHT = [
-    module_name(p) for p in MODULES if layer_of(module_name(p)) in {"core", "outputs", "runtime"}
+    module_name(p)
+    for p in MODULES
+    if layer_of(module_name(p)) in {"core", "outputs", "runtime"}
 ] + ["export.check", "tracking.uri", "select", "compare_sweeps", "checks", "sweep"]
 
 

@@ -105,7 +105,8 @@ def test_fault_hooks_are_off_unless_the_tests_switch_them_on(monkeypatch) -> Non
     assert fault_hooks() is faults
     plan = SimpleNamespace(plan_hash="p", fp8_modules=("m",))
     (nan, _), (fine, _) = (
-        faults.evaluate(_point(b), plan, lambda: ({"kl_mean": 0.1}, {})) for b in (12.0, 14.0)
+        faults.evaluate(_point(b), plan, lambda: ({"kl_mean": 0.1}, {}))
+        for b in (12.0, 14.0)
     )
     assert math.isnan(nan["kl_mean"]) and fine["kl_mean"] == 0.1
 
