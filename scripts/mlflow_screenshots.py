@@ -109,17 +109,18 @@ class Page:
         )
 
     async def shot(self, path: Path) -> None:
-        await asyncio.sleep(1.5)  # fonts, charts and transitions settle
+        await asyncio.sleep(1.5)  # fonts, charts, transitions and late pop-ups settle
+        await self.tidy()
         r = await self.send("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(r["data"]))
 
     async def tidy(self) -> None:
         """Closes what covers the pages on a first visit: the assistant panel, the telemetry
-        notice, the shared-view banner (each only if shown)."""
+        notice, the shared-view banner, the "Detect Issues" tip (each only if shown)."""
         await self.js(
             """[...document.querySelectorAll('button')].filter(b => {
                  const l = (b.getAttribute('aria-label') || '').toLowerCase();
-                 return l === 'close' || l === 'hide banner' || l.includes('dismiss')
+                 return ['close', 'close alert', 'hide banner'].includes(l)
                    || b.innerText.trim() === 'Got it';
                }).forEach(b => b.click())"""
         )

@@ -192,7 +192,15 @@ def share_view(
         "runsHiddenMode": "SHOW_ALL",  # the charts' default is the first 10 runs
         "hideEmptyCharts": False,
         "compareRunSections": [
-            {"uuid": section, "name": title, "display": True, "isReordered": False}
+            # one chart a row, tall enough to tell the points apart
+            {
+                "uuid": section,
+                "name": title,
+                "display": True,
+                "isReordered": False,
+                "columns": 1,
+                "cardHeight": 560,
+            }
         ],
         "compareRunCharts": [
             {
@@ -253,8 +261,9 @@ def start_parent(
         retry(lambda: client.update_run(existing_run_id, status="RUNNING"), "reopen parent")
         run_id = existing_run_id
     else:
+        coloured = {**tags, **_colour(tags.get("kind", ""))}
         run = retry(
-            lambda: client.create_run(experiment_id, run_name=run_name, tags=dict(tags)),
+            lambda: client.create_run(experiment_id, run_name=run_name, tags=coloured),
             "create parent",
         )
         run_id = run.info.run_id

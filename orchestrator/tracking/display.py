@@ -18,9 +18,8 @@ DISPLAY = {
     "top1_pct": ("top1_agreement", 100.0, 2),
 }
 
-# what each kind of run is called in the table, the chart and its legend
-KIND_COLOURS = {"scheme": "#d62728", "trial": "#1f77b4", "control": "#7f7f7f"}
-KIND_LABELS = {"scheme": "scheme", "trial": "scored", "control": "control"}
+# each kind of run's colour in the table and the charts (the parent run: black, it has no point)
+KIND_COLOURS = {"scheme": "#d62728", "trial": "#1f77b4", "control": "#7f7f7f", "sweep": "#000000"}
 
 
 def display_metrics(metrics: Mapping[str, float], prefix: str = "") -> dict[str, float]:
