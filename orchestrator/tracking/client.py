@@ -30,7 +30,9 @@ import mlflow
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.core.objectives import REPORT
 from orchestrator.outputs import storage
+from orchestrator.tracking.display import KIND_COLOURS, display_metrics, without_display
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +49,8 @@ PARENT_TAG = "mlflow.parentRunId"
 PLAN_TAG = "plan_hash"  # how a trial finds its child run again (older stores tag it too)
 PER_SEQUENCE_ARTIFACT = "per_sequence.json"  # on every measured child run: the paired data
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows for a run or an experiment
+COLOUR_TAG = "mlflow.runColor"  # the colour the UI gives a run in its table and charts
+SWEEP_TAG = "sweep_run_id"  # a scheme's run names the sweep (parent run) it was published by
 
 
 # The kind MLflow 3 gives model-training (not GenAI) experiments; its UI titles their runs by it.
@@ -76,6 +80,12 @@ def retry(
             time.sleep(wait)
             wait *= 2
     raise AssertionError("unreachable")
+
+
+def _colour(kind: str) -> dict[str, str]:
+    """The run's colour in the UI by its kind (scheme, scored trial, control), so the table's
+    dots and every chart tell the kinds apart without a legend to set up."""
+    return {COLOUR_TAG: KIND_COLOURS[kind]} if kind in KIND_COLOURS else {}
 
 
 def _is_local_store(uri: str) -> bool:
@@ -153,33 +163,81 @@ def run_experiment(uri: str, run_id: str) -> str:
 
 @_store_refusals
 def share_view(
-    target: TrackingTarget, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]
+    target: TrackingTarget,
+    name: str,
+    columns: Sequence[tuple[str, str]],
+    chart: tuple[str, str, str],
 ) -> None:
-    """The sweep's runs table as the UI link of :func:`ui_hint` opens it: its key columns
-    (``("metrics", "kl_mean")``, ...) beside the run names, sorted by ``order_by``, the parent run
-    expanded. Without it the table shows one collapsed parent and no metric or parameter column.
-    """
+    """The sweep's runs table as a saved view (the UI's *Views* menu lists it by ``name``; the
+    link of :func:`view_page` opens it): its key columns (``("metrics", "kl_x1e6")``, ...) beside
+    the run names, the runs grouped by kind (``scheme``, ``trial``, ``control``, ``sweep``) and
+    newest first (the scheme runs, published last), every run in the charts, and ``chart``
+    (title, x metric, y metric) as a scatter above MLflow's own charts. Stored as the UI stores
+    a saved view: ``{name, createdAt, updatedAt, state}`` in an experiment tag. Without it the
+    table shows one collapsed parent and no metric or parameter column."""
+    section = f"sweep-{target.parent_run_id}-charts"
+    title, x, y = chart
     state = {
-        "selectedColumns": [f"{kind}.`{name}`" for kind, name in columns],
-        "orderByKey": f"{order_by[0]}.`{order_by[1]}`",
+        "selectedColumns": [f"{kind}.`{col}`" for kind, col in columns],
+        "orderByKey": "attributes.start_time",
         "orderByAsc": False,
-        "runsExpanded": {target.parent_run_id: True},
+        # grouped by kind, every group open: the nested trials show (a saved view cannot open
+        # the parent's fold: the UI drops ``runsExpanded`` from it) and the schemes come first
+        "groupBy": {
+            "groupByKeys": [{"mode": "tag", "groupByData": "kind"}],
+            "aggregateFunction": "min",  # a group's row shows one of its (rounded) values
+        },
+        "groupsExpanded": {f"tag.kind.{k}": True for k in ("scheme", "trial", "control", "sweep")},
+        "useGroupedValuesInCharts": False,  # one point per run, in its kind's colour
+        "runsHiddenMode": "SHOW_ALL",  # the charts' default is the first 10 runs
+        "hideEmptyCharts": False,
+        "compareRunSections": [
+            # one chart a row, tall enough to tell the points apart
+            {
+                "uuid": section,
+                "name": title,
+                "display": True,
+                "isReordered": False,
+                "columns": 1,
+                "cardHeight": 560,
+            }
+        ],
+        "compareRunCharts": [
+            {
+                "uuid": f"{section}-scatter",
+                "type": "SCATTER",
+                "runsCountToCompare": 1000,
+                "metricSectionId": section,
+                "deleted": False,
+                "isGenerated": False,
+                "displayName": title,
+                "xaxis": {"key": x, "type": "METRIC"},
+                "yaxis": {"key": y, "type": "METRIC"},
+            }
+        ],
     }
+    now = int(time.time() * 1000)
+    saved = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
     client = MlflowClient(target.uri)
-    key = VIEW_TAG + _view_key(target)
-    retry(lambda: client.set_experiment_tag(target.experiment_id, key, json.dumps(state)), "view")
+    key = VIEW_TAG + view_key(target)
+    retry(lambda: client.set_experiment_tag(target.experiment_id, key, json.dumps(saved)), "view")
 
 
-def _view_key(target: TrackingTarget) -> str:
+def view_key(target: TrackingTarget) -> str:
     return f"sweep-{target.parent_run_id}"
+
+
+def view_page(target: TrackingTarget) -> str:
+    """The saved view's page, relative to the UI's root (a link in a description works as is)."""
+    return (
+        f"#/experiments/{target.experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={view_key(target)}"
+    )
 
 
 def ui_hint(target: TrackingTarget) -> str:
     """Where the sweep opens in MLflow's UI: the command for a local store, or the page."""
-    page = (
-        f"#/experiments/{target.experiment_id}/runs?workflowType=machine_learning"
-        f"&viewStateShareKey={_view_key(target)}"
-    )
+    page = view_page(target)
     if _is_local_store(target.uri):
         return (
             f"mlflow ui --backend-store-uri {target.uri} --host 127.0.0.1, "
@@ -203,8 +261,9 @@ def start_parent(
         retry(lambda: client.update_run(existing_run_id, status="RUNNING"), "reopen parent")
         run_id = existing_run_id
     else:
+        coloured = {**tags, **_colour(tags.get("kind", ""))}
         run = retry(
-            lambda: client.create_run(experiment_id, run_name=run_name, tags=dict(tags)),
+            lambda: client.create_run(experiment_id, run_name=run_name, tags=coloured),
             "create parent",
         )
         run_id = run.info.run_id
@@ -261,12 +320,17 @@ def start_child(
     client = MlflowClient(target.uri)
     existing = find_child(target, plan_hash)
     if existing is not None and existing.info.status == "FINISHED":
-        return existing.info.run_id, dict(existing.data.metrics)
+        return existing.info.run_id, without_display(existing.data.metrics)
     if existing is not None:
         run_id = existing.info.run_id
         retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen child")
     else:
-        all_tags = {**tags, PARENT_TAG: target.parent_run_id, PLAN_TAG: plan_hash}
+        all_tags = {
+            **tags,
+            PARENT_TAG: target.parent_run_id,
+            PLAN_TAG: plan_hash,
+            **_colour(tags.get("kind", "")),
+        }
         run = retry(
             lambda: client.create_run(target.experiment_id, run_name=run_name, tags=all_tags),
             "create child",
@@ -284,11 +348,13 @@ def finish_child(
     artifacts: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Metrics, artifacts and (over the start's) tags of a measured trial; the run ends FINISHED."""
+    """Metrics (with their display copies), artifacts and (over the start's) tags of a measured
+    trial; the run ends FINISHED."""
     client = MlflowClient(target.uri)
     batch_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    shown = {**metrics, **display_metrics(metrics), **display_metrics(metrics, REPORT)}
     retry(
-        lambda: client.log_batch(run_id, metrics=_metric_batch(metrics), tags=batch_tags),
+        lambda: client.log_batch(run_id, metrics=_metric_batch(shown), tags=batch_tags),
         "log metrics",
     )
     for name, payload in artifacts.items():
@@ -419,3 +485,66 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
 @_store_refusals
 def end_run(uri: str, run_id: str, status: str) -> None:
     retry(lambda: MlflowClient(uri).set_terminated(run_id, status), "end run")
+
+
+@dataclass(frozen=True)
+class SchemeRun:
+    """A published scheme as a run of its own: what the UI shows on its page and in the table."""
+
+    name: str
+    description: str  # markdown: the rationale, where it was measured, what it was tested against
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+    files: Sequence[Path]  # logged at the run's root (pareto.png, the plan)
+    texts: Mapping[str, str]  # artifact name -> text (the verdict table)
+
+
+@_store_refusals
+def replace_scheme_runs(target: TrackingTarget, schemes: Sequence[SchemeRun]) -> list[str]:
+    """One top-level run per published scheme, the sweep's newest runs, so the runs table lists
+    them first (newest first is its default order and the saved view's) and outside the parent's
+    fold; in ``schemes`` order. A sweep that publishes again (a resume) replaces its own: the old
+    ones are deleted (MLflow keeps them, hidden, until ``mlflow gc``). Returns their run ids."""
+    client = MlflowClient(target.uri)
+    old = retry(
+        lambda: client.search_runs(
+            [target.experiment_id],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{target.parent_run_id}' and tags.kind = 'scheme'",
+            max_results=100,
+        ),
+        "find scheme runs",
+    )
+    for run in old:
+        retry(partial(client.delete_run, run.info.run_id), "delete old scheme run")
+    start = int(time.time() * 1000)
+    ids = []
+    for i, s in enumerate(schemes):
+        tags = {
+            **s.tags,
+            "kind": "scheme",
+            SWEEP_TAG: target.parent_run_id,
+            NOTE_TAG: s.description,
+            **_colour("scheme"),
+        }
+        run = retry(
+            partial(
+                client.create_run,
+                target.experiment_id,
+                start_time=start + len(schemes) - i,  # the first scheme is the newest
+                tags=tags,
+                run_name=s.name,
+            ),
+            "create scheme run",
+        )
+        run_id = run.info.run_id
+        _log_params(client, run_id, s.params)
+        retry(partial(client.log_batch, run_id, metrics=_metric_batch(s.metrics)), "scheme metrics")
+        for f in s.files:
+            if f.exists():
+                retry(partial(client.log_artifact, run_id, str(f)), f"log {f.name}")
+        for name, text in s.texts.items():
+            retry(partial(client.log_text, run_id, text, name), f"log {name}")
+        retry(partial(client.set_terminated, run_id, "FINISHED"), "finish scheme run")
+        ids.append(run_id)
+    return ids

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.inputs import Inputs
+from orchestrator.core.objectives import REPORT
 from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.publish import Finalized, modelopt_run_tags, scheme_tracking
+from orchestrator.tracking.display import display_metrics, verdict_table
 from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri, follow_folder
 
 if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's environment is set
     from orchestrator.model.data import DataSets
-    from orchestrator.tracking.client import TrackingTarget
+    from orchestrator.tracking.client import SchemeRun, TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
     from orchestrator.tracking import client
 
     cfg = inp.cfg
-    moved = follow_own_store(inp)
+    follow_own_store(inp)
     previous = read_sweep_json(inp.output) or {}
     existing = previous.get("parent_run_id") or os.environ.get("MLFLOW_RUN_ID")
     exp_id = (
@@ -47,8 +50,6 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
             inp.tracking_uri, cfg.experiment, inp.output / ARTIFACTS, describe(inp, False)
         )
     )
-    if moved:  # its description names where the outputs are
-        client.describe_experiment(inp.tracking_uri, exp_id, describe(inp, False))
     flat = _flatten(cfg.model_dump(mode="json"))
     tags = {
         client.NOTE_TAG: describe(inp, True),
@@ -59,7 +60,13 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
     }
     parent = client.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
     target = client.TrackingTarget(inp.tracking_uri, exp_id, parent)
-    client.share_view(target, KEY_COLUMNS, ("metrics", "achieved_bits"))
+    client.share_view(target, f"{cfg.name}: schemes first", KEY_COLUMNS, CHART)
+    # MLflow 3.17 opens an experiment in the view its browser last used (GenAI unless the
+    # "Model training" toggle was set), whatever the experiment's tags say; the description the
+    # experiment page shows on top in either view links the saved view
+    client.describe_experiment(
+        inp.tracking_uri, exp_id, describe(inp, False, client.view_page(target))
+    )
     return target
 
 
@@ -80,24 +87,34 @@ def follow_own_store(inp: Inputs) -> bool:
     return original is not None
 
 
-# What the runs table shows beside each trial's name (the point, the plan's size, its quality)
+# What the runs table shows beside each run's name: its quality and size in units a person reads
+# (``tracking/display.py``), then the point
 KEY_COLUMNS = (
+    ("metrics", "fp8_share_pct"),
+    ("metrics", "kl_x1e6"),
+    ("metrics", "top1_pct"),
+    ("metrics", "eff_bits"),
+    ("tags", "verdict.random"),
     ("params", "method"),
     ("params", "strategy"),
-    ("params", "control"),
-    ("params", "effective_bits"),
     ("params", "coverage"),
-    ("metrics", "achieved_bits"),
-    ("metrics", "fp8_fraction"),
-    ("metrics", "kl_mean"),
-    ("metrics", "top1_agreement"),
-    ("tags", "scheme_name"),
+    ("params", "control"),
 )
+# the saved view's chart: FP8 share against KL, every run coloured by its kind
+CHART = ("FP8 share (%) vs KL x 1e6, by kind", "fp8_share_pct", "kl_x1e6")
 
 
-def describe(inp: Inputs, parent: bool) -> str:
-    """The description MLflow's UI shows for the sweep's parent run, or for its experiment."""
+def describe(inp: Inputs, parent: bool, view: str | None = None) -> str:
+    """The description MLflow's UI shows for the sweep's parent run, or for its experiment; the
+    experiment's links ``view``, the runs table with the schemes first and the chart, in words
+    that read as plain text too (the home page shows the description unrendered)."""
     cfg = inp.cfg
+    start = (
+        f"Open the runs table: [the three schemes first, every trial, the FP8-share-vs-KL "
+        f"chart]({view}) (MLflow's *Model training* view)\n\n"
+        if view
+        else ""
+    )
     what = (
         f"FP8 mixed-precision sweep `{cfg.name}` of `{cfg.model.source}`: ModelOpt AutoQuantize "
         f"scores ({', '.join(cfg.scoring.methods)}), then one child run per distinct FP8 plan "
@@ -107,12 +124,14 @@ def describe(inp: Inputs, parent: bool) -> str:
             if cfg.controls.enabled
             else ""
         )
-        + ". The three published schemes are the child runs tagged `scheme_name`."
+        + ". The three published schemes are runs of their own, named by the scheme, each with "
+        "its rationale, plan, verdicts and pareto.png; the trial each came from is tagged "
+        "`scheme_name`."
     )
     where = f"Outputs (schemes.yaml, trials.parquet, pareto.png, logs/): `{inp.output}`"
     if parent:
         return f"{what}\n\n{where}"
-    return f"{what} One parent run per sweep, its trials nested under it.\n\n{where}"
+    return f"{start}{what} One parent run per sweep, its trials nested under it.\n\n{where}"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,10 +215,64 @@ def publish(
                 client.name_scheme_run(target.uri, s.mlflow_run_id, s.name)
         for run_id, tags in modelopt_run_tags(done.entries, results).items():
             client.tag_run(target.uri, run_id, tags)
+        client.replace_scheme_runs(
+            target, [scheme_run(target, inp.output, entry) for entry in done.entries]
+        )
         client.end_run(target.uri, target.parent_run_id, "FINISHED")
     except Exception as e:  # noqa: BLE001
         return [f"parent run {target.parent_run_id} outputs: {e.__class__.__name__}: {e}"[:500]]
     return []
+
+
+def scheme_run(target: TrackingTarget, output: Path, entry: Mapping[str, Any]) -> SchemeRun:
+    """A published scheme's own run, from its ``schemes.yaml`` entry: the rationale, the trial
+    it was measured in and its verdict table as the description; its point as parameters; its
+    numbers on the selection set (those the trials and the chart show) and, when the scheme is
+    published from the report set, that set's as ``report_*``, each with its display copy; its
+    verdicts as tags; pareto.png, the plan and ``verdicts.md`` as artifacts."""
+    from orchestrator.tracking import client
+
+    published = dict(entry.get("metrics") or {})
+    selection = dict(entry.get("selection_metrics") or published)
+    report = REPORT if entry.get("metrics_set") == REPORT.rstrip("_") else ""
+    exact: dict[str, float] = {
+        "fp8_fraction": float(entry["fp8_fraction"]),
+        "achieved_bits": float(entry["achieved_effective_bits"]),
+        **selection,
+        **({f"{report}{k}": v for k, v in published.items()} if report else {}),
+    }
+    tags, verdict_metrics = scheme_tracking(entry)
+    source = entry.get("mlflow_run_id")
+    measured = (
+        f"\n\nMeasured in the trial run [{source}](#/experiments/{target.experiment_id}/runs/"
+        f"{source}) (plan `{entry['plan_hash']}`)."
+        if source
+        else ""
+    )
+    table = verdict_table(entry)
+    note = (
+        f"{entry['rationale']}{measured}\n\nAgainst the controls at its FP8 share "
+        f"(KL on the {entry.get('metrics_set', 'selection')} set):\n\n{table}"
+    )
+    return client.SchemeRun(
+        name=str(entry["name"]),
+        description=note,
+        params={
+            k: entry[k]
+            for k in ("role", "method", "strategy", "effective_bits", "coverage", "fp8_recipe")
+            if k in entry
+        }
+        | {"plan_hash": entry["plan_hash"], "metrics_set": entry.get("metrics_set", "")},
+        metrics={  # the readable ones first: the run's page lists metrics as logged
+            **display_metrics(exact),
+            **display_metrics(exact, REPORT),
+            **exact,
+            **verdict_metrics,
+        },
+        tags={**tags, **({"source_run_id": str(source)} if source else {})},
+        files=[output / "pareto.png", output / str(entry["modules"])],
+        texts={"verdicts.md": table},
+    )
 
 
 def print_where(inp: Inputs, target: TrackingTarget) -> None:

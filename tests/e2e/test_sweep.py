@@ -201,27 +201,41 @@ def test_the_console_holds_only_the_sweeps_own_lines_and_the_rest_is_in_logs(dem
 
 
 def test_mlflow_opens_on_the_sweep_with_its_key_columns_and_description(demo):
-    """What the UI reads: experiment tags (kind, description, the shared runs-table view),
-    the parent's description, run names."""
+    """What the UI reads: experiment tags (kind, description with the view's link, the saved
+    runs-table view), the parent's description, run names."""
     import json
 
     out, proc, _ = demo
     client, parents, children = _runs(out)
     exp = client.get_experiment(parents[0].info.experiment_id)
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI Overview
-    assert "demo-tiny" in exp.tags["mlflow.note.content"]
-    note = parents[0].data.tags["mlflow.note.content"]
-    assert "FP8 mixed-precision sweep `demo-tiny`" in note and str(out) in note
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     key = f"sweep-{parents[0].info.run_id}"
-    view = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])
-    assert view["runsExpanded"] == {parents[0].info.run_id: True}
+    page = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    # MLflow 3.17 ignores the kind tag (its GenAI/Model training toggle decides): the
+    # description the experiment page shows on top links the saved view, in the training view
+    note = exp.tags["mlflow.note.content"]
+    assert f"({page}&viewStateShareKey={key})" in note and "demo-tiny" in note
+    assert note.startswith("Open the runs table: [the three schemes first")
+    parent_note = parents[0].data.tags["mlflow.note.content"]
+    assert "FP8 mixed-precision sweep `demo-tiny`" in parent_note and str(out) in parent_note
+    saved = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])  # as the UI saves a view
+    assert saved["name"] == "demo-tiny: schemes first" and saved["createdAt"] > 0
+    view = json.loads(saved["state"])
+    assert view["orderByKey"] == "attributes.start_time" and view["orderByAsc"] is False
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "kind"}]
+    (chart,) = view["compareRunCharts"]
+    assert (chart["type"], chart["xaxis"]["key"], chart["yaxis"]["key"]) == (
+        "SCATTER",
+        "fp8_share_pct",
+        "kl_x1e6",
+    )
     have = {
         *(f"metrics.`{k}`" for c in children for k in c.data.metrics),
         *(f"params.`{k}`" for c in children for k in c.data.params),
         *(f"tags.`{k}`" for c in children for k in c.data.tags),
     }
     assert set(view["selectedColumns"]) <= have  # every column shows a value the runs have
-    for col in ("effective_bits", "coverage", "method", "fp8_fraction", "kl_mean", "top1"):
+    for col in ("fp8_share_pct", "kl_x1e6", "top1_pct", "eff_bits", "method", "coverage"):
         assert any(col in c for c in view["selectedColumns"]), col
     assert f"viewStateShareKey={key}" in proc.stdout
     names = {c.info.run_name for c in children}
@@ -233,6 +247,99 @@ def test_mlflow_opens_on_the_sweep_with_its_key_columns_and_description(demo):
         if "scheme_name" in c.data.tags
     }
     assert all(name.startswith(f"{s} (") for s, name in schemes.items()) and len(schemes) == 3
+    # readable numbers beside the exact ones, and each run in its kind's colour
+    for c in children:
+        m = c.data.metrics
+        assert m["fp8_share_pct"] == round(m["fp8_fraction"] * 100, 1)
+        assert m["kl_x1e6"] == round(m["kl_mean"] * 1e6, 1)
+        assert m["eff_bits"] == round(m["achieved_bits"], 2)
+        colour = c.data.tags["mlflow.runColor"]
+        assert colour == ("#7f7f7f" if c.data.tags["kind"] == "control" else "#1f77b4")
+
+
+def test_mlflow_lists_the_scheme_runs_first_with_their_reasons(demo):
+    """One run per published scheme, first in MLflow's default order (newest first), with the
+    rationale and the verdict table as its description, its numbers rounded for reading, and
+    pareto.png, the plan and the verdicts as artifacts."""
+    out, *_ = demo
+    client, parents, children = _runs(out)
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    runs = client.search_runs([parents[0].info.experiment_id], max_results=1000)  # default order
+    first = runs[:3]
+    assert [r.info.run_name for r in first] == [s["name"] for s in doc["schemes"]]
+    assert all(r.data.tags["kind"] == "scheme" for r in first)
+    assert all(r.data.tags["kind"] != "scheme" for r in runs[3:])
+    by_id = {c.info.run_id: c for c in children}
+    for run, s in zip(first, doc["schemes"], strict=True):
+        tags, m = run.data.tags, run.data.metrics
+        assert "mlflow.parentRunId" not in tags  # outside the parent's fold
+        assert tags["sweep_run_id"] == parents[0].info.run_id
+        assert tags["source_run_id"] == s["mlflow_run_id"] in by_id
+        assert tags["mlflow.runColor"] == "#d62728"
+        note = tags["mlflow.note.content"]
+        assert note.startswith(s["rationale"])
+        assert f"runs/{s['mlflow_run_id']})" in note
+        assert "| control | FP8 share | KL ratio" in note and "| random |" in note
+        assert tags["verdict.random"] == s["verdicts"]["random"]
+        # the selection set's numbers (those of the trials in the chart) and the published set's
+        assert m["kl_mean"] == s["selection_metrics"]["kl_mean"]
+        assert m["kl_x1e6"] == round(s["selection_metrics"]["kl_mean"] * 1e6, 1)
+        assert m["report_kl_x1e6"] == round(s["metrics"]["kl_mean"] * 1e6, 1)
+        assert m["fp8_share_pct"] == round(s["fp8_fraction"] * 100, 1)
+        for row in s["controls"]:
+            if "kl_ratio" in row:
+                assert m[f"kl_ratio.{row['control']}"] == row["kl_ratio"]
+        assert run.data.params["plan_hash"] == s["plan_hash"]
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert arts == {"pareto.png", Path(s["modules"]).name, "verdicts.md"}
+        table = client.download_artifacts(run.info.run_id, "verdicts.md", str(out / "tmp-md"))
+        assert Path(table).read_text() in note
+
+
+def test_mlflow_click_path_in_chromium(demo, tmp_path):
+    """From MLflow's home page to the three schemes, the chart and a scheme's reasons in a real
+    browser (scripts/mlflow_screenshots.py): the pages show what the store holds."""
+    import json
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    out, *_ = demo
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    names = [s["name"] for s in doc["schemes"]]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/mlflow_screenshots.py",
+            "--output",
+            str(out),
+            "--shots",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    seen = json.loads(proc.stdout)
+    assert seen["home_link"].startswith("#/experiments/")  # click 1, from home
+    assert "viewStateShareKey=sweep-" in seen["view_link"]  # click 2, on the experiment page
+    assert "workflowType=machine_learning" in seen["runs_page"]
+    assert seen["runs_in_order"][:3] == names  # the table lists the schemes first
+    assert all(n in seen["table_text"] for n in ("fp8_share_pct", "kl_x1e6"))
+    assert "kl_x1e6" in seen["chart_text"] and "fp8_share_pct" in seen["chart_text"]
+    assert doc["schemes"][0]["rationale"][:60] in seen["scheme_text"]
+    assert all(a in seen["artifacts_text"] for a in ("pareto.png", "verdicts.md"))
+    shots = {p.name for p in tmp_path.glob("*.png") if p.stat().st_size > 10_000}
+    assert shots == {
+        "mlflow-home.png",
+        "mlflow-experiment.png",
+        "mlflow-runs.png",
+        "mlflow-chart.png",
+        "mlflow-scheme.png",
+        "mlflow-scheme-artifacts.png",
+    }
 
 
 CONTROLS = {"modelopt", "random", "inverse", "ends_fixed:1", "attn_bf16"}
