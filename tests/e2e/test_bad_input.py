@@ -61,7 +61,7 @@ pytestmark = pytest.mark.e2e
         ),
         (
             ["--set", "data.eval_batches=100000", "--set", "data.batch_size=1024"],
-            "data.eval_batches=100000 x data.batch_size=1024 x data.seq_len=128 = 13107200000 "
+            "data.eval_batches=100000 x data.batch_size=1024 x data.seq_len=48 = 4915200000 "
             "tokens in one set; at most 134217728",
         ),
     ],
