@@ -103,7 +103,8 @@ def test_sweeps_evaluated_on_different_sets_are_refused(two_sweeps, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(two_sweeps["image"][0], other, ignore=shutil.ignore_patterns(".owner"))
     meta = json.loads((other / "sweep.json").read_text())
-    meta["data_hashes"]["eval"] = "0" * 16  # as a sweep with other evaluation settings has
+    # as a sweep with other selection and report settings has
+    meta["data_hashes"].update({"eval": "0" * 16, "report": "1" * 16})
     write_sweep_json(other, meta)  # sealed as that sweep would have sealed it
     proc = run_module(
         "orchestrator.compare_sweeps",
@@ -114,4 +115,4 @@ def test_sweeps_evaluated_on_different_sets_are_refused(two_sweeps, tmp_path):
     )
     assert proc.returncode == 2
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert "a paired comparison needs one evaluation set" in line
+    assert "a paired comparison needs one set" in line
