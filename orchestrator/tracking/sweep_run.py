@@ -60,7 +60,12 @@ def start_tracking(inp: Inputs, data: DataSets) -> TrackingTarget:
     }
     parent = client.start_parent(inp.tracking_uri, exp_id, cfg.name, flat, tags, existing)
     target = client.TrackingTarget(inp.tracking_uri, exp_id, parent)
-    client.share_view(target, f"{cfg.name}: schemes first", KEY_COLUMNS, CHART)
+    columns = (
+        KEY_COLUMNS
+        if data.report is not None
+        else tuple(c for c in KEY_COLUMNS if not c[1].startswith(REPORT))
+    )
+    client.share_view(target, f"{cfg.name}: schemes first", columns, CHART)
     # MLflow 3.17 opens an experiment in the view its browser last used (GenAI unless the
     # "Model training" toggle was set), whatever the experiment's tags say; the description the
     # experiment page shows on top in either view links the saved view
@@ -91,7 +96,9 @@ def follow_own_store(inp: Inputs) -> bool:
 # (``tracking/display.py``), then the point
 KEY_COLUMNS = (
     ("metrics", "fp8_share_pct"),
-    ("metrics", "kl_x1e6"),
+    ("metrics", "report_kl_x1e6"),  # the published number: the report set's
+    ("metrics", "report_top1_pct"),
+    ("metrics", "kl_x1e6"),  # the selection set's, which the front and the names were chosen on
     ("metrics", "top1_pct"),
     ("metrics", "eff_bits"),
     ("tags", "verdict.random"),
