@@ -224,7 +224,8 @@ def share_view(
 
 
 def view_key(target: TrackingTarget) -> str:
-    return f"sweep-{target.parent_run_id}"
+    """The saved view's key: short, so that the page's URL fits a 120-column console."""
+    return f"sweep-{target.parent_run_id[:12]}"
 
 
 def view_page(target: TrackingTarget) -> str:
