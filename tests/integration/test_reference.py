@@ -9,6 +9,7 @@ import json
 import math
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,10 +108,13 @@ def test_build_data_reads_text_with_the_preset_tokenizer(offline, tokenize, test
         }
     )
     data = build_data(cfg)
-    # every set reads documents (WikiText sections) apart: a calibration row is the first window
-    # of one of them, tokenized with the preset's tokenizer
+    # the text is read as documents (WikiText sections), each tokenized with the preset's
+    # tokenizer; the sets that choose take windows of the other documents read one after another
     from orchestrator.model.data import split_documents
 
-    firsts = {tuple(tokenize(d)[:128]) for d in split_documents([read_text(TEST_TXT)])}
-    assert tuple(data.calib.tokens[0, 0].tolist()) in firsts
+    report = set(data.report.docs.ravel().tolist())
+    docs = split_documents([read_text(TEST_TXT)])
+    stream = np.concatenate([tokenize(d) for i, d in enumerate(docs) if i not in report])
+    windows = {tuple(w) for w in stream[: len(stream) // 128 * 128].reshape(-1, 128).tolist()}
+    assert all(tuple(r) in windows for r in data.calib.tokens.reshape(-1, 128).tolist())
     assert int(data.eval.tokens.max()) < resolve_config(NAME).text_config.vocab_size
