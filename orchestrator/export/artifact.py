@@ -70,17 +70,22 @@ def measure_artifact(
     transformers builds it (``transformers``); that runtime computes its input quantization on
     CPU in BF16, so its number is recorded, and a disagreement is a warning, not a failure."""
     from orchestrator.export.checkpoint import ExportCheckError, load_exported
+    from orchestrator.model.loading import load_model
 
     fmt = scheme["export"]["format"]
     tokens = judging_set(data)
-    block = _measured(load_exported(folder, device), SERVED, cfg, tokens, device)
+    m = cfg.model  # the BF16 base, loaded once for every loader's measurement
+    base, _ = load_model(m.source, device, "bfloat16", m.revision, m.trust_remote_code)
+    block = _measured(base, load_exported(folder, device), SERVED, cfg, tokens, device)
     line, inside = verdict(scheme, block)
     block["within_trial_ci"] = inside
     if inside is False:
         raise ExportCheckError([line])
     log_wrapped(log, line, level=logging.INFO if inside else logging.WARNING)
     if fmt == "compressed-tensors":
-        other = _measured(load_transformers(folder, device), TRANSFORMERS, cfg, tokens, device)
+        other = _measured(
+            base, load_transformers(folder, device), TRANSFORMERS, cfg, tokens, device
+        )
         line, other["within_trial_ci"] = verdict(scheme, other)
         if other["within_trial_ci"] is False:
             line += "; plain transformers computes the input quantization in BF16 on CPU"
@@ -90,15 +95,14 @@ def measure_artifact(
 
 
 def _measured(
-    artifact: Any, loader: str, cfg: SweepConfig, tokens: TokenSet, device: str
+    base: Any, artifact: Any, loader: str, cfg: SweepConfig, tokens: TokenSet, device: str
 ) -> dict[str, Any]:
-    from orchestrator.model.loading import load_model
+    """One loader's measurement of the artifact against the BF16 ``base``, as scheme.json keeps
+    it; the artifact is released afterwards (the caller holds no other reference)."""
     from orchestrator.model.worker import compare_models
 
-    m = cfg.model
-    base, _ = load_model(m.source, device, "bfloat16", m.revision, m.trust_remote_code)
     metrics = compare_models(base, artifact, tokens, device)
-    del base, artifact
+    del artifact
     gc.collect()
     seqs = metrics["per_sequence"]
     kl = ratio_ci(seqs["kl"], seqs["tokens"], cfg.seed)

@@ -304,13 +304,8 @@ def split_documents(records: Sequence[str]) -> list[str]:
     elif len(records) > 1:
         texts = list(records)
     else:
-        texts = [p for p in "\n".join(records).split("\n\n")]
+        texts = "\n".join(records).split("\n\n")
     return [t for t in texts if t.strip()]
-
-
-def _windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
-    n = len(ids) // seq_len
-    return ids[: n * seq_len].reshape(n, seq_len)
 
 
 @dataclass(frozen=True)
@@ -506,9 +501,7 @@ def _report_and_rest(
     _require(cfg, field, len(stream[0]), wanted, len(taken))
     order = rng.permutation(len(stream[0]))
     if cfg.draw:  # another draw of the windows that choose; the report's stay
-        order = np.concatenate(
-            [order[:short], _drawn(rng, cfg.draw).permutation(order[short:])]
-        )
+        order = np.concatenate([order[:short], _drawn(rng, cfg.draw).permutation(order[short:])])
     out: dict[str, _Rows] = {}
     extra = order[:short]
     numbers = np.array(list(taken), dtype=np.int64)
