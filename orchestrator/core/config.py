@@ -108,13 +108,22 @@ class DataConfig(_Strict):
     answer_field: str = "answer"  # column/key: the answer; only its tokens are scored
 
 
+class AdaptiveBudget(_Strict):
+    # score this many batches at a time; after each chunk the driver re-solves every grid point's
+    # plan on the sums so far (orchestrator/core/budget.py)
+    chunk: int = Field(4, ge=1)
+    # stop once no plan changed over this many chunks in a row; 0: score all num_score_steps
+    patience: int = Field(2, ge=0)
+
+
 class ScoringConfig(_Strict):
     # list defaults, not factories: mypy infers a lambda's ["gradient"] as list[str], not Method;
     # pydantic copies a list default into each instance, as a factory would make a fresh one
     methods: list[Method] = Field(["gradient"], min_length=1)
     fp8_recipes: list[Recipe] = Field(["FP8_DEFAULT_CFG"], min_length=1)
     num_calib_steps: int = Field(2, ge=1)
-    num_score_steps: int = Field(2, ge=1)  # fewer = faster, noisier ranking
+    num_score_steps: int = Field(2, ge=1)  # the maximum; fewer = faster, noisier ranking
+    adaptive: AdaptiveBudget = Field(default_factory=AdaptiveBudget)
     # Score batches split into this many shards per setup, handed to the workers in turn (each
     # calibrates the same way and scores its share; the sums are the scores). auto: one per worker,
     # i.e. per GPU (search.max_concurrent workers without GPUs).

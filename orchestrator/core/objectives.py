@@ -43,7 +43,7 @@ class Objective:
 
     @property
     def modality(self) -> str:
-        """"" (all targets) or "image_": the prefix without the set's."""
+        """ "" (all targets) or "image_": the prefix without the set's."""
         return self.metric.removesuffix("kl_mean")
 
     @property

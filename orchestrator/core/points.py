@@ -25,7 +25,21 @@ from orchestrator.core.planning import (
     fp8_share_for_bits,
     plan_for,
 )
-from orchestrator.core.records import NamedScheme, Point, ScoreTable
+from orchestrator.core.records import NamedScheme, Point, ScoreTable, table_key
+
+
+def _grid(search: SearchConfig, table: ScoreTable) -> Iterable[Point]:
+    """The grid's points of one setup, in the fixed order that decides which point keeps a plan."""
+    for strategy in search.strategies:
+        for bits in sorted(search.effective_bits, reverse=True):
+            for cov in sorted(search.coverage, reverse=True):
+                yield Point(
+                    method=table.method,
+                    fp8_recipe=table.fp8_recipe,
+                    effective_bits=bits,
+                    coverage=cov,
+                    strategy=strategy,
+                )
 
 
 def grid_points(search: SearchConfig, tables: Mapping[str, ScoreTable]) -> tuple[list[Point], int]:
@@ -34,22 +48,20 @@ def grid_points(search: SearchConfig, tables: Mapping[str, ScoreTable]) -> tuple
     points = []
     total = 0
     for table in sorted(tables.values(), key=lambda t: (t.method, t.fp8_recipe)):
-        for strategy in search.strategies:
-            for bits in sorted(search.effective_bits, reverse=True):
-                for cov in sorted(search.coverage, reverse=True):
-                    total += 1
-                    p = Point(
-                        method=table.method,
-                        fp8_recipe=table.fp8_recipe,
-                        effective_bits=bits,
-                        coverage=cov,
-                        strategy=strategy,
-                    )
-                    h = plan_for(p, tables).plan_hash
-                    if h not in seen:
-                        seen.add(h)
-                        points.append(p)
+        for p in _grid(search, table):
+            total += 1
+            h = plan_for(p, tables).plan_hash
+            if h not in seen:
+                seen.add(h)
+                points.append(p)
     return points, total
+
+
+def grid_plans(search: SearchConfig, table: ScoreTable) -> tuple[str, ...]:
+    """The plan hash of every grid point of one setup, in grid order: what the adaptive scoring
+    budget (``core/budget.py``) watches for changes."""
+    tables = {table_key(table.method, table.fp8_recipe): table}
+    return tuple(plan_for(p, tables).plan_hash for p in _grid(search, table))
 
 
 def control_points(

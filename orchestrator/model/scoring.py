@@ -5,14 +5,15 @@ language model. The vision tower and ``lm_head`` are kept out of the search (``d
 *and* out of the cost (``excluded_module_name_patterns``); otherwise their weights would join the
 effective-bits denominator and every budget would mean something else. The result is a
 :class:`ScoreTable` saved as Parquet with ModelOpt's search state (JSON) in its metadata, under a
-key that hashes the model, profile, data, method, steps, FP8 recipe and library versions: a second
-request with the same key reads the file and never rescores; a truncated file or one holding another
-key is recomputed.
+key that hashes the model, profile, data, method, steps, the adaptive budget's rule, FP8 recipe and
+library versions: a second request with the same key reads the file and never rescores; a truncated
+file or one holding another key is recomputed.
 
 The sweep scores a setup in one or more shards (:func:`score_shard`, one per GPU): every shard
 calibrates on the same batches (without their padding) and scores its own share, and
 :func:`merge_shards` adds the per-batch sums up; :func:`score` is the same search in one piece, with
-its cache.
+its cache. With the adaptive budget (``core/budget.py``) the shards come chunk by chunk, and the
+driver stops sending chunks once the plans they decide stop changing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.core.budget import BudgetRule
 from orchestrator.core.records import ScoreGroup, ScoreTable, stable_hash
 from orchestrator.model.batches import Batch, target_ids, target_logits, unpadded
 from orchestrator.model.batches import batches as make_batches
@@ -59,10 +61,19 @@ class ScoringSetup:
     num_calib_steps: int
     num_score_steps: int
     reuse_prefix: bool = True
+    # the adaptive budget (``core/budget.py``): batches per chunk, chunks without a plan change
+    # before scoring stops; patience 0 scores all num_score_steps
+    chunk: int = 4
+    patience: int = 0
+
+    def rule(self) -> BudgetRule:
+        return BudgetRule(self.num_score_steps, self.chunk, self.patience)
 
     def key(self) -> str:
-        what = {k: v for k, v in self.__dict__.items() if k != "reuse_prefix"}
-        return stable_hash({**what, "versions": library_versions()})
+        what = {
+            k: v for k, v in self.__dict__.items() if k not in ("reuse_prefix", "chunk", "patience")
+        }
+        return stable_hash({**what, "budget": self.rule().key(), "versions": library_versions()})
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:

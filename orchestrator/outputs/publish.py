@@ -18,7 +18,7 @@ from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig, Sweep
 from orchestrator.core.numerics import UNRECORDED, sweep_numerics
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
-from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult
+from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult, table_key
 from orchestrator.core.selection import Selection, SelectionError, select
 from orchestrator.core.stats import MARGIN
 from orchestrator.core.verdicts import (
@@ -31,7 +31,7 @@ from orchestrator.core.verdicts import (
 )
 from orchestrator.outputs.files import write_json, write_text
 from orchestrator.outputs.plots import pareto_png, sensitivity_png
-from orchestrator.outputs.tables import write_trials
+from orchestrator.outputs.tables import scoring_budget, write_trials
 
 _PER_MODALITY = (
     "kl_mean",
@@ -97,8 +97,12 @@ class Finalized:
     judged: Objective = KL_MEAN  # the objective on the set the numbers are published from
 
 
-def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[str, Any]:
-    """What produced the scheme, the catalog's recommendation, and where the two differ."""
+def _knobs(
+    s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme, table: ScoreTable
+) -> dict[str, Any]:
+    """What produced the scheme, the catalog's recommendation, and where the two differ; the
+    score batches its setup used (the adaptive budget may stop before ``num_score_steps``)."""
+    used, stop = scoring_budget(table)
     ran = {
         "method": s.method,
         "strategy": s.strategy,
@@ -106,6 +110,8 @@ def _knobs(s: NamedScheme, facts: SweepFacts, catalog: CatalogScheme) -> dict[st
         "effective_bits": s.effective_bits,
         "fp8_recipe": s.fp8_recipe,
         **dict(facts.scoring),
+        "score_batches_used": used,
+        "score_stop": stop,
     }
     recommended = catalog.knobs.model_dump()
     differ = sorted(k for k, v in recommended.items() if k in ran and ran[k] != v)
@@ -125,6 +131,7 @@ def _entry(
     catalog: CatalogScheme,
     numerics: str,
     judged: Objective,
+    table: ScoreTable,
 ) -> dict[str, Any]:
     return {
         "name": s.name,
@@ -152,7 +159,7 @@ def _entry(
         "mlflow_run_id": s.mlflow_run_id,
         "verdicts": verdicts(rows),
         "controls": [dict(r) for r in rows],
-        **_knobs(s, facts, catalog),
+        **_knobs(s, facts, catalog, table),
         "rationale": s.rationale,
     }
 
@@ -240,7 +247,10 @@ def finalize(
         write_json(output / plan_path, plan.to_dict())
         spec = next(c for c in catalog.schemes if c.name == s.name)
         ran = measured[s.plan_hash].numerics if s.plan_hash in measured else ""
-        entries.append(_entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED, judged))
+        table = tables[table_key(s.method, s.fp8_recipe)]
+        entries.append(
+            _entry(s, plan, plan_path, rows, facts, spec, ran or UNRECORDED, judged, table)
+        )
     rule = verdict_rule(compared, facts.margin)
     knee = _point_summary(sel.knee, judged)
     if knee is not None and sel.knee is not None:

@@ -142,19 +142,31 @@ def score_file(output: Path, table: ScoreTable) -> Path:
     return output / "scores" / f"{table.method}__{table.fp8_recipe}.parquet"
 
 
+def scoring_budget(table: ScoreTable) -> tuple[int, str]:
+    """(score batches the setup used, why it stopped: ``core/budget.py``); a table scored before
+    the adaptive budget used all of its ``num_score_steps``."""
+    meta = table.meta
+    used = int(meta.get("score_batches_used", meta.get("num_score_steps", 0)))
+    return used, str(meta.get("stop", "off"))
+
+
 def write_score_tables(output: Path, tables: Sequence[ScoreTable]) -> list[str]:
     """One file per scoring setup (re-solvable), and scores.parquet with all rows for reading;
     returns the files written, relative to ``output``."""
+    columns = ("method", "fp8_recipe", "key", "score_batches", "stop")
     rows: dict[str, list[Any]] = {
-        k: [] for k in ("method", "fp8_recipe", "key", "group", "block", "kind", "params", "score")
+        k: [] for k in (*columns, "group", "block", "kind", "params", "score")
     }
     for t in tables:
         write_scores(t, score_file(output, t))
+        used, stop = scoring_budget(t)
         for g in t.groups:
             for k, v in (
                 ("method", t.method),
                 ("fp8_recipe", t.fp8_recipe),
                 ("key", t.key),
+                ("score_batches", used),
+                ("stop", stop),
                 ("group", g.name),
                 ("block", g.block),
                 ("kind", g.kind),

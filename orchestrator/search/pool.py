@@ -24,8 +24,8 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -402,38 +402,97 @@ def _watching_storage(refs: list[Any], every_s: float = 2.0) -> list[Any]:
             raise found
 
 
+@dataclass
+class _Scoring:
+    """One setup's progress through its chunks: the parts scored so far and what each chunk did to
+    the grid's plans."""
+
+    chunks: list[list[int]]
+    parts: list[tuple[ScoreTable, Any]] = field(default_factory=list)
+    changes: list[int] = field(default_factory=list)
+    plans: tuple[str, ...] | None = None
+    done: int = 0  # chunks scored
+    used: int = 0  # their batches
+
+
 def run_scoring(
     pool: WorkerPool,
     data_ref: Any,
     setups: Sequence[Any],
     cache_dir: Path,
     shards: int | str = 1,
+    plans: Callable[[ScoreTable], Sequence[str]] | None = None,
 ) -> list[ScoreTable]:
-    """Every setup's shards sent to the workers at once, in turn, one after another per worker.
+    """Every setup scored chunk by chunk (one chunk of all its batches unless its adaptive budget
+    is on, ``core/budget.py``): each round sends every unfinished setup's next chunk, split in
+    shards, to the workers in turn, one after another per worker.
 
-    The driver adds each setup's shards up (``scoring.merge_shards``; one shard is the whole
-    setup) and caches the table in ``cache_dir``.
+    After a round the driver adds each setup's shards up (``scoring.merge_shards``), re-solves the
+    grid's plans on the sums (``plans``) and stops a setup once its rule says so; a stopped setup's
+    table records the batches it used and why it stopped, and is cached in ``cache_dir``.
     """
+    from orchestrator.core.budget import changed, explain, stop_reason
     from orchestrator.model.scoring import merge_shards, save, shard_indices
 
     n = len(pool.workers)
-    pending: list[list[Any]] = []
-    turn = 0
-    for s in setups:
-        refs = []
-        for piece in shard_indices(s.num_score_steps, scoring_shards(shards, s.num_score_steps, n)):
-            worker = pool.workers[turn % n]
-            refs.append(worker.score.options(max_task_retries=1).remote(data_ref, s, piece))
-            turn += 1
-        pending.append(refs)
-    if any(len(p) > 1 for p in pending):
-        counts = sorted({len(p) for p in pending})
+    progress = {s: _Scoring(s.rule().chunks()) for s in setups}
+    counts = sorted({scoring_shards(shards, len(p.chunks[0]), n) for p in progress.values()})
+    if counts[-1] > 1:
         each = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-        log.info("scoring %d setup(s), each in %s shard(s) over the workers", len(pending), each)
-    out = []
-    for refs in pending:
-        parts = [(ScoreTable.from_dict(g["table"]), g["state"]) for g in _watching_storage(refs)]
-        table, state = merge_shards(parts)
-        save(table, state, cache_dir)
-        out.append(table)
-    return out
+        what = "each chunk" if any(s.rule().on for s in setups) else "each"
+        log.info("scoring %d setup(s), %s in %s shard(s) over the workers", len(setups), what, each)
+    for s in setups:
+        if s.rule().on:
+            log.info("%s/%s: %s", s.method, s.fp8_recipe, s.rule().describe())
+    out: dict[Any, ScoreTable] = {}
+    turn = 0
+    while len(out) < len(setups):
+        pending = {}
+        for s, p in progress.items():
+            if s in out:
+                continue
+            chunk = p.chunks[p.done]
+            refs = []
+            for piece in shard_indices(len(chunk), scoring_shards(shards, len(chunk), n)):
+                worker = pool.workers[turn % n]
+                batches = [chunk[i] for i in piece]
+                refs.append(worker.score.options(max_task_retries=1).remote(data_ref, s, batches))
+                turn += 1
+            pending[s] = (chunk, refs)
+        for s, (chunk, refs) in pending.items():
+            p = progress[s]
+            got = _watching_storage(refs)
+            p.parts += [(ScoreTable.from_dict(g["table"]), g["state"]) for g in got]
+            p.done += 1
+            p.used += len(chunk)
+            table, state = merge_shards(p.parts)
+            rule = s.rule()
+            if rule.on and plans is not None:
+                now = tuple(plans(table))
+                p.changes.append(changed(p.plans, now))
+                p.plans = now
+                log.info(
+                    "%s/%s: %d score batches, %d of %d grid plans changed by the last %d",
+                    s.method,
+                    s.fp8_recipe,
+                    p.used,
+                    p.changes[-1],
+                    len(now),
+                    len(chunk),
+                )
+            reason = stop_reason(rule, p.changes, p.used)
+            if reason is None:
+                continue
+            meta = {
+                **table.meta,
+                "score_batches_used": p.used,
+                "stop": reason,
+                "plan_changes": list(p.changes),
+                "budget": rule.key(),
+            }
+            table = replace(table, meta=meta)
+            save(table, state, cache_dir)
+            out[s] = table
+            if rule.patience:
+                log.info("%s/%s scored: %s", s.method, s.fp8_recipe, explain(reason, rule, p.used))
+    return [out[s] for s in setups]

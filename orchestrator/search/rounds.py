@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.core.inputs import Inputs
 from orchestrator.core.objectives import Objective
 from orchestrator.core.planning import MODELOPT
-from orchestrator.core.points import control_points, grid_points
+from orchestrator.core.points import control_points, grid_plans, grid_points
 from orchestrator.core.records import NamedScheme, ScoreTable, TrialResult, table_key
 from orchestrator.outputs import integrity
 from orchestrator.outputs.tables import write_score_tables
@@ -47,6 +47,8 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
             cfg.scoring.num_calib_steps,
             cfg.scoring.num_score_steps,
             cfg.scoring.reuse_prefix,
+            cfg.scoring.adaptive.chunk,
+            cfg.scoring.adaptive.patience,
         )
         for method in cfg.scoring.methods
         for recipe in cfg.scoring.fp8_recipes
@@ -57,7 +59,14 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
     t0 = time.perf_counter()
     fresh = {}
     if missing:
-        scored = run_scoring(pool, data_ref, missing, cache, cfg.scoring.shards)
+        scored = run_scoring(
+            pool,
+            data_ref,
+            missing,
+            cache,
+            cfg.scoring.shards,
+            plans=lambda table: grid_plans(cfg.search, table),
+        )
         fresh = dict(zip(missing, scored, strict=True))
     log.info(
         "scores: %d cached, %d computed in %.1fs",

@@ -60,7 +60,11 @@ def test_raising_nan_and_killed_trials_fail_cleanly_and_the_sweep_goes_on(tmp_pa
     assert (markers / f"{by_bits[11]['plan_hash']}.worker_killed").exists()
     assert not list(markers.glob("*.kill_worker"))  # the worker took the request
     assert by_bits[11]["status"] == "FINISHED"
-    assert "worker 0 was lost while measuring kl_div-b11-c1" in proc.stdout
+    # whichever worker held it (two may serve the tiny preset) is named, with the point
+    lost = [line for line in proc.stdout.splitlines() if "was lost" in line]
+    assert any(re.search(r"worker \d+ was lost while measuring kl_div-b11-c1", x) for x in lost), (
+        lost or proc.stdout[-3000:]
+    )
     assert by_bits[15]["status"] == "FAILED" and "injected fault" in by_bits[15]["error"]
     assert by_bits[13]["status"] == "FAILED" and "non-finite" in by_bits[13]["error"]
     assert by_bits[10]["status"] == "FAILED" and by_bits[10]["error"]

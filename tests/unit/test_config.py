@@ -283,9 +283,11 @@ def test_the_demo_config_hash_is_pinned():
     plans anyway), and ``model.fused_scales``: ``dtype: auto`` became BF16 on CPU too and fused
     layers got vLLM's shared scales, so a sweep measured before (float32 on CPU, per-shard scales)
     must not resume into one folder with trials measured after; then ``data.report_batches``
-    and the demo's shorter windows (the report set), and ``data.draw``."""
+    and the demo's shorter windows (the report set), and ``data.draw``. Issue 25:
+    ``scoring.adaptive`` (the demo's 4 score batches are too few for the rule to stop early, so its
+    scores are the same; larger configs score fewer batches)."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
-    assert cfg.config_hash() == "b4a276881692c16b"
+    assert cfg.config_hash() == "34502d0d89260e91"
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):
