@@ -9,11 +9,12 @@ scoring budget (``orchestrator/core/budget.py``) stops, for each scoring method.
 Each score batch is scored on its own (one AutoQuantize call per batch, each calibrating the same
 way, as the sweep's shards do), so the sums over the first k batches are the scores a budget of k
 batches gives, for every k up to ``--batches``. For every k the script solves the plan of every
-grid point of the config's search space and counts the plans that differ from k - 1's and from the
-full budget's. It then replays each rule of ``--rules`` (chunk x patience) on those sums: where it
-stops, how many of its grid plans differ from the full budget's (0: the trials, and so the three
-schemes, are the full budget's), and its share of the full budget's forwards (a batch costs the
-same forwards whichever chunk it falls in; each chunk calibrates once more).
+grid point of the config's search space and compares the plans with k - 1's and with the full
+budget's: how many differ, and the most weight one plan moved. It then replays each rule of
+``--rules`` (chunk x patience @ tolerance) on those sums: where it stops, how many of its grid
+plans differ from the full budget's (0: the trials, and so the three schemes, are the full
+budget's) and by how much of the weights at most, and its share of the full budget's forwards (a
+batch costs the same forwards whichever chunk it falls in; each chunk calibrates once more).
 
 A kl_div score batch runs one forward per group plus the reference; a gradient batch one forward
 and one backward. ``--batches`` must not exceed the config's ``data.score_batches`` (the script
@@ -33,7 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "search_spaces" / "demo_tiny.yaml"
-DEFAULT_RULES = "4x1,4x2,4x3,2x2,8x1,8x2"
+DEFAULT_RULES = "4x2,4x2@0.01,4x2@0.02,4x2@0.05,4x1@0.02,2x2@0.02,8x1@0.02"
 SMOKE_SETS = [
     "model.source=tiny-qwen2.5-vl",
     "data.source=synthetic",
@@ -52,42 +53,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], help="config override, key=value")
     p.add_argument("--batches", type=int, default=32, help="the full budget (default 32)")
     p.add_argument("--methods", default="gradient,kl_div")
-    p.add_argument("--rules", default=DEFAULT_RULES, help="chunk x patience, comma-separated")
+    p.add_argument(
+        "--rules", default=DEFAULT_RULES, help="CHUNKxPATIENCE[@TOLERANCE], comma-separated"
+    )
     p.add_argument("--device", default=None, help="default: cuda if there is one, else cpu")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--parts", type=Path, help="keep the per-batch scores here (JSON) and read them back"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny random preset, 6 batches, 2 rules")
     args = p.parse_args(argv)
     if args.smoke:
         args.set = SMOKE_SETS + args.set
-        args.batches, args.rules = 6, "2x1,2x2"
+        args.batches, args.rules = 6, "2x1,2x2,1x2@0.05"
     return args
 
 
-def per_batch_parts(model: Any, profile: Any, data: Any, setup: Any, device: str) -> list[Any]:
-    """(table, state, seconds) of each score batch on its own, from a fresh copy of ``model``."""
+def per_batch_parts(
+    model: Any, profile: Any, data: Any, setup: Any, device: str, kept: Any = None
+) -> list[Any]:
+    """(table, state, seconds) of each score batch on its own, from a fresh copy of ``model``;
+    ``kept`` (a callable) gets the parts so far after every batch, and a list of them returned
+    by it earlier is continued, not redone."""
     from orchestrator.model.scoring import score_shard
 
-    parts = []
-    for i in range(setup.num_score_steps):
+    parts = list(kept() or []) if kept else []
+    for i in range(len(parts), setup.num_score_steps):
         net = copy.deepcopy(model)
         t0 = time.perf_counter()
         table, state = score_shard(net, profile, data, setup, [i], device)
         parts.append((table, state, time.perf_counter() - t0))
         del net
+        if kept:
+            kept(parts)
     return parts
 
 
-def plan_curve(parts: list[Any], plans: Any) -> list[tuple[str, ...]]:
-    """The grid's plans on the sums of the first k batches, for k = 1 .. len(parts)."""
+def keeper(folder: Path, method: str, key: str) -> Any:
+    """Reads (no argument) or writes (the parts so far) one method's per-batch parts as JSON."""
+    from orchestrator.core.records import ScoreTable
+
+    path = folder / f"{method}-{key}.json"
+
+    def kept(parts: list[Any] | None = None) -> list[Any] | None:
+        if parts is None:
+            if not path.exists():
+                return None
+            doc = json.loads(path.read_text())
+            return [(ScoreTable.from_dict(t), st, sec) for t, st, sec in doc]
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([(t.to_dict(), st, sec) for t, st, sec in parts]))
+        return parts
+
+    return kept
+
+
+def plan_curve(parts: list[Any], plans: Any) -> tuple[list[Any], Any]:
+    """The grid's plans (FP8 groups per point) on the sums of the first k batches, for k = 1 ..
+    len(parts), and the groups' weights."""
+    from orchestrator.core.budget import group_weights
     from orchestrator.model.scoring import merge_shards
 
-    return [
-        tuple(plans(merge_shards([(t, s) for t, s, _ in parts[:k]])[0]))
-        for k in range(1, 1 + len(parts))
-    ]
+    tables = [merge_shards([(t, s) for t, s, _ in parts[:k]])[0] for k in range(1, 1 + len(parts))]
+    return [tuple(plans(t)) for t in tables], group_weights(tables[-1])
 
 
-def replay(rule: Any, curve: list[tuple[str, ...]]) -> tuple[int, int, list[int]]:
+def replay(rule: Any, curve: list[Any], weights: Any) -> tuple[int, int, list[int]]:
     """(batches used, chunks, plan changes per chunk) of ``rule`` on the per-k plans."""
     from orchestrator.core.budget import changed, stop_reason
 
@@ -97,11 +128,19 @@ def replay(rule: Any, curve: list[tuple[str, ...]]) -> tuple[int, int, list[int]
     for n, chunk in enumerate(rule.chunks(), start=1):
         used += len(chunk)
         now = curve[used - 1]
-        changes.append(changed(before, now))
+        changes.append(changed(before, now, weights, rule.tolerance))
         before = now
         if stop_reason(rule, changes, used) is not None:
             return used, n, changes
     return used, len(rule.chunks()), changes
+
+
+def parse_rule(spec: str, maximum: int) -> Any:
+    from orchestrator.core.budget import BudgetRule
+
+    sizes, _, tolerance = spec.partition("@")
+    chunk, patience = (int(x) for x in sizes.split("x"))
+    return BudgetRule(maximum, chunk, patience, float(tolerance or 0))
 
 
 def forwards_per_batch(method: str, groups: int) -> int:
@@ -113,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from orchestrator.core.budget import BudgetRule
+    from orchestrator.core.budget import changed, most_moved
     from orchestrator.core.config import load_config
     from orchestrator.core.points import grid_plans
     from orchestrator.model.datasets import build_data
@@ -128,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     model, profile = load_model(m.source, device, m.dtype, m.revision, m.trust_remote_code)
     calib = cfg.scoring.num_calib_steps
 
-    def plans(table: Any) -> list[str]:
+    def plans(table: Any) -> list[Any]:
         return list(grid_plans(cfg.search, table))
 
     methods: dict[str, Any] = {}
@@ -138,24 +177,24 @@ def main(argv: list[str] | None = None) -> int:
             cfg.scoring.fp8_recipes[0], calib, args.batches, cfg.scoring.reuse_prefix,
         )  # fmt: skip
         t0 = time.perf_counter()
-        parts = per_batch_parts(model, profile, data.score, setup, device)
-        curve = plan_curve(parts, plans)
+        kept = keeper(args.parts, method, setup.key()) if args.parts else None
+        parts = per_batch_parts(model, profile, data.score, setup, device, kept)
+        curve, weights = plan_curve(parts, plans)
         full = curve[-1]
         groups = len(parts[0][0].groups)
         fpb = forwards_per_batch(method, groups)
         full_forwards = args.batches * fpb + calib
         rules = {}
         for spec in args.rules.split(","):
-            chunk, patience = (int(x) for x in spec.split("x"))
-            rule = BudgetRule(args.batches, chunk, patience)
-            used, chunks, changes = replay(rule, curve)
+            rule = parse_rule(spec, args.batches)
+            used, chunks, changes = replay(rule, curve, weights)
             rules[spec] = {
+                "on": rule.on,
                 "batches_used": used,
                 "chunks": chunks,
                 "plan_changes_per_chunk": changes,
-                "plans_differing_from_full": sum(
-                    a != b for a, b in zip(curve[used - 1], full, strict=True)
-                ),
+                "plans_differing_from_full": changed(curve[used - 1], full, weights),
+                "most_weight_moved_from_full": most_moved(curve[used - 1], full, weights),
                 "forwards_share": (used * fpb + chunks * calib) / full_forwards,
             }
         methods[method] = {
@@ -165,19 +204,25 @@ def main(argv: list[str] | None = None) -> int:
             "forwards_per_batch": fpb,
             "seconds_per_batch_call": [round(s, 3) for _, _, s in parts],
             "seconds": time.perf_counter() - t0,
-            # k = 1 .. batches: plans changed since k - 1, and plans differing from the full budget
+            # k = 1 .. batches: against k - 1 (all plans at k = 1) and against the full budget:
+            # plans that differ, and the most weight one plan moved
             "changed_since_previous": [
-                sum(a != b for a, b in zip(curve[k - 1], curve[k], strict=True)) if k else len(full)
+                changed(curve[k - 1] if k else None, curve[k], weights) for k in range(len(curve))
+            ],
+            "most_moved_since_previous": [
+                round(most_moved(curve[k - 1] if k else None, curve[k], weights), 6)
                 for k in range(len(curve))
             ],
-            "differ_from_full": [sum(a != b for a, b in zip(c, full, strict=True)) for c in curve],
+            "differ_from_full": [changed(c, full, weights) for c in curve],
+            "most_moved_from_full": [round(most_moved(c, full, weights), 6) for c in curve],
             "rules": rules,
         }
         print(f"{method}: {groups} groups, {len(full)} grid points, {len(set(full))} plans")
         for spec, r in rules.items():
             print(
                 f"  rule {spec}: stops at {r['batches_used']}/{args.batches} batches, "
-                f"{r['plans_differing_from_full']} plan(s) differ from the full budget, "
+                f"{r['plans_differing_from_full']} plan(s) differ from the full budget "
+                f"(most {100 * r['most_weight_moved_from_full']:.1f}% of weights), "
                 f"{100 * r['forwards_share']:.0f}% of its forwards"
             )
     result = {

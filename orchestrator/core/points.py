@@ -57,11 +57,11 @@ def grid_points(search: SearchConfig, tables: Mapping[str, ScoreTable]) -> tuple
     return points, total
 
 
-def grid_plans(search: SearchConfig, table: ScoreTable) -> tuple[str, ...]:
-    """The plan hash of every grid point of one setup, in grid order: what the adaptive scoring
-    budget (``core/budget.py``) watches for changes."""
+def grid_plans(search: SearchConfig, table: ScoreTable) -> tuple[frozenset[str], ...]:
+    """The FP8 groups of every grid point's plan of one setup, in grid order: what the adaptive
+    scoring budget (``core/budget.py``) watches for changes."""
     tables = {table_key(table.method, table.fp8_recipe): table}
-    return tuple(plan_for(p, tables).plan_hash for p in _grid(search, table))
+    return tuple(frozenset(plan_for(p, tables).fp8_groups) for p in _grid(search, table))
 
 
 def control_points(

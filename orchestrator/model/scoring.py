@@ -61,18 +61,18 @@ class ScoringSetup:
     num_calib_steps: int
     num_score_steps: int
     reuse_prefix: bool = True
-    # the adaptive budget (``core/budget.py``): batches per chunk, chunks without a plan change
-    # before scoring stops; patience 0 scores all num_score_steps
+    # the adaptive budget (``core/budget.py``): batches per chunk, chunks without a plan that
+    # moved more than ``tolerance`` of the weights before scoring stops; patience 0 scores all
     chunk: int = 4
     patience: int = 0
+    tolerance: float = 0.0
 
     def rule(self) -> BudgetRule:
-        return BudgetRule(self.num_score_steps, self.chunk, self.patience)
+        return BudgetRule(self.num_score_steps, self.chunk, self.patience, self.tolerance)
 
     def key(self) -> str:
-        what = {
-            k: v for k, v in self.__dict__.items() if k not in ("reuse_prefix", "chunk", "patience")
-        }
+        rule = ("reuse_prefix", "chunk", "patience", "tolerance")
+        what = {k: v for k, v in self.__dict__.items() if k not in rule}
         return stable_hash({**what, "budget": self.rule().key(), "versions": library_versions()})
 
 

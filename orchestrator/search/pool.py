@@ -410,7 +410,8 @@ class _Scoring:
     chunks: list[list[int]]
     parts: list[tuple[ScoreTable, Any]] = field(default_factory=list)
     changes: list[int] = field(default_factory=list)
-    plans: tuple[str, ...] | None = None
+    plans: tuple[frozenset[str], ...] | None = None
+    moved: list[float] = field(default_factory=list)  # the most weight one plan moved, per chunk
     done: int = 0  # chunks scored
     used: int = 0  # their batches
 
@@ -421,7 +422,7 @@ def run_scoring(
     setups: Sequence[Any],
     cache_dir: Path,
     shards: int | str = 1,
-    plans: Callable[[ScoreTable], Sequence[str]] | None = None,
+    plans: Callable[[ScoreTable], Sequence[frozenset[str]]] | None = None,
 ) -> list[ScoreTable]:
     """Every setup scored chunk by chunk (one chunk of all its batches unless its adaptive budget
     is on, ``core/budget.py``): each round sends every unfinished setup's next chunk, split in
@@ -431,7 +432,7 @@ def run_scoring(
     grid's plans on the sums (``plans``) and stops a setup once its rule says so; a stopped setup's
     table records the batches it used and why it stopped, and is cached in ``cache_dir``.
     """
-    from orchestrator.core.budget import changed, explain, stop_reason
+    from orchestrator.core.budget import changed, explain, group_weights, most_moved, stop_reason
     from orchestrator.model.scoring import merge_shards, save, shard_indices
 
     n = len(pool.workers)
@@ -468,17 +469,18 @@ def run_scoring(
             table, state = merge_shards(p.parts)
             rule = s.rule()
             if rule.on and plans is not None:
-                now = tuple(plans(table))
-                p.changes.append(changed(p.plans, now))
+                now, weights = tuple(plans(table)), group_weights(table)
+                p.changes.append(changed(p.plans, now, weights, rule.tolerance))
+                p.moved.append(most_moved(p.plans, now, weights))
                 p.plans = now
                 log.info(
-                    "%s/%s: %d score batches, %d of %d grid plans changed by the last %d",
+                    "%s/%s: %d score batches, %d of %d grid plans moved (most: %.1f%% of weights)",
                     s.method,
                     s.fp8_recipe,
                     p.used,
                     p.changes[-1],
                     len(now),
-                    len(chunk),
+                    100 * p.moved[-1],
                 )
             reason = stop_reason(rule, p.changes, p.used)
             if reason is None:
@@ -488,6 +490,7 @@ def run_scoring(
                 "score_batches_used": p.used,
                 "stop": reason,
                 "plan_changes": list(p.changes),
+                "plan_moved": [round(x, 6) for x in p.moved],
                 "budget": rule.key(),
             }
             table = replace(table, meta=meta)

@@ -49,6 +49,7 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
             cfg.scoring.reuse_prefix,
             cfg.scoring.adaptive.chunk,
             cfg.scoring.adaptive.patience,
+            cfg.scoring.adaptive.tolerance,
         )
         for method in cfg.scoring.methods
         for recipe in cfg.scoring.fp8_recipes

@@ -11,14 +11,19 @@ import yaml
 
 from orchestrator.core.budget import MAXIMUM, STABLE
 from orchestrator.core.config import read_written_config
-from orchestrator.core.points import grid_plans
+from orchestrator.core.planning import plan_for
+from orchestrator.core.points import grid_points
+from orchestrator.core.records import table_key
 from orchestrator.outputs.tables import read_score_tables
 from tests.e2e.test_sweep import SMALL, sweep
 
 pytestmark = pytest.mark.e2e
 
 MAXIMUM_BATCHES = 5  # the demo's score set
-RULE = ["--set", "scoring.adaptive.chunk=1", "--set", "scoring.adaptive.patience=2"]
+RULE = [
+    *("--set", "scoring.adaptive.chunk=1", "--set", "scoring.adaptive.patience=2"),
+    *("--set", "scoring.adaptive.tolerance=0"),  # any plan change counts
+]
 
 
 def test_scoring_stops_when_the_plans_hold_and_says_so(tmp_path):
@@ -38,11 +43,16 @@ def test_scoring_stops_when_the_plans_hold_and_says_so(tmp_path):
     else:
         assert stop == MAXIMUM and used == MAXIMUM_BATCHES and any(changes[-2:])
     assert table.meta["shard_batches"] == [[i] for i in range(used)]
-    assert table.meta["budget"] == {"chunk": 1, "patience": 2}
+    assert table.meta["budget"] == {"chunk": 1, "patience": 2, "tolerance": 0.0}
+    moved = table.meta["plan_moved"]  # the most weight one plan moved, per chunk
+    assert len(moved) == used and moved[0] == 1.0
+    assert all((m > 0) == (c > 0) for m, c in zip(moved[1:], changes[1:], strict=True))
     # the plans the trials ran are the ones the stopping table gives
     cfg = read_written_config(out / "config.yaml")
     trials = pq.read_table(out / "trials.parquet").to_pylist()
-    assert {t["plan_hash"] for t in trials} == set(grid_plans(cfg.search, table))
+    tables = {table_key(table.method, table.fp8_recipe): table}
+    grid = {plan_for(p, tables).plan_hash for p in grid_points(cfg.search, tables)[0]}
+    assert {t["plan_hash"] for t in trials} == grid
     # scores.parquet, schemes.yaml and the console say how many batches and why
     rows = pq.read_table(out / "scores.parquet").to_pylist()
     assert {(r["score_batches"], r["stop"]) for r in rows} == {(used, stop)}

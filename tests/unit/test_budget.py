@@ -7,7 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.core.budget import MAXIMUM, OFF, STABLE, BudgetRule, changed, stop_reason
+from orchestrator.core.budget import (
+    MAXIMUM,
+    OFF,
+    STABLE,
+    BudgetRule,
+    changed,
+    group_weights,
+    most_moved,
+    moved,
+    stop_reason,
+)
 from orchestrator.core.config import SearchConfig, load_config
 from orchestrator.core.planning import plan_for
 from orchestrator.core.points import grid_plans, grid_points
@@ -46,11 +56,32 @@ def test_scoring_stops_once_no_plan_changed_over_patience_chunks():
     assert stop_reason(off, [], 32) == OFF
 
 
-def test_changed_counts_grid_points_whose_plan_moved():
-    assert changed(None, ["a", "b", "c"]) == 3
-    assert changed(["a", "b", "c"], ["a", "x", "c"]) == 1
+def test_changed_counts_grid_points_whose_plan_moved_more_than_the_tolerance():
+    weights = {"a": 0.5, "b": 0.3, "c": 0.15, "d": 0.05}
+    assert moved({"a", "b"}, {"a", "c"}, weights) == pytest.approx(0.45)  # b and c both move
+    assert changed(None, [{"a"}, {"b"}, set()], weights) == 3
+    before = [{"a", "b"}, {"a", "c"}, {"c"}]
+    after = [{"a", "b"}, {"a", "d"}, {"d"}]  # c and d swap: 20% of the weights move
+    assert changed(before, after, weights) == 2
+    assert changed(before, after, weights, tolerance=0.2) == 0
+    assert changed(before, after, weights, tolerance=0.19) == 2
+    assert most_moved(before, after, weights) == pytest.approx(0.2)
+    assert most_moved(None, after, weights) == 1.0
     with pytest.raises(ValueError):
-        changed(["a"], ["a", "b"])  # the grid does not change between chunks
+        changed([{"a"}], [{"a"}, {"b"}], weights)  # the grid does not change between chunks
+
+
+def test_a_tolerant_rule_stops_where_an_exact_one_goes_on():
+    weights = {"a": 0.9, "b": 0.05, "c": 0.05}
+    curve = [[{"a", "b"}], [{"a", "c"}], [{"a", "b"}], [{"a", "c"}]]  # b and c keep swapping
+    exact, tolerant = BudgetRule(8, 2, 1), BudgetRule(8, 2, 1, tolerance=0.1)
+    for rule, expected in ((exact, None), (tolerant, STABLE)):
+        changes = [
+            changed(None, curve[0], weights),
+            changed(curve[0], curve[1], weights, rule.tolerance),
+        ]
+        assert stop_reason(rule, changes, 4) == expected
+    assert exact.key() != tolerant.key() and tolerant.key()["tolerance"] == 0.1
 
 
 def test_grid_plans_are_the_plans_of_every_grid_point_in_grid_order():
@@ -61,26 +92,30 @@ def test_grid_plans_are_the_plans_of_every_grid_point_in_grid_order():
     )
     plans = grid_plans(search, t)
     assert len(plans) == 3 * 2  # every grid point, repeats kept: a fold is no change
-    points, _ = grid_points(search, {table_key(t.method, t.fp8_recipe): t})
-    assert set(plans) == {
-        plan_for(p, {table_key(t.method, t.fp8_recipe): t}).plan_hash for p in points
-    }
-    # swapping two groups' scores moves at least one plan, and only through the scores
-    swapped = replace(
+    tables = {table_key(t.method, t.fp8_recipe): t}
+    points, _ = grid_points(search, tables)
+    assert set(plans) == {frozenset(plan_for(p, tables).fp8_groups) for p in points}
+    weights = group_weights(t)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["model.layers.0.gate_up"] == pytest.approx(16 / (36 * 6))
+    # one group made the most sensitive of all moves at least one plan, by its weight at least
+    hot = replace(
         t,
         groups=tuple(
-            replace(g, score=1.0 if g.name == "model.layers.0.down" else g.score) for g in t.groups
+            replace(g, score=99.0 if g.name == "model.layers.0.o" else g.score) for g in t.groups
         ),
     )
-    assert changed(plans, grid_plans(search, swapped)) > 0
+    assert changed(plans, grid_plans(search, hot), weights) > 0
+    assert most_moved(plans, grid_plans(search, hot), weights) >= weights["model.layers.0.o"]
 
 
 def test_the_cache_key_covers_the_rule_and_an_off_rule_ignores_its_chunk():
     args = ("m", None, "p", "h", "kl_div", "FP8_DEFAULT_CFG", 2, 32)
     off, off_other_chunk = ScoringSetup(*args, chunk=4, patience=0), ScoringSetup(*args, chunk=8)
     on, on_longer = ScoringSetup(*args, chunk=4, patience=2), ScoringSetup(*args, patience=3)
-    assert off.key() == off_other_chunk.key()
-    assert len({off.key(), on.key(), on_longer.key()}) == 3
+    tolerant = ScoringSetup(*args, chunk=4, patience=2, tolerance=0.02)
+    assert off.key() == off_other_chunk.key() == ScoringSetup(*args, tolerance=0.5).key()
+    assert len({off.key(), on.key(), on_longer.key(), tolerant.key()}) == 4
     # too few batches for the rule to stop early: the same table as the rule off
     few = ("m", None, "p", "h", "kl_div", "FP8_DEFAULT_CFG", 2, 8)
     assert ScoringSetup(*few, chunk=4, patience=2).key() == ScoringSetup(*few).key()
