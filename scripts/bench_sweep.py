@@ -606,7 +606,14 @@ def _run_sweep(
     d = load_config(CONFIG, sets).data
     data = {
         k: getattr(d, k)
-        for k in ("seq_len", "batch_size", "calib_batches", "score_batches", "eval_batches")
+        for k in (
+            "seq_len",
+            "batch_size",
+            "calib_batches",
+            "score_batches",
+            "eval_batches",
+            "report_batches",
+        )
     }
     return {
         "exit_code": rc,
@@ -678,6 +685,7 @@ def _sweep_facts(dest: Path, text: str) -> dict[str, Any]:
         "reference_seconds",
         "eval_seconds",
         "eval_tokens",
+        "report_eval_tokens",
         "trial_seconds",
         "resident_hit",
         "peak_gpu_gib",
@@ -765,7 +773,9 @@ def _trial_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
     for t in sweep["trials"]:
         if t.get("status") != "FINISHED":
             continue
-        ev_tokens = t["eval_tokens"] * seq / (seq - 1) if t.get("eval_tokens") else 0.0
+        # a trial evaluates the selection set and the report set in one pass (worker.Evaluator)
+        scored = (t.get("eval_tokens") or 0.0) + (t.get("report_eval_tokens") or 0.0)
+        ev_tokens = scored * seq / (seq - 1)
         first = t.get("resident_hit", 1.0) == 0.0
         tokens = ev_tokens * (2 if first else 1) + (calib_tokens if first else 0)
         phases = (
@@ -782,7 +792,7 @@ def _trial_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
                 "floor_seconds": floor,
                 "phase_seconds": phases,
                 "ratio_to_floor": phases / floor,
-                "eval_tokens_per_s": t["eval_tokens"] / t["eval_seconds"],
+                "eval_tokens_per_s": scored / t["eval_seconds"],
             }
         )
     return rows
@@ -796,7 +806,8 @@ def _worker_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
     """
     d = sweep["data"]
     calib_tokens = d["calib_batches"] * d["batch_size"] * d["seq_len"]
-    eval_tokens = d["eval_batches"] * d["batch_size"] * d["seq_len"]
+    # the reference pass covers the selection and the report sets
+    eval_tokens = (d["eval_batches"] + d.get("report_batches", 0)) * d["batch_size"] * d["seq_len"]
     rows = []
     for w in sweep.get("workers", []):
         if "setup_seconds" not in w:

@@ -76,6 +76,8 @@ def test_bench_sweep_smoke_runs_every_stage_a_cpu_can(bench, tmp_path):
     sweep = json.loads((out / "sweep-s2.json").read_text())
     assert sweep["exit_code"] == 0 and sweep["grid_points"] == 3 == sweep["distinct_plans"]
     assert [t["status"] for t in sweep["trials"]] == ["FINISHED"] * 3
+    # each trial's evaluation pass covers the report set too, which the floor counts
+    assert all(t["report_eval_tokens"] > 0 for t in sweep["trials"])
     assert (work / "sweep-s2" / "schemes.yaml").exists()
     # the sweep's console landmarks were found, in the order the sweep reaches them
     ph = sweep["phases"]
