@@ -226,7 +226,7 @@ def main() -> None:
     per_block = [0] * layers
     for n in groups:
         per_block[int(n.split(".layers.")[1].split(".")[0])] += 1
-    full, reuse = runs["full"], runs["reuse"]
+    full, reused = runs["full"], runs["reuse"]
     # What the reuse path keeps per batch: one block input per decoder block (scoring_forward).
     dtype_bytes = next(pristine.parameters()).element_size()
     block_inputs = args.batch_size * args.seq_len * int(text.hidden_size) * dtype_bytes * layers
@@ -243,11 +243,11 @@ def main() -> None:
         "versions": {"python": platform.python_version(), **library_versions()},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": {"source": args.preset or "random", "layers": layers, "groups": len(groups)},
-        "scores_bitwise_equal": full["scores"] == reuse["scores"],
-        "ratio_total": full["total_s"] / reuse["total_s"],
-        "ratio_scoring": full["phases_s"]["scoring"] / reuse["phases_s"]["scoring"],
-        "ratio_total_cpu": full["total_cpu_s"] / reuse["total_cpu_s"],
-        "ratio_scoring_cpu": full["phases_cpu_s"]["scoring"] / reuse["phases_cpu_s"]["scoring"],
+        "scores_bitwise_equal": full["scores"] == reused["scores"],
+        "ratio_total": full["total_s"] / reused["total_s"],
+        "ratio_scoring": full["phases_s"]["scoring"] / reused["phases_s"]["scoring"],
+        "ratio_total_cpu": full["total_cpu_s"] / reused["total_cpu_s"],
+        "ratio_scoring_cpu": full["phases_cpu_s"]["scoring"] / reused["phases_cpu_s"]["scoring"],
         "ideal_ratio_scoring": ideal_ratio(layers, per_block),
         "recorded_block_inputs_gib": block_inputs / 2**30,
         "runs": {k: {x: v for x, v in r.items() if x != "scores"} for k, r in runs.items()},

@@ -31,10 +31,11 @@ The sweep and every child process import ``orchestrator`` from ``--src`` (defaul
 so a run can pin a committed snapshot while the working tree changes.
 
 ``--smoke`` runs the stages' code on the ``tiny-qwen2.5-vl`` preset with CPU-sized data, a 3-point
-grid and score budget 2 (default stages ``kernel,model,probe,sweep:2,loop:2,kernel_after``, one
-loop point). A stage that needs CUDA (``kernel``, ``kernel_after``, ``scale:N`` beyond the visible
-GPUs) is skipped where there is none, with the reason printed, so on CPU the smoke runs everything
-else; ``tests/integration/test_scripts.py`` runs it there, so the benchmark cannot rot.
+grid and score budget 2 (default stages ``kernel,model,probe,sweep:2,loop:2,scale:1,kernel_after``,
+one loop point, ``scale:1`` both methods on that grid). A stage that needs CUDA (``kernel``,
+``kernel_after``, ``scale:N`` beyond the visible GPUs, but ``scale:1`` runs on one CPU worker) is
+skipped where there is none, with the reason printed, so on CPU the smoke runs everything else;
+``tests/integration/test_scripts.py`` runs it there, so the benchmark cannot rot.
 """
 
 from __future__ import annotations
@@ -321,7 +322,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
 
     out["modelopt_import_seconds"] = time.perf_counter() - t0
     device.peak_memory(dev)
-    (model, profile), load_s = timed(load_model, src, dev)
+    (model, profile), load_s = timed(load_model, src, dev, cfg.model.dtype)
     out["model_load_seconds"] = load_s
     out["bf16_model_bytes"] = _bf16_bytes(model)
     body, head = quantize.lm_parts(model)
@@ -342,6 +343,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
         RECIPE,
         dev,
         reference_cache_bytes=int(cfg.search.reference_cache_gib * 2**30),
+        fused_scales=cfg.model.fused_scales,  # as the sweep's trials measure
     )
     out["resident"] = {
         "setup_seconds": ev.setup_seconds,
@@ -370,7 +372,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
         )
     out["evaluate"] = evals
     out["fake_quant_forward"] = _fake_quant_variants(ev, plans["full"], data, dev)
-    out["recalibrate"] = _recalibrate(ev, plans, data, src, dev)
+    out["recalibrate"] = _recalibrate(ev, plans, data, src, cfg.model.dtype, dev)
     return out
 
 
@@ -414,7 +416,7 @@ def _fake_quant_variants(ev: Any, full: list[str], data: Any, dev: str) -> dict[
 
 
 def _recalibrate(
-    ev: Any, plans: dict[str, list[str]], data: Any, src: str, dev: str
+    ev: Any, plans: dict[str, list[str]], data: Any, src: str, dtype: str, dev: str
 ) -> dict[str, Any]:
     """Each plan quantized and calibrated afresh on a freshly loaded model (the way without a
     resident model), against the resident model's toggled result: KL and amax differences."""
@@ -428,7 +430,7 @@ def _recalibrate(
     out: dict[str, Any] = {}
     for name in ("quarter", "full"):
         toggled = ev.evaluate(plans[name])
-        (fresh, _), load_s = timed(load_model, src, dev)
+        (fresh, _), load_s = timed(load_model, src, dev, dtype)
         timings: dict[str, float] = {}
         fresh, quant_s = timed(
             quantize.quantize_plan,
@@ -449,7 +451,10 @@ def _recalibrate(
             for i, batch in enumerate(ev.eval_batches):
                 q = body(**batch.inputs, use_cache=False)[0]
                 part = sums.new_zeros(len(batch.positions), 4)  # one row per sequence
-                worker.accumulate_metrics(part, ev._reference[i], q, batch, head)
+                # the cached BF16 reference, or recomputed with every quantizer off where the
+                # cache budget did not hold it
+                ref = ev._reference_hidden(i, ())
+                worker.accumulate_metrics(part, ref, q, batch, head)
                 sums += part.sum(dim=0)
                 count += sum(batch.counts())
         kl = sums[0].item() / count
@@ -501,7 +506,7 @@ def cmd_point(args: argparse.Namespace) -> dict[str, Any]:
 
         _, kernel_s = timed(extensions.get_cuda_ext_fp8, raise_if_failed=True)
     device.peak_memory(dev)
-    (model, profile), load_s = timed(load_model, cfg.model.source, dev)
+    (model, profile), load_s = timed(load_model, cfg.model.source, dev, cfg.model.dtype)
     batches = make_batches(data.eval, dev, worker.stack_size(data.eval))
     body, head = quantize.lm_parts(model)
     with torch.no_grad():
@@ -601,7 +606,14 @@ def _run_sweep(
     d = load_config(CONFIG, sets).data
     data = {
         k: getattr(d, k)
-        for k in ("seq_len", "batch_size", "calib_batches", "score_batches", "eval_batches")
+        for k in (
+            "seq_len",
+            "batch_size",
+            "calib_batches",
+            "score_batches",
+            "eval_batches",
+            "report_batches",
+        )
     }
     return {
         "exit_code": rc,
@@ -614,7 +626,10 @@ def _run_sweep(
     }
 
 
-_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d) \w+ (\S+): (.*)$")
+# the sweep's console lines: "HH:MM:SS message" (orchestrator/runtime/logs.py); a progress line
+# per finished trial starts "done/total "
+_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d) (.*)$")
+_PROGRESS = re.compile(r"\d+/\d+ ")
 _MARKERS = {
     "ray_up": "Ray: ",
     "scored": "scores: ",
@@ -629,7 +644,7 @@ def _log_phases(text: str) -> dict[str, float]:
     for line in text.splitlines():
         m = _STAMP.match(line)
         if m:
-            stamps.append((int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]), m[5]))
+            stamps.append((int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]), m[4]))
     if not stamps:
         return {}
     t0 = stamps[0][0]
@@ -642,7 +657,7 @@ def _log_phases(text: str) -> dict[str, float]:
         for k, marker in _MARKERS.items()
         if any(marker in msg for _, msg in stamps)
     }
-    progress = [t for t, msg in stamps if re.match(r"\[[# ]*\] \d+/\d+ ", msg)]
+    progress = [t for t, msg in stamps if _PROGRESS.match(msg)]
     if progress:
         out["last_trial_done"] = rel(progress[-1])
     out["last_line"] = rel(stamps[-1][0])
@@ -670,6 +685,7 @@ def _sweep_facts(dest: Path, text: str) -> dict[str, Any]:
         "reference_seconds",
         "eval_seconds",
         "eval_tokens",
+        "report_eval_tokens",
         "trial_seconds",
         "resident_hit",
         "peak_gpu_gib",
@@ -685,7 +701,13 @@ def _sweep_facts(dest: Path, text: str) -> dict[str, Any]:
         "scoring_wall_seconds": float(scores[3]) if scores else None,
         "scores_cached": int(scores[1]) if scores else None,
         "auto_quantize_seconds": {k: t.meta.get("seconds") for k, t in tables.items()},
-        "extension_loads": ext_loads(text),
+        # ModelOpt prints its extension loads in the workers, whose output goes to <output>/logs/
+        "extension_loads": ext_loads(text)
+        + [
+            x
+            for log in sorted((dest / "logs").glob("*.log"))
+            for x in ext_loads(log.read_text(errors="replace"))
+        ],
         "trials": trials,
         "workers": json.loads((dest / "workers.json").read_text())
         if (dest / "workers.json").exists()
@@ -720,11 +742,19 @@ def stage_loop(args: argparse.Namespace, out: Path, budget: int) -> dict[str, An
 
 
 def stage_scale(args: argparse.Namespace, out: Path, gpus: int) -> dict[str, Any]:
-    """The 48-point sweep (both scoring methods x 8 budgets x 3 coverages) on ``gpus`` GPUs."""
+    """The 48-point sweep (both scoring methods x 8 budgets x 3 coverages) on ``gpus`` GPUs (with
+    ``--smoke``, both methods on the smoke grid; on a machine without GPUs, one CPU worker)."""
+    from orchestrator.runtime.host import local_gpu_count
+
     methods = "[" + ",".join(SCALE_METHODS) + "]"
     sets = sweep_sets(args, 8) + [f"scoring.methods={methods}"]
-    visible = ",".join(str(i) for i in range(gpus))
-    return {"gpus": gpus, **_run_sweep(args, f"scale-{gpus}gpu", sets, out, visible)}
+    on_gpus = local_gpu_count()[0] > 0
+    visible = ",".join(str(i) for i in range(gpus)) if on_gpus else None
+    return {
+        "gpus": gpus,
+        "device": "cuda" if on_gpus else "cpu",
+        **_run_sweep(args, f"scale-{gpus}gpu", sets, out, visible),
+    }
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -743,7 +773,9 @@ def _trial_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
     for t in sweep["trials"]:
         if t.get("status") != "FINISHED":
             continue
-        ev_tokens = t["eval_tokens"] * seq / (seq - 1) if t.get("eval_tokens") else 0.0
+        # a trial evaluates the selection set and the report set in one pass (worker.Evaluator)
+        scored = (t.get("eval_tokens") or 0.0) + (t.get("report_eval_tokens") or 0.0)
+        ev_tokens = scored * seq / (seq - 1)
         first = t.get("resident_hit", 1.0) == 0.0
         tokens = ev_tokens * (2 if first else 1) + (calib_tokens if first else 0)
         phases = (
@@ -760,7 +792,7 @@ def _trial_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
                 "floor_seconds": floor,
                 "phase_seconds": phases,
                 "ratio_to_floor": phases / floor,
-                "eval_tokens_per_s": t["eval_tokens"] / t["eval_seconds"],
+                "eval_tokens_per_s": scored / t["eval_seconds"],
             }
         )
     return rows
@@ -774,7 +806,8 @@ def _worker_rows(sweep: dict[str, Any], rate: float) -> list[dict[str, Any]]:
     """
     d = sweep["data"]
     calib_tokens = d["calib_batches"] * d["batch_size"] * d["seq_len"]
-    eval_tokens = d["eval_batches"] * d["batch_size"] * d["seq_len"]
+    # the reference pass covers the selection and the report sets
+    eval_tokens = (d["eval_batches"] + d.get("report_batches", 0)) * d["batch_size"] * d["seq_len"]
     rows = []
     for w in sweep.get("workers", []):
         if "setup_seconds" not in w:
@@ -810,7 +843,7 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
         budget = sweep["score_batches"]
         rows = _trial_rows(sweep, rate)
         worst = max(rows, key=lambda r: r["ratio_to_floor"]) if rows else None
-        peak = max((r.get("peak_gpu_gib") or 0.0 for r in rows), default=None)
+        peak = max((r["peak_gpu_gib"] for r in rows if r.get("peak_gpu_gib")), default=None)
         workers = _worker_rows(sweep, rate)
         s = {
             "workers": workers,
@@ -876,6 +909,8 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
         one = scales[1]
         summary["scale"] = {
             str(n): {
+                "device": r.get("device", "cuda"),
+                "grid_points": r.get("grid_points"),
                 "wall_seconds": r["wall_seconds"],
                 "speedup": one["wall_seconds"] / r["wall_seconds"],
                 "scoring_seconds": r.get("scoring_wall_seconds"),
@@ -934,8 +969,10 @@ def print_table(results: dict[str, Any], summary: dict[str, Any]) -> None:
             cells.append(format(v, fmt) if isinstance(v, (int, float)) else f"{'-':>{w}}")
         print(f"{key:<8}" + "".join(cells))
     for n, sc in (summary.get("scale") or {}).items():
+        where = f"{n} GPU(s)" if sc["device"] == "cuda" else "1 CPU worker"
         print(
-            f"48 points on {n} GPU(s): {sc['wall_seconds']:.1f}s (speedup {sc['speedup']:.2f}x), "
+            f"{sc['grid_points']} points on {where}: {sc['wall_seconds']:.1f}s "
+            f"(speedup {sc['speedup']:.2f}x), "
             f"scoring {sc['scoring_seconds']}s, trials phase {sc['trials_phase_seconds']}s"
         )
 
@@ -948,7 +985,7 @@ def merge(out: Path) -> dict[str, Any]:
 
 
 STAGES_DEFAULT = "kernel,model,probe,sweep:8,loop:8,sweep:64,loop:64,kernel_after"
-STAGES_SMOKE = "kernel,model,probe,sweep:2,loop:2,kernel_after"
+STAGES_SMOKE = "kernel,model,probe,sweep:2,loop:2,scale:1,kernel_after"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -963,7 +1000,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.reuse and name in ("kernel", "model") and _present(args, name, out):
             print(f"[{now()}] stage {stage}: kept from an earlier call on this machine", flush=True)
             continue
-        why = cannot_run(name, n, gpus)
+        why = cannot_run(name, n, gpus, args.smoke)
         if why:
             print(f"[{now()}] stage {stage}: skipped, {why}", flush=True)
             continue
@@ -993,17 +1030,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.pack:
             pack(out, Path(args.pack))
     results = merge(out)
+    results["date"] = results.get("probe", {}).get("finished", now())[:10]
     print_table(results, report(results))
     return 0
 
 
-def cannot_run(name: str, n: str, gpus: tuple[int, str]) -> str | None:
+def cannot_run(name: str, n: str, gpus: tuple[int, str], smoke: bool = False) -> str | None:
     """Why a stage cannot run on this machine, or None: the FP8 extension is CUDA code, and
-    ``scale:N`` needs N GPUs. Every other stage runs on CPU too (``--smoke``)."""
+    ``scale:N`` needs N GPUs. Every other stage runs on CPU too (``--smoke``), and so does
+    ``scale:1`` with ``--smoke`` on a machine without GPUs (one CPU worker), so that its stage and
+    report code run."""
     count, reason = gpus
     if name in ("kernel", "kernel_after") and count == 0:
         return f"ModelOpt's FP8 extension is CUDA code ({reason})"
-    if name == "scale" and int(n) > count:
+    if name == "scale" and int(n) > count and not (smoke and int(n) == 1 and count == 0):
         return f"it needs {n} GPU(s) ({reason})"
     return None
 

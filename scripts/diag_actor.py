@@ -107,7 +107,14 @@ def evaluator(args: argparse.Namespace) -> tuple[Any, list[str]]:
         device = default_device()
         net, profile = load_model(cfg.model.source, device, cfg.model.dtype)
         _RESIDENT["ev"] = Evaluator(
-            net, profile, data.calib, data.eval, "FP8_DEFAULT_CFG", device, 16 << 30
+            net,
+            profile,
+            data.calib,
+            data.eval,
+            "FP8_DEFAULT_CFG",
+            device,
+            int(cfg.search.reference_cache_gib * 2**30),
+            cfg.model.fused_scales,  # as the sweep's trials measure
         )
     ev = _RESIDENT["ev"]
     return ev, list(ev.eligible)
@@ -251,14 +258,18 @@ def tuned(args: argparse.Namespace, trials: int, pinned: bool = False) -> list[d
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/fp8bench")
-    p.add_argument("--src", default=str(ROOT))
+    p.add_argument(
+        "--src", default=str(ROOT), help="folder whose orchestrator/ this and every Ray process use"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--parts", default="plain,actor,tune")
     p.add_argument("--trials", type=int, default=4)
     args = p.parse_args()
+    src = str(Path(args.src).resolve())
+    sys.path.insert(0, src)  # before any orchestrator import
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
+        [src, str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
     )
     parts = args.parts.split(",")
     rows: list[dict[str, Any]] = []

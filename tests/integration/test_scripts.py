@@ -47,7 +47,7 @@ def bench(tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_bench_sweep_smoke_runs_every_stage_a_cpu_can(bench):
+def test_bench_sweep_smoke_runs_every_stage_a_cpu_can(bench, tmp_path):
     work, out, stdout = bench
     # the CUDA-only stages say why they did not run; every other one wrote its record
     assert stdout.count("skipped, ModelOpt's FP8 extension is CUDA code") == 2
@@ -56,23 +56,53 @@ def test_bench_sweep_smoke_runs_every_stage_a_cpu_can(bench):
         "probe.json",
         "sweep-s2.json",
         "loop-s2.json",
+        "scale-1.json",
     }
     probe = json.loads((out / "probe.json").read_text())
     assert probe["device"]["card"] == "cpu" and {"python", "torch"} <= set(probe["versions"])
     kl = {name: runs[0]["kl_mean"] for name, runs in probe["evaluate"].items()}
     assert kl["none"] == 0 and 0 < kl["quarter"] < kl["full"]
+    # every fake-quant forward variant ran, folded weights included
+    assert {k.split("_x")[0] for k in probe["fake_quant_forward"]} == {
+        "model",
+        "decoder",
+        "inputs_only",
+        "folded",
+    }
+    assert all(v["tokens_per_s"] > 0 for v in probe["fake_quant_forward"].values())
     # calibrate once and toggle gives what calibrating each plan afresh gives
     for plan in probe["recalibrate"].values():
         assert plan["kl_abs_difference"] < 1e-9 and plan["amax_max_abs_difference"] == 0
     sweep = json.loads((out / "sweep-s2.json").read_text())
     assert sweep["exit_code"] == 0 and sweep["grid_points"] == 3 == sweep["distinct_plans"]
     assert [t["status"] for t in sweep["trials"]] == ["FINISHED"] * 3
+    # each trial's evaluation pass covers the report set too, which the floor counts
+    assert all(t["report_eval_tokens"] > 0 for t in sweep["trials"])
     assert (work / "sweep-s2" / "schemes.yaml").exists()
+    # the sweep's console landmarks were found, in the order the sweep reaches them
+    ph = sweep["phases"]
+    assert ph["ray_up"] <= ph["scored"] <= ph["tune_start"] <= ph["last_trial_done"]
+    assert len(sweep["workers"]) == 1 and sweep["workers"][0]["resident_hit"] == 0
     loop = json.loads((out / "loop-s2.json").read_text())
     (point,) = loop["points_timed"]
     assert loop["grid_points"] == 3 and point["kl_mean"] > 0
-    # the report's table has a row for the budget with the sweep's and the loop's times
+    assert point["achieved"]["effective_bits"] == pytest.approx(point["effective_bits"], abs=0.5)
+    # scale:1 runs on one CPU worker under --smoke: both scoring methods on the smoke grid
+    scale = json.loads((out / "scale-1.json").read_text())
+    assert scale["device"] == "cpu" and scale["exit_code"] == 0
+    assert scale["grid_points"] == 2 * sweep["grid_points"]
+    assert {t["status"] for t in scale["trials"]} == {"FINISHED"}
+    # the report's table has a row for the budget with the sweep's and the loop's times, and the
+    # scale line; `report` merges the stages again into one JSON
     assert any(line.startswith("s2 ") for line in stdout.splitlines())
+    assert f"{scale['grid_points']} points on 1 CPU worker" in stdout
+    merged = tmp_path / "merged.json"
+    run_script("scripts/bench_sweep.py", "report", "--out", str(out), "--json", str(merged))
+    summary = json.loads(merged.read_text())["summary"]
+    assert summary["s2"]["speedup_vs_loop"] > 0 and summary["s2"]["peak_gpu_gib"] is None
+    assert summary["s2"]["median_trial_ratio_to_floor"] > 0
+    assert summary["scale"]["1"]["speedup"] == 1
+    assert summary["scale"]["1"]["trials_phase_seconds"] >= 0
 
 
 @pytest.mark.e2e
@@ -87,13 +117,15 @@ def test_diag_actor_smoke_measures_one_plan_alike_everywhere(bench, tmp_path):
         "--out",
         str(result),
         "--parts",
-        "plain,threads,tune_pinned",
+        "plain,threads,actor,tune_pinned",
         "--trials",
         "2",
     )
     rows = json.loads(result.read_text())
     labels = [r["label"] for r in rows]
     assert "plain" in labels and "fresh thread 1" in labels
+    actor = [r for r in rows if r["label"].startswith("ray actor")]
+    assert len(actor) == 5 and len({r["pid"] for r in actor}) == 1  # one actor, two calls
     tune = [r for r in rows if r["label"].startswith("tune, model thread")]
     assert len(tune) == 6  # 2 trials x (before, after, after) the intermediate report
     assert len({r["pid"] for r in tune}) == 1  # the reused actor kept its evaluator
