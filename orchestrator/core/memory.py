@@ -26,9 +26,10 @@ beside this module holds the measured rows (preset, card, date, source, the shap
 as allocated, as reserved and as ``nvidia-smi`` saw them), and :func:`fit_factors` derives the
 smallest factors under which every row's plan covers its largest peak, plus the file's margin. A
 phase without rows takes the factors of one that needs at least as much (``kl_div``: no backward,
-so ``gradient``'s; ``calibration``: no logits, so ``trials``'); ``load`` without rows is the
-weights. ``scripts/bench_memory.py --record`` adds rows; ``tests/unit/test_memory.py`` checks
-every row against the plan's arithmetic.
+so ``gradient``'s; ``calibration``: no logits, so ``trials``'). ``load`` rows give the fixed part
+every phase adds (the CUDA context and the allocator's slack over the weights; 0 without any).
+``scripts/bench_memory.py --record`` adds rows; ``tests/unit/test_memory.py`` checks every row
+against the plan's arithmetic.
 
 A worker needs the most of the phases its sweep runs (``scoring.methods``). Scoring runs on a copy
 of the loaded model where the worker finds room for one (``COPY_HEADROOM``), which
@@ -162,10 +163,11 @@ class Factors:
     activation: float
     logits: float
     source: str
+    fixed_gib: float = 0.0  # what every phase adds: the CUDA context and allocator, seen at load
 
     def gib(self, shape: PhaseShape, phase: str) -> float:
         x, y = shape.units(phase)
-        return shape.held_gib + self.activation * x + self.logits * y
+        return shape.held_gib + self.fixed_gib + self.activation * x + self.logits * y
 
 
 def row_shape(row: Mapping[str, Any]) -> PhaseShape:
@@ -185,11 +187,11 @@ def row_peak(row: Mapping[str, Any]) -> float:
     return max(float(p) for p in peaks if p is not None)
 
 
-def _fit(rows: Sequence[Mapping[str, Any]], phase: str) -> tuple[float, float]:
-    """The factors (a, c >= 0) with every row's plan at or above its peak and the largest ratio
-    plan / peak the smallest: a linear program in two unknowns, so its best point is a vertex
-    (two rows met exactly, or one row with one factor at zero)."""
-    pts = [(*row_shape(r).units(phase), float(r["held_gib"]), row_peak(r)) for r in rows]
+def _fit(rows: Sequence[Mapping[str, Any]], phase: str, fixed: float) -> tuple[float, float]:
+    """The factors (a, c >= 0) under which every row's plan is at or above its peak: of the
+    candidates (two rows met exactly, or one row with the other factor at zero) the one whose
+    largest ratio plan / peak is the smallest."""
+    pts = [(*row_shape(r).units(phase), float(r["held_gib"]) + fixed, row_peak(r)) for r in rows]
     candidates = [(0.0, 0.0)]
     for x, y, held, peak in pts:
         if x > 0:
@@ -218,21 +220,25 @@ def fit_factors(doc: Mapping[str, Any]) -> dict[str, Factors]:
     activation and logits terms raised by its ``margin``; see the module docstring."""
     margin = float(doc["margin"])
     rows = doc["rows"]
+    loads = [r for r in rows if r["phase"] == "load"]
+    # the load holds the weights and nothing that scales: the rest is the fixed part
+    fixed = max([row_peak(r) - float(r["held_gib"]) for r in loads] + [0.0])
     out: dict[str, Factors] = {}
     for phase in PHASES:
         mine = [r for r in rows if r["phase"] == phase]
-        if mine:
-            a, c = _fit(mine, phase)
-            out[phase] = Factors(a * (1 + margin), c * (1 + margin), f"{len(mine)} row(s)")
+        if mine and phase != "load":
+            a, c = _fit(mine, phase, fixed)
+            out[phase] = Factors(a * (1 + margin), c * (1 + margin), f"{len(mine)} row(s)", fixed)
     for phase in PHASES:
         if phase in out:
             continue
         other = STANDS_IN.get(phase)
         if other in out:
             f = out[other]
-            out[phase] = Factors(f.activation, f.logits, f"as {other}, unmeasured")
+            out[phase] = Factors(f.activation, f.logits, f"as {other}, unmeasured", fixed)
         else:
-            out[phase] = Factors(0.0, 0.0, "weights only, unmeasured")
+            seen = f"{len(loads)} row(s)" if phase == "load" and loads else "unmeasured"
+            out[phase] = Factors(0.0, 0.0, f"weights only, {seen}", fixed)
     return out
 
 
