@@ -102,6 +102,7 @@ class Worker:
         self._evaluator: Evaluator | None = None
         self._key = ""
         self.peaks = PhasePeaks(self.device)  # each phase's peak memory, for workers.json
+        self.scored_on_copy: bool | None = None  # the last scoring shard's model: a copy or not
         self.startup: dict[str, float] = on_model_thread(self._start)
 
     def _start(self) -> dict[str, float]:
@@ -129,9 +130,11 @@ class Worker:
         loaded model itself (the resident evaluator then loads a clean one from disk), or a fresh
         load once the loaded model has gone to the evaluator.
         """
+        self.scored_on_copy = False
         if self._pristine is None or self._profile is None:
             return self._load()
         if self._copy_fits():
+            self.scored_on_copy = True
             return copy.deepcopy(self._pristine), self._profile
         net, self._pristine = self._pristine, None
         return net, self._profile
@@ -249,8 +252,9 @@ class Worker:
         return on_model_thread(run)
 
     def memory(self) -> dict[str, Any]:
-        """Each phase's peak memory so far (``device.PhasePeaks``; nulls on CPU)."""
-        return {"phases": self.peaks.as_dict()}
+        """Each phase's peak memory so far (``device.PhasePeaks``; nulls on CPU), and whether
+        scoring ran on a copy of the loaded model (the plan counts a copy where it expects one)."""
+        return {"phases": self.peaks.as_dict(), "scored_on_copy": self.scored_on_copy}
 
     def _release(self) -> None:
         gc.collect()

@@ -117,6 +117,15 @@ def test_the_fit_is_the_smallest_that_covers_every_row_plus_the_margin():
     assert all(f.gib(row_shape(r), "gradient") >= row_peak(r) - 1e-9 for r in [*rows, high])
 
 
+def test_load_rows_give_the_fixed_part_every_phase_adds():
+    """What the load leaves on the device beyond the weights (CUDA context, allocator slack)."""
+    rows = [_row("gradient", 7.0, 4096, 30.0), _row("load", 7.0, 0, 7.8)]
+    f = fit_factors({"margin": 0.0, "rows": rows})
+    assert {p: f[p].fixed_gib for p in PHASES} == dict.fromkeys(PHASES, pytest.approx(0.8))
+    for r in rows:  # each row still met, the fixed part inside the fit
+        assert f[r["phase"]].gib(row_shape(r), r["phase"]) == pytest.approx(row_peak(r))
+
+
 def test_an_unmeasured_phase_takes_the_factors_of_one_that_needs_more():
     rows = [_row("gradient", 7.0, 4096, 30.0), _row("trials", 7.0, 32768, 11.0)]
     f = fit_factors({"margin": 0.0, "rows": rows})
