@@ -16,6 +16,7 @@ The sweep's settings are the preset's search space (``search_spaces/qwen2_5_vl_<
 the demo's for other models) with synthetic data and the batch shape given here. ``--record``
 appends one row per measured phase (GPU only) to a measurements file, whose rows the plan's
 factors are then fitted to; ``tests/unit/test_memory.py`` checks the plan against every row.
+``--from RESULT --record FILE`` appends the rows of a result written elsewhere (a GPU machine).
 """
 
 from __future__ import annotations
@@ -41,14 +42,25 @@ SMOKE_PRESET = "tiny-qwen2.5-vl"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="qwen2.5-vl-7b-random")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", type=Path, help="where the result goes (required unless --from)")
     p.add_argument("--phases", default="load,calibration,gradient,kl_div,trials")
     p.add_argument("--batch-size", type=int, default=None, help="default: the search space's")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--score-batches", type=int, default=2)
     p.add_argument("--record", type=Path, default=None, help="measurements file to append to")
+    p.add_argument(
+        "--from",
+        dest="from_",
+        type=Path,
+        default=None,
+        help="measure nothing: append the rows of this earlier result to --record",
+    )
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE_PRESET} on the CPU, tiny sets")
     args = p.parse_args(argv)
+    if args.from_ is None and args.out is None:
+        p.exit(2, "--out: missing; give the result's path (or --from RESULT --record FILE)\n")
+    if args.from_ is not None and args.record is None:
+        p.exit(2, f"--from={args.from_}: needs --record FILE, the measurements file to extend\n")
     phases = [ALIASES.get(x.strip(), x.strip()) for x in args.phases.split(",") if x.strip()]
     bad = [x for x in phases if x not in PHASE_NAMES]
     if bad:
@@ -212,6 +224,11 @@ def record(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_ is not None:
+        rows = json.loads(args.from_.read_text())["rows"]
+        record(args.record, rows)
+        print(f"{len(rows)} row(s) of {args.from_} added to {args.record}")
+        return 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -167,3 +167,10 @@ def test_bench_memory_smoke_records_every_phase_beside_the_plan(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "'nope' is not a phase; allowed: load" in bad.stderr
+    # rows measured elsewhere go into the measurements file as they are
+    measured = {"rows": [{"phase": "load", "preset": "p", "allocated_gib": 1.0}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(measured))
+    run_script(
+        "scripts/bench_memory.py", "--from", str(tmp_path / "gpu.json"), "--record", str(factors)
+    )
+    assert json.loads(factors.read_text())["rows"] == measured["rows"]
