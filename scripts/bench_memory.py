@@ -13,7 +13,8 @@ reserved by the allocator, used as ``nvidia-smi`` sees it). The plan's numbers c
     python scripts/bench_memory.py --smoke --out /tmp/mem.json   # tiny preset on the CPU: nulls
 
 The sweep's settings are the preset's search space (``search_spaces/qwen2_5_vl_<size>_fp8.yaml``;
-the demo's for other models) with synthetic data and the batch shape given here. ``--record``
+the demo's for other models) with synthetic text (no image rows) and the batch shape given here;
+AutoQuantize calibrates on the space's ``num_calib_steps`` score batches. ``--record``
 appends one row per measured phase (GPU only) to a measurements file, whose rows the plan's
 factors are then fitted to; ``tests/unit/test_memory.py`` checks the plan against every row.
 ``--from RESULT --record FILE`` appends the rows of a result written elsewhere (a GPU machine).
@@ -81,23 +82,30 @@ def sweep_config(args: argparse.Namespace) -> Any:
     size = preset.removeprefix("qwen2.5-vl-").removesuffix("-random")
     path = SEARCH_SPACES / f"qwen2_5_vl_{size}_fp8.yaml"
     methods = [m for m in ("gradient", "kl_div") if m in args.phases] or ["gradient"]
+    space = path if path.exists() else DEMO_CONFIG
+    calib_steps = 2 if args.smoke else load_config(space).scoring.num_calib_steps
     sets = [
         f"model.source={preset}",
         "data.source=synthetic",
         "data.eval_source=null",
-        f"data.score_batches={args.score_batches}",
+        "data.image_source=null",  # text rows: the plan has no vision-tower term
+        f"data.score_batches={max(args.score_batches, calib_steps)}",
         f"scoring.num_score_steps={args.score_batches}",
         f"scoring.methods=[{','.join(methods)}]",
         "search.gpus=auto",
     ]
     if args.smoke:
         sets += ["data.seq_len=64", "data.batch_size=2", "data.calib_batches=2"]
-        sets += ["data.eval_batches=2", "data.report_batches=2", "scoring.num_calib_steps=2"]
+        sets += [
+            "data.eval_batches=2",
+            "data.report_batches=2",
+            f"scoring.num_calib_steps={calib_steps}",
+        ]
     else:
         sets.append(f"data.seq_len={args.seq_len}")
         if args.batch_size is not None:
             sets.append(f"data.batch_size={args.batch_size}")
-    return load_config(path if path.exists() else DEMO_CONFIG, sets)
+    return load_config(space, sets)
 
 
 def versions() -> dict[str, str]:
@@ -140,8 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data.score.hash,
             method,
             RECIPE,
-            min(cfg.scoring.num_calib_steps, cfg.data.calib_batches),
+            cfg.scoring.num_calib_steps,
             args.score_batches,
+            cfg.scoring.reuse_prefix,
         )
         t0 = time.perf_counter()
         w.score(data, setup, list(range(args.score_batches)))
