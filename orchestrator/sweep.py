@@ -121,7 +121,7 @@ def run(inp: Inputs, data: DataSets) -> int:
             target = tracked.result()
             ctx = score(inp, session, data, target)
             results, tables = run_rounds(inp, ctx, session.workers)
-            write_json(inp.output / "workers.json", session.pool.log_startup())
+            write_json(inp.output / "workers.json", session.pool.log_startup(inp.need))
     return conclude(inp, target, tables, results, data)
 
 

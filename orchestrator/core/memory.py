@@ -1,46 +1,78 @@
 """The memory plan: parameter bytes from the config alone, what a worker needs, where it goes.
 
-Pure arithmetic (no torch, transformers or Ray), so that the driver can refuse a model that fits no
-node before anything starts, and so that the placement is tested on made-up node lists.
+Pure arithmetic (no torch, transformers or Ray; the measurements are a JSON file), so that the
+driver can refuse a model that fits no node before anything starts, and so that the placement is
+tested on made-up node lists.
 
 **Parameters** are counted from the config's dimensions (:func:`param_count`): the Qwen decoder
 (embeddings, per block attention with or without q/k biases and q/k norms, the SwiGLU MLP, norms,
 an untied ``lm_head``) plus the family's vision tower. ``tests/unit/test_memory.py`` checks the
 count against the real module tree on the meta device for every family and preset.
 
-**What a worker needs** uses the only measurements there are, on the Qwen2.5-VL-3B architecture
-(6.99 GiB in BF16, 36 blocks, width 2048) on an H100 (``docs/benchmarks.md``, run 3):
+**What a worker needs**, per phase of its life (``orchestrator/model/worker.py``, which records
+each phase's peaks into ``workers.json``): ``load``; scoring, per method (``gradient``,
+``kl_div``); ``calibration`` of the resident model; ``trials`` (the reference cache built, then
+every plan measured). A phase needs what it holds through it (:class:`PhaseShape`: the weights,
+twice when scoring runs on a copy, and the reference cache of the selection + report rows) plus
+two terms that scale:
 
-* scoring (AutoQuantize ``gradient``, 4 x 1024 tokens per batch): peak 23.9 GiB, i.e. the weights
-  plus 16.9 GiB of activations and gradients. Those grow with the tokens per batch and with what
-  backward keeps per block, blocks x width, so the plan scales the 16.9 GiB by both (and by the
-  dtype's size against BF16). This is an estimate for other sizes, not a measurement: it also
-  scales the logits' share, which does not grow with depth, so it errs on the large side;
-* the resident calibrated model of the trials: peak 9.83 GiB allocated = 1.41 x the weights;
-* the allocator: 11.22 GiB reserved for those 9.83 allocated, so a GPU offers 9.83 / 11.22 = 0.876
-  of its memory to a worker.
+* activations, bytes per token x block x width where backward keeps every block's (scoring), per
+  token x width where a forward without gradients keeps one block's at a time (calibration,
+  trials);
+* logits, bytes per token x vocabulary entry of the rows formed at once.
 
-A worker goes through both phases, so it needs the larger. A worker of ``k`` GPUs spreads the model
-over them (balanced), so ``k`` GPUs hold ``k x 0.876 x`` their memory.
+Those two factors per phase come from measurements, never from code: ``memory_factors.json``
+beside this module holds the measured rows (preset, card, date, source, the shape, and the peaks
+as allocated, as reserved and as ``nvidia-smi`` saw them), and :func:`fit_factors` derives the
+smallest factors under which every row's plan covers its largest peak, plus the file's margin. A
+phase without rows takes the factors of one that needs at least as much (``kl_div``: no backward,
+so ``gradient``'s; ``calibration``: no logits, so ``trials``'). ``load`` rows give the fixed part
+every phase adds (the CUDA context and the allocator's slack over the weights; 0 without any).
+``scripts/bench_memory.py --record`` adds rows; ``tests/unit/test_memory.py`` checks every row
+against the plan's arithmetic.
+
+A worker needs the most of the phases its sweep runs (``scoring.methods``). Scoring runs on a copy
+of the loaded model where the worker finds room for one (``COPY_HEADROOM``), which
+:meth:`WorkerNeed.gib_on` adds for a GPU of a given size. A worker of ``k`` GPUs spreads the model
+over them (balanced) and never copies, so ``k`` GPUs hold ``k x USABLE_FRACTION x`` their memory
+(9.83 GiB allocated per 11.22 reserved, docs/benchmarks.md run 3: headroom kept on top of the plan).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 GIB = 1 << 30
 
-
-# docs/benchmarks.md, run 3, one H100, qwen2.5-vl-3b-random (see the module docstring)
-MEASURED_WEIGHTS_GIB = 6.99
-MEASURED_SCORING_PEAK_GIB = 23.9
-MEASURED_SCORING_TOKENS = 4 * 1024
-MEASURED_BLOCKS_X_WIDTH = 36 * 2048
-TRIAL_FACTOR = 9.83 / 6.99
 USABLE_FRACTION = 9.83 / 11.22
+# Free device memory, in model sizes, the worker wants before it scores on a copy of the loaded
+# model (worker.Worker._copy_fits); the plan adds the copy where a GPU offers that much.
+COPY_HEADROOM = 4
+# Tokens stacked into one forward pass of calibration and trials (worker.FORWARD_TOKENS), and the
+# logits rows a trial forms at once (worker._METRIC_ROWS).
+FORWARD_TOKENS = 32768
+METRIC_ROWS = 1024
+
+FACTORS_FILE = Path(__file__).with_name("memory_factors.json")
+PHASES = ("load", "gradient", "kl_div", "calibration", "trials")
+SCORING = ("gradient", "kl_div")
+# backward keeps every block's activations; a forward without gradients one block's at a time
+DEPTH_SCALED = {
+    "load": False,
+    "gradient": True,
+    "kl_div": True,
+    "calibration": False,
+    "trials": False,
+}
+# an unmeasured phase takes the factors of one that needs at least as much
+STANDS_IN = {"kl_div": "gradient", "calibration": "trials"}
 
 
 def text_of(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,43 +140,238 @@ def param_count(doc: Mapping[str, Any], qk_norm: bool, vision: str | None) -> in
 
 
 @dataclass(frozen=True)
+class PhaseShape:
+    """What a phase's memory depends on (the plan's inputs; a measured row records the same)."""
+
+    held_gib: float  # on the device through the phase: weights (x2 on a copy), reference cache
+    tokens: int  # tokens in one forward pass
+    blocks: int
+    width: int
+    vocab: int
+    logit_rows: int  # logits rows formed at once
+
+    def units(self, phase: str) -> tuple[float, float]:
+        """GiB per byte of each factor: activation elements, logits elements (each / 2**30)."""
+        depth = self.blocks if DEPTH_SCALED[phase] else 1
+        return self.tokens * depth * self.width / GIB, self.logit_rows * self.vocab / GIB
+
+
+@dataclass(frozen=True)
+class Factors:
+    """A phase's bytes per activation element and per logits element, and where they came from."""
+
+    activation: float
+    logits: float
+    source: str
+    fixed_gib: float = 0.0  # what every phase adds: the CUDA context and allocator, seen at load
+
+    def gib(self, shape: PhaseShape, phase: str) -> float:
+        x, y = shape.units(phase)
+        return shape.held_gib + self.fixed_gib + self.activation * x + self.logits * y
+
+
+def row_shape(row: Mapping[str, Any]) -> PhaseShape:
+    return PhaseShape(
+        float(row["held_gib"]),
+        int(row["tokens"]),
+        int(row["blocks"]),
+        int(row["width"]),
+        int(row["vocab"]),
+        int(row["logit_rows"]),
+    )
+
+
+def row_peak(row: Mapping[str, Any]) -> float:
+    """The largest peak a row recorded: allocated, reserved or as ``nvidia-smi`` saw it."""
+    peaks = [row.get(k) for k in ("allocated_gib", "reserved_gib", "device_used_gib")]
+    return max(float(p) for p in peaks if p is not None)
+
+
+def _fit(rows: Sequence[Mapping[str, Any]], phase: str, fixed: float) -> tuple[float, float]:
+    """The factors (a, c >= 0) under which every row's plan is at or above its peak: of the
+    candidates (two rows met exactly, or one row with the other factor at zero) the one whose
+    largest ratio plan / peak is the smallest."""
+    pts = [(*row_shape(r).units(phase), float(r["held_gib"]) + fixed, row_peak(r)) for r in rows]
+    candidates = [(0.0, 0.0)]
+    for x, y, held, peak in pts:
+        if x > 0:
+            candidates.append((max(0.0, peak - held) / x, 0.0))
+        if y > 0:
+            candidates.append((0.0, max(0.0, peak - held) / y))
+    for (x1, y1, h1, p1), (x2, y2, h2, p2) in combinations(pts, 2):
+        det = x1 * y2 - x2 * y1
+        n1, n2 = p1 - h1, p2 - h2
+        if abs(det) > 1e-12:
+            a, c = (n1 * y2 - n2 * y1) / det, (x1 * n2 - x2 * n1) / det
+            if a >= 0 and c >= 0:
+                candidates.append((a, c))
+
+    def plans(a: float, c: float) -> list[tuple[float, float]]:
+        return [(held + a * x + c * y, peak) for x, y, held, peak in pts]
+
+    feasible = [ac for ac in candidates if all(p >= peak - 1e-9 for p, peak in plans(*ac))]
+    if not feasible:  # only where a row has no activation or logits term to scale
+        raise ValueError(f"no factors cover the {phase} rows: {[r['preset'] for r in rows]}")
+    return min(feasible, key=lambda ac: max(p / peak for p, peak in plans(*ac)))
+
+
+def fit_factors(doc: Mapping[str, Any]) -> dict[str, Factors]:
+    """Each phase's factors from the measurements file's rows (:data:`FACTORS_FILE`), the
+    activation and logits terms raised by its ``margin``; see the module docstring."""
+    margin = float(doc["margin"])
+    rows = doc["rows"]
+    loads = [r for r in rows if r["phase"] == "load"]
+    # the load holds the weights and nothing that scales: the rest is the fixed part
+    fixed = max([row_peak(r) - float(r["held_gib"]) for r in loads] + [0.0])
+    out: dict[str, Factors] = {}
+    for phase in PHASES:
+        mine = [r for r in rows if r["phase"] == phase]
+        if mine and phase != "load":
+            a, c = _fit(mine, phase, fixed)
+            out[phase] = Factors(a * (1 + margin), c * (1 + margin), f"{len(mine)} row(s)", fixed)
+    for phase in PHASES:
+        if phase in out:
+            continue
+        other = STANDS_IN.get(phase)
+        if other in out:
+            f = out[other]
+            out[phase] = Factors(f.activation, f.logits, f"as {other}, unmeasured", fixed)
+        else:
+            seen = f"{len(loads)} row(s)" if phase == "load" and loads else "unmeasured"
+            out[phase] = Factors(0.0, 0.0, f"weights only, {seen}", fixed)
+    return out
+
+
+@cache
+def measurements(path: Path = FACTORS_FILE) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def factors(path: Path = FACTORS_FILE) -> dict[str, Factors]:
+    return fit_factors(measurements(path))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a worker runs, from the sweep's config and the model's config alone."""
+
+    params: int
+    dtype_bytes: int
+    dtype: str
+    blocks: int
+    width: int
+    vocab: int
+    batch_size: int
+    seq_len: int
+    calib_batches: int
+    eval_batches: int
+    report_batches: int
+    methods: tuple[str, ...]
+    reference_cache_gib: float
+
+    @property
+    def weights_gib(self) -> float:
+        return self.params * self.dtype_bytes / GIB
+
+    def forward_tokens(self, batches: int) -> int:
+        """Tokens in one stacked forward pass over a set of ``batches`` (worker.stack_size)."""
+        per = self.batch_size * self.seq_len
+        return per * min(batches, max(1, FORWARD_TOKENS // per))
+
+    def reference_cache_gib_used(self) -> float:
+        """The BF16 hidden states of the selection + report rows, kept when they fit the budget
+        (worker.Evaluator: tokens x width x the dtype's bytes)."""
+        tokens = (self.eval_batches + self.report_batches) * self.batch_size * self.seq_len
+        size = tokens * self.width * self.dtype_bytes / GIB
+        return size if size <= self.reference_cache_gib else 0.0
+
+    def shapes(self) -> dict[str, PhaseShape]:
+        """Each phase's shape; scoring without the copy (:meth:`WorkerNeed.gib_on` adds it)."""
+        w, batch = self.weights_gib, self.batch_size * self.seq_len
+        dims = (self.blocks, self.width, self.vocab)
+        rows = min(METRIC_ROWS, self.seq_len)
+        evaluated = max(self.eval_batches, self.report_batches)
+        out = {
+            "load": PhaseShape(w, 0, *dims, 0),
+            "calibration": PhaseShape(w, self.forward_tokens(self.calib_batches), *dims, 0),
+            "trials": PhaseShape(
+                w + self.reference_cache_gib_used(), self.forward_tokens(evaluated), *dims, rows
+            ),
+        }
+        for m in self.methods:
+            out[m] = PhaseShape(w, batch, *dims, batch)
+        return out
+
+
+@dataclass(frozen=True)
 class WorkerNeed:
     params: int
     dtype: str
     weights_gib: float
-    scoring_gib: float
-    trial_gib: float
     tokens_per_batch: int
+    phases: tuple[tuple[str, float], ...]  # (phase, GiB) of each phase the sweep runs, no copy
+
+    @property
+    def phase_gib(self) -> dict[str, float]:
+        return dict(self.phases)
 
     @property
     def worker_gib(self) -> float:
-        return max(self.scoring_gib, self.trial_gib)
+        """The most of its phases, scoring on the loaded model itself (no copy)."""
+        return max(g for _, g in self.phases)
+
+    @property
+    def dominant(self) -> str:
+        return max(self.phases, key=lambda p: p[1])[0]
+
+    @property
+    def scoring_gib(self) -> float:
+        return max(g for p, g in self.phases if p in SCORING)
+
+    @property
+    def trial_gib(self) -> float:
+        return self.phase_gib["trials"]
+
+    def copies_on(self, gpu_gib: float) -> bool:
+        """Whether a one-GPU worker scores on a copy there (``COPY_HEADROOM`` model sizes free
+        once the model is loaded; the GPU's whole size counts as free, so the plan errs on the
+        side of the copy)."""
+        return gpu_gib - self.weights_gib >= COPY_HEADROOM * self.weights_gib
+
+    def with_copy_gib(self) -> float:
+        return max(self.worker_gib, self.scoring_gib + self.weights_gib)
+
+    def gib_on(self, gpu_gib: float) -> float:
+        """What a one-GPU worker needs on a GPU of ``gpu_gib``: scoring's copy counted there."""
+        return self.with_copy_gib() if self.copies_on(gpu_gib) else self.worker_gib
 
     def describe(self) -> str:
+        """One console line (with ``memory plan: `` and the time, within 120 columns up to the
+        72B): the size, the need and the phase that sets it."""
         return (
             f"model {self.params / 1e9:.2f} B parameters, {self.weights_gib:.1f} GiB in "
-            f"{self.dtype}; a worker needs ~{self.worker_gib:.1f} GiB (scoring "
-            f"{self.scoring_gib:.1f} at {self.tokens_per_batch} tokens per batch, trials "
-            f"{self.trial_gib:.1f}; factors measured on the 3B, docs/benchmarks.md)"
+            f"{self.dtype}; a worker needs ~{self.worker_gib:.1f} GiB ({self.dominant})"
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``workers.json`` records as the plan: each phase's GiB, the worker's, the copy's."""
+        return {
+            "phases": {p: round(g, 3) for p, g in self.phases},
+            "worker_gib": round(self.worker_gib, 3),
+            "with_copy_gib": round(self.with_copy_gib(), 3),
+            "dominant": self.dominant,
+        }
 
-def worker_need(
-    params: int, dtype_bytes: int, dtype: str, blocks: int, width: int, tokens_per_batch: int
-) -> WorkerNeed:
-    weights = params * dtype_bytes / GIB
-    activations = (
-        (MEASURED_SCORING_PEAK_GIB - MEASURED_WEIGHTS_GIB)
-        * tokens_per_batch
-        / MEASURED_SCORING_TOKENS
-        * blocks
-        * width
-        / MEASURED_BLOCKS_X_WIDTH
-        * dtype_bytes
-        / 2
-    )
+
+def worker_need(load: Workload, fitted: Mapping[str, Factors] | None = None) -> WorkerNeed:
+    """Each phase's GiB for this workload with the fitted factors (the measurements file's when
+    not given)."""
+    f = factors() if fitted is None else fitted
+    phases = tuple((p, f[p].gib(s, p)) for p, s in load.shapes().items())
+    order = {p: i for i, p in enumerate(PHASES)}
+    phases = tuple(sorted(phases, key=lambda pg: order[pg[0]]))
     return WorkerNeed(
-        params, dtype, weights, weights + activations, TRIAL_FACTOR * weights, tokens_per_batch
+        load.params, load.dtype, load.weights_gib, load.batch_size * load.seq_len, phases
     )
 
 
@@ -176,8 +403,21 @@ def gpus_for(need_gib: float, gpu_gib: float) -> int:
     return max(1, math.ceil(need_gib / (gpu_gib * USABLE_FRACTION) - 1e-9))
 
 
+def need_on(
+    need: float | WorkerNeed, gpu_gib: float, gpus_per_worker: int | str
+) -> tuple[float, int]:
+    """A worker's need on GPUs of ``gpu_gib`` and the fewest GPUs it may take: on one GPU with
+    scoring's copy where the worker copies there; spread over two or more, it never copies."""
+    if not isinstance(need, WorkerNeed):
+        return float(need), 1
+    one = need.gib_on(gpu_gib)
+    if gpus_per_worker == 1 or (gpus_per_worker == "auto" and one <= gpu_gib * USABLE_FRACTION):
+        return one, 1
+    return need.worker_gib, 2
+
+
 def place(
-    need_gib: float,
+    need: float | WorkerNeed,
     nodes: Sequence[Node],
     gpus_per_worker: int | str = "auto",
     max_workers: int | None = None,
@@ -185,15 +425,21 @@ def place(
     """Workers per GPU node: ``gpus // k`` of ``k`` GPUs each, where ``k`` GPUs hold a worker.
 
     ``k`` is ``gpus_per_worker``, or with ``auto`` the fewest of that node's GPUs that hold
-    ``need_gib``. A node whose ``k`` GPUs cannot hold a worker, or that has fewer than ``k``,
-    gets none, and its line says why. Workers fill nodes in order, at most ``max_workers``.
+    ``need`` (GiB, or a :class:`WorkerNeed`, counted per node by :func:`need_on`). A node whose
+    ``k`` GPUs cannot hold a worker, or that has fewer than ``k``, gets none, and its line says
+    why. Workers fill nodes in order, at most ``max_workers``.
     """
     workers: list[Slot] = []
     lines = []
     for n in nodes:
         if n.gpus == 0:
             continue
-        k = gpus_for(need_gib, n.gpu_gib) if gpus_per_worker == "auto" else int(gpus_per_worker)
+        need_gib, fewest = need_on(need, n.gpu_gib, gpus_per_worker)
+        k = (
+            max(fewest, gpus_for(need_gib, n.gpu_gib))
+            if gpus_per_worker == "auto"
+            else int(gpus_per_worker)
+        )
         holds = k * n.gpu_gib * USABLE_FRACTION
         head = f"node {n.name} has {n.gpus} x {n.gpu_gib:.1f} GiB"
         if holds < need_gib:
@@ -209,7 +455,11 @@ def place(
         if max_workers is not None:
             count = min(count, max(0, max_workers - len(workers)))
         workers += [Slot(n.name, k)] * count
-        lines.append(f"{head}: {count} worker(s) of {k} GPU(s)")
+        each = ""
+        if isinstance(need, WorkerNeed):
+            copy = k == 1 and need_gib > need.worker_gib
+            each = f", {need_gib:.1f} GiB each" + (" (scoring on a copy)" if copy else "")
+        lines.append(f"{head}: {count} worker(s) of {k} GPU(s){each}")
     return Placement(tuple(workers), tuple(lines))
 
 

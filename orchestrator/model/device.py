@@ -1,15 +1,20 @@
 """The device a worker runs on: the one model thread, synchronisation for timings, and peak GPU
-memory per phase."""
+memory per trial (:func:`peak_memory`) and per phase of a worker's life (:class:`PhasePeaks`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
+GIB = 2**30
+# the allocator's peaks that peak_memory read (and reset) since a phase began, per GPU
+_SEEN: dict[int, tuple[float, float]] = {}
 
 
 def sync(device: str) -> None:
@@ -28,11 +33,83 @@ def peak_memory(device: str) -> dict[str, float]:
     allocated = [torch.cuda.max_memory_allocated(g) / 2**30 for g in gpus]
     reserved = [torch.cuda.max_memory_reserved(g) / 2**30 for g in gpus]
     for g in gpus:
+        seen = _SEEN.get(g, (0.0, 0.0))
+        _SEEN[g] = (max(seen[0], allocated[g]), max(seen[1], reserved[g]))
         torch.cuda.reset_peak_memory_stats(g)
     out = {"peak_gpu_gib": max(allocated), "peak_gpu_reserved_gib": max(reserved)}
     if len(allocated) > 1:
         out["peak_gpu_gib_all"] = sum(allocated)
     return out
+
+
+class PhasePeaks:
+    """Peak GPU memory of each phase of a worker (``with peaks.phase("gradient"): ...``), summed
+    over the process's GPUs: ``allocated_gib`` and ``reserved_gib`` from the allocator, and
+    ``device_used_gib``, what ``nvidia-smi`` shows (total less free, every process on the GPU
+    included), sampled every ``every_s`` by a thread while the phase runs and once at its end. A
+    phase run again (scoring shards, trials) keeps its largest peaks. On CPU a phase records
+    ``None`` for each. Phases do not nest.
+    """
+
+    KEYS = ("allocated_gib", "reserved_gib", "device_used_gib")
+
+    def __init__(self, device: str, every_s: float = 0.05) -> None:
+        self.cuda = device.startswith("cuda")
+        self.every_s = every_s
+        self.phases: dict[str, dict[str, float | None]] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if not self.cuda:
+            try:
+                yield
+            finally:
+                self.phases.setdefault(name, dict.fromkeys(self.KEYS))
+            return
+        gpus = range(torch.cuda.device_count())
+        for g in gpus:
+            torch.cuda.synchronize(g)
+            torch.cuda.reset_peak_memory_stats(g)
+            _SEEN.pop(g, None)
+        used = [_used(g) for g in gpus]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(self.every_s):
+                for g in gpus:
+                    used[g] = max(used[g], _used(g))
+
+        sampler = threading.Thread(target=sample, name=f"peaks-{name}", daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            for g in gpus:
+                torch.cuda.synchronize(g)
+            stop.set()
+            sampler.join()
+            for g in gpus:
+                used[g] = max(used[g], _used(g))
+            seen = [_SEEN.get(g, (0.0, 0.0)) for g in gpus]
+            now = {
+                "allocated_gib": sum(
+                    max(seen[g][0], torch.cuda.max_memory_allocated(g) / GIB) for g in gpus
+                ),
+                "reserved_gib": sum(
+                    max(seen[g][1], torch.cuda.max_memory_reserved(g) / GIB) for g in gpus
+                ),
+                "device_used_gib": sum(used),
+            }
+            before = self.phases.get(name) or {}
+            self.phases[name] = {k: round(max(v, before.get(k) or 0.0), 4) for k, v in now.items()}
+
+    def as_dict(self) -> dict[str, dict[str, float | None]]:
+        return {k: dict(v) for k, v in self.phases.items()}
+
+
+def _used(gpu: int) -> float:
+    free, total = torch.cuda.mem_get_info(gpu)
+    return (total - free) / GIB
 
 
 def default_device() -> str:

@@ -42,6 +42,7 @@ calibration and reference passes run the decoder only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -54,12 +55,19 @@ import torch
 from torch import nn
 
 from orchestrator.core.config import ModelConfig
+from orchestrator.core.memory import COPY_HEADROOM, FORWARD_TOKENS, METRIC_ROWS
 from orchestrator.core.numerics import numerics_label
 from orchestrator.core.objectives import REPORT
 from orchestrator.core.records import stable_hash
 from orchestrator.model.batches import Batch, batches
 from orchestrator.model.data import DataSets, TokenSet
-from orchestrator.model.device import default_device, on_model_thread, peak_memory, sync
+from orchestrator.model.device import (
+    PhasePeaks,
+    default_device,
+    on_model_thread,
+    peak_memory,
+    sync,
+)
 from orchestrator.model.families import ModelProfile
 from orchestrator.model.fused_scales import fused_groups
 from orchestrator.model.loading import load_model
@@ -74,8 +82,8 @@ log = logging.getLogger(__name__)
 
 
 # Free device memory, in model sizes, needed to score on a copy: the copy plus AutoQuantize's
-# activations and gradients (23.9 GiB peak for the 7 GiB 3B model at 4 x 1024 tokens per batch).
-COPY_HEADROOM = 4
+# activations and gradients (23.9 GiB peak for the 7 GiB 3B model at 4 x 1024 tokens per batch);
+# the memory plan counts the copy where a GPU offers this much (orchestrator/core/memory.py).
 
 
 class Worker:
@@ -93,6 +101,8 @@ class Worker:
         self._profile: ModelProfile | None = None
         self._evaluator: Evaluator | None = None
         self._key = ""
+        self.peaks = PhasePeaks(self.device)  # each phase's peak memory, for workers.json
+        self.scored_on_copy: bool | None = None  # the last scoring shard's model: a copy or not
         self.startup: dict[str, float] = on_model_thread(self._start)
 
     def _start(self) -> dict[str, float]:
@@ -101,7 +111,8 @@ class Worker:
 
         import_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self._pristine, self._profile = self._load()
+        with self.peaks.phase("load"):
+            self._pristine, self._profile = self._load()
         return {"import_seconds": import_seconds, "load_seconds": time.perf_counter() - t0}
 
     def _load(self) -> tuple[nn.Module, ModelProfile]:
@@ -119,9 +130,11 @@ class Worker:
         loaded model itself (the resident evaluator then loads a clean one from disk), or a fresh
         load once the loaded model has gone to the evaluator.
         """
+        self.scored_on_copy = False
         if self._pristine is None or self._profile is None:
             return self._load()
         if self._copy_fits():
+            self.scored_on_copy = True
             return copy.deepcopy(self._pristine), self._profile
         net, self._pristine = self._pristine, None
         return net, self._profile
@@ -144,12 +157,15 @@ class Worker:
         from orchestrator.model.scoring import score_shard
 
         def run() -> dict[str, Any]:
-            net, profile = self._fresh_model()
-            try:
-                table, state = score_shard(net, profile, data.score, setup, indices, self.device)
-            finally:
-                del net
-                self._release()
+            with self.peaks.phase(setup.method):
+                net, profile = self._fresh_model()
+                try:
+                    table, state = score_shard(
+                        net, profile, data.score, setup, indices, self.device
+                    )
+                finally:
+                    del net
+                    self._release()
             return {"table": table.to_dict(), "state": state}
 
         return on_model_thread(run)
@@ -198,6 +214,7 @@ class Worker:
             reference_cache_bytes,
             self.model_cfg.fused_scales,
             data.report,
+            self.peaks,
         )
         self._evaluator, self._key = ev, key
         return {
@@ -228,9 +245,16 @@ class Worker:
             paid = self._prepare(data, fp8_recipe, reference_cache_bytes)
             ev = self._evaluator
             assert ev is not None
-            return {**ev.evaluate(fp8_modules), **paid, "numerics": ev.numerics}
+            with self.peaks.phase("trials"):
+                measured = ev.evaluate(fp8_modules)
+            return {**measured, **paid, "numerics": ev.numerics}
 
         return on_model_thread(run)
+
+    def memory(self) -> dict[str, Any]:
+        """Each phase's peak memory so far (``device.PhasePeaks``; nulls on CPU), and whether
+        scoring ran on a copy of the loaded model (the plan counts a copy where it expects one)."""
+        return {"phases": self.peaks.as_dict(), "scored_on_copy": self.scored_on_copy}
 
     def _release(self) -> None:
         gc.collect()
@@ -238,11 +262,11 @@ class Worker:
             torch.cuda.empty_cache()
 
 
-# Tokens stacked into one forward pass: a fake-quant forward of 4 x 1024 tokens is bound by the host
-# launching ~500 quantizer calls; 32k tokens keep the GPU busy. Metrics and max-calibration ranges
-# do not depend on how batches are stacked.
-FORWARD_TOKENS = 32768
-_METRIC_ROWS = 1024  # logits rows per metric step: bounds the float32 temporaries (~0.6 GB each)
+# Tokens stacked into one forward pass (FORWARD_TOKENS, in the memory plan's module): a fake-quant
+# forward of 4 x 1024 tokens is bound by the host launching ~500 quantizer calls; 32k tokens keep
+# the GPU busy. Metrics and max-calibration ranges do not depend on how batches are stacked.
+# Logits rows per metric step (METRIC_ROWS) bound the float32 temporaries (~0.6 GB each).
+_METRIC_ROWS = METRIC_ROWS
 
 
 def stack_size(tokens: TokenSet) -> int:
@@ -265,23 +289,28 @@ class Evaluator:
         reference_cache_bytes: int = 8 << 30,
         fused_scales: str = "vllm",
         report_set: TokenSet | None = None,
+        peaks: PhasePeaks | None = None,
     ) -> None:
+        def phase(name: str) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext() if peaks is None else peaks.phase(name)
+
         self.device = device
         self.fp8_recipe = fp8_recipe
         self.fused_scales = fused_scales
         self.eligible = [m.name for m in profile.eligible_modules(model)]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.model = quantize_plan(
-            model,
-            fp8_recipe,
-            self.eligible,
-            calib,
-            device,
-            stack_size(calib),
-            timings,
-            fused_scales,
-        )
+        with phase("calibration"):
+            self.model = quantize_plan(
+                model,
+                fp8_recipe,
+                self.eligible,
+                calib,
+                device,
+                stack_size(calib),
+                timings,
+                fused_scales,
+            )
         self.calibration_seconds = timings.get("calibration_seconds", 0.0)
         self.setup_seconds = time.perf_counter() - t0 - self.calibration_seconds
         self.quantizers = module_quantizers(self.model, self.eligible)
@@ -304,9 +333,10 @@ class Evaluator:
         self._reference: list[torch.Tensor] | None = None
         t0 = time.perf_counter()
         measured = eval_set.num_tokens + (report_set.num_tokens if report_set is not None else 0)
-        if measured * width * itemsize <= reference_cache_bytes:
-            self._reference = [self._hidden(b) for b in self.eval_batches]
-        sync(device)
+        with phase("trials"):  # the reference cache: what every trial then keeps beside the model
+            if measured * width * itemsize <= reference_cache_bytes:
+                self._reference = [self._hidden(b) for b in self.eval_batches]
+            sync(device)
         self.reference_seconds = time.perf_counter() - t0
 
     def _set_enabled(self, modules: Iterable[str]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from orchestrator.core.config import ConfigError, SweepConfig
-from orchestrator.core.memory import Node, WorkerNeed, cpu_workers, place, worker_need
+from orchestrator.core.memory import Node, WorkerNeed, Workload, cpu_workers, place, worker_need
 from orchestrator.core.numerics import resolved_dtype
 from orchestrator.model.loading import ModelFacts
 from orchestrator.outputs.console import log_wrapped
@@ -26,18 +26,31 @@ from orchestrator.outputs.console import log_wrapped
 log = logging.getLogger(__name__)
 
 
-def need_of(cfg: SweepConfig, facts: ModelFacts) -> WorkerNeed:
-    """The worker's need in the dtype it will load (``auto``: BF16, the export's, on every
+def workload_of(cfg: SweepConfig, facts: ModelFacts) -> Workload:
+    """What a worker runs, in the dtype it will load (``auto``: BF16, the export's, on every
     device)."""
     dtype = resolved_dtype(cfg.model.dtype)
-    return worker_need(
+    d = cfg.data
+    return Workload(
         facts.params,
         2 if dtype == "bfloat16" else 4,
         dtype,
         facts.num_layers,
         facts.hidden_size,
-        cfg.data.batch_size * cfg.data.seq_len,
+        facts.vocab_size,
+        d.batch_size,
+        d.seq_len,
+        d.calib_batches,
+        d.eval_batches,
+        d.report_batches,
+        tuple(cfg.scoring.methods),
+        cfg.search.reference_cache_gib,
     )
+
+
+def need_of(cfg: SweepConfig, facts: ModelFacts) -> WorkerNeed:
+    """The worker's need per phase (``memory.worker_need``)."""
+    return worker_need(workload_of(cfg, facts))
 
 
 def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed:
@@ -61,7 +74,7 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
                 f"{need.describe()}; use gpus=auto or run on a GPU machine"
             )
         wanted = cfg.search.max_concurrent or 1
-        count, line = cpu_workers(need.worker_gib, host_memory_gib(), wanted)
+        count, line = cpu_workers(need.with_copy_gib(), host_memory_gib(), wanted)
         log_wrapped(log, f"memory plan: {line}")
         if count < wanted:
             raise ConfigError(
@@ -72,9 +85,7 @@ def plan(cfg: SweepConfig, facts: ModelFacts, address: str | None) -> WorkerNeed
             )
         return need
     node = Node("this machine", len(gpus), min(gpus))
-    placement = place(
-        need.worker_gib, [node], cfg.search.gpus_per_worker, cfg.search.max_concurrent
-    )
+    placement = place(need, [node], cfg.search.gpus_per_worker, cfg.search.max_concurrent)
     for line in placement.lines:
         log_wrapped(log, f"memory plan: {line}")
     if not placement.workers:

@@ -284,15 +284,18 @@ class WorkerPool:
             w.prepare.remote(data_ref, fp8_recipe, reference_cache_bytes) for w in self.workers
         ]
 
-    def log_startup(self) -> list[dict[str, Any]]:
-        """Each worker's start-up (and evaluator build, when prepared): logged and returned."""
+    def log_startup(self, need: WorkerNeed | None = None) -> list[dict[str, Any]]:
+        """Each worker's start-up (and evaluator build, when prepared): logged and returned, with
+        its peak memory per phase under ``memory`` beside what the plan (``need``) promised."""
         infos = [_get_or_empty(r) for r in self.startup]
         built = [_get_or_empty(r) for r in self.prepared] or [{}] * len(infos)
+        memory = [_get_or_empty(w.memory.remote()) for w in self.workers]
+        plan = {} if need is None else {"plan": need.as_dict()}
         out = []
-        for i, (info, b) in enumerate(zip(infos, built, strict=True)):
+        for i, (info, b, m) in enumerate(zip(infos, built, memory, strict=True)):
             if not info:  # the worker died before it could say (Ray restarted it)
                 continue
-            out.append({"worker": i, **info, **b})
+            out.append({"worker": i, **info, **b, "memory": {**m, **plan}})
             log_wrapped(
                 log,
                 f"worker {i} on {info['hostname']}: ModelOpt import {info['import_seconds']:.1f}s,"
@@ -349,7 +352,7 @@ def plan_workers(
         for n in gpu_nodes
         if memory[n["NodeID"]]
     ]
-    placement = place(need.worker_gib, nodes, gpus_per_worker, max_concurrent)
+    placement = place(need, nodes, gpus_per_worker, max_concurrent)
     for line in placement.lines:
         log_wrapped(log, f"memory plan: {line}")
     if not placement.workers:

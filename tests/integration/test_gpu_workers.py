@@ -73,3 +73,9 @@ def test_the_sweep_places_workers_of_two_gpus(tmp_path):
     assert f"{n} worker(s) of 2 GPU(s)" in proc.stdout
     workers = json.loads((out / "workers.json").read_text())
     assert len(workers) == n
+    for w in workers:  # each phase's peaks, summed over the worker's GPUs, beside the plan's
+        phases = w["memory"]["phases"]
+        assert {"load", "gradient", "calibration", "trials"} <= set(phases)
+        assert set(w["memory"]["plan"]["phases"]) <= set(phases)
+        for p in phases.values():
+            assert p["device_used_gib"] >= p["reserved_gib"] >= p["allocated_gib"] > 0

@@ -170,3 +170,39 @@ def test_train_reference_smoke_writes_a_preset_that_loads(tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     text = " = Valkyria Chronicles III = \n Senjō no Valkyria 3 : <unk> Chronicles"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+@pytest.mark.integration
+def test_bench_memory_smoke_records_every_phase_beside_the_plan(tmp_path):
+    """scripts/bench_memory.py on the CPU: every phase ran through the worker, its peaks null
+    (nothing to measure), the plan's GiB beside them; --record adds no row without a GPU, and a
+    bad phase is refused with exit 2."""
+    from orchestrator.core.memory import PHASES
+
+    result, factors = tmp_path / "mem.json", tmp_path / "factors.json"
+    factors.write_text(json.dumps({"margin": 0.0, "rows": []}))
+    proc = run_script(
+        "scripts/bench_memory.py", "--smoke", "--out", str(result), "--record", str(factors)
+    )
+    doc = json.loads(result.read_text())
+    assert set(doc["phases"]) == set(PHASES) and doc["card"] == "cpu"
+    for name, p in doc["phases"].items():
+        assert (p["allocated_gib"], p["reserved_gib"], p["device_used_gib"]) == (None,) * 3
+        assert p["plan_gib"] >= doc["plan"]["phases"][name] > 0 or name == "load"
+    assert doc["rows"] == [] and json.loads(factors.read_text())["rows"] == []
+    assert {"torch", "transformers", "nvidia-modelopt"} <= set(doc["versions"])
+    assert "no row added" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "scripts/bench_memory.py", "--smoke", "--out", "x", "--phases", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "'nope' is not a phase; allowed: load" in bad.stderr
+    # rows measured elsewhere go into the measurements file as they are
+    measured = {"rows": [{"phase": "load", "preset": "p", "allocated_gib": 1.0}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(measured))
+    run_script(
+        "scripts/bench_memory.py", "--from", str(tmp_path / "gpu.json"), "--record", str(factors)
+    )
+    assert json.loads(factors.read_text())["rows"] == measured["rows"]

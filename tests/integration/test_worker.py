@@ -110,3 +110,62 @@ def test_without_room_for_a_copy_the_worker_scores_its_model_and_reloads(
         plan.fp8_modules
     )
     assert got["kl_mean"] == pytest.approx(want["kl_mean"], rel=1e-5)
+
+
+def test_each_phase_is_recorded_and_on_cpu_its_peaks_are_null(tiny_data, score_tables):
+    """workers.json's ``memory.phases``: load, each scoring method, calibration, trials."""
+    w = Worker(ModelConfig(source="tiny-qwen2.5-vl"), threads=1)
+    for method in ("kl_div", "gradient"):
+        _, setup, _ = score_tables[method]
+        w.score(tiny_data, setup, [0])
+    plan = make_plan(score_tables["kl_div"][0], 11, 1.0)
+    w.evaluate(tiny_data, RECIPE, 8 << 30, plan.fp8_modules)
+    memory = w.memory()
+    phases = memory["phases"]
+    assert memory["scored_on_copy"] is True  # on CPU there is always room for a copy
+    assert {"load", "kl_div", "gradient", "calibration", "trials"} <= set(phases)
+    for peaks in phases.values():
+        assert peaks == {"allocated_gib": None, "reserved_gib": None, "device_used_gib": None}
+
+
+def test_the_plans_reference_cache_is_what_the_evaluator_keeps(tiny_data):
+    """The memory plan's reference-cache term (selection + report rows x width x bytes) against
+    the hidden states the evaluator actually keeps, in the dtype it runs."""
+    from orchestrator.core.config import SweepConfig
+    from orchestrator.core.memory import GIB, Workload
+
+    assert tiny_data.report is not None  # the default sets include a report set
+    model, profile = load_model("tiny-qwen2.5-vl", dtype="bfloat16")
+    ev = Evaluator(
+        model,
+        profile,
+        tiny_data.calib,
+        tiny_data.eval,
+        RECIPE,
+        "cpu",
+        8 << 30,
+        "vllm",
+        tiny_data.report,
+    )
+    kept = sum(t.numel() * t.element_size() for t in ev._reference)
+    d = SweepConfig.model_validate({"search": {"effective_bits": [8], "coverage": [1.0]}}).data
+    _, batch, seq = tiny_data.eval.tokens.shape
+    assert (batch, seq) == (d.batch_size, d.seq_len)
+    load = Workload(
+        0,
+        2,
+        "bfloat16",
+        4,
+        model.config.get_text_config().hidden_size,
+        512,
+        d.batch_size,
+        d.seq_len,
+        d.calib_batches,
+        d.eval_batches,
+        d.report_batches,
+        ("gradient",),
+        8.0,
+    )
+    assert load.reference_cache_gib_used() * GIB == kept
+    small = Workload(**{**load.__dict__, "reference_cache_gib": kept / GIB / 2})
+    assert small.reference_cache_gib_used() == 0.0  # over the budget: recomputed, not kept
