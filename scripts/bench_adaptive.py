@@ -10,11 +10,12 @@ Each score batch is scored on its own (one AutoQuantize call per batch, each cal
 way, as the sweep's shards do), so the sums over the first k batches are the scores a budget of k
 batches gives, for every k up to ``--batches``. For every k the script solves the plan of every
 grid point of the config's search space and compares the plans with k - 1's and with the full
-budget's: how many differ, and the most weight one plan moved. It then replays each rule of
-``--rules`` (chunk x patience @ tolerance) on those sums: where it stops, how many of its grid
-plans differ from the full budget's (0: the trials, and so the three schemes, are the full
-budget's) and by how much of the weights at most, and its share of the full budget's forwards (a
-batch costs the same forwards whichever chunk it falls in; each chunk calibrates once more).
+budget's: how many differ, and the worst regret (``orchestrator/core/budget.regret``: how much
+worse the k-batch plan is than the full budget's, on the full budget's sums). It then replays each
+rule of ``--rules`` (chunk x patience @ tolerance) on those sums: where it stops, how many of its
+grid plans differ from the full budget's (0: the trials, and so the three schemes, are the full
+budget's), their worst regret, and its share of the full budget's forwards (a batch costs the
+same forwards whichever chunk it falls in; each chunk calibrates once more).
 
 A kl_div score batch runs one forward per group plus the reference; a gradient batch one forward
 and one backward. ``--batches`` must not exceed the config's ``data.score_batches`` (the script
@@ -34,7 +35,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "search_spaces" / "demo_tiny.yaml"
-DEFAULT_RULES = "4x2,4x2@0.01,4x2@0.02,4x2@0.05,4x1@0.02,2x2@0.02,8x1@0.02"
+DEFAULT_RULES = "4x2,4x2@0.005,4x2@0.01,4x2@0.02,4x2@0.05,4x1@0.01,4x3@0.01,2x2@0.01,8x1@0.01"
 SMOKE_SETS = [
     "model.source=tiny-qwen2.5-vl",
     "data.source=synthetic",
@@ -108,18 +109,20 @@ def keeper(folder: Path, method: str, key: str) -> Any:
     return kept
 
 
-def plan_curve(parts: list[Any], plans: Any) -> tuple[list[Any], Any]:
-    """The grid's plans (FP8 groups per point) on the sums of the first k batches, for k = 1 ..
-    len(parts), and the groups' weights."""
-    from orchestrator.core.budget import group_weights
+def plan_curve(parts: list[Any], plans: Any) -> tuple[list[Any], list[dict[str, float]]]:
+    """The grid's plans (FP8 groups per point) on the sums of the first k batches, and those
+    sums per group, for k = 1 .. len(parts)."""
+    from orchestrator.core.budget import group_scores
     from orchestrator.model.scoring import merge_shards
 
     tables = [merge_shards([(t, s) for t, s, _ in parts[:k]])[0] for k in range(1, 1 + len(parts))]
-    return [tuple(plans(t)) for t in tables], group_weights(tables[-1])
+    return [tuple(plans(t)) for t in tables], [group_scores(t) for t in tables]
 
 
-def replay(rule: Any, curve: list[Any], weights: Any) -> tuple[int, int, list[int]]:
-    """(batches used, chunks, plan changes per chunk) of ``rule`` on the per-k plans."""
+def replay(
+    rule: Any, curve: list[Any], scores: list[dict[str, float]]
+) -> tuple[int, int, list[int]]:
+    """(batches used, chunks, plan changes per chunk) of ``rule`` on the per-k plans and sums."""
     from orchestrator.core.budget import changed, stop_reason
 
     changes: list[int] = []
@@ -128,7 +131,7 @@ def replay(rule: Any, curve: list[Any], weights: Any) -> tuple[int, int, list[in
     for n, chunk in enumerate(rule.chunks(), start=1):
         used += len(chunk)
         now = curve[used - 1]
-        changes.append(changed(before, now, weights, rule.tolerance))
+        changes.append(changed(before, now, scores[used - 1], rule.tolerance))
         before = now
         if stop_reason(rule, changes, used) is not None:
             return used, n, changes
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from orchestrator.core.budget import changed, most_moved
+    from orchestrator.core.budget import changed, worst_regret
     from orchestrator.core.config import load_config
     from orchestrator.core.points import grid_plans
     from orchestrator.model.datasets import build_data
@@ -179,22 +182,23 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         kept = keeper(args.parts, method, setup.key()) if args.parts else None
         parts = per_batch_parts(model, profile, data.score, setup, device, kept)
-        curve, weights = plan_curve(parts, plans)
-        full = curve[-1]
+        curve, scores = plan_curve(parts, plans)
+        full, final = curve[-1], scores[-1]
         groups = len(parts[0][0].groups)
         fpb = forwards_per_batch(method, groups)
         full_forwards = args.batches * fpb + calib
         rules = {}
         for spec in args.rules.split(","):
             rule = parse_rule(spec, args.batches)
-            used, chunks, changes = replay(rule, curve, weights)
+            used, chunks, changes = replay(rule, curve, scores)
             rules[spec] = {
                 "on": rule.on,
                 "batches_used": used,
                 "chunks": chunks,
                 "plan_changes_per_chunk": changes,
-                "plans_differing_from_full": changed(curve[used - 1], full, weights),
-                "most_weight_moved_from_full": most_moved(curve[used - 1], full, weights),
+                "plans_differing_from_full": changed(curve[used - 1], full, final),
+                # the stopping plans on the full budget's sums: how much worse than its own plans
+                "worst_regret_on_full_scores": worst_regret(curve[used - 1], full, final),
                 "forwards_share": (used * fpb + chunks * calib) / full_forwards,
             }
         methods[method] = {
@@ -207,14 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             # k = 1 .. batches: against k - 1 (all plans at k = 1) and against the full budget:
             # plans that differ, and the most weight one plan moved
             "changed_since_previous": [
-                changed(curve[k - 1] if k else None, curve[k], weights) for k in range(len(curve))
+                changed(curve[k - 1] if k else None, curve[k], scores[k]) for k in range(len(curve))
             ],
-            "most_moved_since_previous": [
-                round(most_moved(curve[k - 1] if k else None, curve[k], weights), 6)
+            "worst_regret_since_previous": [
+                worst_regret(curve[k - 1] if k else None, curve[k], scores[k])
                 for k in range(len(curve))
             ],
-            "differ_from_full": [changed(c, full, weights) for c in curve],
-            "most_moved_from_full": [round(most_moved(c, full, weights), 6) for c in curve],
+            "differ_from_full": [changed(c, full, final) for c in curve],
+            "worst_regret_on_full_scores": [worst_regret(c, full, final) for c in curve],
             "rules": rules,
         }
         print(f"{method}: {groups} groups, {len(full)} grid points, {len(set(full))} plans")
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  rule {spec}: stops at {r['batches_used']}/{args.batches} batches, "
                 f"{r['plans_differing_from_full']} plan(s) differ from the full budget "
-                f"(most {100 * r['most_weight_moved_from_full']:.1f}% of weights), "
+                f"(worst {100 * r['worst_regret_on_full_scores']:.2g}% on its scores), "
                 f"{100 * r['forwards_share']:.0f}% of its forwards"
             )
     result = {

@@ -2,12 +2,13 @@
 
 AutoQuantize's scores are sums over score batches, so a setup can be scored a chunk of batches at
 a time and the chunks added up (``model/scoring.merge_shards``). After each chunk the driver
-re-solves the plan of every grid point on the sums so far; a setup stops once no plan has moved
-more than ``tolerance`` of the eligible LM weights (0: no change at all) over the last
-``patience`` chunks, or at ``num_score_steps`` batches, the maximum. The sweep only ever uses the
-plans, so batches past that point would buy (nearly) the same trials. Near-tied groups keep
-swapping places as batches come in (docs/benchmarks.md, "adaptive scoring budget"), so an exact
-rule rarely stops; the tolerance says how much of the weight may still swap.
+re-solves the plan of every grid point on the sums so far. A plan that changed counts when the
+earlier plan, scored on the new sums, is more than ``tolerance`` worse than the new one (its
+regret; 0: any change). A setup stops once no plan has counted over the last ``patience`` chunks,
+or at ``num_score_steps`` batches, the maximum. The sweep only ever uses the plans, so batches
+past that point buy trials of (nearly) the same plans. Near-tied groups keep swapping places as
+batches come in (docs/benchmarks.md, "adaptive scoring budget"), so an exact rule rarely stops
+early; the tolerance says how much worse, in the solver's own objective, a plan may still get.
 
 Pure: the chunks of a budget, what changed between two chunks, and whether to stop (no torch, no
 Ray); ``search/pool.run_scoring`` drives it.
@@ -15,6 +16,7 @@ Ray); ``search/pool.run_scoring`` drives it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +31,7 @@ OFF = "off"  # the rule is off, or cannot stop before num_score_steps: every bat
 @dataclass(frozen=True)
 class BudgetRule:
     """``chunk`` score batches at a time; stop after ``patience`` chunks in which no grid plan
-    moved more than ``tolerance`` of the eligible LM weights (patience 0: the rule is off, every
+    changed with a regret above ``tolerance`` (:func:`regret`; patience 0: the rule is off, every
     one of ``maximum`` batches is scored in one piece)."""
 
     maximum: int
@@ -60,49 +62,58 @@ class BudgetRule:
     def describe(self) -> str:
         if not self.on:
             return f"all {self.maximum} score batches"
-        moves = "changes" if not self.tolerance else f"moves > {100 * self.tolerance:g}% of weights"
         return (
-            f"up to {self.maximum} score batches, {self.chunk} at a time, until no plan {moves} "
-            f"for {self.patience} chunk(s)"
+            f"up to {self.maximum} score batches, {self.chunk} at a time, until no plan "
+            f"{self.changes()} for {self.patience} chunk(s)"
         )
 
-
-def group_weights(table: ScoreTable) -> dict[str, float]:
-    """Each group's share of the eligible LM weights: what a plan change moves."""
-    total = sum(g.params for g in table.groups) or 1
-    return {g.name: g.params / total for g in table.groups}
-
-
-def moved(before: Collection[str], after: Collection[str], weights: Mapping[str, float]) -> float:
-    """The share of the eligible LM weights whose precision differs between two plans (their FP8
-    groups): a swap of two groups moves both."""
-    return sum(weights[g] for g in set(before) ^ set(after))
+    def changes(self) -> str:
+        if not self.tolerance:
+            return "changes"
+        return f"changes by more than {100 * self.tolerance:g}% of its score"
 
 
-def most_moved(
+def group_scores(table: ScoreTable) -> dict[str, float]:
+    return {g.name: g.score for g in table.groups}
+
+
+def regret(before: Collection[str], after: Collection[str], scores: Mapping[str, float]) -> float:
+    """How much worse the earlier plan (its FP8 groups) is than the new one on the new sums: the
+    relative excess of its score sum, which is what the solver minimises and what KL follows. Two
+    plans that swap near-tied groups differ by little; the solver's plan is never worse, so the
+    regret is >= 0 up to rounding."""
+    if set(before) == set(after):
+        return 0.0
+    old, new = (sum(scores[g] for g in plan) for plan in (before, after))
+    if new <= 0:
+        return 0.0 if old <= new else math.inf
+    return (old - new) / new
+
+
+def worst_regret(
     before: Sequence[Collection[str]] | None,
     after: Sequence[Collection[str]],
-    weights: Mapping[str, float],
-) -> float:
-    """The most weight one grid point's plan moved between two chunks (1 after the first)."""
+    scores: Mapping[str, float],
+) -> float | None:
+    """The largest regret over the grid's points between two chunks (None after the first)."""
     if before is None:
-        return 1.0
-    return max((moved(a, b, weights) for a, b in zip(before, after, strict=True)), default=0.0)
+        return None
+    return max((regret(a, b, scores) for a, b in zip(before, after, strict=True)), default=0.0)
 
 
 def changed(
     before: Sequence[Collection[str]] | None,
     after: Sequence[Collection[str]],
-    weights: Mapping[str, float],
+    scores: Mapping[str, float],
     tolerance: float = 0.0,
 ) -> int:
-    """How many grid points' plans moved more than ``tolerance`` of the weights between two chunks
-    (every one after the first chunk). Tolerance 0: any change counts."""
+    """How many grid points' plans changed between two chunks with a regret above ``tolerance``
+    (every one after the first chunk). Tolerance 0: any change but an exact tie counts."""
     if before is None:
         return len(after)
     if len(before) != len(after):
         raise ValueError(f"grids of {len(before)} and {len(after)} points")
-    return sum(moved(a, b, weights) > tolerance for a, b in zip(before, after, strict=True))
+    return sum(regret(a, b, scores) > tolerance for a, b in zip(before, after, strict=True))
 
 
 def stop_reason(rule: BudgetRule, changes: Sequence[int], used: int) -> str | None:
@@ -122,9 +133,8 @@ def explain(reason: str, rule: BudgetRule, used: int) -> str:
     """One phrase for the console: how many batches and why."""
     if reason == STABLE:
         return (
-            f"{used} of {rule.maximum} score batches: no plan "
-            f"{'changed' if not rule.tolerance else f'moved > {100 * rule.tolerance:g}%'} "
-            f"over the last {rule.patience} chunk(s) of {rule.chunk}"
+            f"{used} of {rule.maximum} score batches: no plan {rule.changes()} over the last "
+            f"{rule.patience} chunk(s) of {rule.chunk}"
         )
     if reason == MAXIMUM:
         return f"all {used} score batches: plans still changed in the last {rule.patience} chunk(s)"

@@ -414,7 +414,7 @@ class _Scoring:
     parts: list[tuple[ScoreTable, Any]] = field(default_factory=list)
     changes: list[int] = field(default_factory=list)
     plans: tuple[frozenset[str], ...] | None = None
-    moved: list[float] = field(default_factory=list)  # the most weight one plan moved, per chunk
+    regret: list[float | None] = field(default_factory=list)  # the worst plan change, per chunk
     done: int = 0  # chunks scored
     used: int = 0  # their batches
 
@@ -435,7 +435,7 @@ def run_scoring(
     grid's plans on the sums (``plans``) and stops a setup once its rule says so; a stopped setup's
     table records the batches it used and why it stopped, and is cached in ``cache_dir``.
     """
-    from orchestrator.core.budget import changed, explain, group_weights, most_moved, stop_reason
+    from orchestrator.core.budget import changed, explain, group_scores, stop_reason, worst_regret
     from orchestrator.model.scoring import merge_shards, save, shard_indices
 
     n = len(pool.workers)
@@ -472,19 +472,20 @@ def run_scoring(
             table, state = merge_shards(p.parts)
             rule = s.rule()
             if rule.on and plans is not None:
-                now, weights = tuple(plans(table)), group_weights(table)
-                p.changes.append(changed(p.plans, now, weights, rule.tolerance))
-                p.moved.append(most_moved(p.plans, now, weights))
-                p.plans = now
+                now, scores = tuple(plans(table)), group_scores(table)
+                p.changes.append(changed(p.plans, now, scores, rule.tolerance))
+                p.regret.append(worst_regret(p.plans, now, scores))
                 log.info(
-                    "%s/%s: %d score batches, %d of %d grid plans moved (most: %.1f%% of weights)",
+                    "%s/%s: %d score batches, %d of %d grid plans %s%s",
                     s.method,
                     s.fp8_recipe,
                     p.used,
                     p.changes[-1],
                     len(now),
-                    100 * p.moved[-1],
+                    "set" if p.plans is None else rule.changes().replace("changes", "changed"),
+                    "" if p.regret[-1] is None else f" (worst {100 * p.regret[-1]:.2g}%)",
                 )
+                p.plans = now
             reason = stop_reason(rule, p.changes, p.used)
             if reason is None:
                 continue
@@ -493,7 +494,7 @@ def run_scoring(
                 "score_batches_used": p.used,
                 "stop": reason,
                 "plan_changes": list(p.changes),
-                "plan_moved": [round(x, 6) for x in p.moved],
+                "plan_regret": list(p.regret),
                 "budget": rule.key(),
             }
             table = replace(table, meta=meta)

@@ -44,9 +44,9 @@ def test_scoring_stops_when_the_plans_hold_and_says_so(tmp_path):
         assert stop == MAXIMUM and used == MAXIMUM_BATCHES and any(changes[-2:])
     assert table.meta["shard_batches"] == [[i] for i in range(used)]
     assert table.meta["budget"] == {"chunk": 1, "patience": 2, "tolerance": 0.0}
-    moved = table.meta["plan_moved"]  # the most weight one plan moved, per chunk
-    assert len(moved) == used and moved[0] == 1.0
-    assert all((m > 0) == (c > 0) for m, c in zip(moved[1:], changes[1:], strict=True))
+    regret = table.meta["plan_regret"]  # the worst change per chunk: how much worse the old plan
+    assert len(regret) == used and regret[0] is None
+    assert all((r > 0) == (c > 0) for r, c in zip(regret[1:], changes[1:], strict=True))
     # the plans the trials ran are the ones the stopping table gives
     cfg = read_written_config(out / "config.yaml")
     trials = pq.read_table(out / "trials.parquet").to_pylist()

@@ -23,16 +23,23 @@ def test_bench_adaptive_smoke_replays_each_rule_on_the_per_batch_plans(tmp_path)
         assert points == 3 and len(m["changed_since_previous"]) == 6
         assert m["changed_since_previous"][0] == points  # the first batch sets every plan
         assert m["differ_from_full"][-1] == 0 and len(m["seconds_per_batch_call"]) == 6
+        assert (
+            m["worst_regret_on_full_scores"][-1] == 0
+            and m["worst_regret_since_previous"][0] is None
+        )
+        assert all(r >= -1e-9 for r in m["worst_regret_on_full_scores"])  # the solve is exact
         for spec, r in m["rules"].items():
-            chunk, patience = (int(x) for x in spec.split("x"))
+            chunk, patience = (int(x) for x in spec.partition("@")[0].split("x"))
             used, changes = r["batches_used"], r["plan_changes_per_chunk"]
             assert changes[0] == points and r["chunks"] == len(changes)
-            if BudgetRule(6, chunk, patience).on:
+            if r["on"]:
+                assert BudgetRule(6, chunk, patience).on
                 assert used == min(6, chunk * len(changes))
             else:  # a rule that cannot stop early scores everything in one chunk
                 assert used == 6 and len(changes) == 1
             if used < 6:  # stopped early: the last `patience` chunks moved no plan
                 assert not any(changes[-patience:])
+            assert (r["plans_differing_from_full"] == 0) == (r["worst_regret_on_full_scores"] == 0)
             calib = doc["num_calib_steps"]
             fpb = m["forwards_per_batch"]
             assert r["forwards_share"] == pytest.approx(

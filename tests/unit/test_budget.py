@@ -13,10 +13,10 @@ from orchestrator.core.budget import (
     STABLE,
     BudgetRule,
     changed,
-    group_weights,
-    most_moved,
-    moved,
+    group_scores,
+    regret,
     stop_reason,
+    worst_regret,
 )
 from orchestrator.core.config import SearchConfig, load_config
 from orchestrator.core.planning import plan_for
@@ -56,32 +56,30 @@ def test_scoring_stops_once_no_plan_changed_over_patience_chunks():
     assert stop_reason(off, [], 32) == OFF
 
 
-def test_changed_counts_grid_points_whose_plan_moved_more_than_the_tolerance():
-    weights = {"a": 0.5, "b": 0.3, "c": 0.15, "d": 0.05}
-    assert moved({"a", "b"}, {"a", "c"}, weights) == pytest.approx(0.45)  # b and c both move
-    assert changed(None, [{"a"}, {"b"}, set()], weights) == 3
-    before = [{"a", "b"}, {"a", "c"}, {"c"}]
-    after = [{"a", "b"}, {"a", "d"}, {"d"}]  # c and d swap: 20% of the weights move
-    assert changed(before, after, weights) == 2
-    assert changed(before, after, weights, tolerance=0.2) == 0
-    assert changed(before, after, weights, tolerance=0.19) == 2
-    assert most_moved(before, after, weights) == pytest.approx(0.2)
-    assert most_moved(None, after, weights) == 1.0
+def test_a_change_counts_when_the_earlier_plan_is_worse_than_the_tolerance_on_the_new_sums():
+    scores = {"a": 4.0, "b": 1.0, "c": 1.01, "d": 2.0}
+    assert regret({"a", "c"}, {"a", "b"}, scores) == pytest.approx(0.01 / 5.0)
+    assert regret({"b"}, {"b"}, scores) == 0.0
+    assert changed(None, [{"a"}, {"b"}], scores) == 2  # the first chunk sets every plan
+    before, after = [{"c"}, {"d"}, {"a"}], [{"b"}, {"b"}, {"a"}]
+    assert changed(before, after, scores) == 2
+    # c -> b is a near tie (1 % worse), d -> b is not (100 % worse)
+    assert changed(before, after, scores, tolerance=0.02) == 1
+    assert worst_regret(before, after, scores) == pytest.approx(1.0)
+    assert worst_regret(None, after, scores) is None
     with pytest.raises(ValueError):
-        changed([{"a"}], [{"a"}, {"b"}], weights)  # the grid does not change between chunks
+        changed([{"a"}], [{"a"}, {"b"}], scores)  # the grid does not change between chunks
 
 
 def test_a_tolerant_rule_stops_where_an_exact_one_goes_on():
-    weights = {"a": 0.9, "b": 0.05, "c": 0.05}
-    curve = [[{"a", "b"}], [{"a", "c"}], [{"a", "b"}], [{"a", "c"}]]  # b and c keep swapping
-    exact, tolerant = BudgetRule(8, 2, 1), BudgetRule(8, 2, 1, tolerance=0.1)
+    scores = {"a": 10.0, "b": 1.0, "c": 1.0001}
+    curve = [[{"a", "c"}], [{"a", "b"}]]  # b and c, near-tied, swap
+    exact, tolerant = BudgetRule(8, 2, 1), BudgetRule(8, 2, 1, tolerance=0.01)
     for rule, expected in ((exact, None), (tolerant, STABLE)):
-        changes = [
-            changed(None, curve[0], weights),
-            changed(curve[0], curve[1], weights, rule.tolerance),
-        ]
+        changes = [changed(None, curve[0], scores), changed(*curve, scores, rule.tolerance)]
         assert stop_reason(rule, changes, 4) == expected
-    assert exact.key() != tolerant.key() and tolerant.key()["tolerance"] == 0.1
+    assert exact.key() != tolerant.key() and tolerant.key()["tolerance"] == 0.01
+    assert "more than 1% of its score" in tolerant.describe()
 
 
 def test_grid_plans_are_the_plans_of_every_grid_point_in_grid_order():
@@ -95,18 +93,18 @@ def test_grid_plans_are_the_plans_of_every_grid_point_in_grid_order():
     tables = {table_key(t.method, t.fp8_recipe): t}
     points, _ = grid_points(search, tables)
     assert set(plans) == {frozenset(plan_for(p, tables).fp8_groups) for p in points}
-    weights = group_weights(t)
-    assert sum(weights.values()) == pytest.approx(1.0)
-    assert weights["model.layers.0.gate_up"] == pytest.approx(16 / (36 * 6))
-    # one group made the most sensitive of all moves at least one plan, by its weight at least
+    # one group made far more sensitive than the rest leaves every plan that held it
     hot = replace(
         t,
         groups=tuple(
             replace(g, score=99.0 if g.name == "model.layers.0.o" else g.score) for g in t.groups
         ),
     )
-    assert changed(plans, grid_plans(search, hot), weights) > 0
-    assert most_moved(plans, grid_plans(search, hot), weights) >= weights["model.layers.0.o"]
+    assert all("model.layers.0.o" in p for p in plans)  # the least sensitive group
+    after = grid_plans(search, hot)
+    dropped = sum("model.layers.0.o" not in p for p in after)
+    assert dropped > 0 and changed(plans, after, group_scores(hot)) == dropped
+    assert worst_regret(plans, after, group_scores(hot)) > 1.0  # far worse on the new sums
 
 
 def test_the_cache_key_covers_the_rule_and_an_off_rule_ignores_its_chunk():
