@@ -112,11 +112,12 @@ class AdaptiveBudget(_Strict):
     # score this many batches at a time; after each chunk the driver re-solves every grid point's
     # plan on the sums so far (orchestrator/core/budget.py)
     chunk: int = Field(4, ge=1)
-    # stop once no plan moved over this many chunks in a row; 0: score all num_score_steps
+    # stop once no plan changed over this many chunks in a row; 0: score all num_score_steps
     patience: int = Field(2, ge=0)
-    # a plan "moved" when more than this share of the eligible LM weights changed precision;
-    # 0: any change (near-tied groups swap places for a long time: docs/benchmarks.md)
-    tolerance: float = Field(0.0, ge=0, lt=1)
+    # a change counts when the earlier plan is more than this much worse than the new one on the
+    # new sums (its relative regret in the solver's objective); 0: any change. Near-tied groups
+    # swap places for a long time (docs/benchmarks.md, "adaptive scoring budget")
+    tolerance: float = Field(0.01, ge=0, lt=1)
 
 
 class ScoringConfig(_Strict):
