@@ -29,11 +29,13 @@ import copy
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a file from anywhere: this checkout's orchestrator
 DEFAULT_CONFIG = ROOT / "search_spaces" / "demo_tiny.yaml"
 DEFAULT_RULES = "4x2,4x2@0.005,4x2@0.01,4x2@0.02,4x2@0.05,4x1@0.01,4x3@0.01,2x2@0.01,8x1@0.01"
 SMOKE_SETS = [
