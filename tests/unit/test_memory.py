@@ -155,7 +155,7 @@ def test_scoring_scales_with_tokens_depth_and_width_and_trials_with_the_cache():
     f = factors()["gradient"]
     base = worker_need(load_of()).phase_gib["gradient"]
     half = worker_need(load_of(batch_size=2)).phase_gib["gradient"]
-    w = load_of().weights_gib
+    w = load_of().weights_gib + f.fixed_gib  # the weights and the CUDA context do not scale
     assert half - w == pytest.approx((base - w) / 2)  # both terms follow the tokens per batch
     deeper = worker_need(load_of(blocks=72)).phase_gib["gradient"]
     assert deeper - base == pytest.approx(f.activation * 4096 * 36 * 2048 / 2**30)
