@@ -109,8 +109,9 @@ class DataConfig(_Strict):
 
 
 class AdaptiveBudget(_Strict):
-    # score this many batches at a time; after each chunk the driver re-solves every grid point's
-    # plan on the sums so far (orchestrator/core/budget.py)
+    # score this many batches at a time (at least one per scoring shard, so every worker scores);
+    # after each chunk the driver re-solves every grid point's plan on the sums so far
+    # (orchestrator/core/budget.py)
     chunk: int = Field(4, ge=1)
     # stop once no plan changed over this many chunks in a row; 0: score all num_score_steps
     patience: int = Field(2, ge=0)

@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -> list[ScoreTable]:
     """Cached tables are read here; the rest are scored by the workers, every shard at once."""
     from orchestrator.model.scoring import ScoringSetup, load_cached
-    from orchestrator.search.pool import run_scoring
+    from orchestrator.search.pool import run_scoring, scoring_shards
 
     cfg = inp.cfg
+    # a chunk is split in shards over the workers: one smaller than the shards would idle GPUs
+    shards = scoring_shards(cfg.scoring.shards, cfg.scoring.num_score_steps, len(pool.workers))
+    chunk = max(cfg.scoring.adaptive.chunk, shards)
     setups = [
         ScoringSetup(
             cfg.model.source,
@@ -47,7 +50,7 @@ def score_all(inp: Inputs, pool: WorkerPool, data_ref: object, data: DataSets) -
             cfg.scoring.num_calib_steps,
             cfg.scoring.num_score_steps,
             cfg.scoring.reuse_prefix,
-            cfg.scoring.adaptive.chunk,
+            chunk,
             cfg.scoring.adaptive.patience,
             cfg.scoring.adaptive.tolerance,
         )

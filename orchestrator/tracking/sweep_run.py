@@ -17,6 +17,7 @@ from orchestrator.core.objectives import REPORT
 from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.publish import Finalized, modelopt_run_tags, scheme_tracking
+from orchestrator.outputs.tables import scoring_budget
 from orchestrator.tracking.display import display_metrics, verdict_table
 from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri, follow_folder
 
@@ -206,6 +207,11 @@ def publish(
                 "trials_failed": len(results) - len(ok),
                 **{
                     f"scoring_seconds.{t.method}.{t.fp8_recipe}": float(t.meta.get("seconds", 0.0))
+                    for t in tables
+                },
+                # how many score batches the adaptive budget let each setup use (core/budget.py)
+                **{
+                    f"score_batches_used.{t.method}.{t.fp8_recipe}": float(scoring_budget(t)[0])
                     for t in tables
                 },
                 **{f"score_kl_spearman.{k}": v for k, v in done.correlation.items()},

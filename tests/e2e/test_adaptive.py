@@ -8,6 +8,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from orchestrator.core.budget import MAXIMUM, STABLE
 from orchestrator.core.config import read_written_config
@@ -23,6 +24,7 @@ MAXIMUM_BATCHES = 5  # the demo's score set
 RULE = [
     *("--set", "scoring.adaptive.chunk=1", "--set", "scoring.adaptive.patience=2"),
     *("--set", "scoring.adaptive.tolerance=0"),  # any plan change counts
+    *("--set", "scoring.shards=1"),  # a chunk holds a batch per shard at least
 ]
 
 
@@ -64,3 +66,7 @@ def test_scoring_stops_when_the_plans_hold_and_says_so(tmp_path):
     assert f"kl_div/FP8_DEFAULT_CFG scored: {used} of 5" in proc.stdout or (
         f"kl_div/FP8_DEFAULT_CFG scored: all {used} score batches" in proc.stdout
     )
+    # and the sweep's MLflow parent run records it beside the scoring time
+    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    parent = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_run(doc["parent_run_id"])
+    assert parent.data.metrics["score_batches_used.kl_div.FP8_DEFAULT_CFG"] == used
