@@ -63,14 +63,13 @@ class BudgetRule:
         if not self.on:
             return f"all {self.maximum} score batches"
         return (
-            f"up to {self.maximum} score batches, {self.chunk} at a time, until no plan "
-            f"{self.changes()} for {self.patience} chunk(s)"
+            f"up to {self.maximum} score batches, {self.chunk} a chunk; stops after "
+            f"{self.patience} chunk(s) with no plan {self.change()}"
         )
 
-    def changes(self) -> str:
-        if not self.tolerance:
-            return "changes"
-        return f"changes by more than {100 * self.tolerance:g}% of its score"
+    def change(self) -> str:
+        """What counts as a plan change, in a word or three."""
+        return "change" if not self.tolerance else f"change > {100 * self.tolerance:g}%"
 
 
 def group_scores(table: ScoreTable) -> dict[str, float]:
@@ -130,17 +129,15 @@ def stop_reason(rule: BudgetRule, changes: Sequence[int], used: int) -> str | No
 
 
 def explain(reason: str, rule: BudgetRule, used: int) -> str:
-    """One phrase for the console: how many batches and why."""
+    """One short phrase for the console: how many batches and why (a line fits 120 columns)."""
     if reason == STABLE:
         return (
-            f"{used} of {rule.maximum} score batches: no plan {rule.changes()} over the last "
-            f"{rule.patience} chunk(s) of {rule.chunk}"
+            f"{used} of {rule.maximum} batches (no plan {rule.change()} in "
+            f"{rule.patience} chunk(s) of {rule.chunk})"
         )
     if reason == MAXIMUM:
-        return f"all {used} score batches: plans still changed in the last {rule.patience} chunk(s)"
+        last = f"the last {rule.patience} chunk(s)"
+        return f"all {used} batches (a plan {rule.change()} in {last})"
     if rule.patience == 0:
-        return f"all {used} score batches (adaptive budget off)"
-    return (
-        f"all {used} score batches (the adaptive budget stops after {rule.patience + 1} chunks "
-        f"of {rule.chunk} at the earliest)"
-    )
+        return f"all {used} batches (adaptive budget off)"
+    return f"all {used} batches (too few for the adaptive budget to stop earlier)"

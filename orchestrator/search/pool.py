@@ -447,7 +447,7 @@ def run_scoring(
         log.info("scoring %d setup(s), %s in %s shard(s) over the workers", len(setups), what, each)
     for s in setups:
         if s.rule().on:
-            log.info("%s/%s: %s", s.method, s.fp8_recipe, s.rule().describe())
+            log_wrapped(log, f"{s.method}/{s.fp8_recipe}: {s.rule().describe()}")
     out: dict[Any, ScoreTable] = {}
     turn = 0
     while len(out) < len(setups):
@@ -475,15 +475,12 @@ def run_scoring(
                 now, scores = tuple(plans(table)), group_scores(table)
                 p.changes.append(changed(p.plans, now, scores, rule.tolerance))
                 p.regret.append(worst_regret(p.plans, now, scores))
-                log.info(
-                    "%s/%s: %d score batches, %d of %d grid plans %s%s",
-                    s.method,
-                    s.fp8_recipe,
-                    p.used,
-                    p.changes[-1],
-                    len(now),
-                    "set" if p.plans is None else rule.changes().replace("changes", "changed"),
-                    "" if p.regret[-1] is None else f" (worst {100 * p.regret[-1]:.2g}%)",
+                change = "set" if p.plans is None else f"with a {rule.change()}"
+                worst = "" if p.regret[-1] is None else f" (worst {100 * p.regret[-1]:.2g}%)"
+                log_wrapped(
+                    log,
+                    f"{s.method}/{s.fp8_recipe}: {p.used} score batches, {p.changes[-1]} of "
+                    f"{len(now)} grid plans {change}{worst}",
                 )
                 p.plans = now
             reason = stop_reason(rule, p.changes, p.used)
@@ -501,5 +498,6 @@ def run_scoring(
             save(table, state, cache_dir)
             out[s] = table
             if rule.patience:
-                log.info("%s/%s scored: %s", s.method, s.fp8_recipe, explain(reason, rule, p.used))
+                explained = explain(reason, rule, p.used)
+                log_wrapped(log, f"{s.method}/{s.fp8_recipe} scored: {explained}")
     return [out[s] for s in setups]

@@ -62,9 +62,9 @@ def test_scoring_stops_when_the_plans_hold_and_says_so(tmp_path):
     assert {(s["knobs"]["score_batches_used"], s["knobs"]["score_stop"]) for s in schemes} == {
         (used, stop)
     }
-    assert "kl_div/FP8_DEFAULT_CFG: up to 5 score batches, 1 at a time" in proc.stdout
-    assert f"kl_div/FP8_DEFAULT_CFG scored: {used} of 5" in proc.stdout or (
-        f"kl_div/FP8_DEFAULT_CFG scored: all {used} score batches" in proc.stdout
+    assert "kl_div/FP8_DEFAULT_CFG: up to 5 score batches, 1 a chunk" in proc.stdout
+    assert f"kl_div/FP8_DEFAULT_CFG scored: {used} of 5 batches" in proc.stdout or (
+        f"kl_div/FP8_DEFAULT_CFG scored: all {used} batches" in proc.stdout
     )
     # and the sweep's MLflow parent run records it beside the scoring time
     doc = yaml.safe_load((out / "schemes.yaml").read_text())

@@ -13,6 +13,7 @@ from orchestrator.core.budget import (
     STABLE,
     BudgetRule,
     changed,
+    explain,
     group_scores,
     regret,
     stop_reason,
@@ -79,7 +80,7 @@ def test_a_tolerant_rule_stops_where_an_exact_one_goes_on():
         changes = [changed(None, curve[0], scores), changed(*curve, scores, rule.tolerance)]
         assert stop_reason(rule, changes, 4) == expected
     assert exact.key() != tolerant.key() and tolerant.key()["tolerance"] == 0.01
-    assert "more than 1% of its score" in tolerant.describe()
+    assert "with no plan change > 1%" in tolerant.describe()
 
 
 def test_grid_plans_are_the_plans_of_every_grid_point_in_grid_order():
@@ -124,3 +125,12 @@ def test_the_demo_config_leaves_the_rule_unable_to_stop_its_five_batches_early()
     s = cfg.scoring
     rule = BudgetRule(s.num_score_steps, s.adaptive.chunk, s.adaptive.patience)
     assert s.adaptive.patience > 0 and not rule.on  # on by default, needs more than 5 batches
+
+
+def test_the_console_phrases_of_the_usual_setup_fit_one_line():
+    """With the default recipe every line reads whole (longer ones wrap, outputs/console.py)."""
+    prefix = "00:00:00 gradient/FP8_DEFAULT_CFG scored: "
+    for rule in (BudgetRule(4, 4, 2, 0.01), BudgetRule(64, 16, 12, 0.125), BudgetRule(64, 4, 0)):
+        for reason in (STABLE, MAXIMUM, OFF):
+            assert len(prefix + explain(reason, rule, 64)) <= 120
+        assert len(prefix + rule.describe()) <= 120
