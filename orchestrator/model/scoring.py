@@ -61,8 +61,8 @@ class ScoringSetup:
     num_calib_steps: int
     num_score_steps: int
     reuse_prefix: bool = True
-    # the adaptive budget (``core/budget.py``): batches per chunk, chunks without a plan that
-    # moved more than ``tolerance`` of the weights before scoring stops; patience 0 scores all
+    # the adaptive budget (``core/budget.py``): batches per chunk, chunks without a plan change
+    # whose regret exceeds ``tolerance`` before scoring stops; patience 0 scores all
     chunk: int = 4
     patience: int = 0
     tolerance: float = 0.0
