@@ -124,20 +124,16 @@ def plan_curve(parts: list[Any], plans: Any) -> tuple[list[Any], list[dict[str, 
 def replay(
     rule: Any, curve: list[Any], scores: list[dict[str, float]]
 ) -> tuple[int, int, list[int]]:
-    """(batches used, chunks, plan changes per chunk) of ``rule`` on the per-k plans and sums."""
-    from orchestrator.core.budget import changed, stop_reason
+    """(batches used, chunks, plan changes per chunk) of ``rule`` on the per-k plans and sums:
+    the sweep's own record (``budget.Watch``), fed the plans of every chunk, off rules included."""
+    from orchestrator.core.budget import Watch
 
-    changes: list[int] = []
-    before = None
-    used = 0
+    watch = Watch(rule)
     for n, chunk in enumerate(rule.chunks(), start=1):
-        used += len(chunk)
-        now = curve[used - 1]
-        changes.append(changed(before, now, scores[used - 1], rule.tolerance))
-        before = now
-        if stop_reason(rule, changes, used) is not None:
-            return used, n, changes
-    return used, len(rule.chunks()), changes
+        k = watch.used + len(chunk)
+        if watch.observe(len(chunk), curve[k - 1], scores[k - 1]) is not None:
+            return watch.used, n, watch.changes
+    return watch.used, len(rule.chunks()), watch.changes
 
 
 def parse_rule(spec: str, maximum: int) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.core.records import ScoreTable
 
@@ -126,6 +126,33 @@ def stop_reason(rule: BudgetRule, changes: Sequence[int], used: int) -> str | No
     if used >= rule.maximum:
         return MAXIMUM
     return None
+
+
+@dataclass
+class Watch:
+    """One setup's record of its chunks under ``rule``: the batches used, and per chunk the plans'
+    changes and worst regret; the sweep's driver and ``scripts/bench_adaptive.py`` keep one."""
+
+    rule: BudgetRule
+    used: int = 0
+    changes: list[int] = field(default_factory=list)
+    regret: list[float | None] = field(default_factory=list)
+    plans: tuple[frozenset[str], ...] | None = None
+
+    def observe(
+        self,
+        batches: int,
+        plans: Sequence[Collection[str]] | None = None,
+        scores: Mapping[str, float] | None = None,
+    ) -> str | None:
+        """One more chunk of ``batches`` batches, with the grid's plans and the sums so far where
+        they were solved; returns why scoring stops now (:func:`stop_reason`), or None."""
+        self.used += batches
+        if plans is not None and scores is not None:
+            self.changes.append(changed(self.plans, plans, scores, self.rule.tolerance))
+            self.regret.append(worst_regret(self.plans, plans, scores))
+            self.plans = tuple(frozenset(p) for p in plans)
+        return stop_reason(self.rule, self.changes, self.used)
 
 
 def explain(reason: str, rule: BudgetRule, used: int) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from orchestrator.core.budget import Watch, explain, group_scores
 from orchestrator.core.config import ConfigError, ModelConfig
 from orchestrator.core.memory import Slot, WorkerNeed
 from orchestrator.core.records import ScoreTable
@@ -408,15 +409,11 @@ def _watching_storage(refs: list[Any], every_s: float = 2.0) -> list[Any]:
 @dataclass
 class _Scoring:
     """One setup's progress through its chunks: the parts scored so far and what each chunk did to
-    the grid's plans."""
+    the grid's plans (``watch``)."""
 
     chunks: list[list[int]]
+    watch: Watch
     parts: list[tuple[ScoreTable, Any]] = field(default_factory=list)
-    changes: list[int] = field(default_factory=list)
-    plans: tuple[frozenset[str], ...] | None = None
-    regret: list[float | None] = field(default_factory=list)  # the worst plan change, per chunk
-    done: int = 0  # chunks scored
-    used: int = 0  # their batches
 
 
 def run_scoring(
@@ -435,11 +432,10 @@ def run_scoring(
     grid's plans on the sums (``plans``) and stops a setup once its rule says so; a stopped setup's
     table records the batches it used and why it stopped, and is cached in ``cache_dir``.
     """
-    from orchestrator.core.budget import changed, explain, group_scores, stop_reason, worst_regret
     from orchestrator.model.scoring import merge_shards, save, shard_indices
 
     n = len(pool.workers)
-    progress = {s: _Scoring(s.rule().chunks()) for s in setups}
+    progress = {s: _Scoring(s.rule().chunks(), Watch(s.rule())) for s in setups}
     counts = sorted({scoring_shards(shards, len(p.chunks[0]), n) for p in progress.values()})
     if counts[-1] > 1:
         each = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
@@ -455,7 +451,7 @@ def run_scoring(
         for s, p in progress.items():
             if s in out:
                 continue
-            chunk = p.chunks[p.done]
+            chunk = next(c for c in p.chunks if c[0] == p.watch.used)  # they run 0, 1, ... on
             refs = []
             for piece in shard_indices(len(chunk), scoring_shards(shards, len(chunk), n)):
                 worker = pool.workers[turn % n]
@@ -467,37 +463,33 @@ def run_scoring(
             p = progress[s]
             got = _watching_storage(refs)
             p.parts += [(ScoreTable.from_dict(g["table"]), g["state"]) for g in got]
-            p.done += 1
-            p.used += len(chunk)
             table, state = merge_shards(p.parts)
-            rule = s.rule()
-            if rule.on and plans is not None:
-                now, scores = tuple(plans(table)), group_scores(table)
-                p.changes.append(changed(p.plans, now, scores, rule.tolerance))
-                p.regret.append(worst_regret(p.plans, now, scores))
-                change = "set" if p.plans is None else f"with a {rule.change()}"
-                worst = "" if p.regret[-1] is None else f" (worst {100 * p.regret[-1]:.2g}%)"
+            rule, w = s.rule(), p.watch
+            now = tuple(plans(table)) if rule.on and plans is not None else None
+            reason = w.observe(len(chunk), now, group_scores(table))
+            if now is not None:
+                worst = w.regret[-1]
+                change = "set" if worst is None else f"with a {rule.change()}"
+                worst_text = "" if worst is None else f" (worst {100 * worst:.2g}%)"
                 log_wrapped(
                     log,
-                    f"{s.method}/{s.fp8_recipe}: {p.used} score batches, {p.changes[-1]} of "
-                    f"{len(now)} grid plans {change}{worst}",
+                    f"{s.method}/{s.fp8_recipe}: {w.used} score batches, {w.changes[-1]} of "
+                    f"{len(now)} grid plans {change}{worst_text}",
                 )
-                p.plans = now
-            reason = stop_reason(rule, p.changes, p.used)
             if reason is None:
                 continue
             meta = {
                 **table.meta,
-                "score_batches_used": p.used,
+                "score_batches_used": w.used,
                 "stop": reason,
-                "plan_changes": list(p.changes),
-                "plan_regret": list(p.regret),
+                "plan_changes": list(w.changes),
+                "plan_regret": list(w.regret),
                 "budget": rule.key(),
             }
             table = replace(table, meta=meta)
             save(table, state, cache_dir)
             out[s] = table
             if rule.patience:
-                explained = explain(reason, rule, p.used)
+                explained = explain(reason, rule, w.used)
                 log_wrapped(log, f"{s.method}/{s.fp8_recipe} scored: {explained}")
     return [out[s] for s in setups]

@@ -12,6 +12,7 @@ from orchestrator.core.budget import (
     OFF,
     STABLE,
     BudgetRule,
+    Watch,
     changed,
     explain,
     group_scores,
@@ -125,6 +126,20 @@ def test_the_demo_config_leaves_the_rule_unable_to_stop_its_five_batches_early()
     s = cfg.scoring
     rule = BudgetRule(s.num_score_steps, s.adaptive.chunk, s.adaptive.patience)
     assert s.adaptive.patience > 0 and not rule.on  # on by default, needs more than 5 batches
+
+
+def test_a_watch_records_each_chunk_and_says_when_to_stop():
+    scores = {"a": 10.0, "b": 1.0, "c": 1.0001, "d": 5.0}
+    watch = Watch(BudgetRule(maximum=16, chunk=2, patience=2, tolerance=0.01))
+    assert watch.observe(2, [{"a"}, {"b"}], scores) is None  # the first chunk sets every plan
+    assert watch.observe(2, [{"a"}, {"c"}], scores) is None  # a near tie: no change counted
+    assert watch.observe(2, [{"d"}, {"c"}], scores) is None  # a -> d: 50 % better, a change
+    assert watch.observe(2, [{"d"}, {"c"}], scores) is None
+    assert watch.observe(2, [{"d"}, {"c"}], scores) == STABLE
+    assert watch.used == 10 and watch.changes == [2, 0, 1, 0, 0]
+    assert watch.regret[0] is None and watch.regret[2] == pytest.approx(1.0)
+    off = Watch(BudgetRule(maximum=4, chunk=4, patience=0))
+    assert off.observe(4) == OFF and off.changes == []  # nothing solved while the rule is off
 
 
 def test_the_console_phrases_of_the_usual_setup_fit_one_line():
