@@ -267,12 +267,12 @@ def _bf16_bytes(model: Any) -> int:
 
 def _forwards(fn: Any, batches: list[Any], head: Any = None) -> None:
     """``fn`` over every batch; with ``head``, logits too, one slice of rows at a time."""
-    from orchestrator.model.worker import _METRIC_ROWS
+    from orchestrator.core.memory import METRIC_ROWS
 
     for b in batches:
         out = fn(**b.inputs, use_cache=False)[0]
         if head is not None:
-            for row in out.reshape(-1, out.shape[-1]).split(_METRIC_ROWS):
+            for row in out.reshape(-1, out.shape[-1]).split(METRIC_ROWS):
                 head(row)
 
 

@@ -56,7 +56,7 @@ USABLE_FRACTION = 9.83 / 11.22
 # model (worker.Worker._copy_fits); the plan adds the copy where a GPU offers that much.
 COPY_HEADROOM = 4
 # Tokens stacked into one forward pass of calibration and trials (worker.FORWARD_TOKENS), and the
-# logits rows a trial forms at once (worker._METRIC_ROWS).
+# logits rows a trial forms at once (the worker's metric steps).
 FORWARD_TOKENS = 32768
 METRIC_ROWS = 1024
 

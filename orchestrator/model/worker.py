@@ -266,9 +266,6 @@ class Worker:
 # forward of 4 x 1024 tokens is bound by the host launching ~500 quantizer calls; 32k tokens keep
 # the GPU busy. Metrics and max-calibration ranges do not depend on how batches are stacked.
 # Logits rows per metric step (METRIC_ROWS) bound the float32 temporaries (~0.6 GB each).
-_METRIC_ROWS = METRIC_ROWS
-
-
 def stack_size(tokens: TokenSet) -> int:
     """How many of the set's batches go into one forward pass (about FORWARD_TOKENS tokens)."""
     _, batch_size, seq_len = tokens.tokens.shape
@@ -535,7 +532,7 @@ def accumulate_metrics(
     """Add KL(ref || q), top-1 agreements, NLL(q) and NLL(ref) of each sequence's target tokens to
     its row of ``sums`` (one row of 4 per sequence of ``batch``).
 
-    Hidden states are (batch, seq, width); ``head`` turns ``_METRIC_ROWS`` of them at a time into
+    Hidden states are (batch, seq, width); ``head`` turns ``METRIC_ROWS`` of them at a time into
     logits (``q_head``, where given, those of the quantized model: a separately loaded one), so
     the float32 temporaries stay small next to the model. Only the positions that
     predict a target count: never padding, never a prompt, never a row's last position.
@@ -544,8 +541,8 @@ def accumulate_metrics(
     for b, pos in enumerate(batch.positions):
         targets = ids[b, 1:][pos].unsqueeze(-1)
         ref_b, q_b = ref_hidden[b, :-1][pos], q_hidden[b, :-1][pos]
-        for s in range(0, targets.shape[0], _METRIC_ROWS):
-            e = min(s + _METRIC_ROWS, targets.shape[0])
+        for s in range(0, targets.shape[0], METRIC_ROWS):
+            e = min(s + METRIC_ROWS, targets.shape[0])
             lr = torch.log_softmax(head(ref_b[s:e]).float(), dim=-1)
             lq = torch.log_softmax((head if q_head is None else q_head)(q_b[s:e]).float(), dim=-1)
             agree = (lr.argmax(-1) == lq.argmax(-1)).sum()
