@@ -139,6 +139,13 @@ RUN_NAMES = """(() => {
 })()"""
 
 
+# the button after the description's edit button: MLflow's chevron that unfolds the description
+UNFOLD = (
+    "(bs => bs[bs.findIndex(b => b.getAttribute('data-testid') === "
+    "'experiment-metadata-editor-edit-button') + 1])([...document.querySelectorAll('button')])"
+)
+
+
 def anchor(test: str, within: str = "a") -> str:
     """JavaScript for the first link (``within`` a CSS selector) whose text ``test`` accepts."""
     return f"[...document.querySelectorAll('{within}')].find(a => {test})"
@@ -165,9 +172,16 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     )  # click 1: the experiment, in the view the browser last used
     view = anchor("(a.getAttribute('href') || '').includes('viewStateShareKey=')")
     seen["view_link"] = await page.wait(f"{view}?.getAttribute('href')", "the description's link")
+    chart_link = anchor("(a.getAttribute('href') || '').includes('compareRunsMode=CHART')")
+    seen["chart_link"] = await page.js(f"{chart_link}?.getAttribute('href') || ''")
     seen["experiment_page"] = await page.js("location.hash")
+    # the description shows its first line; the chevron beside its edit button unfolds the rest
+    # (the three schemes, their numbers and reasons)
+    await page.js(f"{UNFOLD}?.click(), 1")
+    seen["experiment_text"] = await page.js("document.body.innerText")
     await page.tidy()
     await page.shot(shots / "mlflow-experiment.png")
+    await page.js(f"{UNFOLD}?.click(), 1")  # folded again: the UI keeps it so on the next pages
 
     # click 2: the runs table, schemes first; MLflow opens a description's links in a new tab,
     # here the same one
@@ -179,7 +193,8 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     await page.tidy()
     await page.shot(shots / "mlflow-runs.png")
 
-    await page.js("location.hash = location.hash + '&compareRunsMode=CHART'")
+    # the description's other link (a second click from the experiment page): the chart
+    await page.js(f"location.hash = {json.dumps(seen['chart_link'].lstrip('#'))}")
     chart = "document.querySelector('[data-testid=experiment-view-compare-runs-chart-area]')"
     seen["chart_text"] = await page.wait(
         f"(t => t && t.includes('kl_x1e6') && t)({chart}?.innerText)", "the chart"
@@ -188,8 +203,10 @@ async def click_path(page: Page, base: str, experiment: str, shots: Path) -> dic
     await page.shot(shots / "mlflow-chart.png")
 
     first = names[0]
-    run = anchor(f"a.innerText.trim() === {json.dumps(first)}", 'a[href*=\\"/runs/\\"]')
-    await page.js("location.hash = location.hash.replace('&compareRunsMode=CHART', '')")
+    # the table's link (the description above it links the scheme runs too, in a new tab)
+    run = anchor(f"a.innerText.trim() === {json.dumps(first)}", '.ag-root a[href*=\\"/runs/\\"]')
+    await page.js(f"location.hash = {json.dumps(seen['runs_page'].lstrip('#'))}")  # the table again
+    await page.wait(f"(n => n.length > 3 && n)({RUN_NAMES})", "the runs table's rows")
     await page.wait(f"!!{run}", "the first scheme's link")
     await page.js(f"{run}.click(), 1")
     seen["scheme_page"] = await page.wait(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.core.config import Catalog, CatalogScheme, SearchConfig
-from orchestrator.core.objectives import KL_MEAN, Objective
+from orchestrator.core.objectives import KL_MEAN, REPORT, Objective
 from orchestrator.core.points import grid_lacks
 from orchestrator.core.records import NamedScheme, TrialResult
 
@@ -246,13 +246,23 @@ def _none_feasible(results: Sequence[TrialResult], max_kl: float | None, obj: Ob
 
 
 def _rationale(r: TrialResult, scheme: CatalogScheme, how: str, obj: Objective) -> str:
+    """Why the name sits on this point, and its numbers: the report set's (the published ones)
+    when the trial measured one, the selection set's (which chose it) beside them."""
     m = r.metrics
     chosen_on = f" (chosen on {obj.label}: {obj.value(m):.3g})" if obj.modality else ""
+    chosen = f"KL {m['kl_mean']:.3g}, top-1 agreement {m.get('top1_agreement', math.nan):.4f}"
+    if f"{REPORT}kl_mean" in m:
+        numbers = (
+            f"on the report set KL {m[REPORT + 'kl_mean']:.3g}, top-1 agreement "
+            f"{m.get(REPORT + 'top1_agreement', math.nan):.4f} (on the selection set it was "
+            f"chosen on: {chosen})"
+        )
+    else:
+        numbers = f"{chosen} (selection set)"
     return (
         f"{scheme.name} ({scheme.role}): {how}{chosen_on}. {r.fp8_fraction:.1%} of eligible LM "
         f"weights in FP8 ({r.achieved_bits:.2f} effective bits, asked {r.effective_bits:g}, "
-        f"coverage {r.coverage:g}, strategy {r.strategy}, {r.method} scores); KL "
-        f"{m['kl_mean']:.3g}, top-1 agreement {m.get('top1_agreement', math.nan):.4f}."
+        f"coverage {r.coverage:g}, strategy {r.strategy}, {r.method} scores); {numbers}."
     )
 
 

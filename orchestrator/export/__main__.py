@@ -8,6 +8,8 @@
 Every export reloads what it wrote through the loader available here, measures it against the BF16
 base model on the sweep's judging set and writes that into ``scheme.json`` as ``artifact``; a KL
 outside the trial's 95 % interval fails the export (``orchestrator/export/artifact.py``).
+What ModelOpt and transformers print goes to a log file that is named only when the export fails
+(``--verbose``: on the console).
 Exit codes: 0 every folder written (or checked) passes the check, 1 one fails, 2 bad input, 5
 ``--dest``'s disk is full (one line; nothing is left there).
 ``--set`` takes no config key here: a checkpoint is the scheme as the sweep measured it, built
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator import cli
@@ -33,7 +37,7 @@ from orchestrator.export.checkpoint import (
     scheme_names,
 )
 from orchestrator.outputs.ownership import in_use_line, live_owner
-from orchestrator.runtime.logs import setup_logging
+from orchestrator.runtime.logs import divert_output, setup_logging
 
 # named, not __name__: run as ``python -m`` that is "__main__", which the console leaves out
 # (runtime/logs.py shows the orchestrator's loggers only)
@@ -51,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.measure is not None:
         from orchestrator.export.artifact import remeasure
 
-        return _report(
-            args.measure, remeasure(args.measure), "measures inside its label's interval"
-        )
+        folder = args.measure
+        problems = _quietly(args.verbose, lambda: remeasure(folder))
+        return _report(folder, problems, "measures inside its label's interval")
     output = args.output.resolve()
     owner = live_owner(output)
     if owner is not None:  # export only reads --output, so it may; say what it reads
@@ -61,19 +65,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", in_use_line(output, owner, advice))
     names = scheme_names(output) if args.all else [find_scheme(output, args.scheme)["name"]]
     dests = {n: check_dest(args.dest / n if args.all else args.dest) for n in names}
-    try:
-        for i, (name, dest) in enumerate(dests.items(), 1):  # every one checked before any load
-            log.info(
-                "exporting %s as %s (%d of %d): load, calibrate, write, check",
-                name,
-                args.format,
-                i,
-                len(dests),
-            )
-            export_scheme(output, name, dest, args.format)
-    except ExportCheckError as e:
-        return _report(args.dest, e.problems)
-    return cli.ExitCode.OK
+
+    def export_all() -> list[str]:
+        try:
+            for i, (name, dest) in enumerate(dests.items(), 1):  # each checked before any load
+                log.info(
+                    "exporting %s as %s (%d of %d): load, calibrate, write, check",
+                    name,
+                    args.format,
+                    i,
+                    len(dests),
+                )
+                export_scheme(output, name, dest, args.format)
+        except ExportCheckError as e:
+            return e.problems
+        return []
+
+    problems = _quietly(args.verbose, export_all)
+    return _report(args.dest, problems) if problems else cli.ExitCode.OK
 
 
 def parser() -> cli.Parser:
@@ -119,6 +128,32 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     elif args.measure is not None and not (folder / "scheme.json").is_file():
         p.error(f"--measure {folder}: no scheme.json; not an export of this project")
     return args
+
+
+def _quietly(verbose: bool, work: Callable[[], list[str]]) -> list[str]:
+    """``work``'s problems, with what ModelOpt, transformers and compressed-tensors print (load
+    reports, progress bars, warnings) kept off the console (``--verbose`` shows it) in a log file,
+    removed when the work passes and named when it does not (``runtime/logs.divert_output``)."""
+    if verbose:
+        return work()
+    fd, name = tempfile.mkstemp(prefix="orchestrator-export-", suffix=".log")
+    os.close(fd)
+    kept = Path(name)
+    restore = divert_output(kept)
+    # divert_output leaves ``sys.stdout`` on the console (a sweep's driver prints Ray's worker
+    # lines there); here ``print`` (ModelOpt's) goes to the file with descriptor 1
+    console, sys.stdout = sys.stdout, sys.__stdout__ or sys.stdout
+    problems: list[str] | None = None
+    try:
+        problems = work()
+    finally:
+        sys.stdout = console
+        restore()  # before any line of the outcome, so it reaches the console
+        if problems == []:
+            kept.unlink(missing_ok=True)
+        else:
+            log.info("what ModelOpt and transformers printed: %s", kept)
+    return problems
 
 
 def _report(folder: Path, problems: Sequence[str], passed: str = "passes the export check") -> int:

@@ -164,6 +164,15 @@ def _entry(
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Every value written out where it stands: no ``&id001`` anchors and ``*id001`` aliases for a
+    list two rows share (a control that is the same plan as another), which people misread and
+    this project's own YAML reader refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _quality(metrics: Mapping[str, Any], part: str) -> dict[str, float]:
     """The quality metrics of one set (``part``: "" selection, "report_" report), unprefixed."""
     return {k: float(metrics[part + k]) for k in QUALITY_METRICS if part + k in metrics}
@@ -281,7 +290,8 @@ def finalize(
         "catalog_version": catalog.version,
         "objective": objective.metric,
     }
-    write_text(output / "schemes.yaml", yaml.safe_dump(doc, sort_keys=False, width=100))
+    text = yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=100)
+    write_text(output / "schemes.yaml", text)
     sensitivity_png(
         tables.values(), output / "sensitivity.png", str(header.get("sweep")), sel.schemes
     )

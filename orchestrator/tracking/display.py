@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.outputs.console import kl_with_ci, sci
 
 # display metric -> (exact metric it rounds, factor, decimals)
 DISPLAY = {
@@ -65,3 +68,38 @@ def verdict_table(entry: Mapping[str, object]) -> str:
             f"{f'{p:.3g}' if isinstance(p, float) else '-'} | {row['verdict']} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def scheme_line(entry: Mapping[str, Any], link: str) -> str:
+    """One published scheme as a line of the experiment's description (markdown, plain text
+    too): its name linking ``link`` (its run), FP8 share, KL and top-1 on the set it is
+    published from, the verdicts against ModelOpt's own plan and random orders, and why the
+    name sits there (the rationale's first sentence)."""
+    m = entry.get("metrics") or {}
+    kl = (
+        f"KL {kl_with_ci(m['kl_mean'], m['kl_ci_low'], m['kl_ci_high'])}"
+        if "kl_ci_low" in m
+        else f"KL {sci(float(m.get('kl_mean', math.nan)))}"
+    )
+    top1 = f", top-1 {float(m['top1_agreement']) * 100:.2f}%" if "top1_agreement" in m else ""
+    rows = {str(r["control"]): r for r in entry.get("controls") or []}
+    against = [_against(rows[c], label) for c, label in _HEADLINE if c in rows]
+    why = str(entry.get("rationale", "")).split(". ", 1)[0].split("): ", 1)[-1]
+    return (
+        f"- [{entry['name']}]({link}): {_pct(entry.get('fp8_fraction'))} FP8, {kl}{top1} on the "
+        f"{entry.get('metrics_set', 'selection')} set"
+        + (f"; {'; '.join(against)}" if against else "")
+        + (f"; {why}" if why else "")
+    )
+
+
+# the controls a reader looks at first (README "Reading the result"), as the description says them
+_HEADLINE = (("modelopt", "ModelOpt's own plan"), ("random", "random orders"))
+
+
+def _against(row: Mapping[str, Any], label: str) -> str:
+    ratio, rank, seeds = row.get("kl_ratio"), row.get("scheme_rank"), row.get("seeds")
+    said = [f"KL ratio {ratio:.3g}"] if isinstance(ratio, float) else []
+    if rank is not None and seeds:
+        said.append(f"rank {rank} of {int(seeds) + 1}")
+    return f"vs {label}: {row['verdict']}" + (f" ({', '.join(said)})" if said else "")

@@ -18,7 +18,7 @@ from orchestrator.core.records import ScoreTable, TrialResult
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.publish import Finalized, modelopt_run_tags, scheme_tracking
 from orchestrator.outputs.tables import scoring_budget
-from orchestrator.tracking.display import display_metrics, verdict_table
+from orchestrator.tracking.display import display_metrics, scheme_line, verdict_table
 from orchestrator.tracking.uri import ARTIFACTS, default_tracking_uri, follow_folder
 
 if TYPE_CHECKING:  # MLflow is imported where runs are written, once Ray's environment is set
@@ -108,21 +108,31 @@ KEY_COLUMNS = (
     ("params", "coverage"),
     ("params", "control"),
 )
+# the view's page opened on its charts rather than its table (MLflow's ``compareRunsMode``)
+CHART_MODE = "&compareRunsMode=CHART"
 # the saved view's chart: FP8 share against KL, every run coloured by its kind
 CHART = ("FP8 share (%) vs KL x 1e6, by kind", "fp8_share_pct", "kl_x1e6")
 
 
-def describe(inp: Inputs, parent: bool, view: str | None = None) -> str:
+def describe(
+    inp: Inputs, parent: bool, view: str | None = None, schemes: Sequence[str] = ()
+) -> str:
     """The description MLflow's UI shows for the sweep's parent run, or for its experiment; the
-    experiment's links ``view``, the runs table with the schemes first and the chart, in words
+    experiment's links ``view``, the runs table with the schemes first, and its chart, and once
+    the schemes are published lists them (``schemes``: a line each, linking its run), in words
     that read as plain text too (the home page shows the description unrendered)."""
     cfg = inp.cfg
     start = (
-        f"Open the runs table: [the three schemes first, every trial, the FP8-share-vs-KL "
-        f"chart]({view}) (MLflow's *Model training* view)\n\n"
+        f"Open the runs table: [the three schemes first, every trial]({view}), or [the "
+        f"FP8-share-vs-KL chart]({view}{CHART_MODE}) (MLflow's *Model training* view)\n\n"
         if view
         else ""
     )
+    if schemes:
+        start += (
+            "The published schemes (KL(BF16 || FP8) in nats per token, 95% interval; verdicts "
+            "against plans at the same FP8 share):\n\n" + "\n".join(schemes) + "\n\n"
+        )
     what = (
         f"FP8 mixed-precision sweep `{cfg.name}` of `{cfg.model.source}`: ModelOpt AutoQuantize "
         f"scores ({', '.join(cfg.scoring.methods)}), then one child run per distinct FP8 plan "
@@ -228,8 +238,17 @@ def publish(
                 client.name_scheme_run(target.uri, s.mlflow_run_id, s.name)
         for run_id, tags in modelopt_run_tags(done.entries, results).items():
             client.tag_run(target.uri, run_id, tags)
-        client.replace_scheme_runs(
+        ids = client.replace_scheme_runs(
             target, [scheme_run(target, inp.output, entry) for entry in done.entries]
+        )
+        # the experiment's page lists the schemes, their numbers and reasons, each linking its run
+        lines = [
+            scheme_line(entry, f"#/experiments/{target.experiment_id}/runs/{run_id}")
+            for entry, run_id in zip(done.entries, ids, strict=True)
+        ]
+        view = client.view_page(target)
+        client.describe_experiment(
+            target.uri, target.experiment_id, describe(inp, False, view, lines)
         )
         client.end_run(target.uri, target.parent_run_id, "FINISHED")
     except Exception as e:  # noqa: BLE001

@@ -129,9 +129,12 @@ def _runs(out: Path):
 
 def test_demo_sweep_outputs(demo):
     out, proc, _ = demo
-    doc = yaml.safe_load((out / "schemes.yaml").read_text())
+    text = (out / "schemes.yaml").read_text()
+    doc = yaml.safe_load(text)
     names = [s["name"] for s in doc["schemes"]]
     assert names == ["fp8_autoquant_top25", "fp8_autoquant_top50", "fp8_autoquant_full"]
+    # every value where it stands (a control sharing a plan repeats its numbers): no anchors
+    assert not re.search(r"[&*]id\d+", text)
     # the README's command on CPU measures the export's numbers: BF16, vLLM's fused scales
     assert doc["numerics"] == "bfloat16, vLLM fused scales"
     assert {s["numerics"] for s in doc["schemes"]} == {doc["numerics"]}
@@ -141,6 +144,9 @@ def test_demo_sweep_outputs(demo):
         m = s["metrics"]
         assert m["kl_ci_low"] <= m["kl_mean"] <= m["kl_ci_high"]
         assert m["top1_ci_low"] <= m["top1_agreement"] <= m["top1_ci_high"] <= 1
+        # the rationale gives the label's number (the report set's), the choosing set's apart
+        assert f"on the report set KL {m['kl_mean']:.3g}," in s["rationale"]
+        assert f"chosen on: KL {s['selection_metrics']['kl_mean']:.3g}," in s["rationale"]
         plan = yaml.safe_load((out / s["modules"]).read_text())
         assert len(plan["fp8_modules"]) == s["num_fp8_modules"] > 0
         assert s["knobs"]["num_score_steps"] == 4 and s["catalog_knobs"]["num_score_steps"] == 64
@@ -294,6 +300,16 @@ def test_mlflow_lists_the_scheme_runs_first_with_their_reasons(demo):
         assert arts == {"pareto.png", Path(s["modules"]).name, "verdicts.md"}
         table = client.download_artifacts(run.info.run_id, "verdicts.md", str(out / "tmp-md"))
         assert Path(table).read_text() in note
+    # the experiment's description (the first page a click from home shows) lists the schemes,
+    # each linking its run, with its published numbers and verdicts, and links the chart
+    exp = parents[0].info.experiment_id
+    about = client.get_experiment(exp).tags["mlflow.note.content"]
+    assert "&compareRunsMode=CHART)" in about.split("\n")[0]
+    for run, s in zip(first, doc["schemes"], strict=True):
+        line = next(x for x in about.split("\n") if x.startswith(f"- [{s['name']}]"))
+        assert f"(#/experiments/{exp}/runs/{run.info.run_id})" in line
+        assert f"{s['fp8_fraction'] * 100:.1f}% FP8" in line and "on the report set" in line
+        assert f"vs ModelOpt's own plan: {s['verdicts']['modelopt']}" in line
 
 
 def test_mlflow_click_path_in_chromium(demo, tmp_path):
@@ -325,6 +341,8 @@ def test_mlflow_click_path_in_chromium(demo, tmp_path):
     seen = json.loads(proc.stdout)
     assert seen["home_link"].startswith("#/experiments/")  # click 1, from home
     assert "viewStateShareKey=sweep-" in seen["view_link"]  # click 2, on the experiment page
+    assert seen["chart_link"].endswith("&compareRunsMode=CHART")  # or the chart
+    assert all(f"{n}: " in seen["experiment_text"] for n in names)  # the schemes, unfolded
     assert "workflowType=machine_learning" in seen["runs_page"]
     assert seen["runs_in_order"][:3] == names  # the table lists the schemes first
     assert all(n in seen["table_text"] for n in ("fp8_share_pct", "kl_x1e6"))
@@ -708,6 +726,10 @@ def test_export_all_as_compressed_tensors_checks_and_tags_each_scheme(demo, tmp_
         assert f"exporting {s['name']} as compressed-tensors ({i} of 3)" in proc.stdout
         assert f"exported {s['name']} as compressed-tensors (" in proc.stdout
         assert f"FP8 modules) to {dest.resolve() / s['name']}" in proc.stdout
+    # the console holds the export's own lines only: no load report, progress bar or ModelOpt print
+    console = proc.stdout + proc.stderr
+    assert not re.search(r"LOAD REPORT|Loading weights|it/s\]|Inserted \d+ quantizers", console)
+    assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in proc.stdout.splitlines())
     check = run_module("orchestrator.export", "--check", str(dest / schemes[0]["name"]))
     assert check.returncode == 0 and "passes the export check" in check.stdout, check.stderr
     for s in schemes:
