@@ -19,7 +19,7 @@ from orchestrator.core.numerics import UNRECORDED, sweep_numerics
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult, table_key
-from orchestrator.core.selection import Selection, SelectionError, select
+from orchestrator.core.selection import SWEEP_CAP, CapAdvice, Selection, SelectionError, select
 from orchestrator.core.stats import MARGIN
 from orchestrator.core.verdicts import (
     compare_schemes,
@@ -214,9 +214,12 @@ def finalize(
     facts: SweepFacts,
     replace_on_error: bool = True,
     objective: Objective = KL_MEAN,
+    *,
+    cap_advice: CapAdvice = SWEEP_CAP,
 ) -> Finalized:
     """trials.parquet, selection, the paired comparisons, schemes.yaml, plans/, pareto.png,
-    sensitivity.png, all on the selection ``objective``; an unmet selection says why.
+    sensitivity.png, all on the selection ``objective``; an unmet selection says why (a cap that
+    keeps a name out as ``cap_advice`` names it).
 
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
@@ -225,7 +228,7 @@ def finalize(
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
-        sel = select(results, catalog, max_kl, objective, facts.grid)
+        sel = select(results, catalog, max_kl, objective, facts.grid, cap_advice=cap_advice)
     except SelectionError as e:
         if replace_on_error:
             write_trials(results, output / "trials.parquet")
