@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cap_advice=_cap_advice(given, output),
         )
         if not done.error:
-            integrity.record(output, integrity.published(done.entries))
+            integrity.record(output, integrity.published(done.entries, done.knee))
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return cli.ExitCode.NO_FRONT

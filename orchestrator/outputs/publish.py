@@ -95,6 +95,7 @@ class Finalized:
     verdict_rule: Mapping[str, Any] = field(default_factory=dict)  # schemes.yaml's verdict_rule
     numerics: str = ""  # the dtype and fused-layer scales the trials ran in (core/numerics.py)
     judged: Objective = KL_MEAN  # the objective on the set the numbers are published from
+    knee: Mapping[str, Any] | None = None  # schemes.yaml's knee entry (its plan in ``modules``)
 
 
 def _knobs(
@@ -291,7 +292,9 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within, rule, numerics, judged)
+    return Finalized(
+        sel, None, tuple(entries), correlation, within, rule, numerics, judged, knee=knee
+    )
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
