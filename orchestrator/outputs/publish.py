@@ -1,8 +1,8 @@
 """The files a sweep leaves in ``--output`` and the selection step that both ``sweep`` and
 ``select`` run: ``trials.parquet``, ``scores.parquet`` (+ one file per scoring setup under
-``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes, ``pareto.png`` and
-``sweep.json``, ``sensitivity.png``. Every file is written to a temporary name and renamed, so a
-crash never leaves a half-written one. No torch, ray or mlflow here.
+``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes and the knee,
+``pareto.png`` and ``sweep.json``, ``sensitivity.png``. Every file is written to a temporary name
+and renamed, so a crash never leaves a half-written one. No torch, ray or mlflow here.
 """
 
 from __future__ import annotations

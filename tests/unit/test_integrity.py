@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from orchestrator.core.config import ConfigError
 from orchestrator.outputs import integrity
@@ -92,3 +93,21 @@ def test_the_knees_plan_is_recorded_and_a_changed_one_is_refused_by_export(tmp_p
     with pytest.raises(ConfigError) as e:
         find_scheme(tmp_path, "knee")
     assert str(e.value).startswith(f"--output {tmp_path}: {knee} changed since the sweep wrote it")
+
+
+def test_a_knee_on_a_schemes_plan_is_recorded_once_and_named_once_when_changed(tmp_path):
+    from orchestrator.export.checkpoint import find_scheme
+
+    scheme = {"name": "top50", "plan_hash": "p", "modules": "plans/p.json"}
+    knee = {"name": "knee", "plan_hash": "p", "modules": "plans/p.json"}
+    write_sweep_json(tmp_path, {"name": "s", "config_hash": "h"})
+    write_text(tmp_path / "schemes.yaml", yaml.safe_dump({"schemes": [scheme], "knee": knee}))
+    write_text(tmp_path / "plans" / "p.json", '{"fp8_modules": ["x"]}\n')
+    paths = integrity.published([scheme], knee)
+    assert paths == ["trials.parquet", "schemes.yaml", "plans/p.json"]
+    integrity.record(tmp_path, paths)
+    (tmp_path / "plans" / "p.json").write_text('{"fp8_modules": []}\n')
+    for name in ("top50", "knee"):
+        with pytest.raises(ConfigError) as e:
+            find_scheme(tmp_path, name)
+        assert str(e.value).startswith(f"--output {tmp_path}: plans/p.json changed since")
