@@ -37,7 +37,7 @@ from orchestrator.core.config import (
 )
 from orchestrator.core.missing import missing_entries, missing_line
 from orchestrator.core.objectives import OBJECTIVES, Objective, missing_rows
-from orchestrator.core.selection import KlCap
+from orchestrator.core.selection import CapAdvice
 from orchestrator.outputs import integrity
 from orchestrator.outputs.files import read_sweep_json
 from orchestrator.outputs.ownership import acquire, check_free
@@ -129,14 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             results,
             tables,
             catalog,
-            _cap(cfg.selection.max_kl, given, output),
+            cfg.selection.max_kl,
             header,
             SweepFacts.of(cfg, sweep.get("data_hashes") or {}),
             replace_on_error=False,
             objective=objective,
+            cap_advice=_cap_advice(given, output),
         )
         if not done.error:
-            integrity.record(output, integrity.published(done.entries))
+            integrity.record(output, integrity.published(done.entries, done.knee))
     if done.error:
         print(f"error: {done.error}", file=sys.stderr)
         return cli.ExitCode.NO_FRONT
@@ -149,16 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.ExitCode.OK
 
 
-def _cap(max_kl: float | None, given: Sequence[Override], output: Path) -> KlCap | None:
-    """The cap, named as the user set it (else as the sweep's config has it), and relaxed with
+def _cap_advice(given: Sequence[Override], output: Path) -> CapAdvice:
+    """The cap named as the user set it (else as the sweep's config has it), and relaxed with
     the flag they used, for exit 3's advice."""
-    if max_kl is None:
-        return None
     flag = next((o.given for o in given if o.key == "selection.max_kl"), None)
     if flag is not None and flag.startswith("--set"):
-        return KlCap(max_kl, flag, "--set selection.max_kl=<higher>")
+        return CapAdvice(flag, "--set selection.max_kl=<higher>")
     written = f"selection.max_kl in {output / 'config.yaml'}"
-    return KlCap(max_kl, flag or written, "--max-kl <higher>")
+    return CapAdvice(flag or written, "--max-kl <higher>")
 
 
 if __name__ == "__main__":

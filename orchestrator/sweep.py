@@ -185,7 +185,7 @@ def conclude(
         SweepFacts.of(cfg, data.hashes()),
         objective=Objective(cfg.selection.objective),
     )
-    integrity.record(inp.output, integrity.published(done.entries))
+    integrity.record(inp.output, integrity.published(done.entries, done.knee))
     problems = settled.problems + publish(inp, target, tables, results, done)
     print_summary(results, done, inp.output)
     print_where(inp, target)

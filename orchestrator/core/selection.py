@@ -46,34 +46,29 @@ SWEEP_RELAX = (
 )
 
 
-class KlCap(float):
-    """``selection.max_kl`` and how the user set it, for the advice when the cap keeps a name out.
+@dataclass(frozen=True)
+class CapAdvice:
+    """How the user set ``selection.max_kl`` and how to relax it, for exit 3's advice when the cap
+    keeps a name out.
 
-    It is the plain float every stage takes (``outputs.publish.finalize`` hands it to
-    :func:`select` unread); only the advice reads ``given``, the flag as the user typed it
-    (``--max-kl 1e-09``, ``--set selection.max_kl=1e-9``) or where the value was written, and
-    ``relax``, the command that re-selects with another cap. A plain float (the sweep's) reads
-    ``selection.max_kl`` and advises ``select``: a sweep rerun with another cap is another
-    config hash, which its ``--output`` refuses.
+    ``given`` is the flag as the user typed it (``--max-kl 1e-09``, ``--set
+    selection.max_kl=1e-9``) or where the value was written; ``relax`` is the command that
+    re-selects with another cap. The default is the sweep's: its config's ``selection.max_kl``,
+    relaxed by ``select``, since a sweep rerun with another cap is another config hash, which its
+    ``--output`` refuses.
     """
 
-    given: str
-    relax: str
-
-    def __new__(cls, value: float, given: str, relax: str) -> KlCap:
-        cap = super().__new__(cls, value)
-        cap.given, cap.relax = given, relax
-        return cap
+    given: str = "selection.max_kl"
+    relax: str = SWEEP_RELAX
 
 
-def _over_cap(max_kl: float | None, least: str = "") -> str:
+SWEEP_CAP = CapAdvice()
+
+
+def _over_cap(max_kl: float | None, advice: CapAdvice, least: str = "") -> str:
     """What the cap is, where it was set and how to relax it, for an exit-3 message; ``least``
     adds the least KL measured."""
-    if isinstance(max_kl, KlCap):
-        given, relax = max_kl.given, max_kl.relax
-    else:
-        given, relax = "selection.max_kl", SWEEP_RELAX
-    return f"exceed max_kl={max_kl:g} ({given}{least}); relax it: {relax}"
+    return f"exceed max_kl={max_kl:g} ({advice.given}{least}); relax it: {advice.relax}"
 
 
 @dataclass(frozen=True)
@@ -182,13 +177,16 @@ def unbound(
     max_kl: float | None,
     obj: Objective = KL_MEAN,
     grid: SearchConfig | None = None,
+    *,
+    cap_advice: CapAdvice = SWEEP_CAP,
 ) -> str:
     """Why no feasible trial has a name's share, and what would change that.
 
     Advice names only what is not already so: a budget or coverage the grid (``grid``; without it,
     what the trials asked for) lacks; what kept out each trial whose plan is in the band (failed,
-    no finite KL, over ``max_kl``, no FP8); and, when the grid asks for the share but every plan
-    lands outside the band (plans take whole module groups), the band itself.
+    no finite KL, over ``max_kl``, named and relaxed as ``cap_advice`` says, no FP8); and, when
+    the grid asks for the share but every plan lands outside the band (plans take whole module
+    groups), the band itself.
     """
     band = scheme.fp8_share
     trials = [r for r in results if r.kind == "trial"]
@@ -207,7 +205,7 @@ def unbound(
         (len(inside) - len(done), "failed (see trials.parquet; a rerun on this --output retries)"),
         (len(done) - len(finite), f"have no finite {obj.metric}"),
         (sum(r.fp8_fraction <= 0 for r in finite), "hold no FP8 module"),
-        (len(over), _over_cap(max_kl, least) if over else ""),
+        (len(over), _over_cap(max_kl, cap_advice, least) if over else ""),
     )
     advice += [f"{n} trial(s) in the band {why}" for n, why in kept_out if n]
     if not inside and not lacks:
@@ -226,7 +224,9 @@ def unbound(
     return f"no feasible trial has {band} for '{scheme.name}'; " + "; ".join(advice)
 
 
-def _none_feasible(results: Sequence[TrialResult], max_kl: float | None, obj: Objective) -> str:
+def _none_feasible(
+    results: Sequence[TrialResult], max_kl: float | None, obj: Objective, cap_advice: CapAdvice
+) -> str:
     """Why no trial is feasible: each reason with its count, the cap with the least KL measured."""
     trials = [r for r in results if r.kind == "trial"]
     done = [r for r in trials if r.status == "FINISHED"]
@@ -241,7 +241,7 @@ def _none_feasible(results: Sequence[TrialResult], max_kl: float | None, obj: Ob
     said = [f"{n} {why}" for n, why in reasons if n]
     if over:
         least = f"; least {obj.metric} measured {min(obj.value(r.metrics) for r in over):.3g}"
-        said.append(f"{len(over)} {_over_cap(max_kl, least)}")
+        said.append(f"{len(over)} {_over_cap(max_kl, cap_advice, least)}")
     return f"no feasible trial among {len(trials)}: " + ("; ".join(said) or "no trial ran")
 
 
@@ -282,17 +282,22 @@ def select(
     max_kl: float | None = None,
     objective: Objective = KL_MEAN,
     grid: SearchConfig | None = None,
+    *,
+    cap_advice: CapAdvice = SWEEP_CAP,
 ) -> Selection:
     """The three names bound to measured points; ``grid`` (the sweep's search section) lets the
-    error for an unbound name say what the grid lacks rather than what the trials asked for."""
+    error for an unbound name say what the grid lacks rather than what the trials asked for, and
+    ``cap_advice`` names where ``max_kl`` was set and how to relax it when the cap keeps one out."""
     pool, front = front_of(results, max_kl, objective)
     if not pool:
-        raise SelectionError(_none_feasible(results, max_kl, objective))
+        raise SelectionError(_none_feasible(results, max_kl, objective, cap_advice))
     schemes = []
     for s in catalog.schemes:
         picked = bind(s, front, pool, objective)
         if picked is None:
-            raise SelectionError(unbound(s, results, max_kl, objective, grid))
+            raise SelectionError(
+                unbound(s, results, max_kl, objective, grid, cap_advice=cap_advice)
+            )
         r, how = picked
         schemes.append(
             NamedScheme(

@@ -62,7 +62,8 @@ def _schemes_doc(output: Path) -> dict[str, Any]:
     integrity.refuse_changed(output, sweep, ["schemes.yaml"])
     doc = dict(yaml.safe_load(path.read_text()))
     named = [*doc["schemes"], doc.get("knee") or {}]  # the knee is exportable too
-    plans = [str(s["modules"]) for s in named if s.get("modules")]
+    # once each: the knee's plan is often a scheme's, and a changed one is named once
+    plans = list(dict.fromkeys(str(s["modules"]) for s in named if s.get("modules")))
     for plan in plans:
         integrity.inside(output, plan, "schemes.yaml names the plan")
     integrity.refuse_changed(output, sweep, ["config.yaml", *plans])

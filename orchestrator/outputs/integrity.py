@@ -52,9 +52,14 @@ def record(output: Path, paths: Iterable[str]) -> None:
     write_sweep_json(output, {**doc, FILES: hashed(output, paths, doc.get(FILES) or {})})
 
 
-def published(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What a selection writes and a reader reads back: the trials, the schemes, their plans."""
-    return ["trials.parquet", "schemes.yaml", *(str(e["modules"]) for e in entries)]
+def published(
+    entries: Sequence[Mapping[str, Any]], knee: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What a selection writes and a reader reads back: the trials, the schemes, their plans and
+    the knee's plan (``export --scheme knee`` reads it; often one of the schemes' own)."""
+    named = [*entries, *([knee] if knee and knee.get("modules") else [])]
+    plans = dict.fromkeys(str(e["modules"]) for e in named)  # once each, in order
+    return ["trials.parquet", "schemes.yaml", *plans]
 
 
 def changed(

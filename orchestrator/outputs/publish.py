@@ -1,8 +1,8 @@
 """The files a sweep leaves in ``--output`` and the selection step that both ``sweep`` and
 ``select`` run: ``trials.parquet``, ``scores.parquet`` (+ one file per scoring setup under
-``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes, ``pareto.png`` and
-``sweep.json``, ``sensitivity.png``. Every file is written to a temporary name and renamed, so a
-crash never leaves a half-written one. No torch, ray or mlflow here.
+``scores/``), ``schemes.yaml``, ``plans/<hash>.json`` for the published schemes and the knee,
+``pareto.png`` and ``sweep.json``, ``sensitivity.png``. Every file is written to a temporary name
+and renamed, so a crash never leaves a half-written one. No torch, ray or mlflow here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from orchestrator.core.numerics import UNRECORDED, sweep_numerics
 from orchestrator.core.objectives import KL_MEAN, Objective
 from orchestrator.core.planning import plan_for
 from orchestrator.core.records import NamedScheme, Plan, Point, ScoreTable, TrialResult, table_key
-from orchestrator.core.selection import Selection, SelectionError, select
+from orchestrator.core.selection import SWEEP_CAP, CapAdvice, Selection, SelectionError, select
 from orchestrator.core.stats import MARGIN
 from orchestrator.core.verdicts import (
     compare_schemes,
@@ -95,6 +95,7 @@ class Finalized:
     verdict_rule: Mapping[str, Any] = field(default_factory=dict)  # schemes.yaml's verdict_rule
     numerics: str = ""  # the dtype and fused-layer scales the trials ran in (core/numerics.py)
     judged: Objective = KL_MEAN  # the objective on the set the numbers are published from
+    knee: Mapping[str, Any] | None = None  # schemes.yaml's knee entry (its plan in ``modules``)
 
 
 def _knobs(
@@ -223,9 +224,12 @@ def finalize(
     facts: SweepFacts,
     replace_on_error: bool = True,
     objective: Objective = KL_MEAN,
+    *,
+    cap_advice: CapAdvice = SWEEP_CAP,
 ) -> Finalized:
     """trials.parquet, selection, the paired comparisons, schemes.yaml, plans/, pareto.png,
-    sensitivity.png, all on the selection ``objective``; an unmet selection says why.
+    sensitivity.png, all on the selection ``objective``; an unmet selection says why (a cap that
+    keeps a name out as ``cap_advice`` names it).
 
     When selection fails, a sweep (``replace_on_error``) drops any stale schemes.yaml and plots
     the points without picks; a re-selection (``select``) leaves the existing files untouched.
@@ -234,7 +238,7 @@ def finalize(
     correlation = score_kl_correlation(results, tables, objective)
     within = score_kl_within_share(results, tables, objective)
     try:
-        sel = select(results, catalog, max_kl, objective, facts.grid)
+        sel = select(results, catalog, max_kl, objective, facts.grid, cap_advice=cap_advice)
     except SelectionError as e:
         if replace_on_error:
             write_trials(results, output / "trials.parquet")
@@ -298,7 +302,9 @@ def finalize(
     pareto_png(
         results, sel.front, sel.schemes, output / "pareto.png", str(header.get("sweep")), objective
     )
-    return Finalized(sel, None, tuple(entries), correlation, within, rule, numerics, judged)
+    return Finalized(
+        sel, None, tuple(entries), correlation, within, rule, numerics, judged, knee=knee
+    )
 
 
 def scheme_tracking(entry: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:

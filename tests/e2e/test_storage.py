@@ -184,7 +184,8 @@ def _cut(path: Path) -> None:
 
 
 def test_a_damaged_file_is_refused_with_one_line_and_exit_2(finished, tmp_path):
-    plan = yaml.safe_load((finished / "schemes.yaml").read_text())["schemes"][0]
+    doc = yaml.safe_load((finished / "schemes.yaml").read_text())
+    plan, knee = doc["schemes"][0], doc["knee"]
     scores = next(p.relative_to(finished) for p in (finished / "scores").glob("*.parquet"))
     never = tmp_path / "never"
     export = ["--scheme", plan["name"], "--dest", str(never)]
@@ -194,6 +195,7 @@ def test_a_damaged_file_is_refused_with_one_line_and_exit_2(finished, tmp_path):
         ("select", "config.yaml", []),
         ("export", plan["modules"], export),
         ("export", "schemes.yaml", export),
+        ("export", knee["modules"], ["--scheme", "knee", "--dest", str(never)]),  # exportable too
         ("compare_sweeps", "trials.parquet", ["--against", str(finished)]),
     ]
     for i, (command, name, args) in enumerate(cases):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from orchestrator.core.config import ConfigError
 from orchestrator.outputs import integrity
@@ -58,3 +59,55 @@ def test_a_path_read_from_a_file_may_not_lead_outside_the_folder(folder):
     assert integrity.inside(folder, "plans/p.json", "plan") == (folder / "plans/p.json").resolve()
     with pytest.raises(ConfigError, match=r"plan '\.\./elsewhere\.json' lies outside the folder"):
         integrity.inside(folder, "../elsewhere.json", "plan")
+
+
+def test_the_knees_plan_is_recorded_and_a_changed_one_is_refused_by_export(tmp_path):
+    """The knee is exportable (``export --scheme knee``), so its plan is hashed like the schemes'
+    plans: here the knee (75% FP8) is no scheme's plan, and a cut one is refused with the line
+    a scheme's plan gets."""
+    from orchestrator.core.config import load_catalog, load_config
+    from orchestrator.core.records import table_key
+    from orchestrator.export.checkpoint import find_scheme
+    from orchestrator.outputs.publish import SweepFacts, finalize
+
+    from .helpers import result, table
+
+    # the names bind 8, 12 and 14 bits (100%, 50%, 25% FP8); the front bends at 10 bits
+    curve = {15: 1e-5, 14: 2e-5, 13: 3e-5, 12: 5e-5, 10: 4e-4, 8: 2e-3}
+    trials = [result(f"t{bits}", bits, kl) for bits, kl in curve.items()]
+    key = table_key("kl_div", "FP8_DEFAULT_CFG")
+    tables = {key: table({(0, "down"): 9.0, (1, "qkv"): 5.0}, method="kl_div")}
+    write_sweep_json(tmp_path, {"name": "s", "config_hash": "h"})
+    cfg = load_config(None, [])
+    done = finalize(
+        tmp_path, trials, tables, load_catalog(), None, {"sweep": "s"}, SweepFacts.of(cfg, {})
+    )
+    assert done.error is None and done.knee is not None
+    knee = str(done.knee["modules"])
+    assert knee not in {e["modules"] for e in done.entries}  # no scheme's plan records it
+    integrity.record(tmp_path, integrity.published(done.entries, done.knee))
+    assert knee in read_sweep_json(tmp_path)[integrity.FILES]
+    assert find_scheme(tmp_path, "knee")["modules"] == knee  # as written: exportable
+    plan = tmp_path / knee
+    plan.write_text(plan.read_text() + "\n")  # edited, still valid JSON
+    with pytest.raises(ConfigError) as e:
+        find_scheme(tmp_path, "knee")
+    assert str(e.value).startswith(f"--output {tmp_path}: {knee} changed since the sweep wrote it")
+
+
+def test_a_knee_on_a_schemes_plan_is_recorded_once_and_named_once_when_changed(tmp_path):
+    from orchestrator.export.checkpoint import find_scheme
+
+    scheme = {"name": "top50", "plan_hash": "p", "modules": "plans/p.json"}
+    knee = {"name": "knee", "plan_hash": "p", "modules": "plans/p.json"}
+    write_sweep_json(tmp_path, {"name": "s", "config_hash": "h"})
+    write_text(tmp_path / "schemes.yaml", yaml.safe_dump({"schemes": [scheme], "knee": knee}))
+    write_text(tmp_path / "plans" / "p.json", '{"fp8_modules": ["x"]}\n')
+    paths = integrity.published([scheme], knee)
+    assert paths == ["trials.parquet", "schemes.yaml", "plans/p.json"]
+    integrity.record(tmp_path, paths)
+    (tmp_path / "plans" / "p.json").write_text('{"fp8_modules": []}\n')
+    for name in ("top50", "knee"):
+        with pytest.raises(ConfigError) as e:
+            find_scheme(tmp_path, name)
+        assert str(e.value).startswith(f"--output {tmp_path}: plans/p.json changed since")

@@ -7,7 +7,7 @@ import pytest
 from orchestrator.core.config import SearchConfig, load_catalog
 from orchestrator.core.selection import (
     SWEEP_RELAX,
-    KlCap,
+    CapAdvice,
     SelectionError,
     knee,
     pareto_front,
@@ -192,9 +192,9 @@ def test_no_feasible_points():
 def test_a_cap_set_by_a_flag_is_named_as_typed_and_relaxed_with_that_flag():
     """Exit 3 names the flag the user typed (issue 27: ``select --max-kl 0.0001`` was told about
     ``selection.max_kl``), and how to relax it with the same flag."""
-    cap = KlCap(0.01, "--max-kl 0.01", "--max-kl <higher>")
+    cap = CapAdvice("--max-kl 0.01", "--max-kl <higher>")
     with pytest.raises(SelectionError) as e:
-        select(BASE + [result("a", 14, 0.05)], CATALOG, max_kl=cap, grid=_grid())
+        select(BASE + [result("a", 14, 0.05)], CATALOG, max_kl=0.01, grid=_grid(), cap_advice=cap)
     assert str(e.value) == (
         TOP25 + "1 trial(s) in the band exceed max_kl=0.01 (--max-kl 0.01; least kl_mean there "
         "0.05); relax it: --max-kl <higher>"
@@ -202,9 +202,10 @@ def test_a_cap_set_by_a_flag_is_named_as_typed_and_relaxed_with_that_flag():
 
 
 def test_a_cap_over_every_trial_says_so_with_the_least_kl_measured():
-    cap = KlCap(1e-9, "--set selection.max_kl=1e-9", "--set selection.max_kl=<higher>")
+    cap = CapAdvice("--set selection.max_kl=1e-9", "--set selection.max_kl=<higher>")
+    failed = result("f", 9, 0.0, status="FAILED")
     with pytest.raises(SelectionError) as e:
-        select(_front() + [result("f", 9, 0.0, status="FAILED")], CATALOG, max_kl=cap)
+        select(_front() + [failed], CATALOG, max_kl=1e-9, cap_advice=cap)
     assert str(e.value) == (
         "no feasible trial among 7: 1 failed (see trials.parquet; a rerun on this --output "
         "retries); 6 exceed max_kl=1e-09 (--set selection.max_kl=1e-9; least kl_mean measured "
