@@ -80,7 +80,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[Inputs, DataSets]:
         raise ConfigError("; ".join(unreachable))
     check_set_sizes(cfg)
     output = (args.output or Path("runs") / cfg.name).expanduser().resolve()
-    previous = check_output(output, written.config_hash(), cfg)
+    previous = check_output(output, written.config_hash(), cfg, written.config_hash(legacy=True))
     if args.address:
         check_address(args.address)
     _check_sources(cfg)
@@ -114,14 +114,18 @@ def tracking_uri(given: str | None, previous: dict[str, Any] | None, output: Pat
 START_FILES = frozenset({"config.yaml", "logs", "mlflow.db", ownership.OWNER_DIR})
 
 
-def check_output(output: Path, config_hash: str, cfg: SweepConfig) -> dict[str, Any] | None:
+def check_output(
+    output: Path, config_hash: str, cfg: SweepConfig, legacy_hash: str | None = None
+) -> dict[str, Any] | None:
     """``output`` is a folder this user can create or write, no running driver owns it, and it
     holds this sweep (its sweep.json, returned), nothing, or a failed start of this sweep.
+    A sweep recorded under ``legacy_hash`` (the hash before paths in the checkout were hashed
+    relative to it: ``SweepConfig.config_hash``) is this sweep; the resume records the new one.
     Writes nothing."""
     writable_folder(output)
     ownership.check_free(output)  # before its content: a running sweep's folder is in use
     previous = read_sweep_json(output)
-    if previous is not None and previous.get("config_hash") != config_hash:
+    if previous is not None and previous.get("config_hash") not in (config_hash, legacy_hash):
         raise ConfigError(
             f"--output {output} holds sweep {previous.get('name')!r} with config hash "
             f"{previous.get('config_hash')}, not {config_hash}; use another --output"

@@ -10,6 +10,7 @@ mlflow.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,19 +305,37 @@ class SweepConfig(_Strict):
             )
         return self
 
-    def config_hash(self) -> str:
+    def config_hash(self, legacy: bool = False) -> str:
         """Identity of the experiment: what decides results, not where they are tracked.
 
-        The ``fault`` section the config had until the tests' faults left it (for
-        ``orchestrator.runtime.hooks``) is hashed as it always was, empty, so a sweep started
-        before keeps its hash: it resumes, and its schemes.yaml names the same hash.
+        Paths of files this checkout ships (the default catalog, ``data/``, the presets), which
+        a loaded config holds absolute, are hashed relative to the checkout, so a moved or
+        reinstalled checkout gives the same hash. ``legacy``: the hash as sweeps before that
+        wrote it (absolute paths), which a resume of such a sweep accepts
+        (``checks.check_output``). The ``fault`` section the config had until the tests' faults
+        left it (for ``orchestrator.runtime.hooks``) is hashed as it always was, empty, so a
+        sweep started before keeps its hash: it resumes, and its schemes.yaml names the same hash.
         """
         dump = self.model_dump(mode="json", exclude={"tracking"})
+        if not legacy:
+            dump = _in_checkout(dump)
         return stable_hash({**dump, "fault": RETIRED_FAULT_SECTION})
 
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+
+def _in_checkout(value: Any) -> Any:
+    """``value`` with every path under this checkout written relative to it (``<checkout>/...``)."""
+    root = f"{PROJECT_ROOT}{os.sep}"
+    if isinstance(value, dict):
+        return {k: _in_checkout(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_checkout(v) for v in value]
+    if isinstance(value, str) and value.startswith(root):
+        return "<checkout>/" + value[len(root) :]
+    return value
 
 
 def _format_errors(

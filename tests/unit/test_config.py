@@ -277,7 +277,7 @@ def test_controls_default_to_20_random_seeds_and_a_5_percent_margin(tmp_path):
 def test_the_demo_config_hash_is_pinned():
     """Sweep folders record this hash and refuse to resume under another, and schemes.yaml names
     it: a change to the schema that changes it must be deliberate (and say so). The default
-    catalog is an absolute path into the checkout, so the pin names the catalog by a fixed string.
+    catalog is an absolute path into the checkout, hashed relative to it (both pins below).
     Last changed on purpose by issue 26: the demo's 20 random seeds and ``controls.margin``,
     ``controls.modelopt`` (a demo folder from before refuses to resume; its controls were other
     plans anyway), and ``model.fused_scales``: ``dtype: auto`` became BF16 on CPU too and fused
@@ -288,6 +288,35 @@ def test_the_demo_config_hash_is_pinned():
     scores are the same; larger configs score fewer batches)."""
     cfg = load_config(None, ["selection.catalog=schemes.yaml"])
     assert cfg.config_hash() == "b2bdca933cc027ac"
+    # the checkout's own paths are hashed relative to it: the demo's hash is one everywhere
+    assert load_config(None).config_hash() == "2b5465b1dc0963da"
+
+
+def test_a_moved_checkout_gives_the_same_hash_and_a_legacy_sweep_still_resumes(tmp_path):
+    """Paths under the checkout (the default catalog, data/) are hashed relative to it; the
+    hash sweeps wrote before (absolute paths) is still accepted by a resume."""
+    from orchestrator import checks
+    from orchestrator.core import config
+    from orchestrator.outputs.files import write_sweep_json
+
+    cfg = load_config(None)
+    here = cfg.config_hash()
+    moved = load_config(None, ["selection.catalog=/elsewhere/checkout/search_spaces/schemes.yaml"])
+    old_root = config.PROJECT_ROOT
+    try:
+        config.PROJECT_ROOT = Path("/elsewhere/checkout")
+        assert moved.config_hash() == here  # the same sweep, from another checkout
+        assert moved.config_hash(legacy=True) != here
+    finally:
+        config.PROJECT_ROOT = old_root
+    legacy = cfg.config_hash(legacy=True)
+    assert legacy != here  # the default catalog's absolute path was hashed
+    out = tmp_path / "old-sweep"
+    out.mkdir()
+    write_sweep_json(out, {"name": cfg.name, "config_hash": legacy})
+    assert checks.check_output(out, here, cfg, legacy)["config_hash"] == legacy
+    with pytest.raises(ConfigError, match="with config hash .* not 2b5465b1dc0963da"):
+        checks.check_output(out, here, cfg)  # without the legacy hash: another sweep
 
 
 def test_a_written_config_from_before_the_fault_section_left_still_reads(tmp_path):
