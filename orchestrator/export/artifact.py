@@ -67,8 +67,9 @@ def measure_artifact(
     The folder is read back with :func:`~orchestrator.export.checkpoint.load_exported`: its BF16
     weights, FP8 codes and scales, in the arithmetic the trials use (the label's runtime, vLLM):
     that is the number that must match. A compressed-tensors folder is also measured as plain
-    transformers builds it (``transformers``); that runtime computes its input quantization on
-    CPU in BF16, so its number is recorded, and a disagreement is a warning, not a failure."""
+    transformers builds it (``transformers``); that runtime (compressed-tensors' forward) divides
+    the activations by their scale in BF16 on any device, where vLLM divides in float32, so its
+    number is recorded, and a disagreement is a warning, not a failure."""
     from orchestrator.export.checkpoint import ExportCheckError, load_exported
     from orchestrator.model.loading import load_model
 
@@ -88,7 +89,7 @@ def measure_artifact(
         )
         line, other["within_trial_ci"] = verdict(scheme, other)
         if other["within_trial_ci"] is False:
-            line += "; plain transformers computes the input quantization in BF16 on CPU"
+            line += "; plain transformers divides activations by their scale in BF16 (vLLM: FP32)"
         log_wrapped(log, line, level=logging.INFO if other["within_trial_ci"] else logging.WARNING)
         block["transformers"] = other
     return block
