@@ -137,7 +137,7 @@ def record_config(inp: Inputs) -> None:
         log,
         f"resolved config {inp.config_hash} in {inp.output / 'config.yaml'} (model "
         f"{cfg.model.source}; {' + '.join(cfg.scoring.methods)} scores; inputs checked "
-        f"{process_age() or float('nan'):.1f}s after start)",
+        f"{process_age():.1f}s after start)",
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import orchestrator
 from orchestrator.core.config import PROJECT_ROOT
-from orchestrator.outputs.ownership import process_stat
 
 # What decides a score table's numbers (part of the score-cache key): a table scored with other
 # releases of these is scored again.
@@ -120,14 +121,9 @@ def host_memory_gib() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-def process_age() -> float | None:
-    """Seconds since this process started (Linux ``/proc``; None elsewhere): start-up cost in logs.
-
-    A process that was ``exec``-ed into (a shell's last command) counts from the shell's start.
-    """
-    stat = process_stat()
-    try:
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if stat is None else uptime - stat[1] / os.sysconf("SC_CLK_TCK")
+def process_age() -> float:
+    """Seconds since this process began running the orchestrator (its package's first import,
+    ``orchestrator.STARTED``): the start-up cost in logs and the sweep's wall time. Not the
+    process's own start: a shell that ``exec``s its last command (``bash -c 'pip install ... &&
+    python -m orchestrator.sweep'``) hands its start time, the install included, to Python."""
+    return time.monotonic() - orchestrator.STARTED

@@ -120,3 +120,20 @@ def _point(bits: float) -> Point:
         strategy="solve",
         control="",
     )
+
+
+def test_process_age_counts_from_the_orchestrator_not_from_a_shell_that_exec_ed_into_python():
+    """`bash -c 'pip install ... && python -m orchestrator.sweep'`: bash execs its last command,
+    so the process started with the install; "done in" and "after start" must not count it."""
+    import subprocess
+    import sys
+
+    code = "from orchestrator.runtime.host import process_age; print(process_age())"
+    proc = subprocess.run(
+        ["bash", "-c", f"sleep 2 && {sys.executable} -c '{code}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert 0 <= float(proc.stdout) < 1.5, proc.stdout
