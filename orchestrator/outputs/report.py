@@ -270,7 +270,11 @@ def read_report(output: Path, folder: str | None = None) -> Report:
             for k in ("effective_bits", "coverage", "strategies")
         },
     }
-    eval_sequences, eval_tokens = _num(first, "eval_sequences"), _num(first, "eval_tokens")
+    eval_tokens = _num(first, "eval_tokens")
+    # the selection set's metrics count their sequences; the report set's are on the entry
+    eval_sequences = _num(first, "eval_sequences")
+    if eval_sequences is None and doc["schemes"] and isinstance(doc["schemes"][0], Mapping):
+        eval_sequences = _num(doc["schemes"][0], "report_sequences")
     return Report(
         folder=folder if folder is not None else str(output),
         sweep=str(doc.get("sweep", "?")),

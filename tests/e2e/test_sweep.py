@@ -608,6 +608,9 @@ def test_schemes_doc_tables_carry_the_sweeps_numbers_and_check_names_a_stale_tab
     for head in heads:  # each table names the sweep's config hash and its numerics
         assert sweep_doc["config_hash"] in head and f"numerics: {sweep_doc['numerics']};" in head
     lines = text.splitlines()
+    first = sweep_doc["schemes"][0]
+    size = f"| evaluation | {first['report_sequences']} sequences, "
+    assert f"{size}{int(first['metrics']['eval_tokens']):,} scored tokens |" in lines
     for s in sweep_doc["schemes"]:
         m = s["metrics"]
         row = next(x for x in lines if x.startswith(f"| `{s['name']}` |")).split(" | ")
