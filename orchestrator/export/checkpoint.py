@@ -61,9 +61,8 @@ def _schemes_doc(output: Path) -> dict[str, Any]:
     sweep = read_sweep_json(output) or {}
     integrity.refuse_changed(output, sweep, ["schemes.yaml"])
     doc = dict(yaml.safe_load(path.read_text()))
-    named = [*doc["schemes"], doc.get("knee") or {}]  # the knee is exportable too
-    # once each: the knee's plan is often a scheme's, and a changed one is named once
-    plans = list(dict.fromkeys(str(s["modules"]) for s in named if s.get("modules")))
+    # the knee is exportable too; its plan is often a scheme's, and a changed one is named once
+    plans = integrity.plan_files(doc["schemes"], doc.get("knee"))
     for plan in plans:
         integrity.inside(output, plan, "schemes.yaml names the plan")
     integrity.refuse_changed(output, sweep, ["config.yaml", *plans])

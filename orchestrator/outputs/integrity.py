@@ -56,10 +56,17 @@ def published(
     entries: Sequence[Mapping[str, Any]], knee: Mapping[str, Any] | None = None
 ) -> list[str]:
     """What a selection writes and a reader reads back: the trials, the schemes, their plans and
-    the knee's plan (``export --scheme knee`` reads it; often one of the schemes' own)."""
-    named = [*entries, *([knee] if knee and knee.get("modules") else [])]
-    plans = dict.fromkeys(str(e["modules"]) for e in named)  # once each, in order
-    return ["trials.parquet", "schemes.yaml", *plans]
+    the knee's plan."""
+    return ["trials.parquet", "schemes.yaml", *plan_files(entries, knee)]
+
+
+def plan_files(
+    entries: Sequence[Mapping[str, Any]], knee: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The plan files schemes.yaml names, once each in order: the schemes' and the knee's
+    (``export --scheme knee`` reads it; often one of the schemes' own)."""
+    named = [*entries, *([knee] if knee else [])]
+    return list(dict.fromkeys(str(e["modules"]) for e in named if e.get("modules")))
 
 
 def changed(
